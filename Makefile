@@ -1,0 +1,152 @@
+# Makefile -- builds the circle engine (libcircle), the circled daemon, the
+# tests and the benchmarks. `make run` and `make test` do all the set-up on a
+# fresh Debian 12 machine (see the deps target).
+
+PREFIX    ?= /usr/local
+CC        ?= cc
+PYTHON    ?= python3
+BUILD     ?= build
+SAN       ?= 0
+
+CFLAGS    ?= -O2 -g
+CFLAGS    += -std=c11 -Wall -Wextra -Wshadow -Wno-unused-parameter \
+             -D_GNU_SOURCE -Iinclude -Isrc -pthread -fvisibility=hidden
+LDLIBS_ENGINE := -lopenblas -lm -lpthread
+LDLIBS_SERVER := -lmicrohttpd -lcjson -lz $(LDLIBS_ENGINE)
+
+ifeq ($(SAN),1)
+BUILD     := build/san
+CFLAGS    += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer \
+             -fno-sanitize-recover=undefined
+LDFLAGS   += -fsanitize=address,undefined
+endif
+
+# The engine: no HTTP, no JSON. Everything else in src/ is the service.
+ENGINE_SRCS := src/status.c src/config.c src/loss.c src/pool.c src/blas.c
+SERVER_SRCS := $(filter-out $(ENGINE_SRCS) src/main.c,$(wildcard src/*.c))
+ENGINE_OBJS := $(ENGINE_SRCS:src/%.c=$(BUILD)/obj/%.o)
+ENGINE_PIC  := $(ENGINE_SRCS:src/%.c=$(BUILD)/pic/%.o)
+SERVER_OBJS := $(SERVER_SRCS:src/%.c=$(BUILD)/obj/%.o)
+
+# Engine tests link the engine alone; the others link the service and curl.
+ENGINE_TESTS := $(wildcard tests/test_loss.c tests/test_pool.c tests/test_blas.c tests/test_config.c)
+SERVER_TESTS := $(filter-out $(ENGINE_TESTS),$(wildcard tests/test_*.c))
+ENGINE_UTILS := $(wildcard tests/util_engine_*.c)
+SERVER_UTILS := $(filter-out $(ENGINE_UTILS),$(wildcard tests/util_*.c))
+TEST_BINS    := $(ENGINE_TESTS:tests/%.c=$(BUILD)/tests/%) \
+                $(SERVER_TESTS:tests/%.c=$(BUILD)/tests/%)
+CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm)
+
+VENV      := $(BUILD)/venv
+VENV_PY   := $(CURDIR)/$(VENV)/bin/python
+
+.PHONY: all run test test-c test-py bench golden install clean deps deps-c deps-py fuzz soak
+.DEFAULT_GOAL := all
+
+all: $(BUILD)/circled $(BUILD)/libcircle.a $(BUILD)/libcircle.so
+
+# ---- dependencies -----------------------------------------------------------
+APT_PKGS := build-essential pkg-config libopenblas-dev libmicrohttpd-dev \
+            libcjson-dev zlib1g-dev check libcurl4-openssl-dev python3 \
+            python3-venv python3-pip curl
+
+deps: deps-c deps-py
+
+deps-c:
+	@missing=""; for p in $(APT_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "deps: installing$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "deps: missing Debian packages. Run:"; \
+	    echo "  sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+$(VENV)/.stamp: tests/requirements.txt
+	@mkdir -p $(BUILD)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r tests/requirements.txt
+	@touch $@
+
+deps-py: deps-c $(VENV)/.stamp
+
+# ---- build ------------------------------------------------------------------
+$(BUILD)/obj/%.o: src/%.c | deps-c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/pic/%.o: src/%.c | deps-c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC -MMD -MP -c $< -o $@
+
+$(BUILD)/libcircle.a: $(ENGINE_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libcircle.so: $(ENGINE_PIC)
+	$(CC) -shared -Wl,-soname,libcircle.so.0 $(LDFLAGS) -o $@ $^ $(LDLIBS_ENGINE)
+
+$(BUILD)/circled: $(BUILD)/obj/main.o $(SERVER_OBJS) $(BUILD)/libcircle.a
+	$(CC) $(LDFLAGS) -o $@ $(BUILD)/obj/main.o $(SERVER_OBJS) $(BUILD)/libcircle.a $(LDLIBS_SERVER)
+
+$(BUILD)/tests/test_%: tests/test_%.c $(BUILD)/libcircle.a $(SERVER_OBJS) $(ENGINE_UTILS) $(SERVER_UTILS) $(wildcard tests/*.h)
+	@mkdir -p $(dir $@)
+	@if echo " $(ENGINE_TESTS) " | grep -q " $< "; then \
+	  echo "$(CC) ... $< (engine)"; \
+	  $(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ $< $(ENGINE_UTILS) $(BUILD)/libcircle.a $(CHECK_LIBS) $(LDLIBS_ENGINE); \
+	else \
+	  echo "$(CC) ... $< (service)"; \
+	  $(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ $< $(SERVER_UTILS) $(SERVER_OBJS) $(BUILD)/libcircle.a $(CHECK_LIBS) -lcurl $(LDLIBS_SERVER); \
+	fi
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libcircle.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libcircle.a $(LDLIBS_ENGINE)
+
+-include $(wildcard $(BUILD)/obj/*.d $(BUILD)/pic/*.d)
+
+# ---- run, test, bench -------------------------------------------------------
+run: all
+	$(BUILD)/circled --bind 0.0.0.0 --port 8080
+
+# Every check binary; the engine's golden tests once more under OpenBLAS'
+# generic kernels to show the results do not depend on the kernel chosen.
+test-c: all $(TEST_BINS)
+	@set -e; export CIRCLED_BIN=$(CURDIR)/$(BUILD)/circled CIRCLE_GOLDEN_DIR=$(CURDIR)/tests/golden; \
+	for t in $(TEST_BINS); do echo "== $$t"; $$t; done; \
+	if [ -x $(BUILD)/tests/test_loss ]; then \
+	  echo "== $(BUILD)/tests/test_loss (OPENBLAS_CORETYPE=Prescott)"; \
+	  OPENBLAS_CORETYPE=Prescott $(BUILD)/tests/test_loss; fi
+
+test-py: all deps-py
+	@if ls tests/py/test_*.py >/dev/null 2>&1; then \
+	  CIRCLED_BIN=$(CURDIR)/$(BUILD)/circled KERAS_BACKEND=jax $(VENV_PY) -m pytest -q tests/py; \
+	fi
+
+test: deps
+	$(MAKE) test-c
+	$(MAKE) test-py
+
+golden: deps-py
+	KERAS_BACKEND=jax $(VENV_PY) tests/golden/generate.py tests/golden
+
+bench: all $(BUILD)/bench/bench_loss
+	$(BUILD)/bench/bench_loss
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/circle
+	install -m 755 $(BUILD)/circled $(DESTDIR)$(PREFIX)/bin/circled
+	install -m 644 $(BUILD)/libcircle.a $(DESTDIR)$(PREFIX)/lib/libcircle.a
+	install -m 755 $(BUILD)/libcircle.so $(DESTDIR)$(PREFIX)/lib/libcircle.so.0
+	ln -sf libcircle.so.0 $(DESTDIR)$(PREFIX)/lib/libcircle.so
+	install -m 644 include/circle/*.h $(DESTDIR)$(PREFIX)/include/circle/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' circle.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/circle.pc
+
+clean:
+	rm -rf $(BUILD)/obj $(BUILD)/pic $(BUILD)/tests $(BUILD)/bench $(BUILD)/san \
+	       $(BUILD)/circled $(BUILD)/libcircle.a $(BUILD)/libcircle.so

@@ -1,0 +1,253 @@
+/* circle.h -- public API of the circle loss engine (keras.losses.Circle in C).
+ *
+ * The engine computes exactly what Keras 3 computes for
+ *
+ *     keras.losses.Circle(gamma, margin, remove_diagonal, reduction, dtype)
+ *         (y_true, y_pred, sample_weight)
+ *
+ * plus the functional form's reference set (keras.losses.circle(...,
+ * ref_labels, ref_embeddings)) and the gradients of the result with respect
+ * to the embeddings and the reference embeddings.  It knows nothing of HTTP
+ * or JSON: callers hand it typed arrays and get typed arrays back.
+ *
+ *   s_ij = <x_i, r_j>            c_ij = max(1 - s_ij, 0)
+ *   positive pair: same label (minus (i,i) when remove_diagonal)
+ *   negative pair: different label
+ *   a_p = max(m + c, 0)          a_n = max(1 + m - c, 0)
+ *   p_i = logsumexp_{j pos} (-gamma * a_p * (m - c))
+ *   n_i = logsumexp_{j neg} ( gamma * a_n * (1 - m - c))
+ *   v_i = softplus(p_i + n_i)    (per-sample value; Keras masks v_i == 0)
+ *   loss = reduce(v * sample_weight * mask)
+ *
+ * Memory management: the engine never frees what the caller passed in, and
+ * the caller allocates every output buffer (sizes follow from n, m, d and the
+ * dtype).  Every *_free accepts NULL.  Functions return a circle_status: 0 on
+ * success, negative on error, and leave their outputs untouched on failure.
+ *
+ * Thread safety: a circle_engine may be used by any number of threads at
+ * once; each circle_loss_compute call is independent.
+ */
+#ifndef CIRCLE_CIRCLE_H
+#define CIRCLE_CIRCLE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Status codes                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* X(name, value, message): the one table that defines every status. */
+#define CIRCLE_STATUS_MAP(X)                                                  \
+  X(OK, 0, "success")                                                         \
+  X(EINVAL, -1, "invalid argument")                                           \
+  X(ENOMEM, -2, "out of memory")                                              \
+  X(EOVERFLOW, -3, "size computation overflows")                              \
+  X(EEMPTY, -4, "empty batch")                                                \
+  X(ENONFINITE, -5, "non-finite input value")                                 \
+  X(ELIMIT, -6, "request exceeds a configured limit")                         \
+  X(EBUSY, -7, "queue is full")                                               \
+  X(ESHUTDOWN, -8, "shutting down")                                           \
+  X(EBLAS, -9, "BLAS library problem")
+
+typedef enum {
+#define CIRCLE__STATUS_ENUM(name, value, msg) CIRCLE_##name = value,
+  CIRCLE_STATUS_MAP(CIRCLE__STATUS_ENUM)
+#undef CIRCLE__STATUS_ENUM
+} circle_status;
+
+/* Human-readable message for a status; "unknown status" for other values. */
+const char *circle_status_str(int status);
+/* Symbolic name of a status ("EINVAL"); "EUNKNOWN" for other values. */
+const char *circle_status_name(int status);
+
+/* ------------------------------------------------------------------------ */
+/* Configuration                                                            */
+/* ------------------------------------------------------------------------ */
+
+typedef enum {
+  CIRCLE_DTYPE_FLOAT32 = 0,
+  CIRCLE_DTYPE_FLOAT64 = 1
+} circle_dtype;
+
+typedef enum {
+  CIRCLE_REDUCTION_SUM_OVER_BATCH_SIZE = 0,
+  CIRCLE_REDUCTION_SUM,
+  CIRCLE_REDUCTION_MEAN,
+  CIRCLE_REDUCTION_MEAN_WITH_SAMPLE_WEIGHT,
+  CIRCLE_REDUCTION_NONE, /* the string "none" */
+  CIRCLE_REDUCTION_NULL  /* Python None: same numbers as "none" */
+} circle_reduction;
+
+/* Size in bytes of one element of dtype (4 or 8); 0 for an unknown dtype. */
+size_t circle_dtype_size(circle_dtype dtype);
+/* "float32" / "float64"; NULL for an unknown dtype. */
+const char *circle_dtype_name(circle_dtype dtype);
+/* Parses "float32" / "float64" into *out. CIRCLE_EINVAL otherwise. */
+int circle_dtype_parse(const char *s, circle_dtype *out);
+/* Keras spelling of a reduction; NULL for CIRCLE_REDUCTION_NULL. */
+const char *circle_reduction_name(circle_reduction r);
+/* Parses a Keras reduction string ("none" included, not NULL: the caller maps
+ * JSON null to CIRCLE_REDUCTION_NULL itself). CIRCLE_EINVAL otherwise. */
+int circle_reduction_parse(const char *s, circle_reduction *out);
+/* True for "none" and NULL: the loss is a vector of n values. */
+bool circle_reduction_is_elementwise(circle_reduction r);
+
+typedef struct {
+  double gamma;               /* scale; > 0 and finite. Keras default 80 */
+  double margin;              /* relaxation; finite. Keras default 0.4 */
+  bool remove_diagonal;       /* drop pairs (i, i) from the positives */
+  circle_reduction reduction; /* how per-sample values are combined */
+  circle_dtype dtype;         /* precision of the whole computation */
+  bool normalize;             /* L2-normalize embeddings first, as
+                                 keras.layers.UnitNormalization does */
+} circle_config;
+
+/* Fills *cfg with Keras' defaults (gamma 80, margin 0.4, remove_diagonal,
+ * sum_over_batch_size, float32, no normalize). */
+void circle_config_init(circle_config *cfg);
+/* CIRCLE_OK when every field is in range, else CIRCLE_EINVAL. */
+int circle_config_validate(const circle_config *cfg);
+
+/* ------------------------------------------------------------------------ */
+/* Inputs and outputs                                                       */
+/* ------------------------------------------------------------------------ */
+
+/* What a caller wants computed; what is not asked for is not computed. */
+enum {
+  CIRCLE_OUT_LOSS = 1u << 0,       /* output.loss or output.loss_values */
+  CIRCLE_OUT_PER_SAMPLE = 1u << 1, /* output.per_sample */
+  CIRCLE_OUT_GRAD = 1u << 2,       /* output.grad */
+  CIRCLE_OUT_REF_GRAD = 1u << 3,   /* output.ref_grad (needs a ref set) */
+  CIRCLE_OUT_STATS = 1u << 4,      /* output.stats */
+  CIRCLE_OUT_ALL = 0x1fu
+};
+
+/* All arrays are dense, row-major and in cfg.dtype (float or double). */
+typedef struct {
+  size_t n;                   /* batch rows, >= 1 */
+  size_t m;                   /* reference rows; ignored without a ref set */
+  size_t d;                   /* embedding dimension, >= 1 */
+  const int64_t *labels;      /* [n] */
+  const void *embeddings;     /* [n * d] */
+  const void *sample_weight;  /* [n] or NULL (all ones) */
+  const int64_t *ref_labels;  /* [m] or NULL: both ref arrays or neither */
+  const void *ref_embeddings; /* [m * d] or NULL */
+} circle_input;
+
+/* Embedding-quality figures, computed in the same pass as the loss over the
+ * similarities the loss sees (after normalize, when asked for). A figure
+ * over an empty set (say, no positive pair) is 0 and its count says so. */
+typedef struct {
+  double pos_row_frac;   /* fraction of rows with per-sample value > 0 */
+  double mean_pos_sim;   /* mean similarity over all positive pairs */
+  double min_pos_sim;    /* smallest positive similarity */
+  double mean_neg_sim;   /* mean similarity over all negative pairs */
+  double max_neg_sim;    /* largest negative similarity */
+  double sim_gap;        /* mean_pos_sim - mean_neg_sim */
+  double hard_neg_frac;  /* negatives above their row's weakest positive,
+                            over negatives of rows that have a positive */
+  double recall_at_1;    /* rows whose nearest neighbour (pair (i,i)
+                            excluded) shares their label */
+  double norm_dev_mean;  /* mean |‖x_i‖ - 1| of the raw query embeddings */
+  double norm_dev_max;   /* max  |‖x_i‖ - 1| */
+  uint64_t pos_pairs;    /* number of positive pairs */
+  uint64_t neg_pairs;    /* number of negative pairs */
+} circle_stats;
+
+/* Output buffers are allocated by the caller, in cfg.dtype, and written only
+ * when the matching CIRCLE_OUT_* bit is set in `want`. */
+typedef struct {
+  unsigned want;      /* CIRCLE_OUT_* bits */
+  double loss;        /* reduced loss for scalar reductions */
+  void *loss_values;  /* [n] for "none"/NULL reductions (weighted values) */
+  void *per_sample;   /* [n] keras.losses.circle values (unweighted) */
+  void *grad;         /* [n * d] d loss / d embeddings */
+  void *ref_grad;     /* [m * d] d loss / d ref_embeddings */
+  circle_stats stats; /* when CIRCLE_OUT_STATS */
+} circle_output;
+
+/* ------------------------------------------------------------------------ */
+/* Engine                                                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct circle_engine circle_engine;
+
+typedef struct {
+  unsigned threads;         /* compute threads; 0 = one per online core */
+  size_t max_queue;         /* jobs waiting in circle_engine_submit's queue
+                               before it answers CIRCLE_EBUSY; 0 = 1024 */
+  size_t block_rows;        /* rows per work item; 0 = automatic */
+  size_t materialize_bytes; /* largest n*m similarity matrix kept whole
+                               (faster); above it the engine streams row
+                               blocks. 0 = 256 MiB */
+} circle_engine_opts;
+
+/* Creates an engine with its thread pool. opts may be NULL (defaults). Sets
+ * OpenBLAS to one thread: parallelism comes from the engine's own pool.
+ * Returns CIRCLE_EINVAL, CIRCLE_ENOMEM; *out is untouched on failure. */
+int circle_engine_init(circle_engine **out, const circle_engine_opts *opts);
+/* Runs every job already submitted, joins the threads and frees. NULL is a
+ * no-op. Must not be called from one of the engine's own threads. */
+void circle_engine_free(circle_engine *engine);
+/* Number of compute threads. */
+unsigned circle_engine_threads(const circle_engine *engine);
+/* Jobs submitted and not yet started. Thread-safe. */
+size_t circle_engine_queue_depth(circle_engine *engine);
+
+/* Checks the input's shapes, pointers and values (finite numbers, non-
+ * negative finite sample weights) against cfg. Returns CIRCLE_OK,
+ * CIRCLE_EINVAL, CIRCLE_EEMPTY, CIRCLE_ENONFINITE or CIRCLE_EOVERFLOW. When
+ * where is not NULL it receives a sentence naming the offending field and
+ * row (at most where_len bytes, NUL-terminated). */
+int circle_input_check(const circle_config *cfg, const circle_input *in,
+                       char *where, size_t where_len);
+
+/* Bytes of working memory circle_loss_compute will allocate for this input
+ * with this engine (scratch only; the caller's output buffers not included).
+ * Returns 0 when the size overflows size_t. */
+size_t circle_loss_scratch_bytes(const circle_engine *engine,
+                                 const circle_config *cfg,
+                                 const circle_input *in, unsigned want);
+
+/* Computes what out->want asks for. Blocks until done, using the calling
+ * thread and the engine's threads. May be called from a job running on the
+ * engine (that is how the server uses it). Results are bitwise identical
+ * whatever the number of threads. Returns circle_input_check's errors,
+ * CIRCLE_ENOMEM, or CIRCLE_OK. On failure *out is untouched. */
+int circle_loss_compute(circle_engine *engine, const circle_config *cfg,
+                        const circle_input *in, circle_output *out);
+
+/* Queues fn(arg) to run on one of the engine's threads. Returns CIRCLE_OK,
+ * CIRCLE_EBUSY when max_queue jobs are waiting, CIRCLE_ESHUTDOWN once
+ * circle_engine_free has begun. fn owns arg. */
+int circle_engine_submit(circle_engine *engine, void (*fn)(void *arg),
+                         void *arg);
+
+/* ------------------------------------------------------------------------ */
+/* OpenBLAS kernel selection                                                */
+/* ------------------------------------------------------------------------ */
+
+/* The OpenBLAS core type to force for a detected core name, or NULL to keep
+ * it: a generic core ("Prescott", "Core2", "Nehalem", "Atom", "Katmai",
+ * "Banias", "Northwood", "Dunnington", "Penryn", "Barcelona", "Opteron")
+ * on a CPU with AVX-512F gets "SkylakeX", with AVX2 "Haswell". Pure. */
+const char *circle_blas_pick_coretype(const char *corename, bool has_avx512f,
+                                      bool has_avx2);
+/* OpenBLAS' name for the kernels it loaded ("SkylakeX"), or "unknown". */
+const char *circle_blas_corename(void);
+/* Call first thing in main(). If OPENBLAS_CORETYPE is unset and
+ * circle_blas_pick_coretype picks a core, sets the variable and re-executes
+ * the program (/proc/self/exe) so OpenBLAS loads with it; returns only when
+ * no re-exec is needed or it failed. Never re-executes twice. */
+void circle_blas_ensure_kernel(int argc, char **argv);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CIRCLE_CIRCLE_H */

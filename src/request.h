@@ -1,0 +1,100 @@
+/* request.h -- the decoded request: what a codec builds from bytes and the
+ * server hands to the engine, and the error a codec reports instead.
+ *
+ * A circle_request owns every array it points to (malloc'd by the codec,
+ * freed by circle_request_free). Arrays are in req->cfg.dtype. Labels are
+ * int64 ids: string labels are mapped to ids by the codec, with one mapping
+ * shared by labels and ref_labels so equality is preserved across both.
+ */
+#ifndef CIRCLE_REQUEST_H
+#define CIRCLE_REQUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "circle/circle.h"
+
+/* Limits a codec enforces while decoding; each has a server flag. */
+typedef struct {
+  size_t max_n;        /* batch rows */
+  size_t max_m;        /* reference rows */
+  size_t max_d;        /* embedding dimension */
+  uint64_t max_pairs;  /* n * m (n * n without a ref set): the work limit */
+  size_t max_depth;    /* JSON nesting depth */
+  size_t max_inflated; /* bytes after gzip/deflate decoding */
+} circle_limits;
+
+/* Fills *lim with the documented defaults: n, m 65536; d 4096;
+ * pairs 2^32; depth 32; inflated 256 MiB. */
+void circle_limits_init(circle_limits *lim);
+
+typedef enum { CIRCLE_PROTO_V1 = 0, CIRCLE_PROTO_OIP = 1 } circle_proto;
+
+typedef struct {
+  circle_proto proto;
+  circle_config cfg;  /* effective config (server defaults + request) */
+  char name[128];     /* Keras loss name echoed in get_config ("circle") */
+  size_t n, m, d;     /* m == 0 without a ref set */
+  bool has_ref;
+  int64_t *labels;     /* [n] */
+  int64_t *ref_labels; /* [m] or NULL */
+  void *x;             /* [n * d] embeddings */
+  void *r;             /* [m * d] ref embeddings or NULL */
+  void *sw;            /* [n] sample weights or NULL */
+  unsigned want;       /* CIRCLE_OUT_* bits to compute and return */
+  char tag[64];        /* client-supplied metrics tag, "" when none */
+  /* Open Inference Protocol only. */
+  char id[256];            /* request id, echoed; "" when none */
+  unsigned binary_outputs; /* CIRCLE_OUT_* bits to return as binary data */
+  unsigned out_order[5];   /* requested outputs in request order */
+  size_t out_count;        /* entries used in out_order (0: defaults) */
+  int emb_datatype;        /* circle_oip_datatype of "embeddings" input */
+} circle_request;
+
+/* Zeroes *req and sets cfg to circle_config_init's defaults. */
+void circle_request_init(circle_request *req);
+/* Frees every array and re-inits. NULL is a no-op. */
+void circle_request_free(circle_request *req);
+
+/* A client error: HTTP status, a stable machine-readable code (for /v1:
+ * "invalid_json", "wrong_type", "ragged_rows", "shape_mismatch",
+ * "empty_batch", "non_finite", "bad_label", "bad_config", "unknown_key",
+ * "duplicate_key", "half_reference", "limit_exceeded", "body_too_large",
+ * "bad_encoding", "bad_output", "method_not_allowed", "not_found",
+ * "unauthorized", "overloaded", "internal") and a message saying how to fix
+ * the request. */
+typedef struct {
+  int http_status;
+  char code[32];
+  char message[512];
+} circle_error;
+
+/* Sets *err (printf-style message); returns CIRCLE_EINVAL for chaining. */
+int circle_error_set(circle_error *err, int http_status, const char *code,
+                     const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* A growable byte buffer for response bodies. */
+typedef struct {
+  char *data;
+  size_t len;
+  size_t cap;
+  bool failed; /* an allocation failed; contents are incomplete */
+} circle_buf;
+
+void circle_buf_init(circle_buf *b);
+void circle_buf_free(circle_buf *b);
+/* Ensures room for extra more bytes; false (and b->failed) on ENOMEM. */
+bool circle_buf_reserve(circle_buf *b, size_t extra);
+void circle_buf_append(circle_buf *b, const void *p, size_t len);
+void circle_buf_puts(circle_buf *b, const char *s);
+void circle_buf_printf(circle_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Appends a JSON string literal (quotes and escapes included). */
+void circle_buf_json_string(circle_buf *b, const char *s);
+/* Appends a number that round-trips in dtype: 9 significant digits for
+ * float32, 17 for float64; non-finite values are written as null. */
+void circle_buf_json_number(circle_buf *b, double v, circle_dtype dtype);
+
+#endif /* CIRCLE_REQUEST_H */
