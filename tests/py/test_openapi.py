@@ -8,6 +8,7 @@ literals in src/, and -- where build/circled exists -- the live server, whose
 answers to the document's own examples must match the documented schemas.
 """
 
+import contextlib
 import gzip
 import http.client
 import json
@@ -313,15 +314,35 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
+def circled_bin():
     binary = os.environ.get("CIRCLED_BIN") or str(ROOT / "build" / "circled")
     if not os.access(binary, os.X_OK):
         pytest.skip(f"{binary} is not built (run `make`)")
+    return binary
+
+
+def test_readme_flags_table_should_match_circled_help():
+    """README's flags table lists every flag of `circled --help` with the
+    same environment variable and default, and nothing else."""
+    out = subprocess.run([circled_bin(), "--help"], check=True, capture_output=True,
+                         text=True).stdout
+    helped = {m[0]: (m[1], m[2].strip("()")) for m in re.findall(
+        r"^  --(\S+) \S+\s+(CIRCLED_\S+)\s+default: (\S+)", out, re.M)}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = {m[0]: (m[1], m[2]) for m in re.findall(
+        r"^\| `--(\S+) [^`]*` \| `(CIRCLED_\S+)` \| `?([^`|]+?)`? \|", readme, re.M)}
+    assert helped, "circled --help lists no flag"
+    assert table == helped
+
+
+@contextlib.contextmanager
+def running_circled(*extra):
+    """circled on a free loopback port, stopped with SIGTERM (must exit 0)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIRCLED_")}
-    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--workers", "2",
-                             "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([circled_bin(), "--bind", "127.0.0.1", "--port", str(port),
+                             "--workers", "2", "--quiet", *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 15
     while True:
         if proc.poll() is not None:
@@ -335,9 +356,17 @@ def server():
             proc.kill()
             pytest.fail("circled did not answer /healthz within 15 s")
         time.sleep(0.05)
-    yield port
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=15) == 0
+    try:
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_circled() as port:
+        yield port
 
 
 def request(port, method, path, body=None, headers=None):
@@ -466,3 +495,20 @@ def test_live_unknown_paths_and_methods_should_answer_in_their_family_shape(spec
     assert status == 405 and "POST" in headers["allow"] and v1.is_valid(json.loads(body))
     status, headers, body = request(server, "POST", "/v2/health/live", b"{}")
     assert status == 405 and "GET" in headers["allow"] and oip.is_valid(json.loads(body))
+
+
+def test_live_bearer_auth_should_guard_every_route_but_the_health_probes(spec, tmp_path):
+    key = tmp_path / "token"
+    key.write_text("s3cret-token\n")
+    with running_circled("--api-key-file", str(key)) as port:
+        for method, path in sorted(SERVED_ROUTES):
+            status, headers, body = request(port, method.upper(), path, b"{}" if method == "post" else None)
+            if path in OPEN_ROUTES:
+                assert status == 200, f"{path} must stay open"
+                continue
+            assert status == 401, f"{method} {path} answered {status} without a token"
+            check_response(spec, method, path, status, headers, body)
+        status, _, _ = request(port, "GET", "/config", headers={"Authorization": "Bearer s3cret-token"})
+        assert status == 200
+        status, _, _ = request(port, "GET", "/config", headers={"Authorization": "Bearer wrong"})
+        assert status == 401
