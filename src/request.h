@@ -60,10 +60,15 @@ void circle_request_free(circle_request *req);
 /* A client error: HTTP status, a stable machine-readable code (for /v1:
  * "invalid_json", "wrong_type", "ragged_rows", "shape_mismatch",
  * "empty_batch", "non_finite", "bad_label", "bad_config", "unknown_key",
- * "duplicate_key", "half_reference", "limit_exceeded", "body_too_large",
- * "bad_encoding", "bad_output", "method_not_allowed", "not_found",
- * "unauthorized", "overloaded", "internal") and a message saying how to fix
- * the request. */
+ * "duplicate_key", "missing_field", "bad_tag", "half_reference",
+ * "limit_exceeded", "body_too_large", "bad_encoding", "bad_output",
+ * "method_not_allowed", "not_found", "unauthorized", "overloaded",
+ * "internal") and a message saying how to fix the request.
+ *
+ * HTTP statuses the codecs use: 400 for every malformed or invalid request,
+ * JSON nesting deeper than max_depth included ("limit_exceeded"); 413
+ * "limit_exceeded" when N, M, D, the pair count or the inflated size is over
+ * its limit; 415 "bad_encoding" for an unknown Content-Encoding. */
 typedef struct {
   int http_status;
   char code[32];
@@ -93,8 +98,25 @@ void circle_buf_printf(circle_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Appends a JSON string literal (quotes and escapes included). */
 void circle_buf_json_string(circle_buf *b, const char *s);
-/* Appends a number that round-trips in dtype: 9 significant digits for
- * float32, 17 for float64; non-finite values are written as null. */
+/* Appends a number that round-trips in dtype: the 9 (float32) or 17
+ * (float64) significant digits and layout of printf's "%.9g" / "%.17g"
+ * ("-0" for negative zero); non-finite values are written as null. For
+ * float32, v is first rounded to float. Never writes more than
+ * CIRCLE_JSON_NUMBER_MAX bytes. */
 void circle_buf_json_number(circle_buf *b, double v, circle_dtype dtype);
+/* Appends an unsigned integer in decimal. */
+void circle_buf_json_uint(circle_buf *b, uint64_t v);
+/* Appends v the way Python's repr(float) does (80.0, 0.4, 1e-05): the
+ * shortest digits that round-trip as a double, ".0" on integral values.
+ * Used for get_config() JSON. */
+void circle_buf_python_float(circle_buf *b, double v);
+
+/* Longest text circle_buf_json_number writes ("-1.2345678901234567e-308"
+ * is 24 bytes). */
+#define CIRCLE_JSON_NUMBER_MAX 32
+/* Writes what circle_buf_json_number appends into dst (room for
+ * CIRCLE_JSON_NUMBER_MAX bytes, no NUL) and returns its length: for encoders
+ * that reserve a whole array's worth of buffer at once. Thread-safe. */
+size_t circle__json_number_write(char *dst, double v, circle_dtype dtype);
 
 #endif /* CIRCLE_REQUEST_H */

@@ -1,0 +1,837 @@
+/* codec_json.c -- the native /v1/loss codec: JSON bytes -> circle_request,
+ * engine output -> JSON bytes. Must keep true: every rejected request gets a
+ * 4xx naming the field, the row and what was expected; nothing the client
+ * sends can make it recurse deeply, allocate more than its body implies or
+ * go quadratic; the response is valid JSON whose numbers round-trip.
+ *
+ *   body --prescan (depth, strings, numbers)--> cJSON tree
+ *        --keys (unknown, duplicate)--> config, options
+ *        --labels (ints exact to int64, or strings -> ids)--> int64[n], [m]
+ *        --embeddings (N x D, ragged rows named)--> cfg.dtype arrays
+ *
+ * Integer labels are read from the double cJSON parsed when they are below
+ * 2^53 in magnitude (where every integer is exact) and from the raw text
+ * otherwise, so 9007199254740993 and 9007199254740992 stay two labels.
+ */
+#include "codec_json.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "codec_util.h"
+
+/* 2^53: every integer of smaller magnitude is exact in a double. */
+#define EXACT_INT_LIMIT 9007199254740992.0
+
+/* Shortest text of a double for messages ("1.5", "1e+300"). */
+static const char *num_text(char *buf, double v) {
+  size_t n = circle__json_number_write(buf, v, CIRCLE_DTYPE_FLOAT64);
+  buf[n] = '\0';
+  /* Prefer the short form when it round-trips (messages read better). */
+  char tmp[40];
+  for (int p = 1; p < 17; p++) {
+    snprintf(tmp, sizeof(tmp), "%.*g", p, v);
+    if (strtod(tmp, NULL) == v) {
+      snprintf(buf, 40, "%s", tmp);
+      break;
+    }
+  }
+  return buf;
+}
+
+/* A value for a message: a string quoted (cut, made printable), anything
+ * else by its kind ("a number"). */
+static void describe(const cJSON *it, char *q, size_t qlen) {
+  if (cJSON_IsString(it)) {
+    char t[72];
+    circle__json_quote(t, sizeof(t), it->valuestring, 64);
+    snprintf(q, qlen, "\"%s\"", t);
+  } else {
+    snprintf(q, qlen, "%s", circle__json_kind(it));
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Config                                                                   */
+/* ------------------------------------------------------------------------ */
+
+enum {
+  CF_NAME, CF_REDUCTION, CF_GAMMA, CF_MARGIN, CF_REMOVE_DIAGONAL, CF_DTYPE,
+  CF_FN, CF_NORMALIZE, CF_COUNT
+};
+
+static const char *const reduction_list =
+    "\"sum_over_batch_size\", \"sum\", \"mean\", \"mean_with_sample_weight\", "
+    "\"none\" or null";
+
+/* config.fn as Keras' LossFunctionWrapper serializes it: "circle", or
+ * {"module": ..., "class_name": "function", "config": "circle", ...}. */
+static int parse_fn(const cJSON *fn, circle_error *err) {
+  if (cJSON_IsString(fn) && strcmp(fn->valuestring, "circle") == 0) return 0;
+  if (cJSON_IsObject(fn)) {
+    circle__json_field f[] = {{"module", NULL}, {"class_name", NULL},
+                              {"config", NULL}, {"registered_name", NULL}};
+    if (circle__json_fields(fn, "config.fn", f, 4, err) != 0) return -1;
+    if (cJSON_IsString(f[2].item) &&
+        strcmp(f[2].item->valuestring, "circle") == 0)
+      return 0;
+  }
+  return circle_error_set(err, 400, "bad_config",
+                          "config.fn must be \"circle\" (or Keras' "
+                          "serialization of it); this service computes only "
+                          "the circle loss");
+}
+
+int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
+                             char *name, size_t name_len, circle_error *err) {
+  const cJSON *obj = cjson_object;
+  if (obj == NULL || cfg == NULL || err == NULL ||
+      (name == NULL && name_len != 0))
+    return err ? circle_error_set(err, 500, "internal",
+                                  "circle_json_config_parse: bad argument")
+               : CIRCLE_EINVAL;
+  if (!cJSON_IsObject(obj))
+    return circle_error_set(err, 400, "bad_config",
+                            "config is %s; expected an object like Keras' "
+                            "Circle.get_config()",
+                            circle__json_kind(obj));
+  circle__json_field f[CF_COUNT] = {
+      {"name", NULL},   {"reduction", NULL}, {"gamma", NULL},
+      {"margin", NULL}, {"remove_diagonal", NULL}, {"dtype", NULL},
+      {"fn", NULL},     {"normalize", NULL}};
+  if (circle__json_fields(obj, "config", f, CF_COUNT, err) != 0)
+    return CIRCLE_EINVAL;
+
+  circle_config c = *cfg;
+  char nm[128];
+  snprintf(nm, sizeof(nm), "%s", name && name_len ? name : "circle");
+  char vb[40];
+  const cJSON *it;
+
+  if ((it = f[CF_NAME].item) != NULL && !cJSON_IsNull(it)) {
+    if (!cJSON_IsString(it))
+      return circle_error_set(err, 400, "bad_config",
+                              "config.name is %s; expected a string",
+                              circle__json_kind(it));
+    size_t l = strlen(it->valuestring);
+    if (l == 0 || l >= sizeof(nm) || l >= name_len)
+      return circle_error_set(err, 400, "bad_config",
+                              "config.name has %zu bytes; expected 1 to %zu",
+                              l, (name_len < sizeof(nm) ? name_len : sizeof(nm)) - 1);
+    memcpy(nm, it->valuestring, l + 1);
+  }
+  if ((it = f[CF_REDUCTION].item) != NULL) {
+    if (cJSON_IsNull(it)) {
+      c.reduction = CIRCLE_REDUCTION_NULL;
+    } else if (!cJSON_IsString(it) ||
+               circle_reduction_parse(it->valuestring, &c.reduction) != 0) {
+      char q[80];
+      describe(it, q, sizeof(q));
+      return circle_error_set(err, 400, "bad_config",
+                              "config.reduction is %s; expected %s", q,
+                              reduction_list);
+    }
+  }
+  if ((it = f[CF_GAMMA].item) != NULL) {
+    if (!cJSON_IsNumber(it))
+      return circle_error_set(err, 400, "bad_config",
+                              "config.gamma is %s; expected a number > 0",
+                              circle__json_kind(it));
+    if (!(it->valuedouble > 0) || !isfinite(it->valuedouble))
+      return circle_error_set(err, 400, "bad_config",
+                              "config.gamma is %s; expected a finite number "
+                              "> 0 (Keras' default is 80.0)",
+                              num_text(vb, it->valuedouble));
+    c.gamma = it->valuedouble;
+  }
+  if ((it = f[CF_MARGIN].item) != NULL) {
+    if (!cJSON_IsNumber(it))
+      return circle_error_set(err, 400, "bad_config",
+                              "config.margin is %s; expected a number",
+                              circle__json_kind(it));
+    if (!isfinite(it->valuedouble))
+      return circle_error_set(err, 400, "bad_config",
+                              "config.margin overflows a double; expected a "
+                              "finite number (Keras' default is 0.4)");
+    c.margin = it->valuedouble;
+  }
+  if ((it = f[CF_REMOVE_DIAGONAL].item) != NULL) {
+    if (!cJSON_IsBool(it))
+      return circle_error_set(err, 400, "bad_config",
+                              "config.remove_diagonal is %s; expected true "
+                              "or false",
+                              circle__json_kind(it));
+    c.remove_diagonal = cJSON_IsTrue(it);
+  }
+  if ((it = f[CF_DTYPE].item) != NULL && !cJSON_IsNull(it)) {
+    if (!cJSON_IsString(it) || circle_dtype_parse(it->valuestring, &c.dtype) != 0) {
+      char q[80];
+      describe(it, q, sizeof(q));
+      return circle_error_set(err, 400, "bad_config",
+                              "config.dtype is %s; expected \"float32\" or "
+                              "\"float64\"",
+                              q);
+    }
+  }
+  if ((it = f[CF_FN].item) != NULL && parse_fn(it, err) != 0)
+    return CIRCLE_EINVAL;
+  if ((it = f[CF_NORMALIZE].item) != NULL) {
+    if (!cJSON_IsBool(it))
+      return circle_error_set(err, 400, "bad_config",
+                              "config.normalize is %s; expected true or false",
+                              circle__json_kind(it));
+    c.normalize = cJSON_IsTrue(it);
+  }
+  if (circle_config_validate(&c) != 0)
+    return circle_error_set(err, 400, "bad_config",
+                            "config is out of range (gamma must be > 0 and "
+                            "finite, margin finite)");
+  *cfg = c;
+  if (name && name_len) snprintf(name, name_len, "%s", nm);
+  return 0;
+}
+
+void circle_json_config_write(circle_buf *b, const circle_config *cfg,
+                              const char *name) {
+  if (b == NULL || cfg == NULL) return;
+  circle_buf_puts(b, "{\"name\": ");
+  circle_buf_json_string(b, name ? name : "circle");
+  circle_buf_puts(b, ", \"reduction\": ");
+  const char *r = circle_reduction_name(cfg->reduction);
+  if (r) circle_buf_json_string(b, r);
+  else circle_buf_puts(b, "null");
+  circle_buf_puts(b, ", \"gamma\": ");
+  circle_buf_python_float(b, cfg->gamma);
+  circle_buf_puts(b, ", \"margin\": ");
+  circle_buf_python_float(b, cfg->margin);
+  circle_buf_puts(b, ", \"remove_diagonal\": ");
+  circle_buf_puts(b, cfg->remove_diagonal ? "true}" : "false}");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Decoding                                                                 */
+/* ------------------------------------------------------------------------ */
+
+enum {
+  F_LABELS, F_EMBEDDINGS, F_SAMPLE_WEIGHT, F_REF_LABELS, F_REF_EMBEDDINGS,
+  F_CONFIG, F_NORMALIZE, F_OUTPUTS, F_TAG, F_COUNT
+};
+
+enum { KIND_NONE = 0, KIND_INT = 1, KIND_STRING = 2 };
+
+typedef struct {
+  const char *body;
+  size_t len;
+  const circle_limits *lim;
+  circle_error *err;
+  circle__labels strings; /* string labels of both sets */
+  int kind;               /* of the labels seen so far */
+} decoder;
+
+static int missing(circle_error *err, const char *field, const char *what) {
+  return circle_error_set(err, 400, "missing_field",
+                          "%s is missing; expected %s", field, what);
+}
+
+/* Counts an array's elements, insisting on an array. */
+static int array_len(const cJSON *a, const char *field, const char *what,
+                     size_t *out, circle_error *err) {
+  if (!cJSON_IsArray(a))
+    return circle_error_set(err, 400, "wrong_type", "%s is %s; expected %s",
+                            field, circle__json_kind(a), what);
+  size_t n = 0;
+  const cJSON *it;
+  cJSON_ArrayForEach(it, a) n++;
+  *out = n;
+  return 0;
+}
+
+/* Reads labels or ref_labels (n elements) into out. */
+static int parse_labels(decoder *dc, const cJSON *arr, const char *field,
+                        size_t n, int64_t *out) {
+  circle_error *err = dc->err;
+  bool need_raw = false;
+  size_t i = 0;
+  const cJSON *it;
+  char vb[40];
+  const char *first_field = dc->kind == KIND_NONE ? field : "labels";
+  cJSON_ArrayForEach(it, arr) {
+    int kind;
+    if (cJSON_IsNumber(it)) kind = KIND_INT;
+    else if (cJSON_IsString(it)) kind = KIND_STRING;
+    else
+      return circle_error_set(err, 400, "bad_label",
+                              "%s[%zu] is %s; labels must be integers or "
+                              "strings",
+                              field, i, circle__json_kind(it));
+    if (dc->kind == KIND_NONE) {
+      dc->kind = kind;
+      first_field = field;
+    } else if (dc->kind != kind) {
+      return circle_error_set(
+          err, 400, "bad_label",
+          "%s[%zu] is %s but %s[0] is %s; use integers or strings for all "
+          "labels and ref_labels, not both",
+          field, i, kind == KIND_INT ? "a number" : "a string", first_field,
+          dc->kind == KIND_INT ? "a number" : "a string");
+    }
+    if (kind == KIND_STRING) {
+      if (!circle__labels_add(&dc->strings, it->valuestring, &out[i]))
+        return circle_error_set(err, 503, "overloaded",
+                                "out of memory reading %s; retry later", field);
+    } else {
+      double v = it->valuedouble;
+      if (fabs(v) < EXACT_INT_LIMIT) {
+        if (v != trunc(v))
+          return circle_error_set(err, 400, "bad_label",
+                                  "%s[%zu] is %s; labels must be integers or "
+                                  "strings",
+                                  field, i, num_text(vb, v));
+        out[i] = (int64_t)v;
+      } else {
+        need_raw = true; /* decided on the text below */
+      }
+    }
+    i++;
+  }
+  (void)n;
+  if (need_raw) {
+    circle__json_step path[1] = {{field, 0}};
+    size_t off, bad = 0;
+    int rc = CIRCLE__INT_NOT_NUMBER;
+    if (circle__json_locate(dc->body, dc->len, path, 1, &off))
+      rc = circle__json_read_int64s(dc->body, dc->len, off, out, n, &bad);
+    if (rc == CIRCLE__INT_RANGE)
+      return circle_error_set(err, 400, "bad_label",
+                              "%s[%zu] is outside the int64 range; send "
+                              "integers in [-2^63, 2^63) or strings",
+                              field, bad);
+    if (rc == CIRCLE__INT_NOT_INTEGER)
+      return circle_error_set(err, 400, "bad_label",
+                              "%s[%zu] is not an integer; labels must be "
+                              "integers or strings",
+                              field, bad);
+    if (rc != CIRCLE__INT_OK)
+      return circle_error_set(err, 400, "bad_label",
+                              "%s holds integers too large to read exactly; "
+                              "send them as strings",
+                              field);
+  }
+  return 0;
+}
+
+/* Stores v at out[idx] in dtype; false when it does not fit (float32
+ * overflow). */
+static inline bool store(void *out, size_t idx, double v, circle_dtype dt) {
+  if (dt == CIRCLE_DTYPE_FLOAT32) {
+    float f = (float)v;
+    ((float *)out)[idx] = f;
+    return isfinite(f);
+  }
+  ((double *)out)[idx] = v;
+  return isfinite(v);
+}
+
+static int non_finite(circle_error *err, const char *field, size_t r,
+                      size_t c, bool two_d, double v, circle_dtype dt) {
+  char idx[64];
+  if (two_d) snprintf(idx, sizeof(idx), "%s[%zu][%zu]", field, r, c);
+  else snprintf(idx, sizeof(idx), "%s[%zu]", field, r);
+  if (isfinite(v)) {
+    char vb[40];
+    return circle_error_set(err, 400, "non_finite",
+                            "%s is %s, which overflows float32; use config "
+                            "dtype \"float64\" or rescale the values",
+                            idx, num_text(vb, v));
+  }
+  return circle_error_set(err, 400, "non_finite",
+                          "%s overflows to infinity; every number must be "
+                          "finite",
+                          idx);
+}
+
+/* Reads an array of rows rows of numbers into a new cfg.dtype matrix. *d is
+ * the expected row length, or 0 to take it from row 0 (then checked
+ * against max_d). like names the row that set d, for messages. */
+static int parse_matrix(decoder *dc, const cJSON *arr, const char *field,
+                        size_t rows, size_t *d, const char *like,
+                        circle_dtype dt, void **out) {
+  circle_error *err = dc->err;
+  const cJSON *row = arr->child;
+  size_t dd = *d;
+  if (dd == 0) {
+    if (!cJSON_IsArray(row))
+      return circle_error_set(err, 400, "wrong_type",
+                              "%s[0] is %s; expected an array of numbers",
+                              field, circle__json_kind(row));
+    const cJSON *it;
+    cJSON_ArrayForEach(it, row) dd++;
+    if (dd == 0)
+      return circle_error_set(err, 400, "shape_mismatch",
+                              "%s[0] is empty; each row needs at least one "
+                              "number",
+                              field);
+    if (dd > dc->lim->max_d)
+      return circle_error_set(err, 413, "limit_exceeded",
+                              "%s[0] has %zu numbers; the dimension limit D "
+                              "is %zu",
+                              field, dd, dc->lim->max_d);
+  }
+  size_t esz = circle_dtype_size(dt);
+  uint64_t total;
+  if (!circle__mul_u64(rows, dd, &total) || !circle__mul_u64(total, esz, &total) ||
+      total > SIZE_MAX)
+    return circle_error_set(err, 413, "limit_exceeded",
+                            "%s is too large (%zu x %zu)", field, rows, dd);
+  void *m = malloc(total ? (size_t)total : 1);
+  if (m == NULL)
+    return circle_error_set(err, 503, "overloaded",
+                            "out of memory for %s (%zu x %zu); retry later or "
+                            "send a smaller batch",
+                            field, rows, dd);
+  size_t r = 0;
+  cJSON_ArrayForEach(row, arr) {
+    if (!cJSON_IsArray(row)) {
+      free(m);
+      return circle_error_set(err, 400, "wrong_type",
+                              "%s[%zu] is %s; expected an array of %zu "
+                              "numbers",
+                              field, r, circle__json_kind(row), dd);
+    }
+    size_t c = 0, base = r * dd;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, row) {
+      if (c >= dd) break;
+      if (!cJSON_IsNumber(it)) {
+        free(m);
+        return circle_error_set(err, 400, "wrong_type",
+                                "%s[%zu][%zu] is %s; expected a number",
+                                field, r, c, circle__json_kind(it));
+      }
+      if (!store(m, base + c, it->valuedouble, dt)) {
+        free(m);
+        return non_finite(err, field, r, c, true, it->valuedouble, dt);
+      }
+      c++;
+    }
+    if (c != dd || it != NULL) {
+      size_t have = 0;
+      cJSON_ArrayForEach(it, row) have++;
+      free(m);
+      return circle_error_set(err, 400, "ragged_rows",
+                              "%s[%zu] has %zu numbers; expected %zu like %s",
+                              field, r, have, dd, like);
+    }
+    r++;
+  }
+  *d = dd;
+  *out = m;
+  return 0;
+}
+
+static int parse_outputs(const cJSON *a, bool has_ref, unsigned *want,
+                         circle_error *err) {
+  static const struct {
+    const char *name;
+    unsigned bit;
+  } names[] = {{"loss", CIRCLE_OUT_LOSS},
+               {"per_sample_loss", CIRCLE_OUT_PER_SAMPLE},
+               {"embeddings_grad", CIRCLE_OUT_GRAD},
+               {"ref_embeddings_grad", CIRCLE_OUT_REF_GRAD},
+               {"stats", CIRCLE_OUT_STATS}};
+  static const char *const list =
+      "\"loss\", \"per_sample_loss\", \"embeddings_grad\", "
+      "\"ref_embeddings_grad\", \"stats\"";
+  if (!cJSON_IsArray(a))
+    return circle_error_set(err, 400, "bad_output",
+                            "outputs is %s; expected an array of names from "
+                            "%s",
+                            circle__json_kind(a), list);
+  unsigned w = 0;
+  size_t i = 0;
+  const cJSON *it;
+  cJSON_ArrayForEach(it, a) {
+    if (!cJSON_IsString(it))
+      return circle_error_set(err, 400, "bad_output",
+                              "outputs[%zu] is %s; expected one of %s", i,
+                              circle__json_kind(it), list);
+    size_t k;
+    for (k = 0; k < sizeof(names) / sizeof(names[0]); k++)
+      if (strcmp(it->valuestring, names[k].name) == 0) break;
+    char q[72];
+    circle__json_quote(q, sizeof(q), it->valuestring, 64);
+    if (k == sizeof(names) / sizeof(names[0]))
+      return circle_error_set(err, 400, "bad_output",
+                              "outputs[%zu] is \"%s\"; expected one of %s", i,
+                              q, list);
+    if (w & names[k].bit)
+      return circle_error_set(err, 400, "bad_output",
+                              "outputs[%zu] repeats \"%s\"; name each output "
+                              "once",
+                              i, q);
+    if (names[k].bit == CIRCLE_OUT_REF_GRAD && !has_ref)
+      return circle_error_set(err, 400, "bad_output",
+                              "outputs[%zu] asks for \"ref_embeddings_grad\" "
+                              "but the request has no reference set; send "
+                              "ref_labels and ref_embeddings",
+                              i);
+    w |= names[k].bit;
+    i++;
+  }
+  if (w == 0)
+    return circle_error_set(err, 400, "bad_output",
+                            "outputs is empty; name at least one of %s (or "
+                            "leave outputs out for all)",
+                            list);
+  *want = w;
+  return 0;
+}
+
+int circle_json_decode(const char *body, size_t len,
+                       const circle_config *defaults, const char *default_name,
+                       const circle_limits *lim, circle_request *req,
+                       circle_error *err) {
+  if (req == NULL || err == NULL || lim == NULL || (body == NULL && len)) {
+    if (err) circle_error_set(err, 500, "internal", "circle_json_decode: bad argument");
+    return CIRCLE_EINVAL;
+  }
+  circle_request_free(req);
+  cJSON *root = circle__json_parse(body ? body : "", len, lim->max_depth, err);
+  if (root == NULL) return CIRCLE_EINVAL;
+
+  decoder dc = {body, len, lim, err, {0}, KIND_NONE};
+  circle__labels_init(&dc.strings);
+  circle_request r;
+  circle_request_init(&r);
+  r.proto = CIRCLE_PROTO_V1;
+  if (defaults) r.cfg = *defaults;
+  snprintf(r.name, sizeof(r.name), "%s", default_name ? default_name : "circle");
+  int rc = CIRCLE_EINVAL;
+
+  if (!cJSON_IsObject(root)) {
+    circle_error_set(err, 400, "wrong_type",
+                     "the body is %s; expected a JSON object with labels and "
+                     "embeddings",
+                     circle__json_kind(root));
+    goto fail;
+  }
+  circle__json_field f[F_COUNT] = {
+      {"labels", NULL},     {"embeddings", NULL}, {"sample_weight", NULL},
+      {"ref_labels", NULL}, {"ref_embeddings", NULL}, {"config", NULL},
+      {"normalize", NULL},  {"outputs", NULL},    {"tag", NULL}};
+  if (circle__json_fields(root, "the request body", f, F_COUNT, err) != 0)
+    goto fail;
+  /* null means "not given" for every optional member. */
+  for (int i = F_SAMPLE_WEIGHT; i < F_COUNT; i++)
+    if (f[i].item && cJSON_IsNull(f[i].item)) f[i].item = NULL;
+
+  /* Options first: they decide the dtype the arrays are converted to. */
+  if (f[F_CONFIG].item &&
+      circle_json_config_parse(f[F_CONFIG].item, &r.cfg, r.name,
+                               sizeof(r.name), err) != 0)
+    goto fail;
+  if (f[F_NORMALIZE].item) {
+    const cJSON *it = f[F_NORMALIZE].item;
+    if (!cJSON_IsBool(it)) {
+      circle_error_set(err, 400, "wrong_type",
+                       "normalize is %s; expected true or false",
+                       circle__json_kind(it));
+      goto fail;
+    }
+    const cJSON *cn = f[F_CONFIG].item
+                          ? cJSON_GetObjectItemCaseSensitive(f[F_CONFIG].item,
+                                                             "normalize")
+                          : NULL;
+    if (cn && cJSON_IsTrue(cn) != cJSON_IsTrue(it)) {
+      circle_error_set(err, 400, "bad_config",
+                       "normalize is %s but config.normalize is %s; give it "
+                       "once",
+                       cJSON_IsTrue(it) ? "true" : "false",
+                       cJSON_IsTrue(cn) ? "true" : "false");
+      goto fail;
+    }
+    r.cfg.normalize = cJSON_IsTrue(it);
+  }
+  if (f[F_TAG].item &&
+      circle__tag_parse(f[F_TAG].item, r.tag, sizeof(r.tag), "tag", err) != 0)
+    goto fail;
+
+  /* Shapes and limits, before anything big is allocated. */
+  if (f[F_LABELS].item == NULL) {
+    missing(err, "labels", "an array of N integers or strings");
+    goto fail;
+  }
+  if (f[F_EMBEDDINGS].item == NULL) {
+    missing(err, "embeddings", "an array of N arrays of D numbers");
+    goto fail;
+  }
+  size_t n, rows;
+  if (array_len(f[F_LABELS].item, "labels", "an array of N integers or strings",
+                &n, err) != 0)
+    goto fail;
+  if (n == 0) {
+    circle_error_set(err, 400, "empty_batch",
+                     "labels is empty; send at least one row");
+    goto fail;
+  }
+  if (n > lim->max_n) {
+    circle_error_set(err, 413, "limit_exceeded",
+                     "labels has %zu rows; the batch limit N is %zu", n,
+                     lim->max_n);
+    goto fail;
+  }
+  if (array_len(f[F_EMBEDDINGS].item, "embeddings",
+                "an array of N arrays of D numbers", &rows, err) != 0)
+    goto fail;
+  if (rows != n) {
+    circle_error_set(err, 400, rows == 0 ? "empty_batch" : "shape_mismatch",
+                     "embeddings has %zu rows; expected %zu, one per label",
+                     rows, n);
+    goto fail;
+  }
+  const cJSON *rl = f[F_REF_LABELS].item, *re = f[F_REF_EMBEDDINGS].item;
+  if ((rl == NULL) != (re == NULL)) {
+    circle_error_set(err, 400, "half_reference",
+                     "%s is given without %s; send both ref_labels and "
+                     "ref_embeddings, or neither",
+                     rl ? "ref_labels" : "ref_embeddings",
+                     rl ? "ref_embeddings" : "ref_labels");
+    goto fail;
+  }
+  size_t m = 0;
+  r.has_ref = rl != NULL;
+  if (r.has_ref) {
+    size_t mrows;
+    if (array_len(rl, "ref_labels", "an array of M integers or strings", &m,
+                  err) != 0 ||
+        array_len(re, "ref_embeddings", "an array of M arrays of D numbers",
+                  &mrows, err) != 0)
+      goto fail;
+    if (m == 0) {
+      circle_error_set(err, 400, "empty_batch",
+                       "ref_labels is empty; send at least one reference row "
+                       "or leave the reference set out");
+      goto fail;
+    }
+    if (m > lim->max_m) {
+      circle_error_set(err, 413, "limit_exceeded",
+                       "ref_labels has %zu rows; the reference limit M is %zu",
+                       m, lim->max_m);
+      goto fail;
+    }
+    if (mrows != m) {
+      circle_error_set(err, 400, "shape_mismatch",
+                       "ref_embeddings has %zu rows; expected %zu, one per "
+                       "ref label",
+                       mrows, m);
+      goto fail;
+    }
+  }
+  uint64_t pairs;
+  if (!circle__mul_u64(n, r.has_ref ? m : n, &pairs) || pairs > lim->max_pairs) {
+    circle_error_set(err, 413, "limit_exceeded",
+                     "%zu x %zu = %llu pairs exceeds the work limit of %llu "
+                     "pairs; send a smaller batch",
+                     n, r.has_ref ? m : n,
+                     (unsigned long long)((uint64_t)n * (r.has_ref ? m : n)),
+                     (unsigned long long)lim->max_pairs);
+    goto fail;
+  }
+
+  unsigned want = CIRCLE_OUT_LOSS | CIRCLE_OUT_PER_SAMPLE | CIRCLE_OUT_GRAD |
+                  CIRCLE_OUT_STATS | (r.has_ref ? CIRCLE_OUT_REF_GRAD : 0u);
+  if (f[F_OUTPUTS].item && parse_outputs(f[F_OUTPUTS].item, r.has_ref, &want, err) != 0)
+    goto fail;
+  r.want = want;
+
+  /* Labels. */
+  r.labels = malloc(n * sizeof(int64_t));
+  if (r.has_ref) r.ref_labels = malloc(m * sizeof(int64_t));
+  if (r.labels == NULL || (r.has_ref && r.ref_labels == NULL)) {
+    circle_error_set(err, 503, "overloaded", "out of memory for labels; retry later");
+    goto fail;
+  }
+  if (parse_labels(&dc, f[F_LABELS].item, "labels", n, r.labels) != 0) goto fail;
+  if (r.has_ref && parse_labels(&dc, rl, "ref_labels", m, r.ref_labels) != 0)
+    goto fail;
+
+  /* Embeddings. */
+  size_t d = 0;
+  if (parse_matrix(&dc, f[F_EMBEDDINGS].item, "embeddings", n, &d,
+                   "embeddings[0]", r.cfg.dtype, &r.x) != 0)
+    goto fail;
+  if (r.has_ref &&
+      parse_matrix(&dc, re, "ref_embeddings", m, &d, "embeddings[0]",
+                   r.cfg.dtype, &r.r) != 0)
+    goto fail;
+
+  /* Sample weights. */
+  if (f[F_SAMPLE_WEIGHT].item) {
+    const cJSON *sw = f[F_SAMPLE_WEIGHT].item;
+    size_t k;
+    if (array_len(sw, "sample_weight", "an array of N numbers >= 0", &k, err) != 0)
+      goto fail;
+    if (k != n) {
+      circle_error_set(err, 400, "shape_mismatch",
+                       "sample_weight has %zu numbers; expected %zu, one per "
+                       "label",
+                       k, n);
+      goto fail;
+    }
+    r.sw = malloc(n * circle_dtype_size(r.cfg.dtype));
+    if (r.sw == NULL) {
+      circle_error_set(err, 503, "overloaded", "out of memory; retry later");
+      goto fail;
+    }
+    size_t i = 0;
+    const cJSON *it;
+    char vb[40];
+    cJSON_ArrayForEach(it, sw) {
+      if (!cJSON_IsNumber(it)) {
+        circle_error_set(err, 400, "wrong_type",
+                         "sample_weight[%zu] is %s; expected a number >= 0", i,
+                         circle__json_kind(it));
+        goto fail;
+      }
+      if (!store(r.sw, i, it->valuedouble, r.cfg.dtype)) {
+        non_finite(err, "sample_weight", i, 0, false, it->valuedouble, r.cfg.dtype);
+        goto fail;
+      }
+      if (it->valuedouble < 0) {
+        circle_error_set(err, 400, "wrong_type",
+                         "sample_weight[%zu] is %s; sample weights must be "
+                         ">= 0",
+                         i, num_text(vb, it->valuedouble));
+        goto fail;
+      }
+      i++;
+    }
+  }
+
+  if (!circle__labels_assign(&dc.strings)) {
+    circle_error_set(err, 503, "overloaded", "out of memory for labels; retry later");
+    goto fail;
+  }
+  r.n = n;
+  r.m = m;
+  r.d = d;
+  *req = r;
+  rc = 0;
+  goto done;
+
+fail:
+  circle_request_free(&r);
+done:
+  circle__labels_free(&dc.strings);
+  cJSON_Delete(root);
+  return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Encoding                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Appends [v0, v1, ...] for count values of dtype at p. */
+static void write_array(circle_buf *b, const void *p, size_t count,
+                        circle_dtype dt) {
+  /* Reserve per array: count numbers + separators (the caller keeps rows
+   * short enough; a whole batch is reserved row by row). */
+  if (count > (SIZE_MAX - 2) / (CIRCLE_JSON_NUMBER_MAX + 2) ||
+      !circle_buf_reserve(b, count * (CIRCLE_JSON_NUMBER_MAX + 2) + 2)) {
+    b->failed = true;
+    return;
+  }
+  char *o = b->data + b->len;
+  *o++ = '[';
+  if (dt == CIRCLE_DTYPE_FLOAT32) {
+    const float *v = p;
+    for (size_t i = 0; i < count; i++) {
+      if (i) *o++ = ',';
+      o += circle__json_number_write(o, v[i], dt);
+    }
+  } else {
+    const double *v = p;
+    for (size_t i = 0; i < count; i++) {
+      if (i) *o++ = ',';
+      o += circle__json_number_write(o, v[i], dt);
+    }
+  }
+  *o++ = ']';
+  b->len = (size_t)(o - b->data);
+  b->data[b->len] = '\0';
+}
+
+static void write_matrix(circle_buf *b, const void *p, size_t rows, size_t d,
+                         circle_dtype dt) {
+  size_t esz = circle_dtype_size(dt);
+  circle_buf_append(b, "[", 1);
+  for (size_t r = 0; r < rows && !b->failed; r++) {
+    if (r) circle_buf_append(b, ",", 1);
+    write_array(b, (const char *)p + r * d * esz, d, dt);
+  }
+  circle_buf_append(b, "]", 1);
+}
+
+int circle_json_encode(const circle_request *req, const circle_output *out,
+                       circle_buf *b) {
+  if (req == NULL || out == NULL || b == NULL) return CIRCLE_EINVAL;
+  circle_dtype dt = req->cfg.dtype;
+  unsigned w = req->want & out->want;
+  bool first = true;
+#define SEP() do { circle_buf_puts(b, first ? "{" : ", "); first = false; } while (0)
+  if (w & CIRCLE_OUT_LOSS) {
+    SEP();
+    circle_buf_puts(b, "\"loss\": ");
+    if (circle_reduction_is_elementwise(req->cfg.reduction))
+      write_array(b, out->loss_values, req->n, dt);
+    else
+      circle_buf_json_number(b, out->loss, dt);
+  }
+  if (w & CIRCLE_OUT_PER_SAMPLE) {
+    SEP();
+    circle_buf_puts(b, "\"per_sample_loss\": ");
+    write_array(b, out->per_sample, req->n, dt);
+  }
+  if (w & CIRCLE_OUT_GRAD) {
+    SEP();
+    circle_buf_puts(b, "\"embeddings_grad\": ");
+    write_matrix(b, out->grad, req->n, req->d, dt);
+  }
+  if ((w & CIRCLE_OUT_REF_GRAD) && req->has_ref) {
+    SEP();
+    circle_buf_puts(b, "\"ref_embeddings_grad\": ");
+    write_matrix(b, out->ref_grad, req->m, req->d, dt);
+  }
+  if (w & CIRCLE_OUT_STATS) {
+    SEP();
+    circle_buf_puts(b, "\"stats\": ");
+    circle__json_stats_write(b, &out->stats);
+  }
+  SEP();
+#undef SEP
+  circle_buf_puts(b, "\"config\": ");
+  circle_json_config_write(b, &req->cfg, req->name);
+  circle_buf_puts(b, ", \"dtype\": ");
+  circle_buf_json_string(b, circle_dtype_name(dt));
+  circle_buf_puts(b, ", \"n\": ");
+  circle_buf_json_uint(b, req->n);
+  circle_buf_puts(b, ", \"m\": ");
+  circle_buf_json_uint(b, req->has_ref ? req->m : 0);
+  circle_buf_puts(b, ", \"d\": ");
+  circle_buf_json_uint(b, req->d);
+  circle_buf_puts(b, "}");
+  return b->failed ? CIRCLE_ENOMEM : 0;
+}
+
+void circle_json_error(const circle_error *err, circle_buf *b) {
+  if (err == NULL || b == NULL) return;
+  circle_buf_puts(b, "{\"error\": {\"code\": ");
+  circle_buf_json_string(b, err->code[0] ? err->code : "internal");
+  circle_buf_puts(b, ", \"message\": ");
+  circle_buf_json_string(b, err->message);
+  circle_buf_puts(b, "}}");
+}

@@ -1,0 +1,618 @@
+/* codec_util.c -- shared codec helpers: the pre-scan that guards cJSON, key
+ * tables, exact integers from raw JSON text, string label interning. Must
+ * keep true: nothing here recurses on client data, and nothing is
+ * quadratic in client data.
+ */
+#include "codec_util.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------ */
+/* cJSON allocation hooks: tell "out of memory" from "invalid JSON"         */
+/* ------------------------------------------------------------------------ */
+
+static _Thread_local bool cjson_oom;
+
+static void *cjson_malloc(size_t n) {
+  void *p = malloc(n);
+  if (p == NULL) cjson_oom = true;
+  return p;
+}
+
+static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
+
+static void hooks_install(void) {
+  cJSON_Hooks h = {cjson_malloc, free};
+  cJSON_InitHooks(&h);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Pre-scan                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static bool is_hex(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') ||
+         (c >= 'A' && c <= 'F');
+}
+
+static bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+static bool is_ws(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* Length of the strict JSON number at s (s < end), 0 if not one. */
+static size_t number_len(const char *s, const char *end) {
+  const char *p = s;
+  if (p < end && *p == '-') p++;
+  if (p >= end) return 0;
+  if (*p == '0') {
+    p++;
+  } else if (*p >= '1' && *p <= '9') {
+    while (p < end && is_digit(*p)) p++;
+  } else {
+    return 0;
+  }
+  if (p < end && *p == '.') {
+    p++;
+    if (p >= end || !is_digit(*p)) return 0;
+    while (p < end && is_digit(*p)) p++;
+  }
+  if (p < end && (*p == 'e' || *p == 'E')) {
+    p++;
+    if (p < end && (*p == '+' || *p == '-')) p++;
+    if (p >= end || !is_digit(*p)) return 0;
+    while (p < end && is_digit(*p)) p++;
+  }
+  return (size_t)(p - s);
+}
+
+static bool is_number_char(char c) {
+  return is_digit(c) || c == '-' || c == '+' || c == '.' || c == 'e' ||
+         c == 'E';
+}
+
+/* The pre-scan proper; *open receives the brackets left open at the end. */
+static int prescan(const char *body, size_t len, size_t max_depth,
+                   size_t *open, circle_error *err) {
+  const char *s = body, *end = body + len;
+  size_t depth = 0;
+  for (const char *p = s; p < end;) {
+    char c = *p;
+    if (c == '"') {
+      const char *q = p + 1;
+      for (;;) {
+        if (q >= end)
+          return circle_error_set(err, 400, "invalid_json",
+                                  "invalid JSON: the string that starts at "
+                                  "byte %zu is never closed",
+                                  (size_t)(p - s));
+        unsigned char u = (unsigned char)*q;
+        if (u == '"') break;
+        if (u < 0x20)
+          return circle_error_set(err, 400, "invalid_json",
+                                  "invalid JSON: control character 0x%02x "
+                                  "inside a string at byte %zu; escape it",
+                                  u, (size_t)(q - s));
+        if (u == '\\') {
+          if (q + 1 >= end) {
+            q++;
+            continue; /* reported as unterminated */
+          }
+          char e = q[1];
+          if (e == 'u') {
+            if (end - q < 6 || !is_hex(q[2]) || !is_hex(q[3]) ||
+                !is_hex(q[4]) || !is_hex(q[5]))
+              return circle_error_set(err, 400, "invalid_json",
+                                      "invalid JSON: \\u escape at byte %zu "
+                                      "needs four hex digits",
+                                      (size_t)(q - s));
+            if (q[2] == '0' && q[3] == '0' && q[4] == '0' && q[5] == '0')
+              return circle_error_set(err, 400, "invalid_json",
+                                      "invalid request: \\u0000 (NUL) at "
+                                      "byte %zu; strings must not contain "
+                                      "NUL characters",
+                                      (size_t)(q - s));
+            q += 6;
+            continue;
+          }
+          if (strchr("\"\\/bfnrt", e) == NULL || e == '\0')
+            return circle_error_set(err, 400, "invalid_json",
+                                    "invalid JSON: unknown escape \\%c at "
+                                    "byte %zu",
+                                    (e >= 0x20 && e < 0x7f) ? e : '?',
+                                    (size_t)(q - s));
+          q += 2;
+          continue;
+        }
+        q++;
+      }
+      p = q + 1;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth)
+        return circle_error_set(err, 400, "limit_exceeded",
+                                "JSON nesting deeper than %zu levels at "
+                                "byte %zu; the limit is %zu",
+                                max_depth, (size_t)(p - s), max_depth);
+      p++;
+    } else if (c == ']' || c == '}') {
+      if (depth) depth--;
+      p++;
+    } else if (c == '-' || is_digit(c)) {
+      const char *q = p;
+      while (q < end && is_number_char(*q)) q++;
+      size_t span = (size_t)(q - p);
+      if (number_len(p, q) != span)
+        return circle_error_set(err, 400, "invalid_json",
+                                "invalid JSON: malformed number \"%.*s\" at "
+                                "byte %zu",
+                                span > 40 ? 40 : (int)span, p,
+                                (size_t)(p - s));
+      if (span > 63)
+        return circle_error_set(err, 400, "invalid_json",
+                                "invalid JSON: the number at byte %zu has %zu "
+                                "characters; at most 63 are accepted",
+                                (size_t)(p - s), span);
+      p = q;
+    } else if ((unsigned char)c < 0x20 && !is_ws(c)) {
+      /* cJSON would skip these as whitespace. */
+      return circle_error_set(err, 400, "invalid_json",
+                              "invalid JSON: control character 0x%02x at "
+                              "byte %zu",
+                              (unsigned char)c, (size_t)(p - s));
+    } else {
+      p++;
+    }
+  }
+  *open = depth;
+  return 0;
+}
+
+int circle__json_prescan(const char *body, size_t len, size_t max_depth,
+                         circle_error *err) {
+  size_t open;
+  return prescan(body, len, max_depth, &open, err);
+}
+
+cJSON *circle__json_parse(const char *body, size_t len, size_t max_depth,
+                          circle_error *err) {
+  size_t open = 0;
+  if (prescan(body, len, max_depth, &open, err) != 0) return NULL;
+  pthread_once(&hooks_once, hooks_install);
+  cjson_oom = false;
+  const char *end = NULL;
+  cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+  if (root == NULL) {
+    if (cjson_oom) {
+      circle_error_set(err, 503, "overloaded",
+                       "out of memory while parsing the request; retry "
+                       "later or send a smaller batch");
+      return NULL;
+    }
+    size_t off = end ? (size_t)(end - body) : 0;
+    if (off > len) off = len;
+    if (len == 0)
+      circle_error_set(err, 400, "invalid_json",
+                       "invalid JSON: the body is empty; send a JSON object");
+    else if (open > 0 && off + 1 >= len)
+      circle_error_set(err, 400, "invalid_json",
+                       "invalid JSON: the body ends at byte %zu with %zu "
+                       "unclosed brackets (truncated?)",
+                       len, open);
+    else if (off >= len)
+      circle_error_set(err, 400, "invalid_json",
+                       "invalid JSON: the body ends early at byte %zu "
+                       "(truncated?)",
+                       len);
+    else
+      circle_error_set(err, 400, "invalid_json",
+                       "invalid JSON at byte %zu (near \"%.*s\")", off,
+                       (int)(len - off < 20 ? len - off : 20), body + off);
+    return NULL;
+  }
+  size_t off = (size_t)(end - body);
+  while (off < len && is_ws(body[off])) off++;
+  if (off < len) {
+    cJSON_Delete(root);
+    circle_error_set(err, 400, "invalid_json",
+                     "invalid JSON: unexpected data after the JSON value at "
+                     "byte %zu",
+                     off);
+    return NULL;
+  }
+  return root;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Key tables and messages                                                  */
+/* ------------------------------------------------------------------------ */
+
+void circle__json_quote(char *dst, size_t dst_len, const char *s,
+                        size_t max_chars) {
+  if (dst_len == 0) return;
+  size_t o = 0, i = 0;
+  for (; s[i] && i < max_chars && o + 1 < dst_len; i++) {
+    unsigned char c = (unsigned char)s[i];
+    dst[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+  }
+  if (s[i] && o + 4 < dst_len) {
+    memcpy(dst + o, "...", 3);
+    o += 3;
+  }
+  dst[o] = '\0';
+}
+
+const char *circle__json_kind(const cJSON *item) {
+  if (item == NULL) return "missing";
+  if (cJSON_IsNull(item)) return "null";
+  if (cJSON_IsBool(item)) return "a boolean";
+  if (cJSON_IsNumber(item)) return "a number";
+  if (cJSON_IsString(item)) return "a string";
+  if (cJSON_IsArray(item)) return "an array";
+  if (cJSON_IsObject(item)) return "an object";
+  return "an unknown value";
+}
+
+int circle__json_fields(const cJSON *obj, const char *where,
+                        circle__json_field *fields, size_t nfields,
+                        circle_error *err) {
+  for (size_t i = 0; i < nfields; i++) fields[i].item = NULL;
+  const cJSON *it;
+  cJSON_ArrayForEach(it, obj) {
+    const char *k = it->string ? it->string : "";
+    size_t i;
+    for (i = 0; i < nfields; i++)
+      if (strcmp(fields[i].name, k) == 0) break;
+    char q[72];
+    circle__json_quote(q, sizeof(q), k, 64);
+    if (i == nfields) {
+      char list[384];
+      size_t o = 0;
+      for (size_t j = 0; j < nfields && o < sizeof(list); j++)
+        o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s",
+                              j ? ", " : "", fields[j].name);
+      return circle_error_set(err, 400, "unknown_key",
+                              "unknown key \"%s\" in %s; expected one of: %s",
+                              q, where, list);
+    }
+    if (fields[i].item != NULL)
+      return circle_error_set(err, 400, "duplicate_key",
+                              "duplicate key \"%s\" in %s; send each key once",
+                              q, where);
+    fields[i].item = it;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Raw text walking                                                         */
+/* ------------------------------------------------------------------------ */
+
+static const char *skip_ws(const char *p, const char *end) {
+  while (p < end && is_ws(*p)) p++;
+  return p;
+}
+
+/* p at '"'; returns the byte after the closing quote. */
+static const char *skip_string(const char *p, const char *end) {
+  for (p++; p < end; p++) {
+    if (*p == '\\') p++;
+    else if (*p == '"') return p + 1;
+  }
+  return end;
+}
+
+/* Skips one value of validated JSON without recursion. */
+static const char *skip_value(const char *p, const char *end) {
+  if (p >= end) return end;
+  if (*p == '"') return skip_string(p, end);
+  if (*p != '[' && *p != '{') {
+    while (p < end && !is_ws(*p) && *p != ',' && *p != ']' && *p != '}') p++;
+    return p;
+  }
+  size_t depth = 0;
+  while (p < end) {
+    char c = *p;
+    if (c == '"') {
+      p = skip_string(p, end);
+      continue;
+    }
+    if (c == '[' || c == '{') depth++;
+    else if (c == ']' || c == '}') {
+      if (--depth == 0) return p + 1;
+    }
+    p++;
+  }
+  return end;
+}
+
+/* Decodes the JSON string at p (at '"') into dst when it fits and has only
+ * simple escapes; returns false otherwise (such a key matches no name we
+ * look for, except through \u escapes, which we decode for ASCII). */
+static bool read_key(const char *p, const char *end, char *dst,
+                     size_t dst_len) {
+  size_t o = 0;
+  for (p++; p < end && *p != '"'; p++) {
+    char c = *p;
+    if (c == '\\') {
+      if (++p >= end) return false;
+      switch (*p) {
+        case 'u': {
+          if (end - p < 5) return false;
+          char hex[5] = {p[1], p[2], p[3], p[4], 0};
+          long v = strtol(hex, NULL, 16);
+          if (v <= 0 || v >= 0x80) return false;
+          c = (char)v;
+          p += 4;
+          break;
+        }
+        case 'n': c = '\n'; break;
+        case 't': c = '\t'; break;
+        case 'r': c = '\r'; break;
+        case 'b': c = '\b'; break;
+        case 'f': c = '\f'; break;
+        default: c = *p; /* " \ / */
+      }
+    }
+    if (o + 1 >= dst_len) return false;
+    dst[o++] = c;
+  }
+  dst[o] = '\0';
+  return true;
+}
+
+bool circle__json_locate(const char *body, size_t len,
+                         const circle__json_step *path, size_t npath,
+                         size_t *offset) {
+  const char *p = body, *end = body + len;
+  p = skip_ws(p, end);
+  for (size_t k = 0; k < npath; k++) {
+    if (path[k].key != NULL) {
+      if (p >= end || *p != '{') return false;
+      p = skip_ws(p + 1, end);
+      bool found = false;
+      while (p < end && *p == '"') {
+        char key[128];
+        bool ok = read_key(p, end, key, sizeof(key));
+        p = skip_ws(skip_string(p, end), end);
+        if (p >= end || *p != ':') return false;
+        p = skip_ws(p + 1, end);
+        if (ok && strcmp(key, path[k].key) == 0) {
+          found = true;
+          break;
+        }
+        p = skip_ws(skip_value(p, end), end);
+        if (p < end && *p == ',') p = skip_ws(p + 1, end);
+      }
+      if (!found) return false;
+    } else {
+      if (p >= end || *p != '[') return false;
+      p = skip_ws(p + 1, end);
+      for (size_t i = 0; i < path[k].index; i++) {
+        if (p >= end || *p == ']') return false;
+        p = skip_ws(skip_value(p, end), end);
+        if (p < end && *p == ',') p = skip_ws(p + 1, end);
+      }
+      if (p >= end || *p == ']') return false;
+    }
+  }
+  *offset = (size_t)(p - body);
+  return true;
+}
+
+int circle__json_token_int64(const char *s, const char *end, int64_t *out,
+                             size_t *used) {
+  size_t n = number_len(s, end);
+  if (n == 0) return CIRCLE__INT_NOT_NUMBER;
+  *used = n;
+  const char *p = s, *e = s + n;
+  bool neg = false;
+  if (*p == '-') {
+    neg = true;
+    p++;
+  }
+  /* Significant digits (integer and fraction parts) and the exponent. */
+  char dig[64];
+  size_t nd = 0;
+  long exp10 = 0;
+  for (; p < e && is_digit(*p); p++)
+    if (nd || *p != '0') dig[nd++] = *p; /* tokens are <= 63 chars */
+  if (p < e && *p == '.') {
+    for (p++; p < e && is_digit(*p); p++) {
+      if (nd || *p != '0') dig[nd++] = *p;
+      exp10--;
+    }
+  }
+  if (p < e && (*p == 'e' || *p == 'E')) {
+    p++;
+    bool eneg = false;
+    if (*p == '+' || *p == '-') eneg = *p++ == '-';
+    long x = 0;
+    for (; p < e; p++)
+      if (x < 100000) x = x * 10 + (*p - '0');
+    exp10 += eneg ? -x : x;
+  }
+  while (nd > 0 && dig[nd - 1] == '0') {
+    nd--;
+    exp10++;
+  }
+  if (nd == 0) {
+    *out = 0;
+    return CIRCLE__INT_OK;
+  }
+  if (exp10 < 0) return CIRCLE__INT_NOT_INTEGER;
+  if ((long)nd + exp10 > 19) return CIRCLE__INT_RANGE;
+  uint64_t v = 0;
+  for (size_t i = 0; i < nd; i++) v = v * 10 + (uint64_t)(dig[i] - '0');
+  for (long i = 0; i < exp10; i++) {
+    if (v > UINT64_MAX / 10) return CIRCLE__INT_RANGE;
+    v *= 10;
+  }
+  /* 19 digits fit in uint64 (< 1e19 < 2^64); now the int64 range. */
+  if (neg) {
+    if (v > (uint64_t)INT64_MAX + 1) return CIRCLE__INT_RANGE;
+    *out = v == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)v;
+  } else {
+    if (v > (uint64_t)INT64_MAX) return CIRCLE__INT_RANGE;
+    *out = (int64_t)v;
+  }
+  return CIRCLE__INT_OK;
+}
+
+int circle__json_read_int64s(const char *body, size_t len, size_t offset,
+                             int64_t *out, size_t n, size_t *bad_index) {
+  const char *p = body + offset, *end = body + len;
+  size_t depth = 0, i = 0;
+  while (p < end) {
+    char c = *p;
+    if (c == '[') {
+      depth++;
+      p++;
+    } else if (c == ']') {
+      p++;
+      if (--depth == 0) break;
+    } else if (c == ',' || is_ws(c)) {
+      p++;
+    } else {
+      if (i >= n) {
+        *bad_index = i;
+        return CIRCLE__INT_NOT_NUMBER;
+      }
+      size_t used = 0;
+      int rc = circle__json_token_int64(p, end, &out[i], &used);
+      if (rc != CIRCLE__INT_OK) {
+        *bad_index = i;
+        return rc;
+      }
+      p += used;
+      i++;
+    }
+    if (depth == 0) break;
+  }
+  if (i != n) {
+    *bad_index = i;
+    return CIRCLE__INT_NOT_NUMBER;
+  }
+  return CIRCLE__INT_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* String labels                                                            */
+/* ------------------------------------------------------------------------ */
+
+void circle__labels_init(circle__labels *l) { memset(l, 0, sizeof(*l)); }
+
+void circle__labels_free(circle__labels *l) {
+  if (l == NULL) return;
+  free(l->str);
+  free(l->dst);
+  circle__labels_init(l);
+}
+
+bool circle__labels_add(circle__labels *l, const char *s, int64_t *dst) {
+  if (l->len == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 64;
+    const char **ns = realloc(l->str, cap * sizeof(*ns));
+    if (ns == NULL) return false;
+    l->str = ns;
+    int64_t **nd = realloc(l->dst, cap * sizeof(*nd));
+    if (nd == NULL) return false;
+    l->dst = nd;
+    l->cap = cap;
+  }
+  l->str[l->len] = s;
+  l->dst[l->len] = dst;
+  l->len++;
+  return true;
+}
+
+static int cmp_label_index(const void *a, const void *b, void *ctx) {
+  const char **str = ctx;
+  size_t i = *(const size_t *)a, j = *(const size_t *)b;
+  int c = strcmp(str[i], str[j]);
+  if (c) return c;
+  return i < j ? -1 : i > j; /* stable: ids follow first appearance */
+}
+
+bool circle__labels_assign(circle__labels *l) {
+  if (l->len == 0) return true;
+  size_t *order = malloc(l->len * sizeof(*order));
+  if (order == NULL) return false;
+  for (size_t i = 0; i < l->len; i++) order[i] = i;
+  qsort_r(order, l->len, sizeof(*order), cmp_label_index, l->str);
+  int64_t id = -1;
+  for (size_t k = 0; k < l->len; k++) {
+    if (k == 0 || strcmp(l->str[order[k]], l->str[order[k - 1]]) != 0) id++;
+    *l->dst[order[k]] = id;
+  }
+  free(order);
+  return true;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Shared request and response pieces                                       */
+/* ------------------------------------------------------------------------ */
+
+int circle__tag_parse(const cJSON *it, char *tag, size_t tag_len,
+                      const char *field, circle_error *err) {
+  if (cJSON_IsNull(it)) {
+    tag[0] = '\0';
+    return 0;
+  }
+  if (!cJSON_IsString(it))
+    return circle_error_set(err, 400, "bad_tag",
+                            "%s is %s; expected a string of at most %zu "
+                            "characters from [A-Za-z0-9_.:-]",
+                            field, circle__json_kind(it), tag_len - 1);
+  const char *s = it->valuestring;
+  size_t l = strlen(s);
+  if (l >= tag_len)
+    return circle_error_set(err, 400, "bad_tag",
+                            "%s has %zu bytes; at most %zu are allowed", field,
+                            l, tag_len - 1);
+  for (size_t i = 0; i < l; i++) {
+    unsigned char c = (unsigned char)s[i];
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '_' || c == '.' || c == ':' ||
+              c == '-';
+    if (!ok)
+      return circle_error_set(err, 400, "bad_tag",
+                              "%s has the character %s%c%s at byte %zu; "
+                              "use only [A-Za-z0-9_.:-]",
+                              field, c >= 0x20 && c < 0x7f ? "'" : "",
+                              c >= 0x20 && c < 0x7f ? c : '?',
+                              c >= 0x20 && c < 0x7f ? "'" : "", i);
+  }
+  memcpy(tag, s, l + 1);
+  return 0;
+}
+
+static void write_stat(circle_buf *b, const char *name, double v, bool first) {
+  if (!first) circle_buf_puts(b, ", ");
+  circle_buf_json_string(b, name);
+  circle_buf_puts(b, ": ");
+  circle_buf_json_number(b, v, CIRCLE_DTYPE_FLOAT64);
+}
+
+void circle__json_stats_write(circle_buf *b, const circle_stats *s) {
+  circle_buf_puts(b, "{");
+  write_stat(b, "pos_row_frac", s->pos_row_frac, true);
+  write_stat(b, "mean_pos_sim", s->mean_pos_sim, false);
+  write_stat(b, "min_pos_sim", s->min_pos_sim, false);
+  write_stat(b, "mean_neg_sim", s->mean_neg_sim, false);
+  write_stat(b, "max_neg_sim", s->max_neg_sim, false);
+  write_stat(b, "sim_gap", s->sim_gap, false);
+  write_stat(b, "hard_neg_frac", s->hard_neg_frac, false);
+  write_stat(b, "recall_at_1", s->recall_at_1, false);
+  write_stat(b, "norm_dev_mean", s->norm_dev_mean, false);
+  write_stat(b, "norm_dev_max", s->norm_dev_max, false);
+  circle_buf_puts(b, ", \"pos_pairs\": ");
+  circle_buf_json_uint(b, s->pos_pairs);
+  circle_buf_puts(b, ", \"neg_pairs\": ");
+  circle_buf_json_uint(b, s->neg_pairs);
+  circle_buf_puts(b, "}");
+}
+

@@ -1,0 +1,128 @@
+/* codec_util.h -- helpers shared by the JSON and OIP codecs (private): the
+ * cheap pre-scan that runs before cJSON, key tables that reject unknown and
+ * duplicate keys, exact integer reading from the raw JSON text, and string
+ * label interning.
+ */
+#ifndef CIRCLE_CODEC_UTIL_H
+#define CIRCLE_CODEC_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "request.h"
+
+/* Checks body[0..len) before it is handed to cJSON, in one pass and
+ * constant stack: nesting depth <= max_depth (400 "limit_exceeded"), strings
+ * without raw control characters, bad escapes or \u0000 (cJSON strings are
+ * NUL-terminated, so a NUL would silently cut a label short), numbers in
+ * strict JSON syntax and at most 63 characters (cJSON's own limit). Returns
+ * 0 or CIRCLE_EINVAL with *err set (400, "invalid_json" or
+ * "limit_exceeded", byte offset in the message). Everything else (commas,
+ * colons, literals) is cJSON's job. */
+int circle__json_prescan(const char *body, size_t len, size_t max_depth,
+                         circle_error *err);
+
+/* Runs the pre-scan, then cJSON_ParseWithLengthOpts on body[0..len).
+ * Bytes after the JSON value other than whitespace are an error. Returns
+ * the tree (the caller cJSON_Delete's it) or NULL with *err set: 400
+ * "invalid_json" with the byte offset of the problem (cJSON cannot tell an
+ * allocation failure from a syntax error; both report as invalid_json). */
+cJSON *circle__json_parse(const char *body, size_t len, size_t max_depth,
+                          circle_error *err);
+
+/* One expected key of an object: the caller fills name, the walk fills
+ * item (NULL when absent). */
+typedef struct {
+  const char *name;
+  const cJSON *item;
+} circle__json_field;
+
+/* Walks obj's members once, storing each into the field of the same name.
+ * An unknown key gives 400 "unknown_key", a repeated key 400
+ * "duplicate_key"; `where` names the object in messages ("the request
+ * body", "config"). obj must be an object. Returns 0 or CIRCLE_EINVAL. */
+int circle__json_fields(const cJSON *obj, const char *where,
+                        circle__json_field *fields, size_t nfields,
+                        circle_error *err);
+
+/* What a JSON node is, for messages: "a string", "an array", "null"... */
+const char *circle__json_kind(const cJSON *item);
+
+/* Copies s into dst (dst_len bytes) for use inside an error message: at
+ * most max_chars characters, non-printable and non-ASCII bytes as '?', and
+ * "..." when cut. */
+void circle__json_quote(char *dst, size_t dst_len, const char *s,
+                        size_t max_chars);
+
+/* A path step for circle__json_locate: an object key, or (key NULL) an
+ * array index. */
+typedef struct {
+  const char *key;
+  size_t index;
+} circle__json_step;
+
+/* Finds the byte offset of the value at path in an already validated JSON
+ * text (cJSON parsed it, keys are unique). Returns false when the path is
+ * not there. Linear in len, no recursion. */
+bool circle__json_locate(const char *body, size_t len,
+                         const circle__json_step *path, size_t npath,
+                         size_t *offset);
+
+/* Outcome of reading one JSON number token as an exact int64. */
+enum {
+  CIRCLE__INT_OK = 0,
+  CIRCLE__INT_NOT_INTEGER = 1, /* 1.5, 1e-3 */
+  CIRCLE__INT_RANGE = 2,       /* outside [-2^63, 2^63) */
+  CIRCLE__INT_NOT_NUMBER = 3   /* not a number token at all */
+};
+
+/* Reads the JSON number token at s (strict syntax, at most end - s bytes)
+ * as an exact int64: "12", "-3", "1.0", "2e3" and "9007199254740993" are
+ * integers; the value is decided on the decimal text, never through a
+ * double. *used receives the token length. */
+int circle__json_token_int64(const char *s, const char *end, int64_t *out,
+                             size_t *used);
+
+/* Reads the numbers of the (possibly nested) array at body[offset] in
+ * document order as exact int64 into out[0..n). Returns CIRCLE__INT_OK, or
+ * the first failure with *bad_index set to the flat index of the element.
+ * The array must hold exactly n numbers (the caller checked the tree). */
+int circle__json_read_int64s(const char *body, size_t len, size_t offset,
+                             int64_t *out, size_t n, size_t *bad_index);
+
+/* Maps strings to dense ids (0, 1, 2, ...) with equal strings getting equal
+ * ids: collect every label with circle__labels_add, then call
+ * circle__labels_assign. Sorting, not hashing, so crafted labels cannot make
+ * it quadratic. The strings are borrowed (they live in the cJSON tree). */
+typedef struct {
+  const char **str;
+  int64_t **dst; /* where each string's id goes */
+  size_t len, cap;
+} circle__labels;
+
+void circle__labels_init(circle__labels *l);
+void circle__labels_free(circle__labels *l);
+/* Returns false on ENOMEM. */
+bool circle__labels_add(circle__labels *l, const char *s, int64_t *dst);
+/* Writes every id. Returns false on ENOMEM. */
+bool circle__labels_assign(circle__labels *l);
+
+/* Reads a metrics tag (a string of at most tag_len - 1 bytes from
+ * [A-Za-z0-9_.:-]; null means none) into tag. Returns 0 or CIRCLE_EINVAL
+ * with *err = 400 "bad_tag" naming field. */
+int circle__tag_parse(const cJSON *item, char *tag, size_t tag_len,
+                      const char *field, circle_error *err);
+
+/* Appends the stats object: {"pos_row_frac": ..., ..., "pos_pairs": N,
+ * "neg_pairs": N}, figures as float64 numbers (null if non-finite). */
+void circle__json_stats_write(circle_buf *b, const circle_stats *s);
+
+/* a * b into *out; false when it overflows uint64. */
+static inline bool circle__mul_u64(uint64_t a, uint64_t b, uint64_t *out) {
+  return !__builtin_mul_overflow(a, b, out);
+}
+
+#endif /* CIRCLE_CODEC_UTIL_H */
