@@ -1,0 +1,67 @@
+/* http.h -- the circled HTTP server: moves requests between the network
+ * (libmicrohttpd's epoll thread pool) and the engine's workers, and never
+ * lets one client's request, config or failure reach another's.
+ *
+ * The server does not own the engine: the caller creates it first, hands it
+ * to circle_http_init, and frees it after circle_http_free.
+ */
+#ifndef CIRCLE_HTTP_H
+#define CIRCLE_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "circle/circle.h"
+#include "request.h"
+
+/* Version reported by GET /v2 and `circled --version`. */
+#define CIRCLE_HTTP_VERSION "0.1.0"
+
+typedef struct {
+  const char *bind;       /* listen address, IPv4 or IPv6 literal */
+  uint16_t port;          /* 0 picks a free port (see circle_http_port) */
+  unsigned net_threads;   /* libmicrohttpd pool threads (network only) */
+  unsigned timeout_s;     /* idle connection timeout, >= 1 */
+  unsigned max_connections;
+  size_t max_body;        /* request body bytes, as sent (compressed) */
+  size_t max_inflight;    /* bytes committed to requests being computed */
+  circle_limits limits;   /* handed to the codecs */
+  circle_config defaults; /* server default loss config */
+  char name[128];         /* default Keras loss name */
+  const char *api_key;    /* bearer token required on everything but the
+                             health endpoints; NULL or "" disables auth.
+                             Copied by circle_http_init. */
+  bool quiet;             /* no per-request log lines */
+} circle_http_opts;
+
+typedef struct circle_http circle_http;
+
+/* Fills *opts with the documented defaults: 127.0.0.1:8080, 2 network
+ * threads, 30 s timeout, 1024 connections, 64 MiB bodies, 2048 MiB in
+ * flight, circle_limits_init's limits, Keras' default config, name
+ * "circle", no auth, logging on. */
+void circle_http_opts_init(circle_http_opts *opts);
+
+/* Starts listening. engine must outlive the server. Returns CIRCLE_OK,
+ * CIRCLE_EINVAL (bad option or address, or the port could not be bound:
+ * why, when not NULL, receives a sentence saying which), CIRCLE_ENOMEM.
+ * *out is untouched on failure. */
+int circle_http_init(circle_http **out, const circle_http_opts *opts,
+                     circle_engine *engine, char *why, size_t why_len);
+
+/* The port actually bound (useful with port 0). */
+uint16_t circle_http_port(const circle_http *srv);
+
+/* Begins a graceful stop: /readyz and /v2/health/ready answer 503, the
+ * listening socket is closed, responses ask clients to close their
+ * connections, and the call waits up to timeout_s for requests in progress
+ * to finish. Requests already handed to the engine are always waited for,
+ * whatever the timeout. Safe to call once, from one thread. */
+void circle_http_drain(circle_http *srv, double timeout_s);
+
+/* Drains (if circle_http_drain was not called, with a zero timeout for
+ * uploads), stops the daemon and frees. NULL is a no-op. */
+void circle_http_free(circle_http *srv);
+
+#endif /* CIRCLE_HTTP_H */
