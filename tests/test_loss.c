@@ -1,0 +1,1229 @@
+/* test_loss.c -- proves the circle loss engine against real Keras 3 and
+ * against finite differences; every public entry point of circle.h meets its
+ * bad arguments here.
+ *
+ * Tolerances, fixed before any result was seen and never to be loosened:
+ *
+ *   golden files (tests/golden, written by Keras 3 + jax.grad), per array
+ *   (loss -- a scalar is an array of one --, per_sample, grad, ref_grad):
+ *     float64:  |engine - keras| <= 1e-9 * max|keras|
+ *     float32:  |engine - keras| <= 1e-4 * max|keras|
+ *     so an expected array of zeros (every row masked) must come back zero.
+ *   finite differences (float64, central, step h = 1e-6, every coordinate of
+ *   the embeddings and of the reference embeddings):
+ *     |fd - grad| <= 1e-6 * max(1, max|grad|) per case.
+ *     Expected error: truncation h^2/6 |f'''| ~ 1e-8 for gamma <= 40, and
+ *     rounding ~ 1e-16 |f| / h ~ 1e-8 (|f| < 1e2): two orders of margin,
+ *     while a wrong gradient term is off by O(max|grad|). The inputs keep
+ *     away from the clamp max(1 - s, 0) (norms < 1 unless normalized), whose
+ *     kink would fool a finite difference.
+ *   thread count, block size, streamed vs materialized: bitwise identical.
+ *
+ * Each golden file is one loop iteration, so a failure names its case.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "circle/circle.h"
+#include "util_engine_golden.h"
+
+#define TOL_F64 1e-9
+#define TOL_F32 1e-4
+#define FD_STEP 1e-6
+#define FD_TOL 1e-6
+
+/* The golden files, listed once in main() before the suite forks. */
+static char **g_paths;
+static size_t g_count;
+static int g_list_rc;
+
+/* ------------------------------------------------------------------------ */
+/* Helpers                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static circle_engine *engine_new(unsigned threads, size_t block_rows,
+                                 size_t materialize_bytes) {
+  circle_engine_opts o = {.threads = threads,
+                          .block_rows = block_rows,
+                          .materialize_bytes = materialize_bytes};
+  circle_engine *e = NULL;
+  int rc = circle_engine_init(&e, &o);
+  ck_assert_msg(rc == CIRCLE_OK, "circle_engine_init: %s",
+                circle_status_str(rc));
+  ck_assert_ptr_nonnull(e);
+  return e;
+}
+
+/* A malloc'd copy of src in dtype (NULL for NULL). Float32 golden values
+ * convert exactly: Keras produced them as floats. */
+static void *to_dtype(const double *src, size_t count, circle_dtype dt) {
+  if (src == NULL) return NULL;
+  void *p = malloc((count ? count : 1) * circle_dtype_size(dt));
+  ck_assert_ptr_nonnull(p);
+  for (size_t k = 0; k < count; k++) {
+    if (dt == CIRCLE_DTYPE_FLOAT32)
+      ((float *)p)[k] = (float)src[k];
+    else
+      ((double *)p)[k] = src[k];
+  }
+  return p;
+}
+
+static double get(const void *p, size_t k, circle_dtype dt) {
+  return dt == CIRCLE_DTYPE_FLOAT32 ? (double)((const float *)p)[k]
+                                    : ((const double *)p)[k];
+}
+
+/* Everything circle_loss_compute can write, in caller-owned buffers. */
+typedef struct {
+  circle_output out;
+  size_t n, m, d, esz;
+  int rc;
+} result;
+
+/* Runs the engine with fresh buffers for every output in want. */
+static void run(circle_engine *e, const circle_config *cfg,
+                const circle_input *in, unsigned want, result *r) {
+  memset(r, 0, sizeof *r);
+  r->n = in->n;
+  r->m = in->ref_embeddings ? in->m : 0;
+  r->d = in->d;
+  r->esz = circle_dtype_size(cfg->dtype);
+  r->out.want = want;
+  r->out.loss_values = calloc(r->n, r->esz);
+  r->out.per_sample = calloc(r->n, r->esz);
+  r->out.grad = calloc(r->n * r->d, r->esz);
+  r->out.ref_grad = r->m ? calloc(r->m * r->d, r->esz) : NULL;
+  ck_assert_ptr_nonnull(r->out.loss_values);
+  ck_assert_ptr_nonnull(r->out.per_sample);
+  ck_assert_ptr_nonnull(r->out.grad);
+  r->rc = circle_loss_compute(e, cfg, in, &r->out);
+}
+
+static void result_free(result *r) {
+  free(r->out.loss_values);
+  free(r->out.per_sample);
+  free(r->out.grad);
+  free(r->out.ref_grad);
+  memset(r, 0, sizeof *r);
+}
+
+static unsigned want_all(const circle_input *in) {
+  unsigned w = CIRCLE_OUT_LOSS | CIRCLE_OUT_PER_SAMPLE | CIRCLE_OUT_GRAD |
+               CIRCLE_OUT_STATS;
+  return in->ref_embeddings ? w | CIRCLE_OUT_REF_GRAD : w;
+}
+
+/* The differentiated quantity: the loss, or the sum of the n values. */
+static double loss_scalar(const circle_config *cfg, const result *r) {
+  if (!circle_reduction_is_elementwise(cfg->reduction)) return r->out.loss;
+  double s = 0;
+  for (size_t i = 0; i < r->n; i++) s += get(r->out.loss_values, i, cfg->dtype);
+  return s;
+}
+
+/* Fails unless every got[k] is within tol * max|want| of want[k]; the message
+ * names the worst element. */
+static void expect_close(const char *id, const char *what, const void *got,
+                         circle_dtype dt, const double *want, size_t count,
+                         double tol) {
+  double maxabs = 0;
+  for (size_t k = 0; k < count; k++)
+    if (fabs(want[k]) > maxabs) maxabs = fabs(want[k]);
+  double bound = tol * maxabs, worst = -1;
+  size_t at = 0;
+  for (size_t k = 0; k < count; k++) {
+    double diff = fabs(get(got, k, dt) - want[k]);
+    if (!(diff <= worst)) { /* NaN counts as the worst */
+      worst = diff;
+      at = k;
+      if (isnan(diff)) break;
+    }
+  }
+  ck_assert_msg(count == 0 || worst <= bound,
+                "%s: %s[%zu] = %.17g, Keras %.17g: |diff| %.3g > %.3g "
+                "(%g x max|Keras| %.6g)",
+                id, what, at, get(got, at, dt), want[at], worst, bound, tol,
+                maxabs);
+}
+
+static bool all_bytes(const void *p, size_t size, unsigned char byte) {
+  for (size_t k = 0; k < size; k++)
+    if (((const unsigned char *)p)[k] != byte) return false;
+  return true;
+}
+
+static bool all_finite(const void *p, size_t count, circle_dtype dt) {
+  for (size_t k = 0; k < count; k++)
+    if (!isfinite(get(p, k, dt))) return false;
+  return true;
+}
+
+static void expect_finite(const char *what, const circle_config *cfg,
+                          const result *r) {
+  circle_dtype dt = cfg->dtype;
+  unsigned w = r->out.want;
+  ck_assert_msg(r->rc == CIRCLE_OK, "%s: %s", what, circle_status_str(r->rc));
+  if (w & CIRCLE_OUT_LOSS) {
+    if (circle_reduction_is_elementwise(cfg->reduction))
+      ck_assert_msg(all_finite(r->out.loss_values, r->n, dt),
+                    "%s: loss values", what);
+    else
+      ck_assert_msg(isfinite(r->out.loss), "%s: loss %g", what, r->out.loss);
+  }
+  if (w & CIRCLE_OUT_PER_SAMPLE)
+    ck_assert_msg(all_finite(r->out.per_sample, r->n, dt), "%s: per_sample",
+                  what);
+  if (w & CIRCLE_OUT_GRAD)
+    ck_assert_msg(all_finite(r->out.grad, r->n * r->d, dt), "%s: grad", what);
+  if (w & CIRCLE_OUT_REF_GRAD)
+    ck_assert_msg(all_finite(r->out.ref_grad, r->m * r->d, dt),
+                  "%s: ref_grad", what);
+}
+
+/* Fails with the largest difference when two arrays are not bitwise equal. */
+static void expect_same_bits(const char *what, const char *field,
+                             const void *a, const void *b, size_t count,
+                             circle_dtype dt) {
+  if (memcmp(a, b, count * circle_dtype_size(dt)) == 0) return;
+  double worst = 0;
+  size_t at = 0;
+  for (size_t k = 0; k < count; k++) {
+    double diff = fabs(get(a, k, dt) - get(b, k, dt));
+    if (!(diff <= worst)) {
+      worst = diff;
+      at = k;
+    }
+  }
+  ck_abort_msg("%s: %s differs: largest at [%zu]: %.17g vs %.17g (|diff| %.3g)",
+               what, field, at, get(a, at, dt), get(b, at, dt), worst);
+}
+
+/* Bitwise equality of every output two runs were asked for. */
+static void expect_identical(const char *what, const result *a,
+                             const result *b) {
+  ck_assert_int_eq(a->rc, CIRCLE_OK);
+  ck_assert_int_eq(b->rc, CIRCLE_OK);
+  unsigned w = a->out.want;
+  circle_dtype dt = a->esz == 4 ? CIRCLE_DTYPE_FLOAT32 : CIRCLE_DTYPE_FLOAT64;
+  if (w & CIRCLE_OUT_LOSS) {
+    expect_same_bits(what, "loss", &a->out.loss, &b->out.loss, 1,
+                     CIRCLE_DTYPE_FLOAT64);
+    expect_same_bits(what, "loss values", a->out.loss_values,
+                     b->out.loss_values, a->n, dt);
+  }
+  if (w & CIRCLE_OUT_PER_SAMPLE)
+    expect_same_bits(what, "per_sample", a->out.per_sample, b->out.per_sample,
+                     a->n, dt);
+  if (w & CIRCLE_OUT_GRAD)
+    expect_same_bits(what, "grad", a->out.grad, b->out.grad, a->n * a->d, dt);
+  if (w & CIRCLE_OUT_REF_GRAD)
+    expect_same_bits(what, "ref_grad", a->out.ref_grad, b->out.ref_grad,
+                     a->m * a->d, dt);
+  if (w & CIRCLE_OUT_STATS)
+    ck_assert_msg(memcmp(&a->out.stats, &b->out.stats, sizeof a->out.stats) ==
+                      0,
+                  "%s: stats differ", what);
+}
+
+/* ---- deterministic random inputs ---------------------------------------- */
+
+static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+static double rng_uniform(uint64_t *s) { /* [0, 1) */
+  return (double)(rng_next(s) >> 11) * 0x1.0p-53;
+}
+
+static double rng_normal(uint64_t *s) {
+  double u = rng_uniform(s), v = rng_uniform(s);
+  return sqrt(-2.0 * log(1.0 - u)) * cos(2.0 * M_PI * v);
+}
+
+/* rows x d random directions, row norms uniform in [lo, hi]. */
+static double *random_rows(uint64_t *s, size_t rows, size_t d, double lo,
+                           double hi) {
+  double *x = malloc(rows * d * sizeof *x);
+  ck_assert_ptr_nonnull(x);
+  for (size_t i = 0; i < rows; i++) {
+    double nn = 0;
+    for (size_t k = 0; k < d; k++) {
+      x[i * d + k] = rng_normal(s);
+      nn += x[i * d + k] * x[i * d + k];
+    }
+    double scale = (lo + (hi - lo) * rng_uniform(s)) / sqrt(nn);
+    for (size_t k = 0; k < d; k++) x[i * d + k] *= scale;
+  }
+  return x;
+}
+
+static int64_t *random_labels(uint64_t *s, size_t rows, int classes) {
+  int64_t *y = malloc(rows * sizeof *y);
+  ck_assert_ptr_nonnull(y);
+  for (size_t i = 0; i < rows; i++)
+    y[i] = (int64_t)(rng_next(s) % (uint64_t)classes);
+  return y;
+}
+
+/* A random problem held in doubles plus its typed copies. */
+typedef struct {
+  circle_config cfg;
+  circle_input in;
+  double *x, *r, *w; /* doubles: embeddings, reference, weights */
+  int64_t *y, *ry;
+} problem;
+
+static void problem_init(problem *p, uint64_t seed, circle_dtype dt, size_t n,
+                         size_t m, size_t d, int classes, bool with_sw,
+                         double lo, double hi) {
+  uint64_t s = seed;
+  memset(p, 0, sizeof *p);
+  circle_config_init(&p->cfg);
+  p->cfg.dtype = dt;
+  p->y = random_labels(&s, n, classes);
+  p->x = random_rows(&s, n, d, lo, hi);
+  if (m > 0) {
+    p->ry = random_labels(&s, m, classes);
+    p->r = random_rows(&s, m, d, lo, hi);
+  }
+  if (with_sw) {
+    p->w = malloc(n * sizeof *p->w);
+    ck_assert_ptr_nonnull(p->w);
+    for (size_t i = 0; i < n; i++) p->w[i] = 0.2 + 1.6 * rng_uniform(&s);
+    p->w[n / 2] = 0.0;
+  }
+  p->in = (circle_input){.n = n,
+                         .m = m,
+                         .d = d,
+                         .labels = p->y,
+                         .embeddings = to_dtype(p->x, n * d, dt),
+                         .sample_weight = to_dtype(p->w, n, dt),
+                         .ref_labels = p->ry,
+                         .ref_embeddings = to_dtype(p->r, m * d, dt)};
+}
+
+static void problem_free(problem *p) {
+  free((void *)p->in.embeddings);
+  free((void *)p->in.sample_weight);
+  free((void *)p->in.ref_embeddings);
+  free(p->x);
+  free(p->r);
+  free(p->w);
+  free(p->y);
+  free(p->ry);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Keras golden files                                                       */
+/* ------------------------------------------------------------------------ */
+
+START_TEST(loss_should_find_the_keras_golden_cases) {
+  ck_assert_msg(g_list_rc == 0, "cannot list %s (set CIRCLE_GOLDEN_DIR)",
+                golden_dir());
+  ck_assert_msg(g_count >= 40, "%zu golden cases in %s, expected >= 40",
+                g_count, golden_dir());
+}
+END_TEST
+
+static void check_golden(const char *path, unsigned threads) {
+  golden_case c;
+  char err[512];
+  ck_assert_msg(golden_case_load(path, &c, err, sizeof err) == 0, "%s", err);
+  circle_dtype dt = c.cfg.dtype;
+  circle_input in = {.n = c.n,
+                     .m = c.m,
+                     .d = c.d,
+                     .labels = c.labels,
+                     .embeddings = to_dtype(c.embeddings, c.n * c.d, dt),
+                     .sample_weight = to_dtype(c.sample_weight, c.n, dt),
+                     .ref_labels = c.ref_labels,
+                     .ref_embeddings = to_dtype(c.ref_embeddings, c.m * c.d, dt)};
+  circle_engine *e = engine_new(threads, 0, 0);
+  result r;
+  run(e, &c.cfg, &in, want_all(&in), &r);
+  ck_assert_msg(r.rc == CIRCLE_OK, "%s: circle_loss_compute: %s", c.id,
+                circle_status_str(r.rc));
+  double tol = dt == CIRCLE_DTYPE_FLOAT32 ? TOL_F32 : TOL_F64;
+  if (c.loss_values != NULL)
+    expect_close(c.id, "loss", r.out.loss_values, dt, c.loss_values, c.n, tol);
+  else
+    expect_close(c.id, "loss", &r.out.loss, CIRCLE_DTYPE_FLOAT64, &c.loss, 1,
+                 tol);
+  expect_close(c.id, "per_sample", r.out.per_sample, dt, c.per_sample, c.n,
+               tol);
+  expect_close(c.id, "grad", r.out.grad, dt, c.grad, c.n * c.d, tol);
+  if (c.ref_grad != NULL)
+    expect_close(c.id, "ref_grad", r.out.ref_grad, dt, c.ref_grad, c.m * c.d,
+                 tol);
+  result_free(&r);
+  circle_engine_free(e);
+  free((void *)in.embeddings);
+  free((void *)in.sample_weight);
+  free((void *)in.ref_embeddings);
+  golden_case_free(&c);
+}
+
+START_TEST(loss_should_match_keras_golden_cases) {
+  check_golden(g_paths[_i], 0);
+}
+END_TEST
+
+START_TEST(loss_should_match_keras_golden_cases_on_one_thread) {
+  check_golden(g_paths[_i], 1);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Finite differences                                                       */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+  size_t n, m, d;
+  int classes;
+  bool normalize, sw, remove_diagonal, singleton;
+  circle_reduction red;
+  double gamma, margin;
+} fd_case;
+
+static const fd_case fd_cases[] = {
+    {7, 0, 5, 3, false, false, true, false,
+     CIRCLE_REDUCTION_SUM_OVER_BATCH_SIZE, 16, 0.4},
+    {8, 0, 4, 3, false, true, true, true, CIRCLE_REDUCTION_SUM, 40, 0.4},
+    {6, 9, 5, 3, false, true, true, false,
+     CIRCLE_REDUCTION_MEAN_WITH_SAMPLE_WEIGHT, 24, 0.25},
+    {6, 7, 3, 2, true, false, true, false, CIRCLE_REDUCTION_NONE, 16, 0.4},
+    {9, 0, 6, 3, true, true, false, false, CIRCLE_REDUCTION_MEAN, 32, 0.4},
+    {5, 8, 4, 3, false, true, false, false, CIRCLE_REDUCTION_NULL, 20, 0.3},
+    {10, 0, 3, 4, false, true, true, true,
+     CIRCLE_REDUCTION_MEAN_WITH_SAMPLE_WEIGHT, 40, 0.4},
+    {7, 6, 5, 3, true, true, false, true,
+     CIRCLE_REDUCTION_SUM_OVER_BATCH_SIZE, 40, 0.4},
+};
+
+/* The loss with v[k] (v: the float64 embeddings or reference embeddings
+ * p->in points to) set to value. */
+static double loss_at(circle_engine *e, problem *p, double *v, size_t k,
+                      double value) {
+  double keep = v[k];
+  v[k] = value;
+  result r;
+  run(e, &p->cfg, &p->in, CIRCLE_OUT_LOSS, &r);
+  ck_assert_int_eq(r.rc, CIRCLE_OK);
+  double f = loss_scalar(&p->cfg, &r);
+  result_free(&r);
+  v[k] = keep;
+  return f;
+}
+
+static void expect_fd(circle_engine *e, problem *p, double *v,
+                      const double *g, size_t count, const char *what,
+                      int ci) {
+  double maxg = 1.0;
+  for (size_t k = 0; k < count; k++)
+    if (fabs(g[k]) > maxg) maxg = fabs(g[k]);
+  double bound = FD_TOL * maxg;
+  for (size_t k = 0; k < count; k++) {
+    double x0 = v[k];
+    double fp = loss_at(e, p, v, k, x0 + FD_STEP);
+    double fm = loss_at(e, p, v, k, x0 - FD_STEP);
+    double fd = (fp - fm) / (2 * FD_STEP);
+    ck_assert_msg(fabs(fd - g[k]) <= bound,
+                  "fd case %d: %s[%zu]: engine %.12g, finite difference "
+                  "%.12g, |diff| %.3g > %.3g",
+                  ci, what, k, g[k], fd, fabs(fd - g[k]), bound);
+  }
+}
+
+START_TEST(loss_should_agree_with_finite_differences) {
+  const fd_case *fc = &fd_cases[_i];
+  problem p;
+  /* Without normalize the norms stay below 1, so no similarity reaches the
+   * clamp at 1; with it the raw norms vary from 0.5 to 2. */
+  problem_init(&p, 0xfdull + (uint64_t)_i, CIRCLE_DTYPE_FLOAT64, fc->n, fc->m,
+               fc->d, fc->classes, fc->sw, fc->normalize ? 0.5 : 0.6,
+               fc->normalize ? 2.0 : 0.95);
+  if (fc->singleton) p.y[0] = 99; /* a row without positives: masked */
+  p.cfg.gamma = fc->gamma;
+  p.cfg.margin = fc->margin;
+  p.cfg.remove_diagonal = fc->remove_diagonal;
+  p.cfg.reduction = fc->red;
+  p.cfg.normalize = fc->normalize;
+  circle_engine *e = engine_new(1, 0, 0);
+  result r;
+  run(e, &p.cfg, &p.in, want_all(&p.in), &r);
+  ck_assert_int_eq(r.rc, CIRCLE_OK);
+  ck_assert_msg(loss_scalar(&p.cfg, &r) > 0, "fd case %d has zero loss", _i);
+  expect_fd(e, &p, (double *)p.in.embeddings, r.out.grad, fc->n * fc->d,
+            "grad", _i);
+  if (fc->m > 0)
+    expect_fd(e, &p, (double *)p.in.ref_embeddings, r.out.ref_grad,
+              fc->m * fc->d, "ref_grad", _i);
+  result_free(&r);
+  circle_engine_free(e);
+  problem_free(&p);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Determinism: threads, block sizes, streaming                             */
+/* ------------------------------------------------------------------------ */
+
+/* Variants: 0 self f32, 1 self f64 normalize, 2 ref f32 normalize, 3 ref
+ * f64. Sizes are odd so that blocks do not divide them evenly. */
+static void determinism_problem(problem *p, int variant) {
+  bool ref = variant >= 2;
+  circle_dtype dt = variant % 2 ? CIRCLE_DTYPE_FLOAT64 : CIRCLE_DTYPE_FLOAT32;
+  bool norm = variant == 1 || variant == 2;
+  problem_init(p, 0xd0ull + (uint64_t)variant, dt, ref ? 301 : 530,
+               ref ? 411 : 0, 19, 23, true, norm ? 0.3 : 1.0,
+               norm ? 3.0 : 1.0);
+  p->y[5] = 1000; /* singletons: masked rows */
+  p->y[77] = 1001;
+  p->cfg.normalize = norm;
+  p->cfg.reduction = CIRCLE_REDUCTION_MEAN_WITH_SAMPLE_WEIGHT;
+}
+
+static void run_with(problem *p, unsigned threads, size_t block_rows,
+                     size_t materialize_bytes, result *r) {
+  circle_engine *e = engine_new(threads, block_rows, materialize_bytes);
+  run(e, &p->cfg, &p->in, want_all(&p->in), r);
+  circle_engine_free(e);
+  ck_assert_msg(r->rc == CIRCLE_OK, "%s", circle_status_str(r->rc));
+}
+
+START_TEST(loss_should_give_bitwise_identical_results_for_1_2_and_3_threads) {
+  problem p;
+  determinism_problem(&p, _i);
+  for (size_t bs = 0; bs <= 16; bs += 16) {
+    result r1, r2, r3;
+    run_with(&p, 1, bs, 0, &r1);
+    run_with(&p, 2, bs, 0, &r2);
+    run_with(&p, 3, bs, 0, &r3);
+    expect_identical("1 vs 2 threads", &r1, &r2);
+    expect_identical("1 vs 3 threads", &r1, &r3);
+    result_free(&r1);
+    result_free(&r2);
+    result_free(&r3);
+  }
+  problem_free(&p);
+}
+END_TEST
+
+START_TEST(loss_should_give_bitwise_identical_results_for_any_block_size) {
+  problem p;
+  determinism_problem(&p, _i);
+  result a, b, c;
+  run_with(&p, 2, 0, 0, &a);
+  run_with(&p, 2, 5, 0, &b);
+  run_with(&p, 3, 1, 0, &c);
+  expect_identical("default vs 5 block rows", &a, &b);
+  expect_identical("default vs 1 block row", &a, &c);
+  result_free(&a);
+  result_free(&b);
+  result_free(&c);
+  problem_free(&p);
+}
+END_TEST
+
+START_TEST(loss_should_give_bitwise_identical_results_streamed_or_materialized) {
+  problem p;
+  determinism_problem(&p, _i);
+  result a, b, c;
+  run_with(&p, 2, 0, 0, &a);  /* 256 MiB: materialized */
+  run_with(&p, 2, 0, 1, &b);  /* 1 byte: streamed */
+  run_with(&p, 3, 7, 1, &c);  /* streamed, other blocks and threads */
+  expect_identical("materialized vs streamed", &a, &b);
+  expect_identical("materialized vs streamed, 7 rows, 3 threads", &a, &c);
+  result_free(&a);
+  result_free(&b);
+  result_free(&c);
+  problem_free(&p);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Numerical stability                                                      */
+/* ------------------------------------------------------------------------ */
+
+START_TEST(loss_should_stay_finite_at_large_gamma) {
+  static const double gammas[] = {256, 1024, 65536};
+  static const double margins[] = {0.25, 0.4};
+  circle_engine *e = engine_new(0, 0, 0);
+  for (int dt = 0; dt < 2; dt++)
+    for (size_t gi = 0; gi < 3; gi++)
+      for (size_t mi = 0; mi < 2; mi++)
+        for (int red = 0; red <= CIRCLE_REDUCTION_NULL; red++)
+          for (int ref = 0; ref < 2; ref++) {
+            problem p;
+            problem_init(&p, 0x57ull + (uint64_t)(gi * 10 + mi), dt, 40,
+                         ref ? 33 : 0, 8, 4, red % 2 == 0, 1.0, 1.0);
+            p.y[3] = 500; /* a row with no positive pair */
+            p.cfg.gamma = gammas[gi];
+            p.cfg.margin = margins[mi];
+            p.cfg.reduction = (circle_reduction)red;
+            p.cfg.normalize = red == 3;
+            result r;
+            run(e, &p.cfg, &p.in, want_all(&p.in), &r);
+            char what[96];
+            snprintf(what, sizeof what, "gamma %g margin %g %s red %d ref %d",
+                     gammas[gi], margins[mi], dt ? "f64" : "f32", red, ref);
+            expect_finite(what, &p.cfg, &r);
+            result_free(&r);
+            problem_free(&p);
+          }
+  circle_engine_free(e);
+}
+END_TEST
+
+/* Rows with no negative pair, no positive pair, a batch of one, a single
+ * class: empty log-sum-exps must become exact zeros, never NaN. */
+START_TEST(loss_should_stay_finite_when_rows_have_no_pairs) {
+  circle_engine *e = engine_new(0, 0, 0);
+  for (int dt = 0; dt < 2; dt++)
+    for (size_t n = 1; n <= 3; n++)
+      for (int rd = 0; rd < 2; rd++)
+        for (int norm = 0; norm < 2; norm++) {
+          problem p;
+          problem_init(&p, 0x11ull + n, dt, n, 0, 4, 1, true, 0.5, 2.0);
+          p.cfg.remove_diagonal = rd;
+          p.cfg.normalize = norm;
+          p.cfg.reduction = CIRCLE_REDUCTION_MEAN;
+          result r;
+          run(e, &p.cfg, &p.in, want_all(&p.in), &r);
+          expect_finite("one class", &p.cfg, &r);
+          if (rd) /* no pair at all: every value is exactly 0 */
+            for (size_t i = 0; i < n; i++)
+              ck_assert(get(r.out.per_sample, i, dt) == 0.0);
+          result_free(&r);
+          problem_free(&p);
+        }
+  circle_engine_free(e);
+}
+END_TEST
+
+/* Finite input of any magnitude: the engine either computes finite numbers
+ * or refuses with a status; it never hands out NaN or Inf. */
+START_TEST(loss_should_never_return_nonfinite_values_for_finite_input) {
+  static const double scales[] = {1e-30, 1e-8, 1e8, 1e18, 1e20, 1e150};
+  circle_engine *e = engine_new(0, 0, 0);
+  for (int dt = 0; dt < 2; dt++)
+    for (size_t si = 0; si < sizeof scales / sizeof *scales; si++)
+      for (int norm = 0; norm < 2; norm++) {
+        if (dt == 0 && scales[si] > 1e30) continue; /* not a finite float */
+        problem p;
+        problem_init(&p, 0x33ull, dt, 12, 0, 3, 3, true, scales[si],
+                     scales[si]);
+        p.cfg.normalize = norm;
+        result r;
+        run(e, &p.cfg, &p.in, want_all(&p.in), &r);
+        char what[64];
+        snprintf(what, sizeof what, "scale %g %s normalize %d", scales[si],
+                 dt ? "f64" : "f32", norm);
+        if (r.rc == CIRCLE_OK) expect_finite(what, &p.cfg, &r);
+        result_free(&r);
+        problem_free(&p);
+      }
+  circle_engine_free(e);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Semantics beyond Keras' reach                                            */
+/* ------------------------------------------------------------------------ */
+
+/* Labels are exact 64-bit integers (Keras' class form casts them through
+ * the loss dtype and int32; see README): relabelling 0..3 as huge values
+ * that collide in float32 and in int32 changes nothing. */
+START_TEST(loss_should_treat_labels_as_exact_64_bit_integers) {
+  problem p;
+  problem_init(&p, 0x64ull, CIRCLE_DTYPE_FLOAT32, 20, 0, 5, 4, false, 1, 1);
+  circle_engine *e = engine_new(1, 0, 0);
+  result a, b;
+  run(e, &p.cfg, &p.in, want_all(&p.in), &a);
+  for (size_t i = 0; i < 20; i++)
+    p.y[i] = (INT64_C(1) << 62) + p.y[i] * (INT64_C(1) << 32) + 1;
+  run(e, &p.cfg, &p.in, want_all(&p.in), &b);
+  expect_identical("small vs huge labels", &a, &b);
+  result_free(&a);
+  result_free(&b);
+  circle_engine_free(e);
+  problem_free(&p);
+}
+END_TEST
+
+/* Output buffers are written only for what out.want asks. */
+START_TEST(loss_should_compute_only_what_is_asked) {
+  problem p;
+  problem_init(&p, 0x77ull, CIRCLE_DTYPE_FLOAT64, 9, 5, 3, 2, true, 1, 1);
+  circle_engine *e = engine_new(1, 0, 0);
+  double per[9], grad[27], rgrad[15];
+  memset(per, 0xab, sizeof per);
+  memset(grad, 0xab, sizeof grad);
+  memset(rgrad, 0xab, sizeof rgrad);
+  circle_output out = {.want = CIRCLE_OUT_LOSS, .loss = -1, .per_sample = per,
+                       .grad = grad, .ref_grad = rgrad};
+  ck_assert_int_eq(circle_loss_compute(e, &p.cfg, &p.in, &out), CIRCLE_OK);
+  ck_assert(out.loss > 0);
+  ck_assert(all_bytes(per, sizeof per, 0xab));
+  ck_assert(all_bytes(grad, sizeof grad, 0xab));
+  ck_assert(all_bytes(rgrad, sizeof rgrad, 0xab));
+  out = (circle_output){.want = CIRCLE_OUT_REF_GRAD, .loss = -1,
+                        .per_sample = per, .grad = grad, .ref_grad = rgrad};
+  ck_assert_int_eq(circle_loss_compute(e, &p.cfg, &p.in, &out), CIRCLE_OK);
+  ck_assert(out.loss == -1);
+  ck_assert(all_bytes(per, sizeof per, 0xab));
+  ck_assert(all_bytes(grad, sizeof grad, 0xab));
+  ck_assert(all_finite(rgrad, 15, CIRCLE_DTYPE_FLOAT64));
+  circle_engine_free(e);
+  problem_free(&p);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Bad arguments, entry point by entry point                                */
+/* ------------------------------------------------------------------------ */
+
+START_TEST(loss_should_name_every_status_and_unknown_ones) {
+#define CHECK_STATUS(name, value, msg)                        \
+  ck_assert_str_eq(circle_status_str(value), msg);            \
+  ck_assert_str_eq(circle_status_name(value), #name);
+  CIRCLE_STATUS_MAP(CHECK_STATUS)
+#undef CHECK_STATUS
+  static const int unknown[] = {1, -10, -1000, 42, INT32_MIN, INT32_MAX};
+  for (size_t k = 0; k < sizeof unknown / sizeof *unknown; k++) {
+    ck_assert_str_eq(circle_status_str(unknown[k]), "unknown status");
+    ck_assert_str_eq(circle_status_name(unknown[k]), "EUNKNOWN");
+  }
+}
+END_TEST
+
+START_TEST(loss_should_reject_unknown_dtype_strings_and_values) {
+  circle_dtype dt = CIRCLE_DTYPE_FLOAT64;
+  static const char *const bad[] = {"float16", "Float32", "float", "f32",
+                                    "float32 ", "", "bfloat16", "int64"};
+  for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
+    ck_assert_int_eq(circle_dtype_parse(bad[k], &dt), CIRCLE_EINVAL);
+    ck_assert_int_eq(dt, CIRCLE_DTYPE_FLOAT64); /* untouched */
+  }
+  ck_assert_int_eq(circle_dtype_parse(NULL, &dt), CIRCLE_EINVAL);
+  ck_assert_int_eq(circle_dtype_parse("float32", NULL), CIRCLE_EINVAL);
+  ck_assert_int_eq(circle_dtype_parse("float32", &dt), CIRCLE_OK);
+  ck_assert_int_eq(dt, CIRCLE_DTYPE_FLOAT32);
+  ck_assert_int_eq(circle_dtype_parse("float64", &dt), CIRCLE_OK);
+  ck_assert_int_eq(dt, CIRCLE_DTYPE_FLOAT64);
+  ck_assert_uint_eq(circle_dtype_size(CIRCLE_DTYPE_FLOAT32), 4);
+  ck_assert_uint_eq(circle_dtype_size(CIRCLE_DTYPE_FLOAT64), 8);
+  ck_assert_uint_eq(circle_dtype_size((circle_dtype)2), 0);
+  ck_assert_uint_eq(circle_dtype_size((circle_dtype)-1), 0);
+  ck_assert_str_eq(circle_dtype_name(CIRCLE_DTYPE_FLOAT32), "float32");
+  ck_assert_ptr_null(circle_dtype_name((circle_dtype)7));
+}
+END_TEST
+
+START_TEST(loss_should_reject_unknown_reduction_strings_and_values) {
+  static const char *const good[] = {"sum_over_batch_size", "sum", "mean",
+                                     "mean_with_sample_weight", "none"};
+  for (int r = 0; r < 5; r++) {
+    circle_reduction got = CIRCLE_REDUCTION_NULL;
+    ck_assert_int_eq(circle_reduction_parse(good[r], &got), CIRCLE_OK);
+    ck_assert_int_eq(got, r);
+    ck_assert_str_eq(circle_reduction_name((circle_reduction)r), good[r]);
+  }
+  static const char *const bad[] = {"None", "null", "NONE", "Sum", "avg",
+                                    "sum_over_batch", "", " sum", "auto"};
+  for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
+    circle_reduction got = CIRCLE_REDUCTION_SUM;
+    ck_assert_int_eq(circle_reduction_parse(bad[k], &got), CIRCLE_EINVAL);
+    ck_assert_int_eq(got, CIRCLE_REDUCTION_SUM); /* untouched */
+  }
+  circle_reduction got;
+  ck_assert_int_eq(circle_reduction_parse(NULL, &got), CIRCLE_EINVAL);
+  ck_assert_int_eq(circle_reduction_parse("sum", NULL), CIRCLE_EINVAL);
+  ck_assert_ptr_null(circle_reduction_name(CIRCLE_REDUCTION_NULL));
+  ck_assert_ptr_null(circle_reduction_name((circle_reduction)42));
+  ck_assert(circle_reduction_is_elementwise(CIRCLE_REDUCTION_NONE));
+  ck_assert(circle_reduction_is_elementwise(CIRCLE_REDUCTION_NULL));
+  ck_assert(!circle_reduction_is_elementwise(CIRCLE_REDUCTION_SUM));
+  ck_assert(!circle_reduction_is_elementwise((circle_reduction)42));
+}
+END_TEST
+
+START_TEST(loss_should_reject_bad_config_values) {
+  circle_config cfg;
+  circle_config_init(&cfg);
+  ck_assert(cfg.gamma == 80.0 && cfg.margin == 0.4 && cfg.remove_diagonal &&
+            cfg.reduction == CIRCLE_REDUCTION_SUM_OVER_BATCH_SIZE &&
+            cfg.dtype == CIRCLE_DTYPE_FLOAT32 && !cfg.normalize);
+  ck_assert_int_eq(circle_config_validate(&cfg), CIRCLE_OK);
+  ck_assert_int_eq(circle_config_validate(NULL), CIRCLE_EINVAL);
+  static const double bad_gamma[] = {0.0, -0.0, -1.0, -INFINITY, INFINITY,
+                                     NAN};
+  for (size_t k = 0; k < sizeof bad_gamma / sizeof *bad_gamma; k++) {
+    circle_config c = cfg;
+    c.gamma = bad_gamma[k];
+    ck_assert_msg(circle_config_validate(&c) == CIRCLE_EINVAL, "gamma %g",
+                  bad_gamma[k]);
+  }
+  circle_config c = cfg;
+  c.gamma = 1e-300; /* tiny but positive is Keras-legal */
+  ck_assert_int_eq(circle_config_validate(&c), CIRCLE_OK);
+  c = cfg;
+  c.margin = -0.5; /* Keras accepts any margin */
+  ck_assert_int_eq(circle_config_validate(&c), CIRCLE_OK);
+  c.margin = NAN;
+  ck_assert_int_eq(circle_config_validate(&c), CIRCLE_EINVAL);
+  c.margin = INFINITY;
+  ck_assert_int_eq(circle_config_validate(&c), CIRCLE_EINVAL);
+  c = cfg;
+  c.reduction = (circle_reduction)6;
+  ck_assert_int_eq(circle_config_validate(&c), CIRCLE_EINVAL);
+  c.reduction = (circle_reduction)-1;
+  ck_assert_int_eq(circle_config_validate(&c), CIRCLE_EINVAL);
+  c = cfg;
+  c.dtype = (circle_dtype)2;
+  ck_assert_int_eq(circle_config_validate(&c), CIRCLE_EINVAL);
+}
+END_TEST
+
+/* A valid 4-row float64 input to break one field at a time. */
+typedef struct {
+  int64_t y[4], ry[3];
+  double x[8], r[6], w[4];
+  circle_config cfg;
+  circle_input in;
+} small;
+
+static void small_init(small *s) {
+  static const int64_t y[4] = {0, 0, 1, 1}, ry[3] = {0, 1, 1};
+  static const double x[8] = {1, 0, 0.6, 0.8, 0, 1, -0.6, 0.8};
+  static const double r[6] = {0.8, 0.6, 0, 1, 0.28, 0.96};
+  static const double w[4] = {1, 0.5, 2, 1};
+  memcpy(s->y, y, sizeof y);
+  memcpy(s->ry, ry, sizeof ry);
+  memcpy(s->x, x, sizeof x);
+  memcpy(s->r, r, sizeof r);
+  memcpy(s->w, w, sizeof w);
+  circle_config_init(&s->cfg);
+  s->cfg.dtype = CIRCLE_DTYPE_FLOAT64;
+  s->in = (circle_input){.n = 4,
+                         .m = 3,
+                         .d = 2,
+                         .labels = s->y,
+                         .embeddings = s->x,
+                         .sample_weight = s->w,
+                         .ref_labels = s->ry,
+                         .ref_embeddings = s->r};
+}
+
+/* circle_input_check's status, and the sentence it writes. */
+static int check_input(const small *s, char *where, size_t where_len) {
+  memset(where, 0, where_len);
+  return circle_input_check(&s->cfg, &s->in, where, where_len);
+}
+
+/* Expects status from circle_input_check and a sentence containing needle
+ * (or any sentence at all when needle is NULL). */
+static void expect_check(const small *s, int status, const char *needle) {
+  char where[200];
+  int rc = check_input(s, where, sizeof where);
+  ck_assert_msg(rc == status, "status %s, expected %s (where: %s)",
+                circle_status_name(rc), circle_status_name(status), where);
+  if (status == CIRCLE_OK) return;
+  ck_assert_msg(where[0] != 0, "no sentence in where");
+  if (needle != NULL)
+    ck_assert_msg(strstr(where, needle) != NULL, "where \"%s\" lacks \"%s\"",
+                  where, needle);
+}
+
+START_TEST(loss_should_accept_a_valid_input) {
+  small s;
+  small_init(&s);
+  expect_check(&s, CIRCLE_OK, NULL);
+  s.in.ref_labels = NULL;
+  s.in.ref_embeddings = NULL;
+  s.in.sample_weight = NULL;
+  expect_check(&s, CIRCLE_OK, NULL);
+  ck_assert_int_eq(circle_input_check(&s.cfg, &s.in, NULL, 0), CIRCLE_OK);
+}
+END_TEST
+
+START_TEST(loss_should_reject_null_pointers_in_input_check) {
+  small s;
+  small_init(&s);
+  char where[200];
+  ck_assert_int_eq(circle_input_check(NULL, &s.in, where, sizeof where),
+                   CIRCLE_EINVAL);
+  ck_assert_int_eq(circle_input_check(&s.cfg, NULL, where, sizeof where),
+                   CIRCLE_EINVAL);
+  s.in.labels = NULL;
+  expect_check(&s, CIRCLE_EINVAL, "labels");
+  small_init(&s);
+  s.in.embeddings = NULL;
+  expect_check(&s, CIRCLE_EINVAL, "embeddings");
+}
+END_TEST
+
+START_TEST(loss_should_reject_an_empty_batch_and_zero_dimension) {
+  small s;
+  small_init(&s);
+  s.in.n = 0;
+  expect_check(&s, CIRCLE_EEMPTY, NULL);
+  small_init(&s);
+  s.in.d = 0;
+  expect_check(&s, CIRCLE_EINVAL, NULL);
+  small_init(&s);
+  s.in.m = 0; /* a reference set given with no rows */
+  expect_check(&s, CIRCLE_EEMPTY, "reference");
+}
+END_TEST
+
+START_TEST(loss_should_reject_half_a_reference_set) {
+  small s;
+  small_init(&s);
+  s.in.ref_embeddings = NULL;
+  expect_check(&s, CIRCLE_EINVAL, "ref_embeddings");
+  small_init(&s);
+  s.in.ref_labels = NULL;
+  expect_check(&s, CIRCLE_EINVAL, "ref_labels");
+}
+END_TEST
+
+START_TEST(loss_should_reject_non_finite_values_naming_the_row) {
+  small s;
+  small_init(&s);
+  s.x[5] = NAN; /* row 2, column 1 */
+  expect_check(&s, CIRCLE_ENONFINITE, "embeddings[2][1]");
+  small_init(&s);
+  s.x[0] = -INFINITY;
+  expect_check(&s, CIRCLE_ENONFINITE, NULL);
+  small_init(&s);
+  s.r[3] = INFINITY; /* ref row 1, column 1 */
+  expect_check(&s, CIRCLE_ENONFINITE, "ref_embeddings[1][1]");
+  small_init(&s);
+  s.w[3] = NAN;
+  expect_check(&s, CIRCLE_ENONFINITE, "sample_weight[3]");
+  /* the same in float32 */
+  float xf[8] = {1, 0, 0.6f, 0.8f, 0, 1, -0.6f, 0.8f};
+  small_init(&s);
+  xf[7] = NAN;
+  s.cfg.dtype = CIRCLE_DTYPE_FLOAT32;
+  s.in.embeddings = xf;
+  s.in.sample_weight = NULL;
+  s.in.ref_labels = NULL;
+  s.in.ref_embeddings = NULL;
+  expect_check(&s, CIRCLE_ENONFINITE, "embeddings[3][1]");
+}
+END_TEST
+
+START_TEST(loss_should_reject_negative_sample_weights) {
+  small s;
+  small_init(&s);
+  s.w[2] = -0.5;
+  expect_check(&s, CIRCLE_EINVAL, "sample_weight[2]");
+  s.w[2] = 0.0; /* zero is a weight, not an error */
+  expect_check(&s, CIRCLE_OK, NULL);
+  s.w[2] = -0.0;
+  expect_check(&s, CIRCLE_OK, NULL);
+}
+END_TEST
+
+START_TEST(loss_should_reject_a_bad_config_in_input_check) {
+  small s;
+  small_init(&s);
+  s.cfg.gamma = 0;
+  expect_check(&s, CIRCLE_EINVAL, NULL);
+  s.cfg.gamma = -3;
+  expect_check(&s, CIRCLE_EINVAL, NULL);
+}
+END_TEST
+
+/* Sizes whose products overflow are refused before any data is read: the
+ * arrays here are far too short for the sizes, so a read would crash. */
+START_TEST(loss_should_report_overflow_before_reading_data) {
+  small s;
+  small_init(&s);
+  s.in.n = SIZE_MAX / 4 + 1;
+  s.in.d = 8;
+  expect_check(&s, CIRCLE_EOVERFLOW, NULL);
+  small_init(&s);
+  s.in.n = (size_t)1 << 33;
+  s.in.m = (size_t)1 << 33; /* n * m overflows */
+  s.in.d = 1;
+  expect_check(&s, CIRCLE_EOVERFLOW, NULL);
+  circle_engine *e = engine_new(1, 0, 0);
+  ck_assert_uint_eq(circle_loss_scratch_bytes(e, &s.cfg, &s.in,
+                                              CIRCLE_OUT_ALL),
+                    0);
+  circle_output out = {.want = CIRCLE_OUT_LOSS};
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &out),
+                   CIRCLE_EOVERFLOW);
+  circle_engine_free(e);
+}
+END_TEST
+
+START_TEST(loss_should_truncate_the_where_sentence_to_its_buffer) {
+  small s;
+  small_init(&s);
+  s.x[5] = NAN;
+  char where[8];
+  memset(where, 'x', sizeof where);
+  ck_assert_int_eq(circle_input_check(&s.cfg, &s.in, where, 5),
+                   CIRCLE_ENONFINITE);
+  ck_assert(memchr(where, 0, 5) != NULL);
+  ck_assert(where[5] == 'x' && where[7] == 'x');
+  ck_assert_int_eq(circle_input_check(&s.cfg, &s.in, where, 0),
+                   CIRCLE_ENONFINITE);
+}
+END_TEST
+
+START_TEST(loss_should_reject_bad_arguments_to_compute) {
+  small s;
+  small_init(&s);
+  circle_engine *e = engine_new(1, 0, 0);
+  double per[4], grad[8], rgrad[6], lv[4];
+  circle_output out = {.want = CIRCLE_OUT_ALL, .per_sample = per,
+                       .grad = grad, .ref_grad = rgrad, .loss_values = lv};
+  ck_assert_int_eq(circle_loss_compute(NULL, &s.cfg, &s.in, &out),
+                   CIRCLE_EINVAL);
+  ck_assert_int_eq(circle_loss_compute(e, NULL, &s.in, &out), CIRCLE_EINVAL);
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, NULL, &out), CIRCLE_EINVAL);
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, NULL), CIRCLE_EINVAL);
+  circle_output o2 = out;
+  o2.want = 1u << 7; /* no such output */
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &o2), CIRCLE_EINVAL);
+  o2 = out;
+  o2.grad = NULL;
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &o2), CIRCLE_EINVAL);
+  o2 = out;
+  o2.ref_grad = NULL;
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &o2), CIRCLE_EINVAL);
+  o2 = out;
+  o2.per_sample = NULL;
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &o2), CIRCLE_EINVAL);
+  o2 = out;
+  o2.loss_values = NULL;
+  s.cfg.reduction = CIRCLE_REDUCTION_NONE;
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &o2), CIRCLE_EINVAL);
+  s.cfg.reduction = CIRCLE_REDUCTION_SUM; /* scalar: loss_values unused */
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &o2), CIRCLE_OK);
+  /* a reference gradient without a reference set */
+  s.in.ref_labels = NULL;
+  s.in.ref_embeddings = NULL;
+  o2 = out;
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &o2), CIRCLE_EINVAL);
+  small_init(&s);
+  static const double bad_gamma[] = {0.0, -1.0, NAN, INFINITY};
+  for (size_t k = 0; k < 4; k++) {
+    s.cfg.gamma = bad_gamma[k];
+    ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &out),
+                     CIRCLE_EINVAL);
+  }
+  small_init(&s);
+  s.cfg.reduction = (circle_reduction)9;
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &out), CIRCLE_EINVAL);
+  small_init(&s);
+  s.cfg.dtype = (circle_dtype)9;
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &out), CIRCLE_EINVAL);
+  small_init(&s);
+  s.in.n = 0;
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &out), CIRCLE_EEMPTY);
+  small_init(&s);
+  s.in.d = 0;
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &out), CIRCLE_EINVAL);
+  small_init(&s);
+  s.in.ref_labels = NULL;
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &out), CIRCLE_EINVAL);
+  small_init(&s);
+  s.x[1] = NAN;
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &out),
+                   CIRCLE_ENONFINITE);
+  small_init(&s);
+  s.w[0] = -1;
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &out), CIRCLE_EINVAL);
+  circle_engine_free(e);
+}
+END_TEST
+
+/* On failure nothing the caller handed in as output changes. */
+START_TEST(loss_should_leave_outputs_untouched_on_failure) {
+  small s;
+  small_init(&s);
+  circle_engine *e = engine_new(2, 0, 0);
+  double per[4], grad[8], rgrad[6], lv[4];
+  memset(per, 0x5a, sizeof per);
+  memset(grad, 0x5a, sizeof grad);
+  memset(rgrad, 0x5a, sizeof rgrad);
+  memset(lv, 0x5a, sizeof lv);
+  circle_output out = {.want = CIRCLE_OUT_ALL, .loss = 12345.0,
+                       .per_sample = per, .grad = grad, .ref_grad = rgrad,
+                       .loss_values = lv};
+  memset(&out.stats, 0x5a, sizeof out.stats);
+  circle_output before = out;
+  s.r[4] = NAN; /* found only after the batch has been checked */
+  ck_assert_int_eq(circle_loss_compute(e, &s.cfg, &s.in, &out),
+                   CIRCLE_ENONFINITE);
+  ck_assert(memcmp(&out, &before, sizeof out) == 0);
+  ck_assert(all_bytes(per, sizeof per, 0x5a));
+  ck_assert(all_bytes(grad, sizeof grad, 0x5a));
+  ck_assert(all_bytes(rgrad, sizeof rgrad, 0x5a));
+  ck_assert(all_bytes(lv, sizeof lv, 0x5a));
+  circle_engine_free(e);
+}
+END_TEST
+
+START_TEST(loss_should_report_scratch_bytes_or_zero) {
+  small s;
+  small_init(&s);
+  circle_engine *e = engine_new(1, 0, 0);
+  ck_assert_uint_gt(circle_loss_scratch_bytes(e, &s.cfg, &s.in,
+                                              CIRCLE_OUT_ALL),
+                    0);
+  ck_assert_uint_eq(circle_loss_scratch_bytes(NULL, &s.cfg, &s.in,
+                                              CIRCLE_OUT_ALL),
+                    0);
+  ck_assert_uint_eq(circle_loss_scratch_bytes(e, NULL, &s.in, CIRCLE_OUT_ALL),
+                    0);
+  ck_assert_uint_eq(circle_loss_scratch_bytes(e, &s.cfg, NULL, CIRCLE_OUT_ALL),
+                    0);
+  circle_engine_free(e);
+}
+END_TEST
+
+static void set_flag(void *arg) { *(volatile int *)arg = 1; }
+
+START_TEST(loss_should_reject_bad_arguments_to_the_engine) {
+  ck_assert_int_eq(circle_engine_init(NULL, NULL), CIRCLE_EINVAL);
+  circle_engine_free(NULL); /* a no-op */
+  ck_assert_uint_eq(circle_engine_threads(NULL), 0);
+  ck_assert_uint_eq(circle_engine_queue_depth(NULL), 0);
+  circle_engine *e = NULL;
+  ck_assert_int_eq(circle_engine_init(&e, NULL), CIRCLE_OK);
+  ck_assert_uint_ge(circle_engine_threads(e), 1);
+  static volatile int flag;
+  ck_assert_int_eq(circle_engine_submit(NULL, set_flag, (void *)&flag),
+                   CIRCLE_EINVAL);
+  ck_assert_int_eq(circle_engine_submit(e, NULL, NULL), CIRCLE_EINVAL);
+  ck_assert_int_eq(circle_engine_submit(e, set_flag, (void *)&flag),
+                   CIRCLE_OK);
+  circle_engine_free(e); /* runs the job first */
+  ck_assert_int_eq(flag, 1);
+  e = engine_new(3, 0, 0);
+  ck_assert_uint_eq(circle_engine_threads(e), 3);
+  circle_engine_free(e);
+}
+END_TEST
+
+START_TEST(loss_should_pick_the_blas_coretype_from_the_table) {
+  ck_assert_str_eq(circle_blas_pick_coretype("Prescott", true, true),
+                   "SkylakeX");
+  ck_assert_str_eq(circle_blas_pick_coretype("Prescott", true, false),
+                   "SkylakeX");
+  ck_assert_str_eq(circle_blas_pick_coretype("Prescott", false, true),
+                   "Haswell");
+  ck_assert_ptr_null(circle_blas_pick_coretype("Prescott", false, false));
+  ck_assert_ptr_null(circle_blas_pick_coretype("Zen", true, true));
+  ck_assert_ptr_null(circle_blas_pick_coretype("Zen", false, false));
+  ck_assert_ptr_null(circle_blas_pick_coretype("SkylakeX", true, true));
+  ck_assert_ptr_null(circle_blas_pick_coretype("Haswell", false, true));
+  ck_assert_ptr_null(circle_blas_pick_coretype(NULL, true, true));
+  ck_assert_ptr_null(circle_blas_pick_coretype("", true, true));
+  static const char *const generic[] = {
+      "Prescott", "Core2", "Nehalem", "Atom", "Katmai", "Banias",
+      "Northwood", "Dunnington", "Penryn", "Barcelona", "Opteron"};
+  for (size_t k = 0; k < sizeof generic / sizeof *generic; k++) {
+    ck_assert_str_eq(circle_blas_pick_coretype(generic[k], true, false),
+                     "SkylakeX");
+    ck_assert_str_eq(circle_blas_pick_coretype(generic[k], false, true),
+                     "Haswell");
+    ck_assert_ptr_null(circle_blas_pick_coretype(generic[k], false, false));
+  }
+  const char *name = circle_blas_corename();
+  ck_assert_ptr_nonnull(name);
+  ck_assert(name[0] != 0);
+}
+END_TEST
+
+/* With OPENBLAS_CORETYPE set by the user, nothing is re-executed. */
+START_TEST(loss_should_not_reexec_when_the_user_chose_a_coretype) {
+  setenv("OPENBLAS_CORETYPE", "Prescott", 1);
+  char *argv[] = {"test_loss", NULL};
+  circle_blas_ensure_kernel(1, argv); /* must return */
+  ck_assert_str_eq(getenv("OPENBLAS_CORETYPE"), "Prescott");
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+
+static Suite *loss_suite(void) {
+  Suite *s = suite_create("loss");
+  TCase *golden = tcase_create("golden");
+  tcase_set_timeout(golden, 120);
+  tcase_add_test(golden, loss_should_find_the_keras_golden_cases);
+  tcase_add_loop_test(golden, loss_should_match_keras_golden_cases, 0,
+                      (int)g_count);
+  tcase_add_loop_test(golden, loss_should_match_keras_golden_cases_on_one_thread,
+                      0, (int)g_count);
+  suite_add_tcase(s, golden);
+
+  TCase *num = tcase_create("numerics");
+  tcase_set_timeout(num, 120);
+  tcase_add_loop_test(num, loss_should_agree_with_finite_differences, 0,
+                      (int)(sizeof fd_cases / sizeof *fd_cases));
+  tcase_add_loop_test(
+      num, loss_should_give_bitwise_identical_results_for_1_2_and_3_threads, 0,
+      4);
+  tcase_add_loop_test(num,
+                      loss_should_give_bitwise_identical_results_for_any_block_size,
+                      0, 4);
+  tcase_add_loop_test(
+      num, loss_should_give_bitwise_identical_results_streamed_or_materialized,
+      0, 4);
+  tcase_add_test(num, loss_should_stay_finite_at_large_gamma);
+  tcase_add_test(num, loss_should_stay_finite_when_rows_have_no_pairs);
+  tcase_add_test(num, loss_should_never_return_nonfinite_values_for_finite_input);
+  tcase_add_test(num, loss_should_treat_labels_as_exact_64_bit_integers);
+  tcase_add_test(num, loss_should_compute_only_what_is_asked);
+  suite_add_tcase(s, num);
+
+  TCase *args = tcase_create("arguments");
+  tcase_add_test(args, loss_should_name_every_status_and_unknown_ones);
+  tcase_add_test(args, loss_should_reject_unknown_dtype_strings_and_values);
+  tcase_add_test(args, loss_should_reject_unknown_reduction_strings_and_values);
+  tcase_add_test(args, loss_should_reject_bad_config_values);
+  tcase_add_test(args, loss_should_accept_a_valid_input);
+  tcase_add_test(args, loss_should_reject_null_pointers_in_input_check);
+  tcase_add_test(args, loss_should_reject_an_empty_batch_and_zero_dimension);
+  tcase_add_test(args, loss_should_reject_half_a_reference_set);
+  tcase_add_test(args, loss_should_reject_non_finite_values_naming_the_row);
+  tcase_add_test(args, loss_should_reject_negative_sample_weights);
+  tcase_add_test(args, loss_should_reject_a_bad_config_in_input_check);
+  tcase_add_test(args, loss_should_report_overflow_before_reading_data);
+  tcase_add_test(args, loss_should_truncate_the_where_sentence_to_its_buffer);
+  tcase_add_test(args, loss_should_reject_bad_arguments_to_compute);
+  tcase_add_test(args, loss_should_leave_outputs_untouched_on_failure);
+  tcase_add_test(args, loss_should_report_scratch_bytes_or_zero);
+  tcase_add_test(args, loss_should_reject_bad_arguments_to_the_engine);
+  tcase_add_test(args, loss_should_pick_the_blas_coretype_from_the_table);
+  tcase_add_test(args, loss_should_not_reexec_when_the_user_chose_a_coretype);
+  suite_add_tcase(s, args);
+  return s;
+}
+
+int main(void) {
+  g_list_rc = golden_list(golden_dir(), &g_paths, &g_count);
+  if (g_list_rc != 0) g_count = 0;
+  SRunner *sr = srunner_create(loss_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  golden_list_free(g_paths, g_count);
+  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
