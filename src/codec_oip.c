@@ -1,0 +1,1152 @@
+/* codec_oip.c -- Open Inference Protocol (KServe v2 REST) codec for model
+ * "circle", with Triton's binary tensor data extension. Must keep true:
+ * whatever tritonclient.http or KServe's REST client sends is understood
+ * (JSON or binary tensors, flat or nested data, [N] or [N, 1] labels), every
+ * byte of binary data is accounted for (shapes must match sizes exactly, no
+ * bytes left over), and a rejected request names the input, the element and
+ * what was expected.
+ *
+ *   body = JSON header (header_len bytes) | input bytes, in input order
+ *          (only inputs whose parameters carry binary_data_size)
+ *
+ *   response = JSON header | output bytes, in output order (only outputs
+ *              returned as binary: per-output "binary_data", or the
+ *              request-level "binary_data_output")
+ *
+ * The compute dtype is parameters.dtype when given, else float64 when the
+ * embeddings are FP64, else the server default (float32 unless configured).
+ * FP16 and BF16 embeddings are widened to float32. Binary data is
+ * little-endian, as the extension specifies.
+ */
+#include "codec_oip.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "codec_json.h"
+#include "codec_util.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "codec_oip.c reads binary tensors in host order: little-endian only"
+#endif
+
+#define EXACT_INT_LIMIT 9007199254740992.0 /* 2^53 */
+
+/* ------------------------------------------------------------------------ */
+/* Datatypes                                                                */
+/* ------------------------------------------------------------------------ */
+
+static const struct {
+  const char *name;
+  size_t size;
+} datatypes[] = {
+    [CIRCLE_OIP_BOOL] = {"BOOL", 1},     [CIRCLE_OIP_UINT8] = {"UINT8", 1},
+    [CIRCLE_OIP_UINT16] = {"UINT16", 2}, [CIRCLE_OIP_UINT32] = {"UINT32", 4},
+    [CIRCLE_OIP_UINT64] = {"UINT64", 8}, [CIRCLE_OIP_INT8] = {"INT8", 1},
+    [CIRCLE_OIP_INT16] = {"INT16", 2},   [CIRCLE_OIP_INT32] = {"INT32", 4},
+    [CIRCLE_OIP_INT64] = {"INT64", 8},   [CIRCLE_OIP_FP16] = {"FP16", 2},
+    [CIRCLE_OIP_FP32] = {"FP32", 4},     [CIRCLE_OIP_FP64] = {"FP64", 8},
+    [CIRCLE_OIP_BF16] = {"BF16", 2},     [CIRCLE_OIP_BYTES] = {"BYTES", 0},
+};
+
+static circle_oip_datatype datatype_parse(const char *s) {
+  for (int i = 0; i < CIRCLE_OIP_UNKNOWN; i++)
+    if (strcmp(s, datatypes[i].name) == 0) return (circle_oip_datatype)i;
+  return CIRCLE_OIP_UNKNOWN;
+}
+
+static bool is_float_type(circle_oip_datatype t) {
+  return t == CIRCLE_OIP_FP16 || t == CIRCLE_OIP_FP32 ||
+         t == CIRCLE_OIP_FP64 || t == CIRCLE_OIP_BF16;
+}
+
+/* IEEE 754 binary16 to float, subnormals, infinities and NaN included. */
+static float half_to_float(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t man = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else { /* subnormal: value = man * 2^-24, exact in float */
+      float f = (float)man * 0x1p-24f;
+      memcpy(&bits, &f, 4);
+      bits |= sign;
+    }
+  } else {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  }
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+static float bf16_to_float(uint16_t h) {
+  uint32_t bits = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Inputs                                                                   */
+/* ------------------------------------------------------------------------ */
+
+enum { IN_LABELS, IN_EMBEDDINGS, IN_SAMPLE_WEIGHT, IN_REF_LABELS,
+       IN_REF_EMBEDDINGS, IN_COUNT };
+
+static const char *const input_names[IN_COUNT] = {
+    "labels", "embeddings", "sample_weight", "ref_labels", "ref_embeddings"};
+
+/* One input as the request describes it. */
+typedef struct {
+  bool present;
+  size_t index;             /* position in "inputs" */
+  circle_oip_datatype type; /* datatype */
+  size_t rank;
+  uint64_t shape[2];
+  uint64_t count;           /* product of the shape */
+  const cJSON *data;        /* JSON data, or NULL */
+  const char *bin;          /* binary data, or NULL */
+  size_t bin_len;
+} oip_input;
+
+typedef struct {
+  const char *body;
+  size_t header_len;
+  const circle_limits *lim;
+  circle_error *err;
+  oip_input in[IN_COUNT];
+} oip_decoder;
+
+/* "[2, 3]" for an input's shape (rank 1 or 2). */
+static void shape_text(char *buf, size_t len, const oip_input *in) {
+  if (in->rank == 2)
+    snprintf(buf, len, "[%llu, %llu]", (unsigned long long)in->shape[0],
+             (unsigned long long)in->shape[1]);
+  else
+    snprintf(buf, len, "[%llu]", (unsigned long long)in->shape[0]);
+}
+
+/* Reads a JSON number that must be a non-negative integer (shapes, sizes). */
+static bool json_uint(const cJSON *it, uint64_t *out) {
+  if (!cJSON_IsNumber(it)) return false;
+  double v = it->valuedouble;
+  if (!(v >= 0) || v >= EXACT_INT_LIMIT || v != trunc(v)) return false;
+  *out = (uint64_t)v;
+  return true;
+}
+
+static int parse_input_params(oip_decoder *dc, const cJSON *p,
+                              const char *name, bool *has_bin,
+                              uint64_t *bin_size) {
+  circle_error *err = dc->err;
+  char where[64];
+  snprintf(where, sizeof(where), "the parameters of input '%s'", name);
+  if (!cJSON_IsObject(p))
+    return circle_error_set(err, 400, "wrong_type",
+                            "the parameters of input '%s' are %s; expected "
+                            "an object",
+                            name, circle__json_kind(p));
+  circle__json_field f[] = {{"binary_data_size", NULL},
+                            {"shared_memory_region", NULL},
+                            {"shared_memory_byte_size", NULL},
+                            {"shared_memory_offset", NULL},
+                            {"content_type", NULL}};
+  if (circle__json_fields(p, where, f, 5, err) != 0) return CIRCLE_EINVAL;
+  if (f[1].item || f[2].item || f[3].item)
+    return circle_error_set(err, 400, "wrong_type",
+                            "input '%s' uses shared memory, which circled "
+                            "does not support; send the data in the body "
+                            "(JSON or binary_data_size)",
+                            name);
+  /* content_type (KServe / MLServer codecs) is informational: ignored. */
+  if (f[0].item) {
+    if (!json_uint(f[0].item, bin_size))
+      return circle_error_set(err, 400, "wrong_type",
+                              "input '%s': binary_data_size must be an "
+                              "integer >= 0",
+                              name);
+    *has_bin = true;
+  }
+  return 0;
+}
+
+/* Reads one element of "inputs"; *bin_off is where its binary data starts
+ * (advanced past it). */
+static int parse_input(oip_decoder *dc, const cJSON *obj, size_t index,
+                       size_t *bin_off, size_t body_len) {
+  circle_error *err = dc->err;
+  char where[32];
+  snprintf(where, sizeof(where), "inputs[%zu]", index);
+  if (!cJSON_IsObject(obj))
+    return circle_error_set(err, 400, "wrong_type",
+                            "inputs[%zu] is %s; expected an object with "
+                            "name, shape, datatype and data",
+                            index, circle__json_kind(obj));
+  circle__json_field f[] = {{"name", NULL}, {"shape", NULL},
+                            {"datatype", NULL}, {"parameters", NULL},
+                            {"data", NULL}};
+  if (circle__json_fields(obj, where, f, 5, err) != 0) return CIRCLE_EINVAL;
+  if (!cJSON_IsString(f[0].item))
+    return circle_error_set(err, 400, f[0].item ? "wrong_type" : "missing_field",
+                            "inputs[%zu].name is %s; expected one of labels, "
+                            "embeddings, sample_weight, ref_labels, "
+                            "ref_embeddings",
+                            index, circle__json_kind(f[0].item));
+  int k;
+  for (k = 0; k < IN_COUNT; k++)
+    if (strcmp(f[0].item->valuestring, input_names[k]) == 0) break;
+  char q[72];
+  circle__json_quote(q, sizeof(q), f[0].item->valuestring, 64);
+  if (k == IN_COUNT)
+    return circle_error_set(err, 400, "unknown_key",
+                            "model 'circle' has no input '%s'; its inputs "
+                            "are labels, embeddings, sample_weight, "
+                            "ref_labels and ref_embeddings",
+                            q);
+  const char *name = input_names[k];
+  oip_input *in = &dc->in[k];
+  if (in->present)
+    return circle_error_set(err, 400, "duplicate_key",
+                            "input '%s' is given twice (inputs[%zu] and "
+                            "inputs[%zu])",
+                            name, in->index, index);
+  in->present = true;
+  in->index = index;
+
+  /* datatype */
+  if (!cJSON_IsString(f[2].item))
+    return circle_error_set(err, 400, f[2].item ? "wrong_type" : "missing_field",
+                            "input '%s': datatype is %s; expected a string "
+                            "such as \"FP32\"",
+                            name, circle__json_kind(f[2].item));
+  in->type = datatype_parse(f[2].item->valuestring);
+  circle__json_quote(q, sizeof(q), f[2].item->valuestring, 64);
+  bool is_label = k == IN_LABELS || k == IN_REF_LABELS;
+  if (is_label && in->type != CIRCLE_OIP_INT32 && in->type != CIRCLE_OIP_INT64)
+    return circle_error_set(err, 400, "wrong_type",
+                            "input '%s' has datatype \"%s\"; expected INT32 "
+                            "or INT64",
+                            name, q);
+  if (!is_label && !is_float_type(in->type))
+    return circle_error_set(err, 400, "wrong_type",
+                            "input '%s' has datatype \"%s\"; expected FP32 or "
+                            "FP64 (FP16 and BF16 also accepted)",
+                            name, q);
+
+  /* shape */
+  const cJSON *sh = f[1].item;
+  if (!cJSON_IsArray(sh))
+    return circle_error_set(err, 400, sh ? "wrong_type" : "missing_field",
+                            "input '%s': shape is %s; expected an array of "
+                            "dimensions",
+                            name, circle__json_kind(sh));
+  size_t rank = 0;
+  uint64_t count = 1;
+  const cJSON *it;
+  cJSON_ArrayForEach(it, sh) {
+    uint64_t dim;
+    if (!json_uint(it, &dim))
+      return circle_error_set(err, 400, "wrong_type",
+                              "input '%s': shape[%zu] is not an integer >= 0",
+                              name, rank);
+    if (rank < 2) in->shape[rank] = dim;
+    if (!circle__mul_u64(count, dim, &count))
+      return circle_error_set(err, 413, "limit_exceeded",
+                              "input '%s': the shape's element count "
+                              "overflows",
+                              name);
+    rank++;
+  }
+  in->rank = rank;
+  in->count = count;
+  bool matrix = k == IN_EMBEDDINGS || k == IN_REF_EMBEDDINGS;
+  bool ok_rank = matrix ? rank == 2 : (rank == 1 || (rank == 2 && in->shape[1] == 1));
+  if (!ok_rank)
+    return circle_error_set(err, 400, "shape_mismatch",
+                            "input '%s' has rank %zu; expected %s", name, rank,
+                            matrix ? "[N, D]" : "[N] or [N, 1]");
+
+  /* data: JSON, or binary after the header */
+  bool has_bin = false;
+  uint64_t bin_size = 0;
+  if (f[3].item && !cJSON_IsNull(f[3].item) &&
+      parse_input_params(dc, f[3].item, name, &has_bin, &bin_size) != 0)
+    return CIRCLE_EINVAL;
+  if (has_bin && f[4].item)
+    return circle_error_set(err, 400, "wrong_type",
+                            "input '%s' has both JSON data and "
+                            "binary_data_size; send one",
+                            name);
+  if (!has_bin) {
+    if (f[4].item == NULL)
+      return circle_error_set(err, 400, "missing_field",
+                              "input '%s' has no data; send \"data\" or "
+                              "parameters.binary_data_size with the bytes "
+                              "after the JSON",
+                              name);
+    if (!cJSON_IsArray(f[4].item))
+      return circle_error_set(err, 400, "wrong_type",
+                              "input '%s': data is %s; expected an array",
+                              name, circle__json_kind(f[4].item));
+    in->data = f[4].item;
+    return 0;
+  }
+  size_t esz = datatypes[in->type].size;
+  uint64_t want;
+  if (!circle__mul_u64(count, esz, &want) || want != bin_size) {
+    char st[64];
+    shape_text(st, sizeof(st), in);
+    return circle_error_set(err, 400, "shape_mismatch",
+                            "input '%s': binary_data_size is %llu bytes but "
+                            "shape %s of %s needs %llu",
+                            name, (unsigned long long)bin_size, st,
+                            datatypes[in->type].name,
+                            (unsigned long long)(count * esz));
+  }
+  size_t avail = body_len - *bin_off;
+  if (bin_size > avail)
+    return circle_error_set(err, 400, "shape_mismatch",
+                            "input '%s' needs %llu bytes of binary data at "
+                            "byte %zu, but the body has only %zu bytes "
+                            "left there (truncated body, or a wrong "
+                            "Inference-Header-Content-Length?)",
+                            name, (unsigned long long)bin_size, *bin_off,
+                            avail);
+  in->bin = dc->body + *bin_off;
+  in->bin_len = (size_t)bin_size;
+  *bin_off += (size_t)bin_size;
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reading tensor data                                                      */
+/* ------------------------------------------------------------------------ */
+
+/* Walks the (possibly nested) JSON data array in document order with an
+ * explicit stack, calling fn on each leaf. Returns the leaf count, or
+ * stops early (returning SIZE_MAX) when fn returns false. */
+typedef bool (*leaf_fn)(void *ctx, const cJSON *leaf, size_t i);
+
+static size_t walk_leaves(const cJSON *arr, size_t max_depth, leaf_fn fn,
+                          void *ctx) {
+  const cJSON *stack[64];
+  const cJSON **st = stack;
+  size_t cap = sizeof(stack) / sizeof(stack[0]);
+  if (max_depth + 1 > cap) {
+    st = malloc((max_depth + 1) * sizeof(*st));
+    if (st == NULL) return SIZE_MAX;
+    cap = max_depth + 1;
+  }
+  size_t top = 0, count = 0;
+  const cJSON *cur = arr->child;
+  for (;;) {
+    if (cur == NULL) {
+      if (top == 0) break;
+      cur = st[--top]->next;
+      continue;
+    }
+    if (cJSON_IsArray(cur)) {
+      if (top >= cap) { /* cannot happen: the pre-scan bounds depth */
+        count = SIZE_MAX;
+        break;
+      }
+      st[top++] = cur;
+      cur = cur->child;
+      continue;
+    }
+    if (fn && !fn(ctx, cur, count)) {
+      count = SIZE_MAX;
+      break;
+    }
+    count++;
+    cur = cur->next;
+  }
+  if (st != stack) free((void *)st);
+  return count;
+}
+
+typedef struct {
+  oip_decoder *dc;
+  const char *name;
+  const oip_input *in;
+  void *out;           /* int64_t[] or cfg.dtype[] */
+  circle_dtype dt;
+  bool weights;        /* sample weights: >= 0 */
+  bool need_raw;       /* an integer at or above 2^53: read from text */
+} fill_ctx;
+
+/* "embeddings[3, 7]" or "labels[3]" for element i of input in. */
+static void elem_name(char *buf, size_t len, const char *name,
+                      const oip_input *in, size_t i) {
+  if (in->rank == 2 && in->shape[1] != 1)
+    snprintf(buf, len, "%s[%zu, %zu]", name, i / in->shape[1], i % in->shape[1]);
+  else
+    snprintf(buf, len, "%s[%zu]", name, i);
+}
+
+static bool bad_value(fill_ctx *c, size_t i, double v) {
+  char e[96], vb[40];
+  elem_name(e, sizeof(e), c->name, c->in, i);
+  if (!isfinite(v)) {
+    circle_error_set(c->dc->err, 400, "non_finite",
+                     "input '%s': element %s is %s; every number must be "
+                     "finite",
+                     c->name, e, isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf"));
+    return false;
+  }
+  size_t n = circle__json_number_write(vb, v, CIRCLE_DTYPE_FLOAT64);
+  vb[n] = '\0';
+  if (c->weights && v < 0) {
+    circle_error_set(c->dc->err, 400, "wrong_type",
+                     "input '%s': element %s is %s; sample weights must be "
+                     ">= 0",
+                     c->name, e, vb);
+    return false;
+  }
+  circle_error_set(c->dc->err, 400, "non_finite",
+                   "input '%s': element %s is %s, which overflows float32; "
+                   "send parameters.dtype \"float64\" or rescale",
+                   c->name, e, vb);
+  return false;
+}
+
+/* Stores v at out[i] in the compute dtype; false (and the error) when it is
+ * not finite there, or negative for weights. */
+static inline bool put_float(fill_ctx *c, size_t i, double v) {
+  if (c->dt == CIRCLE_DTYPE_FLOAT32) {
+    float f = (float)v;
+    ((float *)c->out)[i] = f;
+    if (!isfinite(f) || (c->weights && f < 0)) return bad_value(c, i, v);
+  } else {
+    ((double *)c->out)[i] = v;
+    if (!isfinite(v) || (c->weights && v < 0)) return bad_value(c, i, v);
+  }
+  return true;
+}
+
+static bool leaf_float(void *ctx, const cJSON *leaf, size_t i) {
+  fill_ctx *c = ctx;
+  if (!cJSON_IsNumber(leaf)) {
+    char e[96];
+    elem_name(e, sizeof(e), c->name, c->in, i);
+    circle_error_set(c->dc->err, 400, "wrong_type",
+                     "input '%s': element %s is %s; expected a number",
+                     c->name, e, circle__json_kind(leaf));
+    return false;
+  }
+  return put_float(c, i, leaf->valuedouble);
+}
+
+static bool leaf_int(void *ctx, const cJSON *leaf, size_t i) {
+  fill_ctx *c = ctx;
+  char e[96], vb[40];
+  if (!cJSON_IsNumber(leaf)) {
+    elem_name(e, sizeof(e), c->name, c->in, i);
+    circle_error_set(c->dc->err, 400, "bad_label",
+                     "input '%s': element %s is %s; expected an integer",
+                     c->name, e, circle__json_kind(leaf));
+    return false;
+  }
+  double v = leaf->valuedouble;
+  int64_t *out = c->out;
+  if (fabs(v) >= EXACT_INT_LIMIT) {
+    c->need_raw = true;
+    return true;
+  }
+  if (v != trunc(v) ||
+      (c->in->type == CIRCLE_OIP_INT32 && (v < INT32_MIN || v > INT32_MAX))) {
+    elem_name(e, sizeof(e), c->name, c->in, i);
+    size_t n = circle__json_number_write(vb, v, CIRCLE_DTYPE_FLOAT64);
+    vb[n] = '\0';
+    circle_error_set(c->dc->err, 400, "bad_label",
+                     "input '%s': element %s is %s; expected an %s", c->name,
+                     e, vb, c->in->type == CIRCLE_OIP_INT32 ? "INT32" : "INT64");
+    return false;
+  }
+  out[i] = (int64_t)v;
+  return true;
+}
+
+/* Converts input k into a new array: int64 for labels, dt for the rest. */
+static int read_input(oip_decoder *dc, int k, circle_dtype dt, void **out) {
+  oip_input *in = &dc->in[k];
+  const char *name = input_names[k];
+  circle_error *err = dc->err;
+  bool is_label = k == IN_LABELS || k == IN_REF_LABELS;
+  size_t esz = is_label ? sizeof(int64_t) : circle_dtype_size(dt);
+  size_t count = (size_t)in->count;
+  fill_ctx c = {dc, name, in, NULL, dt, k == IN_SAMPLE_WEIGHT, false};
+
+  /* JSON data: count first, so nothing is allocated for a wrong shape. */
+  if (in->data) {
+    size_t have = walk_leaves(in->data, dc->lim->max_depth, NULL, NULL);
+    if (have != count) {
+      char st[64];
+      shape_text(st, sizeof(st), in);
+      return circle_error_set(err, 400, "shape_mismatch",
+                              "input '%s': data has %zu elements but shape "
+                              "%s holds %zu",
+                              name, have, st, count);
+    }
+  }
+  void *buf = malloc(count ? count * esz : 1);
+  if (buf == NULL)
+    return circle_error_set(err, 503, "overloaded",
+                            "out of memory for input '%s'; retry later or "
+                            "send a smaller batch",
+                            name);
+  c.out = buf;
+  if (in->data) {
+    if (walk_leaves(in->data, dc->lim->max_depth,
+                    is_label ? leaf_int : leaf_float, &c) != count) {
+      free(buf);
+      return CIRCLE_EINVAL;
+    }
+    if (c.need_raw) {
+      circle__json_step path[3] = {{"inputs", 0}, {NULL, in->index}, {"data", 0}};
+      size_t off, bad = 0;
+      int rc = CIRCLE__INT_NOT_NUMBER;
+      if (circle__json_locate(dc->body, dc->header_len, path, 3, &off))
+        rc = circle__json_read_int64s(dc->body, dc->header_len, off, buf,
+                                      count, &bad);
+      if (rc == CIRCLE__INT_OK && in->type == CIRCLE_OIP_INT32) {
+        for (size_t i = 0; i < count; i++) {
+          int64_t v = ((int64_t *)buf)[i];
+          if (v < INT32_MIN || v > INT32_MAX) {
+            bad = i;
+            rc = CIRCLE__INT_RANGE;
+            break;
+          }
+        }
+      }
+      if (rc != CIRCLE__INT_OK) {
+        free(buf);
+        return circle_error_set(err, 400, "bad_label",
+                                "input '%s': element %s[%zu] is %s", name,
+                                name, bad,
+                                rc == CIRCLE__INT_RANGE
+                                    ? (in->type == CIRCLE_OIP_INT32
+                                           ? "outside the INT32 range"
+                                           : "outside the INT64 range")
+                                    : "not an integer");
+      }
+    }
+    *out = buf;
+    return 0;
+  }
+
+  /* Binary data: little-endian, unaligned. */
+  const unsigned char *p = (const unsigned char *)in->bin;
+  switch (in->type) {
+    case CIRCLE_OIP_INT64:
+      memcpy(buf, p, count * 8);
+      break;
+    case CIRCLE_OIP_INT32:
+      for (size_t i = 0; i < count; i++) {
+        int32_t v;
+        memcpy(&v, p + 4 * i, 4);
+        ((int64_t *)buf)[i] = v;
+      }
+      break;
+    case CIRCLE_OIP_FP32:
+      for (size_t i = 0; i < count; i++) {
+        float v;
+        memcpy(&v, p + 4 * i, 4);
+        if (!put_float(&c, i, v)) goto bad;
+      }
+      break;
+    case CIRCLE_OIP_FP64:
+      for (size_t i = 0; i < count; i++) {
+        double v;
+        memcpy(&v, p + 8 * i, 8);
+        if (!put_float(&c, i, v)) goto bad;
+      }
+      break;
+    case CIRCLE_OIP_FP16:
+    case CIRCLE_OIP_BF16:
+      for (size_t i = 0; i < count; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        float v = in->type == CIRCLE_OIP_FP16 ? half_to_float(h) : bf16_to_float(h);
+        if (!put_float(&c, i, v)) goto bad;
+      }
+      break;
+    default: /* excluded when the input was parsed */
+      circle_error_set(err, 500, "internal", "input '%s': unexpected datatype",
+                       name);
+      goto bad;
+  }
+  *out = buf;
+  return 0;
+bad: /* the error is set */
+  free(buf);
+  return CIRCLE_EINVAL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Request parameters and outputs                                           */
+/* ------------------------------------------------------------------------ */
+
+enum { P_GAMMA, P_MARGIN, P_REMOVE_DIAGONAL, P_REDUCTION, P_NORMALIZE,
+       P_DTYPE, P_TAG, P_BINARY_DATA_OUTPUT, P_SEQUENCE_ID, P_SEQUENCE_START,
+       P_SEQUENCE_END, P_PRIORITY, P_TIMEOUT, P_COUNT };
+
+static int parse_params(oip_decoder *dc, const cJSON *p, circle_request *r,
+                        bool *dtype_given, bool *binary_default) {
+  circle_error *err = dc->err;
+  if (!cJSON_IsObject(p))
+    return circle_error_set(err, 400, "wrong_type",
+                            "parameters is %s; expected an object",
+                            circle__json_kind(p));
+  /* The last five are Triton's scheduling parameters (tritonclient sends
+   * them for sequences, priorities and timeouts); they mean nothing to a
+   * stateless loss and are accepted and ignored. */
+  circle__json_field f[P_COUNT] = {
+      {"gamma", NULL},          {"margin", NULL},       {"remove_diagonal", NULL},
+      {"reduction", NULL},      {"normalize", NULL},    {"dtype", NULL},
+      {"tag", NULL},            {"binary_data_output", NULL},
+      {"sequence_id", NULL},    {"sequence_start", NULL},
+      {"sequence_end", NULL},   {"priority", NULL},     {"timeout", NULL}};
+  if (circle__json_fields(p, "parameters", f, P_COUNT, err) != 0)
+    return CIRCLE_EINVAL;
+  /* gamma, margin, remove_diagonal, reduction, dtype: exactly as a Keras
+   * config; reuse its parser on an object of just those members. */
+  cJSON *cfg = cJSON_CreateObject();
+  if (cfg == NULL)
+    return circle_error_set(err, 503, "overloaded", "out of memory; retry later");
+  static const int cfg_keys[] = {P_GAMMA, P_MARGIN, P_REMOVE_DIAGONAL,
+                                 P_REDUCTION, P_DTYPE};
+  for (size_t i = 0; i < sizeof(cfg_keys) / sizeof(cfg_keys[0]); i++) {
+    const cJSON *it = f[cfg_keys[i]].item;
+    if (it == NULL) continue;
+    cJSON *dup = cJSON_Duplicate(it, 1);
+    if (dup == NULL || !cJSON_AddItemToObject(cfg, f[cfg_keys[i]].name, dup)) {
+      cJSON_Delete(dup);
+      cJSON_Delete(cfg);
+      return circle_error_set(err, 503, "overloaded", "out of memory; retry later");
+    }
+  }
+  int rc = circle_json_config_parse(cfg, &r->cfg, r->name, sizeof(r->name), err);
+  cJSON_Delete(cfg);
+  if (rc != 0) {
+    /* Name the parameters, not a config object. */
+    if (strncmp(err->message, "config.", 7) == 0) {
+      char m[sizeof(err->message)];
+      snprintf(m, sizeof(m), "parameters.%s", err->message + 7);
+      memcpy(err->message, m, sizeof(m));
+    }
+    return CIRCLE_EINVAL;
+  }
+  *dtype_given = f[P_DTYPE].item && !cJSON_IsNull(f[P_DTYPE].item);
+  if (f[P_NORMALIZE].item) {
+    if (!cJSON_IsBool(f[P_NORMALIZE].item))
+      return circle_error_set(err, 400, "bad_config",
+                              "parameters.normalize is %s; expected true or "
+                              "false",
+                              circle__json_kind(f[P_NORMALIZE].item));
+    r->cfg.normalize = cJSON_IsTrue(f[P_NORMALIZE].item);
+  }
+  if (f[P_TAG].item &&
+      circle__tag_parse(f[P_TAG].item, r->tag, sizeof(r->tag), "parameters.tag", err) != 0)
+    return CIRCLE_EINVAL;
+  if (f[P_BINARY_DATA_OUTPUT].item) {
+    if (!cJSON_IsBool(f[P_BINARY_DATA_OUTPUT].item))
+      return circle_error_set(err, 400, "wrong_type",
+                              "parameters.binary_data_output is %s; expected "
+                              "true or false",
+                              circle__json_kind(f[P_BINARY_DATA_OUTPUT].item));
+    *binary_default = cJSON_IsTrue(f[P_BINARY_DATA_OUTPUT].item);
+  }
+  return 0;
+}
+
+static const struct {
+  const char *name;
+  unsigned bit;
+} output_names[] = {{"loss", CIRCLE_OUT_LOSS},
+                    {"per_sample_loss", CIRCLE_OUT_PER_SAMPLE},
+                    {"embeddings_grad", CIRCLE_OUT_GRAD},
+                    {"ref_embeddings_grad", CIRCLE_OUT_REF_GRAD}};
+#define N_OUTPUTS (sizeof(output_names) / sizeof(output_names[0]))
+
+static int parse_outputs(oip_decoder *dc, const cJSON *a, bool binary_default,
+                         circle_request *r) {
+  circle_error *err = dc->err;
+  static const char *const list =
+      "loss, per_sample_loss, embeddings_grad, ref_embeddings_grad";
+  if (!cJSON_IsArray(a))
+    return circle_error_set(err, 400, "bad_output",
+                            "outputs is %s; expected an array of {\"name\": "
+                            "...}",
+                            circle__json_kind(a));
+  size_t i = 0;
+  const cJSON *o;
+  cJSON_ArrayForEach(o, a) {
+    char where[32];
+    snprintf(where, sizeof(where), "outputs[%zu]", i);
+    if (!cJSON_IsObject(o))
+      return circle_error_set(err, 400, "bad_output",
+                              "outputs[%zu] is %s; expected {\"name\": ...}",
+                              i, circle__json_kind(o));
+    circle__json_field f[] = {{"name", NULL}, {"parameters", NULL}};
+    if (circle__json_fields(o, where, f, 2, err) != 0) return CIRCLE_EINVAL;
+    if (!cJSON_IsString(f[0].item))
+      return circle_error_set(err, 400, "bad_output",
+                              "outputs[%zu].name is %s; expected one of %s", i,
+                              circle__json_kind(f[0].item), list);
+    size_t k;
+    for (k = 0; k < N_OUTPUTS; k++)
+      if (strcmp(f[0].item->valuestring, output_names[k].name) == 0) break;
+    char q[72];
+    circle__json_quote(q, sizeof(q), f[0].item->valuestring, 64);
+    if (k == N_OUTPUTS)
+      return circle_error_set(err, 400, "bad_output",
+                              "model 'circle' has no output '%s'; its outputs "
+                              "are %s",
+                              q, list);
+    unsigned bit = output_names[k].bit;
+    if (r->want & bit)
+      return circle_error_set(err, 400, "bad_output",
+                              "output '%s' is requested twice", q);
+    if (bit == CIRCLE_OUT_REF_GRAD && !r->has_ref)
+      return circle_error_set(err, 400, "bad_output",
+                              "output 'ref_embeddings_grad' needs the inputs "
+                              "ref_labels and ref_embeddings");
+    bool binary = binary_default;
+    const cJSON *p = f[1].item;
+    if (p && !cJSON_IsNull(p)) {
+      char pw[112];
+      snprintf(pw, sizeof(pw), "the parameters of output '%s'", q);
+      if (!cJSON_IsObject(p))
+        return circle_error_set(err, 400, "bad_output", "%s are %s; expected an object",
+                                pw, circle__json_kind(p));
+      circle__json_field pf[] = {{"binary_data", NULL}, {"classification", NULL}};
+      if (circle__json_fields(p, pw, pf, 2, err) != 0) return CIRCLE_EINVAL;
+      if (pf[1].item)
+        return circle_error_set(err, 400, "bad_output",
+                                "output '%s' asks for classification, which "
+                                "a loss does not have",
+                                q);
+      if (pf[0].item) {
+        if (!cJSON_IsBool(pf[0].item))
+          return circle_error_set(err, 400, "bad_output",
+                                  "output '%s': binary_data is %s; expected "
+                                  "true or false",
+                                  q, circle__json_kind(pf[0].item));
+        binary = cJSON_IsTrue(pf[0].item);
+      }
+    }
+    r->want |= bit;
+    if (binary) r->binary_outputs |= bit;
+    r->out_order[r->out_count++] = bit;
+    i++;
+  }
+  if (i == 0)
+    return circle_error_set(err, 400, "bad_output",
+                            "outputs is empty; name at least one of %s, or "
+                            "leave outputs out for all",
+                            list);
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Decoding                                                                 */
+/* ------------------------------------------------------------------------ */
+
+int circle_oip_decode(const char *body, size_t len, size_t header_len,
+                      const circle_config *defaults, const circle_limits *lim,
+                      circle_request *req, circle_error *err) {
+  if (req == NULL || err == NULL || lim == NULL || (body == NULL && len) ||
+      header_len > len) {
+    if (err)
+      circle_error_set(err, header_len > len && body ? 400 : 500,
+                       header_len > len && body ? "bad_encoding" : "internal",
+                       header_len > len && body
+                           ? "Inference-Header-Content-Length is larger than "
+                             "the body"
+                           : "circle_oip_decode: bad argument");
+    return CIRCLE_EINVAL;
+  }
+  if (body == NULL) body = "";
+  circle_request_free(req);
+  cJSON *root = circle__json_parse(body, header_len, lim->max_depth, err);
+  if (root == NULL) return CIRCLE_EINVAL;
+
+  oip_decoder dc;
+  memset(&dc, 0, sizeof(dc));
+  dc.body = body;
+  dc.header_len = header_len;
+  dc.lim = lim;
+  dc.err = err;
+  circle_request r;
+  circle_request_init(&r);
+  r.proto = CIRCLE_PROTO_OIP;
+  if (defaults) r.cfg = *defaults;
+  int rc = CIRCLE_EINVAL;
+
+  if (!cJSON_IsObject(root)) {
+    circle_error_set(err, 400, "wrong_type",
+                     "the inference request is %s; expected a JSON object "
+                     "with inputs",
+                     circle__json_kind(root));
+    goto fail;
+  }
+  circle__json_field f[] = {{"id", NULL},      {"model_name", NULL},
+                            {"model_version", NULL}, {"inputs", NULL},
+                            {"outputs", NULL}, {"parameters", NULL}};
+  if (circle__json_fields(root, "the inference request", f, 6, err) != 0)
+    goto fail;
+  const cJSON *it;
+  if ((it = f[0].item) != NULL && !cJSON_IsNull(it)) {
+    if (!cJSON_IsString(it) || strlen(it->valuestring) >= sizeof(r.id)) {
+      circle_error_set(err, 400, "wrong_type",
+                       "id must be a string of at most %zu bytes",
+                       sizeof(r.id) - 1);
+      goto fail;
+    }
+    snprintf(r.id, sizeof(r.id), "%s", it->valuestring);
+  }
+  if ((it = f[1].item) != NULL &&
+      (!cJSON_IsString(it) || strcmp(it->valuestring, "circle") != 0)) {
+    circle_error_set(err, 400, "wrong_type",
+                     "model_name must be \"circle\", the only model served "
+                     "here");
+    goto fail;
+  }
+  if ((it = f[2].item) != NULL &&
+      (!cJSON_IsString(it) ||
+       (it->valuestring[0] && strcmp(it->valuestring, "1") != 0))) {
+    circle_error_set(err, 400, "wrong_type",
+                     "model_version must be \"1\", the only version served "
+                     "here");
+    goto fail;
+  }
+
+  /* Parameters: config first, it decides the dtype. */
+  bool dtype_given = false, binary_default = false;
+  if (f[5].item && !cJSON_IsNull(f[5].item) &&
+      parse_params(&dc, f[5].item, &r, &dtype_given, &binary_default) != 0)
+    goto fail;
+
+  /* Inputs, and where each one's binary data lies. */
+  const cJSON *inputs = f[3].item;
+  if (inputs == NULL) {
+    circle_error_set(err, 400, "missing_field",
+                     "inputs is missing; send labels and embeddings");
+    goto fail;
+  }
+  if (!cJSON_IsArray(inputs)) {
+    circle_error_set(err, 400, "wrong_type",
+                     "inputs is %s; expected an array of tensors",
+                     circle__json_kind(inputs));
+    goto fail;
+  }
+  size_t bin_off = header_len, idx = 0;
+  cJSON_ArrayForEach(it, inputs) {
+    if (parse_input(&dc, it, idx, &bin_off, len) != 0) goto fail;
+    idx++;
+  }
+  if (bin_off != len) {
+    circle_error_set(err, 400, "shape_mismatch",
+                     "the body has %zu bytes after the binary data of the "
+                     "inputs (the JSON header is %zu bytes, binary data "
+                     "ends at byte %zu); check binary_data_size and "
+                     "Inference-Header-Content-Length",
+                     len - bin_off, header_len, bin_off);
+    goto fail;
+  }
+  oip_input *L = &dc.in[IN_LABELS], *E = &dc.in[IN_EMBEDDINGS],
+            *W = &dc.in[IN_SAMPLE_WEIGHT], *RL = &dc.in[IN_REF_LABELS],
+            *RE = &dc.in[IN_REF_EMBEDDINGS];
+  if (!L->present || !E->present) {
+    circle_error_set(err, 400, "missing_field",
+                     "input '%s' is missing; model 'circle' needs labels "
+                     "(INT32/INT64 [N]) and embeddings (FP32/FP64 [N, D])",
+                     L->present ? "embeddings" : "labels");
+    goto fail;
+  }
+  if (RL->present != RE->present) {
+    circle_error_set(err, 400, "half_reference",
+                     "input '%s' is given without '%s'; send both "
+                     "ref_labels and ref_embeddings, or neither",
+                     RL->present ? "ref_labels" : "ref_embeddings",
+                     RL->present ? "ref_embeddings" : "ref_labels");
+    goto fail;
+  }
+  uint64_t n = L->shape[0], d = E->shape[1], m = RL->present ? RL->shape[0] : 0;
+  if (n == 0) {
+    circle_error_set(err, 400, "empty_batch",
+                     "input 'labels' has shape [0]; send at least one row");
+    goto fail;
+  }
+  if (E->shape[0] != n) {
+    circle_error_set(err, 400, "shape_mismatch",
+                     "input 'embeddings' has %llu rows; expected %llu, one "
+                     "per label",
+                     (unsigned long long)E->shape[0], (unsigned long long)n);
+    goto fail;
+  }
+  if (d == 0) {
+    circle_error_set(err, 400, "shape_mismatch",
+                     "input 'embeddings' has shape [%llu, 0]; each row needs "
+                     "at least one number",
+                     (unsigned long long)n);
+    goto fail;
+  }
+  if (W->present && W->shape[0] != n) {
+    circle_error_set(err, 400, "shape_mismatch",
+                     "input 'sample_weight' has %llu elements; expected %llu, "
+                     "one per label",
+                     (unsigned long long)W->shape[0], (unsigned long long)n);
+    goto fail;
+  }
+  r.has_ref = RL->present;
+  if (r.has_ref) {
+    if (m == 0) {
+      circle_error_set(err, 400, "empty_batch",
+                       "input 'ref_labels' has shape [0]; send at least one "
+                       "reference row or leave the reference set out");
+      goto fail;
+    }
+    if (RE->shape[0] != m || RE->shape[1] != d) {
+      circle_error_set(err, 400, "shape_mismatch",
+                       "input 'ref_embeddings' has shape [%llu, %llu]; "
+                       "expected [%llu, %llu] (M from ref_labels, D from "
+                       "embeddings)",
+                       (unsigned long long)RE->shape[0],
+                       (unsigned long long)RE->shape[1],
+                       (unsigned long long)m, (unsigned long long)d);
+      goto fail;
+    }
+  }
+  if (n > lim->max_n || m > lim->max_m || d > lim->max_d) {
+    const char *what = n > lim->max_n ? "N" : (m > lim->max_m ? "M" : "D");
+    unsigned long long have = n > lim->max_n ? n : (m > lim->max_m ? m : d);
+    size_t cap = n > lim->max_n ? lim->max_n
+                                : (m > lim->max_m ? lim->max_m : lim->max_d);
+    circle_error_set(err, 413, "limit_exceeded",
+                     "%s = %llu exceeds this server's limit of %zu", what,
+                     have, cap);
+    goto fail;
+  }
+  uint64_t pairs;
+  if (!circle__mul_u64(n, r.has_ref ? m : n, &pairs) || pairs > lim->max_pairs) {
+    circle_error_set(err, 413, "limit_exceeded",
+                     "%llu x %llu = %llu pairs exceeds the work limit of %llu "
+                     "pairs; send a smaller batch",
+                     (unsigned long long)n,
+                     (unsigned long long)(r.has_ref ? m : n),
+                     (unsigned long long)(n * (r.has_ref ? m : n)),
+                     (unsigned long long)lim->max_pairs);
+    goto fail;
+  }
+
+  /* The compute dtype. */
+  if (!dtype_given && E->type == CIRCLE_OIP_FP64) r.cfg.dtype = CIRCLE_DTYPE_FLOAT64;
+  r.emb_datatype = E->type;
+
+  /* Outputs: asked for, or all that apply; stats always (as parameters). */
+  if (f[4].item && !cJSON_IsNull(f[4].item)) {
+    if (parse_outputs(&dc, f[4].item, binary_default, &r) != 0) goto fail;
+  } else {
+    for (size_t k = 0; k < N_OUTPUTS; k++) {
+      unsigned bit = output_names[k].bit;
+      if (bit == CIRCLE_OUT_REF_GRAD && !r.has_ref) continue;
+      r.want |= bit;
+      if (binary_default) r.binary_outputs |= bit;
+    }
+  }
+  r.want |= CIRCLE_OUT_STATS;
+
+  /* The data. */
+  void *p;
+  if (read_input(&dc, IN_LABELS, r.cfg.dtype, &p) != 0) goto fail;
+  r.labels = p;
+  if (read_input(&dc, IN_EMBEDDINGS, r.cfg.dtype, &p) != 0) goto fail;
+  r.x = p;
+  if (W->present) {
+    if (read_input(&dc, IN_SAMPLE_WEIGHT, r.cfg.dtype, &p) != 0) goto fail;
+    r.sw = p;
+  }
+  if (r.has_ref) {
+    if (read_input(&dc, IN_REF_LABELS, r.cfg.dtype, &p) != 0) goto fail;
+    r.ref_labels = p;
+    if (read_input(&dc, IN_REF_EMBEDDINGS, r.cfg.dtype, &p) != 0) goto fail;
+    r.r = p;
+  }
+  r.n = (size_t)n;
+  r.m = (size_t)m;
+  r.d = (size_t)d;
+  *req = r;
+  rc = 0;
+  goto done;
+fail:
+  circle_request_free(&r);
+done:
+  cJSON_Delete(root);
+  return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Encoding                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Appends count values of dtype at p as a flat JSON array. */
+static void write_flat(circle_buf *b, const void *p, size_t count,
+                       circle_dtype dt) {
+  circle_buf_puts(b, "[");
+  /* Row-sized reservations keep the peak near the final size. */
+  const size_t step = 4096;
+  for (size_t i = 0; i < count && !b->failed; i += step) {
+    size_t k = count - i < step ? count - i : step;
+    if (!circle_buf_reserve(b, k * (CIRCLE_JSON_NUMBER_MAX + 1))) return;
+    char *o = b->data + b->len;
+    for (size_t j = i; j < i + k; j++) {
+      if (j) *o++ = ',';
+      double v = dt == CIRCLE_DTYPE_FLOAT32 ? (double)((const float *)p)[j]
+                                            : ((const double *)p)[j];
+      o += circle__json_number_write(o, v, dt);
+    }
+    b->len = (size_t)(o - b->data);
+  }
+  circle_buf_puts(b, "]");
+}
+
+int circle_oip_encode(const circle_request *req, const circle_output *out,
+                      circle_buf *b, size_t *header_len) {
+  if (req == NULL || out == NULL || b == NULL || header_len == NULL)
+    return CIRCLE_EINVAL;
+  circle_dtype dt = req->cfg.dtype;
+  size_t esz = circle_dtype_size(dt);
+  const char *dtn = dt == CIRCLE_DTYPE_FLOAT32 ? "FP32" : "FP64";
+  unsigned w = req->want & out->want;
+  if (!req->has_ref) w &= ~(unsigned)CIRCLE_OUT_REF_GRAD;
+
+  /* Output order: as requested, else the canonical order. */
+  unsigned order[N_OUTPUTS];
+  size_t norder = 0;
+  if (req->out_count) {
+    for (size_t i = 0; i < req->out_count && norder < N_OUTPUTS; i++)
+      if (w & req->out_order[i]) order[norder++] = req->out_order[i];
+  } else {
+    for (size_t k = 0; k < N_OUTPUTS; k++)
+      if (w & output_names[k].bit) order[norder++] = output_names[k].bit;
+  }
+
+  /* The scalar loss, in the output dtype, for binary or JSON. */
+  float loss32 = (float)out->loss;
+  double loss64 = out->loss;
+  bool elementwise = circle_reduction_is_elementwise(req->cfg.reduction);
+
+  size_t start = b->len;
+  circle_buf_puts(b, "{\"model_name\": \"circle\", \"model_version\": \"1\"");
+  if (req->id[0]) {
+    circle_buf_puts(b, ", \"id\": ");
+    circle_buf_json_string(b, req->id);
+  }
+  circle_buf_puts(b, ", \"outputs\": [");
+  const void *data[N_OUTPUTS];
+  size_t count[N_OUTPUTS];
+  for (size_t i = 0; i < norder; i++) {
+    unsigned bit = order[i];
+    const char *name = "";
+    for (size_t k = 0; k < N_OUTPUTS; k++)
+      if (output_names[k].bit == bit) name = output_names[k].name;
+    size_t rows = 0, cols = 0; /* cols 0: rank 1 */
+    const void *p = NULL;
+    switch (bit) {
+      case CIRCLE_OUT_LOSS:
+        rows = elementwise ? req->n : 1;
+        p = elementwise ? out->loss_values
+                        : (dt == CIRCLE_DTYPE_FLOAT32 ? (const void *)&loss32
+                                                      : (const void *)&loss64);
+        break;
+      case CIRCLE_OUT_PER_SAMPLE:
+        rows = req->n;
+        p = out->per_sample;
+        break;
+      case CIRCLE_OUT_GRAD:
+        rows = req->n;
+        cols = req->d;
+        p = out->grad;
+        break;
+      case CIRCLE_OUT_REF_GRAD:
+        rows = req->m;
+        cols = req->d;
+        p = out->ref_grad;
+        break;
+    }
+    data[i] = p;
+    count[i] = cols ? rows * cols : rows;
+    if (i) circle_buf_puts(b, ", ");
+    circle_buf_puts(b, "{\"name\": ");
+    circle_buf_json_string(b, name);
+    circle_buf_printf(b, ", \"datatype\": \"%s\", \"shape\": [%zu", dtn, rows);
+    if (cols) circle_buf_printf(b, ", %zu", cols);
+    circle_buf_puts(b, "]");
+    if (req->binary_outputs & bit) {
+      circle_buf_printf(b, ", \"parameters\": {\"binary_data_size\": %zu}}",
+                        count[i] * esz);
+    } else {
+      circle_buf_puts(b, ", \"data\": ");
+      write_flat(b, p, count[i], dt);
+      circle_buf_puts(b, "}");
+    }
+  }
+  circle_buf_puts(b, "]");
+  if (w & CIRCLE_OUT_STATS) {
+    circle_buf_puts(b, ", \"parameters\": ");
+    circle__json_stats_write(b, &out->stats);
+  }
+  circle_buf_puts(b, "}");
+  size_t json_end = b->len;
+  for (size_t i = 0; i < norder; i++)
+    if (req->binary_outputs & order[i])
+      circle_buf_append(b, data[i], count[i] * esz);
+  if (b->failed) return CIRCLE_ENOMEM;
+  *header_len = json_end - start;
+  return 0;
+}
+
+void circle_oip_error(const circle_error *err, circle_buf *b) {
+  if (err == NULL || b == NULL) return;
+  circle_buf_puts(b, "{\"error\": ");
+  circle_buf_json_string(b, err->message);
+  circle_buf_puts(b, "}");
+}
+
+void circle_oip_model_metadata(circle_buf *b) {
+  if (b == NULL) return;
+  circle_buf_puts(
+      b,
+      "{\"name\": \"circle\", \"versions\": [\"1\"], \"platform\": "
+      "\"circled\", \"inputs\": ["
+      "{\"name\": \"labels\", \"datatype\": \"INT64\", \"shape\": [-1]}, "
+      "{\"name\": \"embeddings\", \"datatype\": \"FP32\", \"shape\": [-1, -1]}, "
+      "{\"name\": \"sample_weight\", \"datatype\": \"FP32\", \"shape\": [-1]}, "
+      "{\"name\": \"ref_labels\", \"datatype\": \"INT64\", \"shape\": [-1]}, "
+      "{\"name\": \"ref_embeddings\", \"datatype\": \"FP32\", \"shape\": "
+      "[-1, -1]}], \"outputs\": ["
+      "{\"name\": \"loss\", \"datatype\": \"FP32\", \"shape\": [-1]}, "
+      "{\"name\": \"per_sample_loss\", \"datatype\": \"FP32\", \"shape\": [-1]}, "
+      "{\"name\": \"embeddings_grad\", \"datatype\": \"FP32\", \"shape\": "
+      "[-1, -1]}, "
+      "{\"name\": \"ref_embeddings_grad\", \"datatype\": \"FP32\", \"shape\": "
+      "[-1, -1]}]}");
+}
+
+void circle_oip_server_metadata(circle_buf *b, const char *version) {
+  if (b == NULL) return;
+  circle_buf_puts(b, "{\"name\": \"circled\", \"version\": ");
+  circle_buf_json_string(b, version ? version : "unknown");
+  circle_buf_puts(b, ", \"extensions\": [\"binary_tensor_data\"]}");
+}
