@@ -635,6 +635,35 @@ START_TEST(loss_should_never_return_nonfinite_values_for_finite_input) {
 }
 END_TEST
 
+/* An all-zero row under normalize: Keras' UnitNormalization gives it the
+ * value 0 and a NaN gradient (rsqrt(0) = inf inside a min); the engine must
+ * hand out finite numbers (a known, intended difference from Keras). */
+START_TEST(loss_should_stay_finite_for_a_zero_row_with_normalize) {
+  circle_engine *e = engine_new(0, 0, 0);
+  for (int dt = 0; dt < 2; dt++)
+    for (int ref = 0; ref < 2; ref++) {
+      problem p;
+      problem_init(&p, 0x0ull, dt, 6, ref ? 4 : 0, 3, 2, false, 0.5, 2.0);
+      p.cfg.normalize = true;
+      result a, b;
+      run(e, &p.cfg, &p.in, want_all(&p.in), &a);
+      for (size_t k = 0; k < 3; k++) {
+        if (dt == CIRCLE_DTYPE_FLOAT32)
+          ((float *)p.in.embeddings)[3 * 3 + k] = 0;
+        else
+          ((double *)p.in.embeddings)[3 * 3 + k] = 0;
+      }
+      run(e, &p.cfg, &p.in, want_all(&p.in), &b);
+      expect_finite("zero row", &p.cfg, &a);
+      expect_finite("zero row", &p.cfg, &b);
+      result_free(&a);
+      result_free(&b);
+      problem_free(&p);
+    }
+  circle_engine_free(e);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 /* Semantics beyond Keras' reach                                            */
 /* ------------------------------------------------------------------------ */
@@ -1189,6 +1218,7 @@ static Suite *loss_suite(void) {
   tcase_add_test(num, loss_should_stay_finite_at_large_gamma);
   tcase_add_test(num, loss_should_stay_finite_when_rows_have_no_pairs);
   tcase_add_test(num, loss_should_never_return_nonfinite_values_for_finite_input);
+  tcase_add_test(num, loss_should_stay_finite_for_a_zero_row_with_normalize);
   tcase_add_test(num, loss_should_treat_labels_as_exact_64_bit_integers);
   tcase_add_test(num, loss_should_compute_only_what_is_asked);
   suite_add_tcase(s, num);
