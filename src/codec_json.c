@@ -27,22 +27,6 @@
 /* 2^53: every integer of smaller magnitude is exact in a double. */
 #define EXACT_INT_LIMIT 9007199254740992.0
 
-/* Shortest text of a double for messages ("1.5", "1e+300"). */
-static const char *num_text(char *buf, double v) {
-  size_t n = circle__json_number_write(buf, v, CIRCLE_DTYPE_FLOAT64);
-  buf[n] = '\0';
-  /* Prefer the short form when it round-trips (messages read better). */
-  char tmp[40];
-  for (int p = 1; p < 17; p++) {
-    snprintf(tmp, sizeof(tmp), "%.*g", p, v);
-    if (strtod(tmp, NULL) == v) {
-      snprintf(buf, 40, "%s", tmp);
-      break;
-    }
-  }
-  return buf;
-}
-
 /* A value for a message: a string quoted (cut, made printable), anything
  * else by its kind ("a number"). */
 static void describe(const cJSON *it, char *q, size_t qlen) {
@@ -145,7 +129,7 @@ int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
       return circle_error_set(err, 400, "bad_config",
                               "config.gamma is %s; expected a finite number "
                               "> 0 (Keras' default is 80.0)",
-                              num_text(vb, it->valuedouble));
+                              circle__short_number(vb, it->valuedouble));
     c.gamma = it->valuedouble;
   }
   if ((it = f[CF_MARGIN].item) != NULL) {
@@ -290,7 +274,7 @@ static int parse_labels(decoder *dc, const cJSON *arr, const char *field,
           return circle_error_set(err, 400, "bad_label",
                                   "%s[%zu] is %s; labels must be integers or "
                                   "strings",
-                                  field, i, num_text(vb, v));
+                                  field, i, circle__short_number(vb, v));
         out[i] = (int64_t)v;
       } else {
         need_raw = true; /* decided on the text below */
@@ -346,7 +330,7 @@ static int non_finite(circle_error *err, const char *field, size_t r,
     return circle_error_set(err, 400, "non_finite",
                             "%s is %s, which overflows float32; use config "
                             "dtype \"float64\" or rescale the values",
-                            idx, num_text(vb, v));
+                            idx, circle__short_number(vb, v));
   }
   return circle_error_set(err, 400, "non_finite",
                           "%s overflows to infinity; every number must be "
@@ -705,7 +689,7 @@ int circle_json_decode(const char *body, size_t len,
         circle_error_set(err, 400, "wrong_type",
                          "sample_weight[%zu] is %s; sample weights must be "
                          ">= 0",
-                         i, num_text(vb, it->valuedouble));
+                         i, circle__short_number(vb, it->valuedouble));
         goto fail;
       }
       i++;

@@ -403,8 +403,7 @@ static bool bad_value(fill_ctx *c, size_t i, double v) {
                      c->name, e, isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf"));
     return false;
   }
-  size_t n = circle__json_number_write(vb, v, CIRCLE_DTYPE_FLOAT64);
-  vb[n] = '\0';
+  circle__short_number(vb, v);
   if (c->weights && v < 0) {
     circle_error_set(c->dc->err, 400, "wrong_type",
                      "input '%s': element %s is %s; sample weights must be "
@@ -465,8 +464,7 @@ static bool leaf_int(void *ctx, const cJSON *leaf, size_t i) {
   if (v != trunc(v) ||
       (c->in->type == CIRCLE_OIP_INT32 && (v < INT32_MIN || v > INT32_MAX))) {
     elem_name(e, sizeof(e), c->name, c->in, i);
-    size_t n = circle__json_number_write(vb, v, CIRCLE_DTYPE_FLOAT64);
-    vb[n] = '\0';
+    circle__short_number(vb, v);
     circle_error_set(c->dc->err, 400, "bad_label",
                      "input '%s': element %s is %s; expected an %s", c->name,
                      e, vb, c->in->type == CIRCLE_OIP_INT32 ? "INT32" : "INT64");

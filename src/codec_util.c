@@ -245,6 +245,16 @@ void circle__json_quote(char *dst, size_t dst_len, const char *s,
   dst[o] = '\0';
 }
 
+const char *circle__short_number(char *buf, double v) {
+  char tmp[40];
+  for (int p = 1; p <= 17; p++) {
+    snprintf(tmp, sizeof(tmp), "%.*g", p, v);
+    if (strtod(tmp, NULL) == v || p == 17) break;
+  }
+  memcpy(buf, tmp, strlen(tmp) + 1);
+  return buf;
+}
+
 const char *circle__json_kind(const cJSON *item) {
   if (item == NULL) return "missing";
   if (cJSON_IsNull(item)) return "null";

@@ -51,6 +51,10 @@ int circle__json_fields(const cJSON *obj, const char *where,
 /* What a JSON node is, for messages: "a string", "an array", "null"... */
 const char *circle__json_kind(const cJSON *item);
 
+/* Writes the shortest "%g" text of v that reads back as v ("1.5",
+ * "1e+39") into buf (40 bytes) and returns buf. For error messages. */
+const char *circle__short_number(char *buf, double v);
+
 /* Copies s into dst (dst_len bytes) for use inside an error message: at
  * most max_chars characters, non-printable and non-ASCII bytes as '?', and
  * "..." when cut. */
