@@ -38,6 +38,9 @@
 extern "C" {
 #endif
 
+/* Marks the library's exported symbols (everything else is hidden). */
+#define CIRCLE_API __attribute__((visibility("default")))
+
 /* ------------------------------------------------------------------------ */
 /* Status codes                                                             */
 /* ------------------------------------------------------------------------ */
@@ -62,9 +65,9 @@ typedef enum {
 } circle_status;
 
 /* Human-readable message for a status; "unknown status" for other values. */
-const char *circle_status_str(int status);
+CIRCLE_API const char *circle_status_str(int status);
 /* Symbolic name of a status ("EINVAL"); "EUNKNOWN" for other values. */
-const char *circle_status_name(int status);
+CIRCLE_API const char *circle_status_name(int status);
 
 /* ------------------------------------------------------------------------ */
 /* Configuration                                                            */
@@ -85,18 +88,18 @@ typedef enum {
 } circle_reduction;
 
 /* Size in bytes of one element of dtype (4 or 8); 0 for an unknown dtype. */
-size_t circle_dtype_size(circle_dtype dtype);
+CIRCLE_API size_t circle_dtype_size(circle_dtype dtype);
 /* "float32" / "float64"; NULL for an unknown dtype. */
-const char *circle_dtype_name(circle_dtype dtype);
+CIRCLE_API const char *circle_dtype_name(circle_dtype dtype);
 /* Parses "float32" / "float64" into *out. CIRCLE_EINVAL otherwise. */
-int circle_dtype_parse(const char *s, circle_dtype *out);
+CIRCLE_API int circle_dtype_parse(const char *s, circle_dtype *out);
 /* Keras spelling of a reduction; NULL for CIRCLE_REDUCTION_NULL. */
-const char *circle_reduction_name(circle_reduction r);
+CIRCLE_API const char *circle_reduction_name(circle_reduction r);
 /* Parses a Keras reduction string ("none" included, not NULL: the caller maps
  * JSON null to CIRCLE_REDUCTION_NULL itself). CIRCLE_EINVAL otherwise. */
-int circle_reduction_parse(const char *s, circle_reduction *out);
+CIRCLE_API int circle_reduction_parse(const char *s, circle_reduction *out);
 /* True for "none" and NULL: the loss is a vector of n values. */
-bool circle_reduction_is_elementwise(circle_reduction r);
+CIRCLE_API bool circle_reduction_is_elementwise(circle_reduction r);
 
 typedef struct {
   double gamma;               /* scale; > 0 and finite. Keras default 80 */
@@ -110,9 +113,9 @@ typedef struct {
 
 /* Fills *cfg with Keras' defaults (gamma 80, margin 0.4, remove_diagonal,
  * sum_over_batch_size, float32, no normalize). */
-void circle_config_init(circle_config *cfg);
+CIRCLE_API void circle_config_init(circle_config *cfg);
 /* CIRCLE_OK when every field is in range, else CIRCLE_EINVAL. */
-int circle_config_validate(const circle_config *cfg);
+CIRCLE_API int circle_config_validate(const circle_config *cfg);
 
 /* ------------------------------------------------------------------------ */
 /* Inputs and outputs                                                       */
@@ -191,27 +194,27 @@ typedef struct {
 /* Creates an engine with its thread pool. opts may be NULL (defaults). Sets
  * OpenBLAS to one thread: parallelism comes from the engine's own pool.
  * Returns CIRCLE_EINVAL, CIRCLE_ENOMEM; *out is untouched on failure. */
-int circle_engine_init(circle_engine **out, const circle_engine_opts *opts);
+CIRCLE_API int circle_engine_init(circle_engine **out, const circle_engine_opts *opts);
 /* Runs every job already submitted, joins the threads and frees. NULL is a
  * no-op. Must not be called from one of the engine's own threads. */
-void circle_engine_free(circle_engine *engine);
+CIRCLE_API void circle_engine_free(circle_engine *engine);
 /* Number of compute threads. */
-unsigned circle_engine_threads(const circle_engine *engine);
+CIRCLE_API unsigned circle_engine_threads(const circle_engine *engine);
 /* Jobs submitted and not yet started. Thread-safe. */
-size_t circle_engine_queue_depth(circle_engine *engine);
+CIRCLE_API size_t circle_engine_queue_depth(circle_engine *engine);
 
 /* Checks the input's shapes, pointers and values (finite numbers, non-
  * negative finite sample weights) against cfg. Returns CIRCLE_OK,
  * CIRCLE_EINVAL, CIRCLE_EEMPTY, CIRCLE_ENONFINITE or CIRCLE_EOVERFLOW. When
  * where is not NULL it receives a sentence naming the offending field and
  * row (at most where_len bytes, NUL-terminated). */
-int circle_input_check(const circle_config *cfg, const circle_input *in,
+CIRCLE_API int circle_input_check(const circle_config *cfg, const circle_input *in,
                        char *where, size_t where_len);
 
 /* Bytes of working memory circle_loss_compute will allocate for this input
  * with this engine (scratch only; the caller's output buffers not included).
  * Returns 0 when the size overflows size_t. */
-size_t circle_loss_scratch_bytes(const circle_engine *engine,
+CIRCLE_API size_t circle_loss_scratch_bytes(const circle_engine *engine,
                                  const circle_config *cfg,
                                  const circle_input *in, unsigned want);
 
@@ -220,13 +223,13 @@ size_t circle_loss_scratch_bytes(const circle_engine *engine,
  * engine (that is how the server uses it). Results are bitwise identical
  * whatever the number of threads. Returns circle_input_check's errors,
  * CIRCLE_ENOMEM, or CIRCLE_OK. On failure *out is untouched. */
-int circle_loss_compute(circle_engine *engine, const circle_config *cfg,
+CIRCLE_API int circle_loss_compute(circle_engine *engine, const circle_config *cfg,
                         const circle_input *in, circle_output *out);
 
 /* Queues fn(arg) to run on one of the engine's threads. Returns CIRCLE_OK,
  * CIRCLE_EBUSY when max_queue jobs are waiting, CIRCLE_ESHUTDOWN once
  * circle_engine_free has begun. fn owns arg. */
-int circle_engine_submit(circle_engine *engine, void (*fn)(void *arg),
+CIRCLE_API int circle_engine_submit(circle_engine *engine, void (*fn)(void *arg),
                          void *arg);
 
 /* ------------------------------------------------------------------------ */
@@ -237,15 +240,15 @@ int circle_engine_submit(circle_engine *engine, void (*fn)(void *arg),
  * it: a generic core ("Prescott", "Core2", "Nehalem", "Atom", "Katmai",
  * "Banias", "Northwood", "Dunnington", "Penryn", "Barcelona", "Opteron")
  * on a CPU with AVX-512F gets "SkylakeX", with AVX2 "Haswell". Pure. */
-const char *circle_blas_pick_coretype(const char *corename, bool has_avx512f,
+CIRCLE_API const char *circle_blas_pick_coretype(const char *corename, bool has_avx512f,
                                       bool has_avx2);
 /* OpenBLAS' name for the kernels it loaded ("SkylakeX"), or "unknown". */
-const char *circle_blas_corename(void);
+CIRCLE_API const char *circle_blas_corename(void);
 /* Call first thing in main(). If OPENBLAS_CORETYPE is unset and
  * circle_blas_pick_coretype picks a core, sets the variable and re-executes
  * the program (/proc/self/exe) so OpenBLAS loads with it; returns only when
  * no re-exec is needed or it failed. Never re-executes twice. */
-void circle_blas_ensure_kernel(int argc, char **argv);
+CIRCLE_API void circle_blas_ensure_kernel(int argc, char **argv);
 
 #ifdef __cplusplus
 }

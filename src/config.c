@@ -1,0 +1,181 @@
+/* config.c -- the loss configuration (Keras' Circle constructor arguments),
+ * its spellings, and validation of a circle_input against it.
+ *
+ * Everything here is pure and allocation-free; the loss engine and the
+ * codecs share these helpers so that there is one list of reductions and
+ * dtypes and one definition of a valid input.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "circle/circle.h"
+
+/* Reduction spellings, indexed by circle_reduction. */
+static const char *const reduction_names[] = {
+    "sum_over_batch_size", "sum", "mean", "mean_with_sample_weight", "none",
+    NULL};
+
+size_t circle_dtype_size(circle_dtype dtype) {
+  switch (dtype) {
+    case CIRCLE_DTYPE_FLOAT32: return sizeof(float);
+    case CIRCLE_DTYPE_FLOAT64: return sizeof(double);
+  }
+  return 0;
+}
+
+const char *circle_dtype_name(circle_dtype dtype) {
+  switch (dtype) {
+    case CIRCLE_DTYPE_FLOAT32: return "float32";
+    case CIRCLE_DTYPE_FLOAT64: return "float64";
+  }
+  return NULL;
+}
+
+int circle_dtype_parse(const char *s, circle_dtype *out) {
+  if (s == NULL || out == NULL) return CIRCLE_EINVAL;
+  if (strcmp(s, "float32") == 0) {
+    *out = CIRCLE_DTYPE_FLOAT32;
+  } else if (strcmp(s, "float64") == 0) {
+    *out = CIRCLE_DTYPE_FLOAT64;
+  } else {
+    return CIRCLE_EINVAL;
+  }
+  return CIRCLE_OK;
+}
+
+const char *circle_reduction_name(circle_reduction r) {
+  if ((unsigned)r > CIRCLE_REDUCTION_NULL) return NULL;
+  return reduction_names[r];
+}
+
+int circle_reduction_parse(const char *s, circle_reduction *out) {
+  if (s == NULL || out == NULL) return CIRCLE_EINVAL;
+  for (unsigned r = 0; r < CIRCLE_REDUCTION_NULL; r++) {
+    if (strcmp(s, reduction_names[r]) == 0) {
+      *out = (circle_reduction)r;
+      return CIRCLE_OK;
+    }
+  }
+  return CIRCLE_EINVAL;
+}
+
+bool circle_reduction_is_elementwise(circle_reduction r) {
+  return r == CIRCLE_REDUCTION_NONE || r == CIRCLE_REDUCTION_NULL;
+}
+
+void circle_config_init(circle_config *cfg) {
+  if (cfg == NULL) return;
+  cfg->gamma = 80.0;
+  cfg->margin = 0.4;
+  cfg->remove_diagonal = true;
+  cfg->reduction = CIRCLE_REDUCTION_SUM_OVER_BATCH_SIZE;
+  cfg->dtype = CIRCLE_DTYPE_FLOAT32;
+  cfg->normalize = false;
+}
+
+int circle_config_validate(const circle_config *cfg) {
+  if (cfg == NULL) return CIRCLE_EINVAL;
+  if (!isfinite(cfg->gamma) || !(cfg->gamma > 0)) return CIRCLE_EINVAL;
+  if (!isfinite(cfg->margin)) return CIRCLE_EINVAL;
+  if ((unsigned)cfg->reduction > CIRCLE_REDUCTION_NULL) return CIRCLE_EINVAL;
+  if (circle_dtype_size(cfg->dtype) == 0) return CIRCLE_EINVAL;
+  return CIRCLE_OK;
+}
+
+/* Writes a sentence into where (if any) and returns status. */
+static int explain(int status, char *where, size_t where_len, const char *fmt,
+                   ...) {
+  if (where != NULL && where_len > 0) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(where, where_len, fmt, ap);
+    va_end(ap);
+  }
+  return status;
+}
+
+/* Index of the first non-finite value of a dtype array, or count. */
+static size_t first_nonfinite(const void *p, size_t count, circle_dtype dt) {
+  if (dt == CIRCLE_DTYPE_FLOAT32) {
+    const float *f = p;
+    for (size_t k = 0; k < count; k++)
+      if (!isfinite(f[k])) return k;
+  } else {
+    const double *f = p;
+    for (size_t k = 0; k < count; k++)
+      if (!isfinite(f[k])) return k;
+  }
+  return count;
+}
+
+int circle_input_check(const circle_config *cfg, const circle_input *in,
+                       char *where, size_t where_len) {
+  if (cfg == NULL || in == NULL)
+    return explain(CIRCLE_EINVAL, where, where_len, "config or input is NULL");
+  if (circle_config_validate(cfg) != CIRCLE_OK)
+    return explain(CIRCLE_EINVAL, where, where_len,
+                   "config is invalid: gamma must be finite and > 0, margin "
+                   "finite, reduction and dtype known");
+  if (in->n == 0)
+    return explain(CIRCLE_EEMPTY, where, where_len,
+                   "the batch is empty: labels and embeddings need at least "
+                   "one row");
+  if (in->d == 0)
+    return explain(CIRCLE_EINVAL, where, where_len,
+                   "embeddings have dimension 0; each row needs at least one "
+                   "number");
+  if (in->labels == NULL || in->embeddings == NULL)
+    return explain(CIRCLE_EINVAL, where, where_len,
+                   "labels and embeddings are required");
+  bool has_rl = in->ref_labels != NULL, has_re = in->ref_embeddings != NULL;
+  if (has_rl != has_re)
+    return explain(CIRCLE_EINVAL, where, where_len,
+                   "ref_labels and ref_embeddings must be given together");
+  if (has_rl && in->m == 0)
+    return explain(CIRCLE_EEMPTY, where, where_len,
+                   "the reference set is empty: give at least one reference "
+                   "row or omit ref_labels and ref_embeddings");
+  size_t m = has_rl ? in->m : in->n;
+  size_t nd, md, nm;
+  if (__builtin_mul_overflow(in->n, in->d, &nd) ||
+      __builtin_mul_overflow(m, in->d, &md) ||
+      __builtin_mul_overflow(in->n, m, &nm) ||
+      __builtin_mul_overflow(nm, (size_t)8, &nm) ||
+      __builtin_mul_overflow(nd, (size_t)8, &nd) ||
+      __builtin_mul_overflow(md, (size_t)8, &md))
+    return explain(CIRCLE_EOVERFLOW, where, where_len,
+                   "n, m and d are too large: their products overflow");
+  nd = in->n * in->d;
+  md = m * in->d;
+  size_t k = first_nonfinite(in->embeddings, nd, cfg->dtype);
+  if (k < nd)
+    return explain(CIRCLE_ENONFINITE, where, where_len,
+                   "embeddings[%zu][%zu] is not a finite number", k / in->d,
+                   k % in->d);
+  if (has_re) {
+    k = first_nonfinite(in->ref_embeddings, md, cfg->dtype);
+    if (k < md)
+      return explain(CIRCLE_ENONFINITE, where, where_len,
+                     "ref_embeddings[%zu][%zu] is not a finite number",
+                     k / in->d, k % in->d);
+  }
+  if (in->sample_weight != NULL) {
+    k = first_nonfinite(in->sample_weight, in->n, cfg->dtype);
+    if (k < in->n)
+      return explain(CIRCLE_ENONFINITE, where, where_len,
+                     "sample_weight[%zu] is not a finite number", k);
+    for (k = 0; k < in->n; k++) {
+      double w = cfg->dtype == CIRCLE_DTYPE_FLOAT32
+                     ? ((const float *)in->sample_weight)[k]
+                     : ((const double *)in->sample_weight)[k];
+      if (w < 0)
+        return explain(CIRCLE_EINVAL, where, where_len,
+                       "sample_weight[%zu] is negative (%g); weights must be "
+                       ">= 0",
+                       k, w);
+    }
+  }
+  return CIRCLE_OK;
+}

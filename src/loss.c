@@ -1,0 +1,484 @@
+/* loss.c -- keras.losses.Circle: loss, per-sample values, gradients and
+ * embedding-quality statistics, in blocks of query rows over OpenBLAS.
+ *
+ * Request flow inside the engine (each step a parallel loop over row
+ * blocks, blocks claimed dynamically; see pool.c):
+ *
+ *   normalize?  X <- X * min(rsqrt(|X|^2), 1e12)         (and R alike)
+ *   similarities and row scalars:
+ *     materialized (n*m small):  S = X R^T (self: lower tiles + mirror)
+ *                                rows: lse_p, lse_n, v, sig; G' in place
+ *     streamed (n*m large):      per block S_b = X_b R^T in a thread buffer,
+ *                                rows: lse_p, lse_n, v, sig
+ *   reduction (serial, row order): mask v > 0, Keras' divisors -> coef_i
+ *   gradients:
+ *     self:  dX = (diag(c) G' + G'^T diag(c)) X     ~3 n^2 d flops in all
+ *     ref:   dX = diag(c) G' R,   dR = G'^T diag(c) X
+ *     streamed mode recomputes S_b instead of keeping it.
+ *   normalize?  backprop through the normalization.
+ *
+ * Invariants: every block writes only its own rows (or reference rows), and
+ * every reduction across rows runs serially in row order after the loop, so
+ * results are bitwise identical whatever the number of threads. The block
+ * size depends on n alone, never on the thread count. Scratch memory is
+ * taken once per call (circle_loss_scratch_bytes says how much); the hot
+ * loops do not allocate.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "circle/circle.h"
+#include "pool_impl.h"
+
+/* Per-row statistics, reduced serially after the row loop. */
+typedef struct {
+  double pos_sum, neg_sum, min_pos, max_neg, nn_sim;
+  uint64_t pos_cnt, neg_cnt, hard_neg;
+  int nn_same;
+} row_stats;
+
+/* ---- vectorizable exp ---------------------------------------------------
+ * exp(x) for x <= 0 (larger x is fine up to the overflow point). Classic
+ * range reduction x = k ln2 + r, |r| <= ln2/2, then a Taylor polynomial and
+ * 2^k built in the exponent bits. Relative error about 1 ulp; results below
+ * the smallest normal number are flushed to 0, as XLA does on CPU. Written
+ * without branches or libm calls so the compiler can vectorize the loops
+ * that call it. */
+static inline double exp_d(double x) {
+  const double shift = 0x1.8p52;
+  double xc = x > -708.0 ? x : -708.0;
+  double t = xc * 1.4426950408889634 + shift;
+  double kd = t - shift;
+  int64_t ki, sbits;
+  memcpy(&ki, &t, sizeof ki);
+  memcpy(&sbits, &shift, sizeof sbits);
+  ki -= sbits;
+  double r = xc - kd * 0x1.62e42fefa39efp-1;
+  r = r - kd * 0x1.abc9e3b39803fp-56;
+  double p = 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  int64_t bits = (ki + 1023) << 52;
+  double scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return x > -708.0 ? p * scale : 0.0;
+}
+
+static inline float exp_f(float x) {
+  const float shift = 0x1.8p23f;
+  float xc = x > -87.0f ? x : -87.0f;
+  float t = xc * 1.44269504f + shift;
+  float kd = t - shift;
+  int32_t ki, sbits;
+  memcpy(&ki, &t, sizeof ki);
+  memcpy(&sbits, &shift, sizeof sbits);
+  ki -= sbits;
+  float r = xc - kd * 0x1.62e4p-1f;
+  r = r - kd * 0x1.7f7d1cp-20f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int32_t bits = (ki + 127) << 23;
+  float scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return x > -87.0f ? p * scale : 0.0f;
+}
+
+/* ---- the kernels, once per element type --------------------------------- */
+
+#define CIRCLE__CAT2(a, b) a##_##b
+#define CIRCLE__CAT(a, b) CIRCLE__CAT2(a, b)
+
+#define DEFINE_CTX(T, SUF)                                                    \
+  struct CIRCLE__CAT(norm_job, SUF) {                                         \
+    size_t rows;                                                              \
+    const T *src;                                                             \
+    T *dst, *inv, *grad;                                                      \
+  };                                                                          \
+  struct CIRCLE__CAT(ctx, SUF) {                                              \
+    T gamma, margin;                                                          \
+    bool rd, self, need_g;                                                    \
+    unsigned want;                                                            \
+    size_t n, m, d, bs;                                                       \
+    const int64_t *lx, *lr;                                                   \
+    const T *X, *R;                                                           \
+    T *S, *Xc, *dX, *dR;                                                      \
+    T *lse_p, *lse_n, *v, *sig;                                               \
+    double *coef;                                                             \
+    row_stats *stats;                                                         \
+    struct CIRCLE__CAT(norm_job, SUF) *norm_job;                              \
+  };
+
+DEFINE_CTX(float, f)
+DEFINE_CTX(double, d)
+
+#define T float
+#define F(name) CIRCLE__CAT(name, f)
+#define GEMM cblas_sgemm
+#define EXPT exp_f
+#define EXPLIB expf
+#define LOGT logf
+#define LOG1PT log1pf
+#define SQRTT sqrtf
+#include "loss_impl.h"
+#undef T
+#undef F
+#undef GEMM
+#undef EXPT
+#undef EXPLIB
+#undef LOGT
+#undef LOG1PT
+#undef SQRTT
+
+#define T double
+#define F(name) CIRCLE__CAT(name, d)
+#define GEMM cblas_dgemm
+#define EXPT exp_d
+#define EXPLIB exp
+#define LOGT log
+#define LOG1PT log1p
+#define SQRTT sqrt
+#include "loss_impl.h"
+#undef T
+#undef F
+#undef GEMM
+#undef EXPT
+#undef EXPLIB
+#undef LOGT
+#undef LOG1PT
+#undef SQRTT
+
+/* ---- planning ----------------------------------------------------------- */
+
+typedef struct {
+  bool self, materialize, normalize;
+  size_t n, m, d, bs, esz, nth;
+  /* byte offsets of each scratch array in one allocation */
+  size_t off_rows, off_vd, off_coef, off_stats, off_xn, off_rn, off_inv_x, off_inv_r,
+      off_s, off_xc, total;
+} plan;
+
+static bool add_bytes(size_t *total, size_t *off, size_t count, size_t size) {
+  size_t bytes;
+  if (__builtin_mul_overflow(count, size, &bytes)) return false;
+  bytes = (bytes + 63) & ~(size_t)63;
+  *off = *total;
+  return !__builtin_add_overflow(*total, bytes, total);
+}
+
+/* Works out the layout of the scratch memory. False on overflow. */
+static bool make_plan(const circle_engine *e, const circle_config *cfg,
+                      const circle_input *in, unsigned want, plan *p) {
+  const circle_engine_opts *o = circle__engine_opts(e);
+  *p = (plan){0};
+  p->self = in->ref_embeddings == NULL;
+  p->n = in->n;
+  p->m = p->self ? in->n : in->m;
+  p->d = in->d;
+  p->esz = circle_dtype_size(cfg->dtype);
+  p->nth = circle_engine_threads(e);
+  p->normalize = cfg->normalize;
+  p->bs = o->block_rows ? o->block_rows : (p->n <= 1024 ? 32 : 64);
+  size_t nm;
+  if (__builtin_mul_overflow(p->n, p->m, &nm)) return false;
+  p->materialize = nm <= o->materialize_bytes / p->esz;
+  bool need_grad = want & (CIRCLE_OUT_GRAD | CIRCLE_OUT_REF_GRAD);
+  size_t t = 0, nd, md;
+  if (__builtin_mul_overflow(p->n, p->d, &nd)) return false;
+  if (__builtin_mul_overflow(p->m, p->d, &md)) return false;
+  bool ok = add_bytes(&t, &p->off_rows, p->n * 4, p->esz) &&
+            add_bytes(&t, &p->off_vd, p->n * 2, sizeof(double)) &&
+            add_bytes(&t, &p->off_coef, p->n, sizeof(double)) &&
+            add_bytes(&t, &p->off_stats,
+                      (want & CIRCLE_OUT_STATS) ? p->n : 0, sizeof(row_stats)) &&
+            add_bytes(&t, &p->off_xn, p->normalize ? nd : 0, p->esz) &&
+            add_bytes(&t, &p->off_rn, p->normalize && !p->self ? md : 0,
+                      p->esz) &&
+            add_bytes(&t, &p->off_inv_x, p->normalize ? p->n : 0, p->esz) &&
+            add_bytes(&t, &p->off_inv_r, p->normalize && !p->self ? p->m : 0,
+                      p->esz);
+  if (!ok) return false;
+  if (p->materialize) {
+    ok = add_bytes(&t, &p->off_s, nm, p->esz) &&
+         add_bytes(&t, &p->off_xc,
+                   (!p->self && (want & CIRCLE_OUT_REF_GRAD)) ? nd : 0,
+                   p->esz);
+  } else {
+    size_t wide = p->m;
+    if (need_grad && !p->self && p->n > wide) wide = p->n;
+    size_t per, all;
+    if (__builtin_mul_overflow(p->bs, wide, &per) ||
+        __builtin_mul_overflow(per, p->nth, &all))
+      return false;
+    ok = add_bytes(&t, &p->off_s, all, p->esz) &&
+         add_bytes(&t, &p->off_xc, 0, p->esz);
+  }
+  if (!ok) return false;
+  p->total = t;
+  return true;
+}
+
+size_t circle_loss_scratch_bytes(const circle_engine *engine,
+                                 const circle_config *cfg,
+                                 const circle_input *in, unsigned want) {
+  if (engine == NULL || cfg == NULL || in == NULL) return 0;
+  if (circle_dtype_size(cfg->dtype) == 0) return 0;
+  plan p;
+  if (!make_plan(engine, cfg, in, want, &p)) return 0;
+  return p.total;
+}
+
+/* ---- reduction (serial, row order) -------------------------------------- */
+
+/* Keras' Loss.__call__ for the class form: mask = v > 0 merged into the
+ * sample weights (apply_mask), then reduce_values. Fills coef[i] =
+ * d loss / d v_i and returns the scalar loss (unused for elementwise). */
+static double reduce_rows(const circle_config *cfg, size_t n,
+                          const double *v, const double *w, double *coef) {
+  size_t valid = 0;
+  for (size_t i = 0; i < n; i++) valid += v[i] > 0;
+  double mask_weight = 1.0, divisor = 1.0;
+  switch (cfg->reduction) {
+    case CIRCLE_REDUCTION_SUM_OVER_BATCH_SIZE:
+    case CIRCLE_REDUCTION_MEAN:
+      /* divide_no_nan(total, valid), then sum / total */
+      mask_weight = valid > 0 ? (double)n / (double)valid : 0.0;
+      divisor = (double)n;
+      break;
+    case CIRCLE_REDUCTION_MEAN_WITH_SAMPLE_WEIGHT: {
+      double sw = 0;
+      for (size_t i = 0; i < n; i++) sw += v[i] > 0 ? (w ? w[i] : 1.0) : 0.0;
+      divisor = sw; /* divide_no_nan: 0 when no weight remains */
+      break;
+    }
+    default:
+      break;
+  }
+  double loss = 0;
+  for (size_t i = 0; i < n; i++) {
+    double sw = v[i] > 0 ? (w ? w[i] : 1.0) * mask_weight : 0.0;
+    coef[i] = divisor != 0 ? sw / divisor : 0.0;
+    loss += v[i] * sw;
+  }
+  return divisor != 0 ? loss / divisor : 0.0;
+}
+
+static void reduce_stats(const row_stats *rs, size_t n, const double *v,
+                         const void *x, size_t d, circle_dtype dt,
+                         circle_stats *st) {
+  *st = (circle_stats){0};
+  double pos_sum = 0, neg_sum = 0, min_pos = INFINITY, max_neg = -INFINITY;
+  uint64_t pos_cnt = 0, neg_cnt = 0, hard = 0, hard_den = 0, nn_same = 0,
+           nn_rows = 0, pos_rows = 0;
+  double dev_sum = 0, dev_max = 0;
+  for (size_t i = 0; i < n; i++) {
+    const row_stats *r = &rs[i];
+    pos_rows += v[i] > 0;
+    pos_sum += r->pos_sum;
+    neg_sum += r->neg_sum;
+    pos_cnt += r->pos_cnt;
+    neg_cnt += r->neg_cnt;
+    if (r->pos_cnt && r->min_pos < min_pos) min_pos = r->min_pos;
+    if (r->neg_cnt && r->max_neg > max_neg) max_neg = r->max_neg;
+    if (r->pos_cnt) {
+      hard += r->hard_neg;
+      hard_den += r->neg_cnt;
+    }
+    if (r->nn_sim > -INFINITY) {
+      nn_rows++;
+      nn_same += r->nn_same;
+    }
+    double ss = 0;
+    for (size_t k = 0; k < d; k++) {
+      double a = dt == CIRCLE_DTYPE_FLOAT32 ? ((const float *)x)[i * d + k]
+                                            : ((const double *)x)[i * d + k];
+      ss += a * a;
+    }
+    double dev = fabs(sqrt(ss) - 1.0);
+    dev_sum += dev;
+    if (dev > dev_max) dev_max = dev;
+  }
+  st->pos_row_frac = (double)pos_rows / (double)n;
+  st->pos_pairs = pos_cnt;
+  st->neg_pairs = neg_cnt;
+  st->mean_pos_sim = pos_cnt ? pos_sum / (double)pos_cnt : 0;
+  st->mean_neg_sim = neg_cnt ? neg_sum / (double)neg_cnt : 0;
+  st->min_pos_sim = pos_cnt ? min_pos : 0;
+  st->max_neg_sim = neg_cnt ? max_neg : 0;
+  st->sim_gap = (pos_cnt && neg_cnt) ? st->mean_pos_sim - st->mean_neg_sim : 0;
+  st->hard_neg_frac = hard_den ? (double)hard / (double)hard_den : 0;
+  st->recall_at_1 = nn_rows ? (double)nn_same / (double)nn_rows : 0;
+  st->norm_dev_mean = dev_sum / (double)n;
+  st->norm_dev_max = dev_max;
+}
+
+/* ---- the driver ---------------------------------------------------------- */
+
+#define DEFINE_COMPUTE(T, SUF)                                                 \
+  static void CIRCLE__CAT(compute, SUF)(circle_engine * e,                     \
+                                        const circle_config *cfg,              \
+                                        const circle_input *in,                \
+                                        circle_output *out, const plan *p,     \
+                                        char *mem) {                           \
+    struct CIRCLE__CAT(ctx, SUF) x = {0};                                      \
+    struct CIRCLE__CAT(norm_job, SUF) nj = {0};                                \
+    unsigned want = out->want;                                                 \
+    x.gamma = (T)cfg->gamma;                                                   \
+    x.margin = (T)cfg->margin;                                                 \
+    x.rd = cfg->remove_diagonal;                                               \
+    x.self = p->self;                                                          \
+    x.want = want;                                                             \
+    x.n = p->n, x.m = p->m, x.d = p->d, x.bs = p->bs;                          \
+    x.lx = in->labels;                                                         \
+    x.lr = p->self ? in->labels : in->ref_labels;                              \
+    x.X = in->embeddings;                                                      \
+    x.R = p->self ? in->embeddings : in->ref_embeddings;                       \
+    x.lse_p = (T *)(mem + p->off_rows);                                        \
+    x.lse_n = x.lse_p + p->n;                                                  \
+    x.v = x.lse_n + p->n;                                                      \
+    x.sig = x.v + p->n;                                                        \
+    x.coef = (double *)(mem + p->off_coef);                                    \
+    x.stats = (row_stats *)(mem + p->off_stats);                               \
+    x.S = (T *)(mem + p->off_s);                                               \
+    x.Xc = (T *)(mem + p->off_xc);                                             \
+    x.dX = out->grad;                                                          \
+    x.dR = out->ref_grad;                                                      \
+    x.norm_job = &nj;                                                          \
+    size_t nb = (p->n + p->bs - 1) / p->bs;                                    \
+    size_t mb = (p->m + p->bs - 1) / p->bs;                                    \
+    bool want_g = want & CIRCLE_OUT_GRAD;                                      \
+    bool want_r = !p->self && (want & CIRCLE_OUT_REF_GRAD);                    \
+    x.need_g = want_g || want_r;                                               \
+    if (p->normalize) {                                                        \
+      nj = (struct CIRCLE__CAT(norm_job, SUF)){                                \
+          p->n, in->embeddings, (T *)(mem + p->off_xn),                        \
+          (T *)(mem + p->off_inv_x), NULL};                                    \
+      circle__parallel(e, nb, CIRCLE__CAT(blk_normalize, SUF), &x);            \
+      x.X = nj.dst;                                                            \
+      x.R = x.X;                                                               \
+      if (!p->self) {                                                          \
+        nj = (struct CIRCLE__CAT(norm_job, SUF)){                              \
+            p->m, in->ref_embeddings, (T *)(mem + p->off_rn),                  \
+            (T *)(mem + p->off_inv_r), NULL};                                  \
+        circle__parallel(e, mb, CIRCLE__CAT(blk_normalize, SUF), &x);          \
+        x.R = nj.dst;                                                          \
+      }                                                                        \
+    }                                                                          \
+    if (p->materialize) {                                                      \
+      circle__parallel(e, nb, CIRCLE__CAT(blk_sim_full, SUF), &x);             \
+      if (p->self) circle__parallel(e, nb, CIRCLE__CAT(blk_mirror, SUF), &x);  \
+      circle__parallel(e, nb, CIRCLE__CAT(blk_rows_full, SUF), &x);            \
+    } else {                                                                   \
+      circle__parallel(e, nb, CIRCLE__CAT(blk_rows_stream, SUF), &x);          \
+    }                                                                          \
+    /* Serial reduction in row order, in double. */                            \
+    double *vd = (double *)(mem + p->off_vd);                                  \
+    double *wd = vd + p->n;                                                    \
+    for (size_t i = 0; i < p->n; i++) {                                        \
+      vd[i] = (double)x.v[i];                                                  \
+      wd[i] = in->sample_weight ? (double)((const T *)in->sample_weight)[i]    \
+                                : 1.0;                                         \
+    }                                                                          \
+    double loss = reduce_rows(cfg, p->n, vd, in->sample_weight ? wd : NULL,    \
+                              x.coef);                                         \
+    if (want & CIRCLE_OUT_STATS)                                               \
+      reduce_stats(x.stats, p->n, vd, in->embeddings, p->d, cfg->dtype,        \
+                   &out->stats);                                               \
+    if (x.need_g) {                                                            \
+      if (p->materialize) {                                                    \
+        if (p->self) {                                                         \
+          circle__parallel(e, nb, CIRCLE__CAT(blk_symmetrize, SUF), &x);       \
+          if (want_g) circle__parallel(e, nb, CIRCLE__CAT(blk_dx_full, SUF), &x); \
+        } else {                                                               \
+          if (want_g) circle__parallel(e, nb, CIRCLE__CAT(blk_dx_full, SUF), &x); \
+          if (want_r) {                                                        \
+            circle__parallel(e, nb, CIRCLE__CAT(blk_scale_x, SUF), &x);        \
+            circle__parallel(e, mb, CIRCLE__CAT(blk_dr_full, SUF), &x);        \
+          }                                                                    \
+        }                                                                      \
+      } else {                                                                 \
+        if (want_g) circle__parallel(e, nb, CIRCLE__CAT(blk_dx_stream, SUF), &x); \
+        if (want_r) circle__parallel(e, mb, CIRCLE__CAT(blk_dr_stream, SUF), &x); \
+      }                                                                        \
+      if (p->normalize) {                                                      \
+        if (want_g) {                                                          \
+          nj = (struct CIRCLE__CAT(norm_job, SUF)){                            \
+              p->n, NULL, (T *)(mem + p->off_xn), (T *)(mem + p->off_inv_x),   \
+              out->grad};                                                      \
+          circle__parallel(e, nb, CIRCLE__CAT(blk_unnormalize, SUF), &x);      \
+        }                                                                      \
+        if (want_r) {                                                          \
+          nj = (struct CIRCLE__CAT(norm_job, SUF)){                            \
+              p->m, NULL, (T *)(mem + p->off_rn), (T *)(mem + p->off_inv_r),   \
+              out->ref_grad};                                                  \
+          circle__parallel(e, mb, CIRCLE__CAT(blk_unnormalize, SUF), &x);      \
+        }                                                                      \
+      }                                                                        \
+    }                                                                          \
+    if (want & CIRCLE_OUT_PER_SAMPLE) {                                        \
+      T *ps = out->per_sample;                                                 \
+      for (size_t i = 0; i < p->n; i++) ps[i] = x.v[i];                        \
+    }                                                                          \
+    if (want & CIRCLE_OUT_LOSS) {                                              \
+      if (circle_reduction_is_elementwise(cfg->reduction)) {                   \
+        T *lv = out->loss_values;                                              \
+        for (size_t i = 0; i < p->n; i++)                                      \
+          lv[i] = x.v[i] * (x.v[i] > 0 ? (T)wd[i] : (T)0);                     \
+      } else {                                                                 \
+        out->loss = (double)(T)loss;                                           \
+      }                                                                        \
+    }                                                                          \
+  }
+
+DEFINE_COMPUTE(float, f)
+DEFINE_COMPUTE(double, d)
+
+int circle_loss_compute(circle_engine *engine, const circle_config *cfg,
+                        const circle_input *in, circle_output *out) {
+  if (engine == NULL || out == NULL) return CIRCLE_EINVAL;
+  int rc = circle_input_check(cfg, in, NULL, 0);
+  if (rc != CIRCLE_OK) return rc;
+  unsigned want = out->want;
+  if (want & ~(unsigned)CIRCLE_OUT_ALL) return CIRCLE_EINVAL;
+  if ((want & CIRCLE_OUT_REF_GRAD) && in->ref_embeddings == NULL)
+    return CIRCLE_EINVAL;
+  if ((want & CIRCLE_OUT_GRAD) && out->grad == NULL) return CIRCLE_EINVAL;
+  if ((want & CIRCLE_OUT_REF_GRAD) && out->ref_grad == NULL)
+    return CIRCLE_EINVAL;
+  if ((want & CIRCLE_OUT_PER_SAMPLE) && out->per_sample == NULL)
+    return CIRCLE_EINVAL;
+  if ((want & CIRCLE_OUT_LOSS) &&
+      circle_reduction_is_elementwise(cfg->reduction) &&
+      out->loss_values == NULL)
+    return CIRCLE_EINVAL;
+  plan p;
+  if (!make_plan(engine, cfg, in, want, &p)) return CIRCLE_EOVERFLOW;
+  if (p.n > (size_t)INT32_MAX || p.m > (size_t)INT32_MAX ||
+      p.d > (size_t)INT32_MAX)
+    return CIRCLE_EOVERFLOW; /* cblas takes int dimensions */
+  char *mem = aligned_alloc(64, p.total > 0 ? p.total : 64);
+  if (mem == NULL) return CIRCLE_ENOMEM;
+  if (cfg->dtype == CIRCLE_DTYPE_FLOAT32)
+    compute_f(engine, cfg, in, out, &p, mem);
+  else
+    compute_d(engine, cfg, in, out, &p, mem);
+  free(mem);
+  return CIRCLE_OK;
+}

@@ -1,0 +1,30 @@
+/* pool_impl.h -- the engine's thread pool, private to the engine.
+ *
+ * Two kinds of work run on the pool:
+ *  - jobs (circle_engine_submit): whole requests, FIFO, bounded queue;
+ *  - helpers of a parallel loop (circle__parallel): short-lived, unbounded,
+ *    always taken before jobs so a loop in progress finishes first.
+ */
+#ifndef CIRCLE_POOL_IMPL_H
+#define CIRCLE_POOL_IMPL_H
+
+#include <stddef.h>
+
+#include "circle/circle.h"
+
+/* body(ctx, block, ith): process one block; ith < circle_engine_threads() is
+ * the participant's index, stable for the whole call, for scratch slots. */
+typedef void (*circle__block_fn)(void *ctx, size_t block, unsigned ith);
+
+/* Runs body for every block in [0, nblocks), on the calling thread and up to
+ * threads - 1 helpers, with dynamic chunking (an atomic counter). Returns
+ * when every block is done and no helper touches ctx any more. Safe to call
+ * from a job running on the pool: the caller never waits for a helper that
+ * has not started (it withdraws those), so there is no deadlock. */
+void circle__parallel(circle_engine *engine, size_t nblocks,
+                      circle__block_fn body, void *ctx);
+
+/* The options the engine was created with, defaults resolved. */
+const circle_engine_opts *circle__engine_opts(const circle_engine *engine);
+
+#endif /* CIRCLE_POOL_IMPL_H */
