@@ -4,15 +4,16 @@
  * SIGTERM and SIGINT drain in-flight requests and exit 0.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "circle/circle.h"
 #include "http.h"
@@ -479,6 +480,25 @@ static void wipe_free(char *s) {
 /* main                                                                     */
 /* ======================================================================== */
 
+static int g_stop_pipe[2] = {-1, -1};
+static volatile sig_atomic_t g_stop_signals;
+
+/* SIGTERM / SIGINT: wakes main through the pipe. Async-signal-safe. */
+static void on_stop_signal(int sig) {
+  int saved = errno;
+  unsigned char c = (unsigned char)sig;
+  if (g_stop_signals++ > 0) {
+    static const char m[] =
+        "circled: already draining; SIGKILL stops at once\n";
+    ssize_t w = write(2, m, sizeof m - 1);
+    (void)w;
+  } else {
+    ssize_t w = write(g_stop_pipe[1], &c, 1);
+    (void)w;
+  }
+  errno = saved;
+}
+
 int main(int argc, char **argv) {
   circle_blas_ensure_kernel(argc, argv);
 
@@ -509,14 +529,22 @@ int main(int argc, char **argv) {
     s.http.api_key = api_key;
   }
 
-  /* Block the stop signals in every thread (the engine's and
-   * libmicrohttpd's inherit this mask); the main thread takes them with
-   * sigwait. */
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGTERM);
-  sigaddset(&stop, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop, NULL);
+  /* Stop signals go through a self-pipe: whichever thread the kernel picks
+   * (OpenBLAS starts threads before main, with nothing blocked), the
+   * handler only writes a byte, and a second signal during the drain
+   * cannot kill the process. */
+  if (pipe2(g_stop_pipe, O_CLOEXEC) != 0) {
+    fprintf(stderr, "circled: pipe: %s\n", strerror(errno));
+    wipe_free(api_key);
+    return 1;
+  }
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
   signal(SIGPIPE, SIG_IGN);
 
   circle_engine *engine = NULL;
@@ -557,9 +585,10 @@ int main(int argc, char **argv) {
           s.http.bind, v6 ? "]" : "", (unsigned)circle_http_port(srv));
   fflush(stderr);
 
-  int sig = 0;
-  while (sigwait(&stop, &sig) != 0) {
+  unsigned char sigbyte = 0;
+  while (read(g_stop_pipe[0], &sigbyte, 1) != 1 && errno == EINTR) {
   }
+  int sig = sigbyte;
   fprintf(stderr,
           "circled: %s received: draining (new connections refused, "
           "requests in flight finish; uploads get %gs)\n",
