@@ -91,8 +91,8 @@ int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
     return CIRCLE_EINVAL;
 
   circle_config c = *cfg;
-  char nm[128];
-  snprintf(nm, sizeof(nm), "%s", name && name_len ? name : "circle");
+  char nm[128] = "";
+  bool has_name = false;
   char vb[40];
   const cJSON *it;
 
@@ -107,6 +107,7 @@ int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
                               "config.name has %zu bytes; expected 1 to %zu",
                               l, (name_len < sizeof(nm) ? name_len : sizeof(nm)) - 1);
     memcpy(nm, it->valuestring, l + 1);
+    has_name = true;
   }
   if ((it = f[CF_REDUCTION].item) != NULL) {
     if (cJSON_IsNull(it)) {
@@ -175,7 +176,7 @@ int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
                             "config is out of range (gamma must be > 0 and "
                             "finite, margin finite)");
   *cfg = c;
-  if (name && name_len) snprintf(name, name_len, "%s", nm);
+  if (has_name && name && name_len) snprintf(name, name_len, "%s", nm);
   return 0;
 }
 

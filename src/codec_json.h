@@ -15,8 +15,12 @@
 /* Parses a Keras get_config()-style object (cJSON node passed as void* to
  * keep cJSON out of this header) into cfg/name: gamma, margin,
  * remove_diagonal, reduction (string or null), name, dtype; also accepts
- * "fn" and "normalize". Unknown keys are an error. Returns 0 or
- * CIRCLE_EINVAL with *err filled (code "bad_config" / "unknown_key"). */
+ * "fn" (Keras' LossFunctionWrapper form, must be circle) and "normalize".
+ * cfg and name are in/out: members the object does not mention keep their
+ * values (name is written only when the object has a name, and a name
+ * that does not fit name_len is an error). Unknown keys are an error.
+ * Returns 0 or CIRCLE_EINVAL with *err filled (400 "bad_config",
+ * "unknown_key" or "duplicate_key"); cfg and name are untouched then. */
 int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
                              char *name, size_t name_len, circle_error *err);
 
