@@ -366,6 +366,24 @@ static int parse_matrix(decoder *dc, const cJSON *arr, const char *field,
                               "is %zu",
                               field, dd, dc->lim->max_d);
   }
+  /* Shapes first: a body of one full row and many empty ones must not get
+   * an N x D allocation before the second row is looked at. */
+  size_t r = 0;
+  cJSON_ArrayForEach(row, arr) {
+    if (!cJSON_IsArray(row))
+      return circle_error_set(err, 400, "wrong_type",
+                              "%s[%zu] is %s; expected an array of %zu "
+                              "numbers",
+                              field, r, circle__json_kind(row), dd);
+    size_t have = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, row) have++;
+    if (have != dd)
+      return circle_error_set(err, 400, "ragged_rows",
+                              "%s[%zu] has %zu numbers; expected %zu like %s",
+                              field, r, have, dd, like);
+    r++;
+  }
   size_t esz = circle_dtype_size(dt);
   uint64_t total;
   if (!circle__mul_u64(rows, dd, &total) || !circle__mul_u64(total, esz, &total) ||
@@ -378,19 +396,11 @@ static int parse_matrix(decoder *dc, const cJSON *arr, const char *field,
                             "out of memory for %s (%zu x %zu); retry later or "
                             "send a smaller batch",
                             field, rows, dd);
-  size_t r = 0;
+  r = 0;
   cJSON_ArrayForEach(row, arr) {
-    if (!cJSON_IsArray(row)) {
-      free(m);
-      return circle_error_set(err, 400, "wrong_type",
-                              "%s[%zu] is %s; expected an array of %zu "
-                              "numbers",
-                              field, r, circle__json_kind(row), dd);
-    }
     size_t c = 0, base = r * dd;
     const cJSON *it;
     cJSON_ArrayForEach(it, row) {
-      if (c >= dd) break;
       if (!cJSON_IsNumber(it)) {
         free(m);
         return circle_error_set(err, 400, "wrong_type",
@@ -402,14 +412,6 @@ static int parse_matrix(decoder *dc, const cJSON *arr, const char *field,
         return non_finite(err, field, r, c, true, it->valuedouble, dt);
       }
       c++;
-    }
-    if (c != dd || it != NULL) {
-      size_t have = 0;
-      cJSON_ArrayForEach(it, row) have++;
-      free(m);
-      return circle_error_set(err, 400, "ragged_rows",
-                              "%s[%zu] has %zu numbers; expected %zu like %s",
-                              field, r, have, dd, like);
     }
     r++;
   }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include <cjson/cJSON.h>
 
@@ -474,6 +475,36 @@ START_TEST(codec_json_should_name_ragged_rows) {
 }
 END_TEST
 
+START_TEST(codec_json_should_check_every_row_before_allocating) {
+  /* One full row of D = 4096 and 65535 empty rows: a 200 KB body that
+   * would need N x D = 1 GiB if the matrix were allocated from row 0. With
+   * the address space capped, only a decoder that checks the rows first
+   * gets to the ragged row. (ASan reserves terabytes of address space, so
+   * the cap is skipped there; the error is still checked.) */
+  size_t n = 65536, d = 4096;
+  circle_buf b;
+  circle_buf_init(&b);
+  circle_buf_puts(&b, "{\"labels\": [");
+  for (size_t i = 0; i < n; i++) circle_buf_puts(&b, i ? ",1" : "1");
+  circle_buf_puts(&b, "], \"embeddings\": [[");
+  for (size_t i = 0; i < d; i++) circle_buf_puts(&b, i ? ",1" : "1");
+  circle_buf_puts(&b, "]");
+  for (size_t i = 1; i < n; i++) circle_buf_puts(&b, ",[]");
+  circle_buf_puts(&b, "]}");
+#if !defined(__SANITIZE_ADDRESS__)
+  struct rlimit rl = {(rlim_t)768 << 20, (rlim_t)768 << 20};
+  ck_assert_int_eq(setrlimit(RLIMIT_AS, &rl), 0);
+#endif
+  circle_limits l;
+  circle_limits_init(&l);
+  l.max_pairs = UINT64_MAX;
+  expect_error_lim(b.data, &l, 400, "ragged_rows",
+                   "embeddings[1] has 0 numbers; expected 4096 like embeddings[0]",
+                   (const char *)NULL);
+  circle_buf_free(&b);
+}
+END_TEST
+
 START_TEST(codec_json_should_report_count_mismatches) {
   EXPECT_ERROR("{\"labels\": [1, 2, 3], \"embeddings\": [[1], [2]]}", 400,
                "shape_mismatch", "embeddings has 2 rows; expected 3");
@@ -839,6 +870,7 @@ Suite *codec_json_suite(void) {
   tcase_add_test(tc, codec_json_should_reject_wrong_types);
   tcase_add_test(tc, codec_json_should_require_labels_and_embeddings);
   tcase_add_test(tc, codec_json_should_name_ragged_rows);
+  tcase_add_test(tc, codec_json_should_check_every_row_before_allocating);
   tcase_add_test(tc, codec_json_should_report_count_mismatches);
   tcase_add_test(tc, codec_json_should_reject_an_empty_batch);
   tcase_add_test(tc, codec_json_should_reject_non_finite_numbers);
