@@ -209,7 +209,7 @@ void circle_buf_json_string(circle_buf *b, const char *s) {
       *o++ = (char)c;
       p++;
     } else {
-      size_t n = utf8_seq_len(p, strlen((const char *)p));
+      size_t n = utf8_seq_len(p, (size_t)((const unsigned char *)s + len - p));
       if (n == 0) {
         /* Not UTF-8: the replacement character keeps the output valid. */
         memcpy(o, "\\ufffd", 6);
