@@ -22,15 +22,30 @@ typedef enum {
 
 /* Decodes an infer request. header_len is the Inference-Header-Content-Length
  * value (the JSON part's length), or len when the header is absent; bytes
- * after it are binary tensor data. The body is already decompressed.
- * Returns 0 or a negative status with *err filled (Triton's codes: 400). */
+ * after it are binary tensor data, one block per input that has
+ * parameters.binary_data_size, in input order, with nothing left over. The
+ * body is already decompressed. defaults seeds req->cfg. Compute dtype:
+ * parameters.dtype when given, else float64 for FP64 embeddings, else
+ * defaults->dtype. req->want always includes CIRCLE_OUT_STATS (returned as
+ * the response's "parameters"); req->binary_outputs and req->out_order /
+ * out_count record the requested outputs. Triton's scheduling parameters
+ * (sequence_id, sequence_start, sequence_end, priority, timeout) are
+ * accepted and ignored; other unknown keys are errors. Returns 0 or
+ * CIRCLE_EINVAL with *err filled: 400 for every malformed request (codes as
+ * for /v1), 413 "limit_exceeded" over N, M, D or pair limits, 503
+ * "overloaded" when memory runs out. On failure req is left freed. */
 int circle_oip_decode(const char *body, size_t len, size_t header_len,
                       const circle_config *defaults, const circle_limits *lim,
                       circle_request *req, circle_error *err);
 
-/* Encodes the infer response into b. *header_len receives the JSON part's
- * length; when it is less than b->len the caller must send
- * Inference-Header-Content-Length: *header_len. Returns 0 or CIRCLE_ENOMEM. */
+/* Encodes the infer response into b: {"model_name", "model_version", "id"
+ * (when the request had one), "outputs": [...], "parameters": {stats}},
+ * then the bytes of the binary outputs in output order. Outputs are FP32 or
+ * FP64 per the compute dtype; "loss" has shape [1] for scalar reductions
+ * and [N] for "none"/null. *header_len receives the JSON part's length;
+ * when it is less than b->len the caller must send
+ * Inference-Header-Content-Length: *header_len. Returns 0, CIRCLE_EINVAL
+ * for NULL arguments, or CIRCLE_ENOMEM. */
 int circle_oip_encode(const circle_request *req, const circle_output *out,
                       circle_buf *b, size_t *header_len);
 
