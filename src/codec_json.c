@@ -378,8 +378,8 @@ static int parse_matrix(decoder *dc, const cJSON *arr, const char *field,
     size_t have = 0;
     const cJSON *it;
     cJSON_ArrayForEach(it, row) have++;
-    if (have != dd)
-      return circle_error_set(err, 400, "ragged_rows",
+    if (have != dd) /* within one matrix: ragged; against another: D */
+      return circle_error_set(err, 400, *d ? "shape_mismatch" : "ragged_rows",
                               "%s[%zu] has %zu numbers; expected %zu like %s",
                               field, r, have, dd, like);
     r++;

@@ -464,12 +464,13 @@ START_TEST(codec_json_should_name_ragged_rows) {
                "embeddings[1] has 3 numbers; expected 2 like embeddings[0]");
   EXPECT_ERROR("{\"labels\": [1], \"embeddings\": [[1, 2]], \"ref_labels\": "
                "[1, 2], \"ref_embeddings\": [[1, 2], [3]]}",
-               400, "ragged_rows",
+               400, "shape_mismatch",
                "ref_embeddings[1] has 1 numbers; expected 2 like "
                "embeddings[0]");
   EXPECT_ERROR("{\"labels\": [1], \"embeddings\": [[1, 2]], \"ref_labels\": "
                "[1], \"ref_embeddings\": [[1, 2, 3]]}",
-               400, "ragged_rows", "ref_embeddings[0] has 3 numbers");
+               400, "shape_mismatch", "ref_embeddings[0] has 3 numbers",
+               "expected 2 like embeddings[0]");
   EXPECT_ERROR("{\"labels\": [1], \"embeddings\": [[]]}", 400,
                "shape_mismatch", "embeddings[0] is empty");
 }
