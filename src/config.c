@@ -110,6 +110,27 @@ static size_t first_nonfinite(const void *p, size_t count, circle_dtype dt) {
   return count;
 }
 
+/* Largest L2 norm over rows (in double, so it cannot overflow for float32;
+ * for float64 an overflow gives inf, which the caller refuses). */
+static double max_norm(const void *p, size_t rows, size_t d, circle_dtype dt,
+                       size_t *at) {
+  double best = 0;
+  *at = 0;
+  for (size_t i = 0; i < rows; i++) {
+    double ss = 0;
+    for (size_t k = 0; k < d; k++) {
+      double a = dt == CIRCLE_DTYPE_FLOAT32 ? ((const float *)p)[i * d + k]
+                                            : ((const double *)p)[i * d + k];
+      ss += a * a;
+    }
+    if (!(ss <= best * best)) {
+      best = sqrt(ss);
+      *at = i;
+    }
+  }
+  return best;
+}
+
 int circle_input_check(const circle_config *cfg, const circle_input *in,
                        char *where, size_t where_len) {
   if (cfg == NULL || in == NULL)
@@ -160,6 +181,27 @@ int circle_input_check(const circle_config *cfg, const circle_input *in,
       return explain(CIRCLE_ENONFINITE, where, where_len,
                      "ref_embeddings[%zu][%zu] is not a finite number",
                      k / in->d, k % in->d);
+  }
+  if (!cfg->normalize) {
+    /* |s_ij| <= |x_i| |r_j|; keep gamma * (|margin| + 2 + |s|)^2 a million
+     * times below the dtype's largest value so no sum or gradient
+     * overflows. */
+    double big = cfg->dtype == CIRCLE_DTYPE_FLOAT32 ? 3.4028234663852886e38
+                                                    : 1.7976931348623157e308;
+    double smax = sqrt(big / 1e6 / cfg->gamma) - fabs(cfg->margin) - 2;
+    size_t at_x, at_r = 0;
+    double nx = max_norm(in->embeddings, in->n, in->d, cfg->dtype, &at_x);
+    double nr = has_re ? max_norm(in->ref_embeddings, in->m, in->d,
+                                  cfg->dtype, &at_r)
+                       : nx;
+    if (!(nx * nr <= smax))
+      return explain(CIRCLE_ERANGE, where, where_len,
+                     "%s[%zu] has norm %.3g, too large for %s at gamma %g "
+                     "(similarities must stay below %.3g); scale the "
+                     "embeddings down, set normalize, or use float64",
+                     nx >= nr ? "embeddings" : "ref_embeddings",
+                     nx >= nr ? at_x : at_r, nx >= nr ? nx : nr,
+                     circle_dtype_name(cfg->dtype), cfg->gamma, smax);
   }
   if (in->sample_weight != NULL) {
     k = first_nonfinite(in->sample_weight, in->n, cfg->dtype);

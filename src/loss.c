@@ -70,7 +70,7 @@ static inline double exp_d(double x) {
   p = p * r + 0.5;
   p = p * r + 1.0;
   p = p * r + 1.0;
-  int64_t bits = (ki + 1023) << 52;
+  uint64_t bits = ((uint64_t)ki + 1023u) << 52;
   double scale;
   memcpy(&scale, &bits, sizeof scale);
   return x > -708.0 ? p * scale : 0.0;
@@ -95,7 +95,7 @@ static inline float exp_f(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  int32_t bits = (ki + 127) << 23;
+  uint32_t bits = ((uint32_t)ki + 127u) << 23;
   float scale;
   memcpy(&scale, &bits, sizeof scale);
   return x > -87.0f ? p * scale : 0.0f;
@@ -196,14 +196,15 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
   p->nth = circle_engine_threads(e);
   p->normalize = cfg->normalize;
   p->bs = o->block_rows ? o->block_rows : (p->n <= 1024 ? 32 : 64);
-  size_t nm;
+  size_t nm, n4;
   if (__builtin_mul_overflow(p->n, p->m, &nm)) return false;
+  if (__builtin_mul_overflow(p->n, (size_t)4, &n4)) return false;
   p->materialize = nm <= o->materialize_bytes / p->esz;
   bool need_grad = want & (CIRCLE_OUT_GRAD | CIRCLE_OUT_REF_GRAD);
   size_t t = 0, nd, md;
   if (__builtin_mul_overflow(p->n, p->d, &nd)) return false;
   if (__builtin_mul_overflow(p->m, p->d, &md)) return false;
-  bool ok = add_bytes(&t, &p->off_rows, p->n * 4, p->esz) &&
+  bool ok = add_bytes(&t, &p->off_rows, n4, p->esz) &&
             add_bytes(&t, &p->off_vd, p->n * 2, sizeof(double)) &&
             add_bytes(&t, &p->off_coef, p->n, sizeof(double)) &&
             add_bytes(&t, &p->off_stats,

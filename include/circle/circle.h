@@ -56,7 +56,8 @@ extern "C" {
   X(ELIMIT, -6, "request exceeds a configured limit")                         \
   X(EBUSY, -7, "queue is full")                                               \
   X(ESHUTDOWN, -8, "shutting down")                                           \
-  X(EBLAS, -9, "BLAS library problem")
+  X(EBLAS, -9, "BLAS library problem")                                       \
+  X(ERANGE, -10, "values too large for the dtype")
 
 typedef enum {
 #define CIRCLE__STATUS_ENUM(name, value, msg) CIRCLE_##name = value,
@@ -198,14 +199,19 @@ CIRCLE_API int circle_engine_init(circle_engine **out, const circle_engine_opts 
 /* Runs every job already submitted, joins the threads and frees. NULL is a
  * no-op. Must not be called from one of the engine's own threads. */
 CIRCLE_API void circle_engine_free(circle_engine *engine);
-/* Number of compute threads. */
+/* Number of compute threads; 0 for NULL. */
 CIRCLE_API unsigned circle_engine_threads(const circle_engine *engine);
-/* Jobs submitted and not yet started. Thread-safe. */
+/* Jobs submitted and not yet started; 0 for NULL. Thread-safe. */
 CIRCLE_API size_t circle_engine_queue_depth(circle_engine *engine);
 
 /* Checks the input's shapes, pointers and values (finite numbers, non-
- * negative finite sample weights) against cfg. Returns CIRCLE_OK,
- * CIRCLE_EINVAL, CIRCLE_EEMPTY, CIRCLE_ENONFINITE or CIRCLE_EOVERFLOW. When
+ * negative finite sample weights) against cfg. Without normalize, it also
+ * refuses embeddings whose norms are so large that gamma * (1 - s)^2 could
+ * overflow the dtype (CIRCLE_ERANGE); the engine never hands out NaN or
+ * Inf for input it accepts. Returns CIRCLE_OK, CIRCLE_EINVAL (d == 0, NULL
+ * pointers, half a reference set, negative weights, bad config),
+ * CIRCLE_EEMPTY (n == 0, or m == 0 with a reference set),
+ * CIRCLE_ENONFINITE, CIRCLE_ERANGE or CIRCLE_EOVERFLOW. When
  * where is not NULL it receives a sentence naming the offending field and
  * row (at most where_len bytes, NUL-terminated). */
 CIRCLE_API int circle_input_check(const circle_config *cfg, const circle_input *in,
@@ -213,7 +219,7 @@ CIRCLE_API int circle_input_check(const circle_config *cfg, const circle_input *
 
 /* Bytes of working memory circle_loss_compute will allocate for this input
  * with this engine (scratch only; the caller's output buffers not included).
- * Returns 0 when the size overflows size_t. */
+ * Returns 0 when the size overflows size_t or an argument is NULL. */
 CIRCLE_API size_t circle_loss_scratch_bytes(const circle_engine *engine,
                                  const circle_config *cfg,
                                  const circle_input *in, unsigned want);
@@ -221,8 +227,12 @@ CIRCLE_API size_t circle_loss_scratch_bytes(const circle_engine *engine,
 /* Computes what out->want asks for. Blocks until done, using the calling
  * thread and the engine's threads. May be called from a job running on the
  * engine (that is how the server uses it). Results are bitwise identical
- * whatever the number of threads. Returns circle_input_check's errors,
- * CIRCLE_ENOMEM, or CIRCLE_OK. On failure *out is untouched. */
+ * whatever the number of threads (block size and the materialized or
+ * streamed path may change the last bits). Returns circle_input_check's
+ * errors, CIRCLE_EINVAL for unknown bits in want, a reference gradient
+ * without a reference set or a missing output buffer, CIRCLE_ENOMEM, or
+ * CIRCLE_OK. On failure *out is untouched. With normalize, the reference
+ * embeddings are normalized too. */
 CIRCLE_API int circle_loss_compute(circle_engine *engine, const circle_config *cfg,
                         const circle_input *in, circle_output *out);
 
