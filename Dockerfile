@@ -6,6 +6,9 @@
 #   docker run --rm -p 8080:8080 circled:0.1.0
 #   docker run --rm -p 8080:8080 circled:0.1.0 --workers 4   # extra flags
 #
+# The HEALTHCHECK probes port 8080: a container started with another --port
+# needs its own --health-cmd.
+#
 # Build arguments:
 #   MAKE_CHECK  make target run in the build stage after `make all`.
 #               "test-c" (the default) runs every check suite, as .ci/run
