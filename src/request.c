@@ -43,6 +43,7 @@
 /* ------------------------------------------------------------------------ */
 
 void circle_limits_init(circle_limits *lim) {
+  if (lim == NULL) return;
   /* Defaults sized for a 2-core, few-GiB box: 65536 rows x 4096 dims of
    * float64 is 2 GiB of input, and 2^32 pairs is a few seconds of compute.
    * Depth 32 is four times what a valid request needs (3 for /v1, 4 for
@@ -56,6 +57,7 @@ void circle_limits_init(circle_limits *lim) {
 }
 
 void circle_request_init(circle_request *req) {
+  if (req == NULL) return;
   memset(req, 0, sizeof(*req));
   circle_config_init(&req->cfg);
   snprintf(req->name, sizeof(req->name), "%s", "circle");
@@ -87,7 +89,9 @@ int circle_error_set(circle_error *err, int http_status, const char *code,
 /* Buffer                                                                   */
 /* ------------------------------------------------------------------------ */
 
-void circle_buf_init(circle_buf *b) { memset(b, 0, sizeof(*b)); }
+void circle_buf_init(circle_buf *b) {
+  if (b) memset(b, 0, sizeof(*b));
+}
 
 void circle_buf_free(circle_buf *b) {
   if (b == NULL) return;
@@ -96,7 +100,7 @@ void circle_buf_free(circle_buf *b) {
 }
 
 bool circle_buf_reserve(circle_buf *b, size_t extra) {
-  if (b->failed) return false;
+  if (b == NULL || b->failed) return false;
   /* One spare byte so data is always NUL-terminated for debugging and for
    * callers that hand it to string functions. */
   if (extra > SIZE_MAX - b->len - 1) {
@@ -118,6 +122,7 @@ bool circle_buf_reserve(circle_buf *b, size_t extra) {
 }
 
 void circle_buf_append(circle_buf *b, const void *p, size_t len) {
+  if (p == NULL && len) return;
   if (!circle_buf_reserve(b, len)) return;
   if (len) memcpy(b->data + b->len, p, len);
   b->len += len;
@@ -125,10 +130,11 @@ void circle_buf_append(circle_buf *b, const void *p, size_t len) {
 }
 
 void circle_buf_puts(circle_buf *b, const char *s) {
-  circle_buf_append(b, s, strlen(s));
+  if (s) circle_buf_append(b, s, strlen(s));
 }
 
 void circle_buf_printf(circle_buf *b, const char *fmt, ...) {
+  if (b == NULL || fmt == NULL || b->failed) return;
   va_list ap;
   va_start(ap, fmt);
   char small[256];
@@ -173,6 +179,7 @@ static size_t utf8_seq_len(const unsigned char *s, size_t avail) {
 
 void circle_buf_json_string(circle_buf *b, const char *s) {
   static const char hex[] = "0123456789abcdef";
+  if (b == NULL) return;
   if (s == NULL) {
     circle_buf_puts(b, "null");
     return;
@@ -448,7 +455,7 @@ size_t circle__json_number_write(char *dst, double v, circle_dtype dtype) {
 }
 
 void circle_buf_json_number(circle_buf *b, double v, circle_dtype dtype) {
-  if (!circle_buf_reserve(b, CIRCLE_JSON_NUMBER_MAX)) return;
+  if (!circle_buf_reserve(b, CIRCLE_JSON_NUMBER_MAX)) return; /* b NULL too */
   b->len += circle__json_number_write(b->data + b->len, v, dtype);
   b->data[b->len] = '\0';
 }
@@ -467,6 +474,7 @@ void circle_buf_json_uint(circle_buf *b, uint64_t v) {
  * in fixed notation for 1e-4 <= |v| < 1e16 (with ".0" when integral) and
  * scientific otherwise ("1e-05", "1.5e+16"). */
 void circle_buf_python_float(circle_buf *b, double v) {
+  if (b == NULL) return;
   if (!isfinite(v)) {
     /* Python's json module writes these; they are not JSON. Validated
      * configs never get here. */

@@ -26,7 +26,7 @@ typedef struct {
 } circle_limits;
 
 /* Fills *lim with the documented defaults: n, m 65536; d 4096;
- * pairs 2^32; depth 32; inflated 256 MiB. */
+ * pairs 2^32; depth 32; inflated 256 MiB. NULL is a no-op. */
 void circle_limits_init(circle_limits *lim);
 
 typedef enum { CIRCLE_PROTO_V1 = 0, CIRCLE_PROTO_OIP = 1 } circle_proto;
@@ -52,7 +52,8 @@ typedef struct {
   int emb_datatype;        /* circle_oip_datatype of "embeddings" input */
 } circle_request;
 
-/* Zeroes *req and sets cfg to circle_config_init's defaults. */
+/* Zeroes *req, sets cfg to circle_config_init's defaults and name to
+ * "circle". NULL is a no-op. */
 void circle_request_init(circle_request *req);
 /* Frees every array and re-inits. NULL is a no-op. */
 void circle_request_free(circle_request *req);
@@ -80,7 +81,10 @@ int circle_error_set(circle_error *err, int http_status, const char *code,
                      const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* A growable byte buffer for response bodies. */
+/* A growable byte buffer for response bodies. Every circle_buf_* call
+ * accepts a NULL buffer (and does nothing); once an allocation fails the
+ * buffer stays failed and further appends are no-ops, so a writer can
+ * append freely and check b->failed once at the end. */
 typedef struct {
   char *data;
   size_t len;

@@ -316,6 +316,31 @@ START_TEST(request_should_init_limits_requests_and_errors) {
 }
 END_TEST
 
+START_TEST(request_should_ignore_null_arguments) {
+  circle_limits_init(NULL);
+  circle_request_init(NULL);
+  circle_request_free(NULL);
+  circle_buf_init(NULL);
+  circle_buf_free(NULL);
+  ck_assert(!circle_buf_reserve(NULL, 1));
+  circle_buf_append(NULL, "x", 1);
+  circle_buf_puts(NULL, "x");
+  circle_buf_printf(NULL, "%d", 1);
+  circle_buf_json_string(NULL, "x");
+  circle_buf_json_number(NULL, 1, CIRCLE_DTYPE_FLOAT32);
+  circle_buf_json_uint(NULL, 1);
+  circle_buf_python_float(NULL, 1);
+  circle_buf b;
+  circle_buf_init(&b);
+  circle_buf_puts(&b, NULL);
+  circle_buf_append(&b, NULL, 3);
+  circle_buf_printf(&b, NULL);
+  ck_assert_uint_eq(b.len, 0);
+  ck_assert(!b.failed);
+  circle_buf_free(&b);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("request");
   TCase *tc = tcase_create("core");
@@ -329,6 +354,7 @@ int main(void) {
   tcase_add_test(tc, request_should_write_strings_as_valid_json);
   tcase_add_test(tc, request_should_write_python_floats);
   tcase_add_test(tc, request_should_init_limits_requests_and_errors);
+  tcase_add_test(tc, request_should_ignore_null_arguments);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
