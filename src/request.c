@@ -424,10 +424,9 @@ static size_t fmt_fast(char *o, double v, int prec) {
   /* floor(e * log10(2)), exact for |e| < 1650; for subnormals (e = -1023)
    * an underestimate that the loop below corrects. */
   int k = (e * 78913) >> 18;
-  /* One decade higher when a has passed it: saves a second product for a
-   * third of all values. (The table's rounding cannot mislead the loop,
-   * which checks the digit count.) */
-  if (k + 1 <= POW10_MAX && a >= pow10_tab[POW10_MAX + k + 1].hi) k++;
+  /* k must start at or below the true decade: the loop only moves it up
+   * when the digits overflow. Starting too high could round a value just
+   * under 10^(k+1) to exactly 10^(prec-1) and lose its last digit. */
   uint64_t lo_bound = pow10_u64[prec - 1], hi_bound = pow10_u64[prec];
   uint64_t u = 0;
   int tries;
