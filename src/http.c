@@ -378,13 +378,20 @@ static void free_buf_cb(void *cls) {
   free(b);
 }
 
-/* Queues status + body (taken: *body is reset). extra_* add headers that
- * depend on the status; this is the only function that queues a response,
- * so logging and metrics see every request. */
+/* Queues status + body (taken: *body is reset), with the headers that
+ * follow from the status and the exchange (Allow, WWW-Authenticate,
+ * Retry-After, Inference-Header-Content-Length, Content-Encoding). This is
+ * the only function that queues a response, so logging and metrics see
+ * every request. A body whose writing ran out of memory is never sent:
+ * MHD_NO closes the connection instead of sending part of an answer. */
 static enum MHD_Result respond(struct exchange *ex, unsigned status,
                                circle_buf *body, const char *content_type) {
   struct MHD_Response *resp;
   size_t len = body->len;
+  if (body->failed) {
+    circle_buf_free(body);
+    return MHD_NO;
+  }
   if (len == 0 || !body->data) {
     circle_buf_free(body);
     resp = MHD_create_response_from_buffer(0, (void *)"",
@@ -762,7 +769,8 @@ static bool job_process(struct exchange *ex) {
   }
 
   /* 4. Admission: bytes in flight. */
-  bool binary_out = ex->route == ROUTE_V2_INFER && req.binary_outputs != 0;
+  bool binary_out = ex->route == ROUTE_V2_INFER &&
+                    (req.want & ~req.binary_outputs & ~(unsigned)CIRCLE_OUT_STATS) == 0;
   size_t need = estimate_bytes(srv, &req, &in, binary_out);
   if (need > o->max_inflight) {
     char msg[256];

@@ -590,11 +590,9 @@ START_TEST(http_should_reject_n_and_d_mismatch) {
   bad_case n = {"{\"labels\": [0, 1, 2], \"embeddings\": [[1, 2], [3, 4]]}",
                 400, "shape_mismatch", NULL};
   check_bad(&n);
-  /* D differs between embeddings and ref_embeddings: the codec reports the
-   * reference row as ragged against embeddings[0]. */
   bad_case d = {"{\"labels\": [0, 1], \"embeddings\": [[1, 2], [3, 4]], "
                 "\"ref_labels\": [0], \"ref_embeddings\": [[1, 2, 3]]}",
-                400, "ragged_rows", "ref_embeddings[0]"};
+                400, "shape_mismatch", "ref_embeddings[0]"};
   check_bad(&d);
   bad_case w = {"{\"labels\": [0, 1], \"embeddings\": [[1, 2], [3, 4]], "
                 "\"sample_weight\": [1]}",
@@ -1580,10 +1578,11 @@ START_TEST(http_should_answer_a_compute_longer_than_the_idle_timeout) {
   const char *args[] = {"--timeout", "1", "--workers", "1", NULL};
   start_or_fail(&d, args, NULL);
   long_job j;
-  long_prepare(&j, &d, 8000);
+  long_prepare(&j, &d, 12000);
   long_worker(&j);
   ck_assert_msg(j.status == 200, "got %ld: %s", j.status, j.body_head);
-  ck_assert_msg(j.ms > 1200, "the compute took only %.0f ms", j.ms);
+  ck_assert_msg(j.ms > 1500,
+                "the compute took only %.0f ms: too short to test this", j.ms);
   stop_expect_0(&d);
 }
 END_TEST
