@@ -31,6 +31,10 @@
 
 #include "circle/circle.h"
 #include "pool_impl.h"
+#include <stdio.h>
+#include <time.h>
+static double tnow(void){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+1e-9*t.tv_nsec;}
+#define PH(name, call) do { double _t=tnow(); call; if (getenv("CIRCLE_PHASES")) fprintf(stderr, "%s %.1f ms\n", #name, (tnow()-_t)*1e3); } while (0)
 
 /* Per-row statistics, reduced serially after the row loop. */
 typedef struct {
@@ -101,6 +105,15 @@ static inline float exp_f(float x) {
   return x > -87.0f ? p * scale : 0.0f;
 }
 
+/* The element-wise loops are compiled for AVX-512, AVX2+FMA and baseline
+ * x86-64 and picked at load time, so one binary runs fast everywhere. */
+#if defined(__x86_64__) && !defined(__clang__) && !defined(CIRCLE_NO_CLONES)
+#define CIRCLE__HOT \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CIRCLE__HOT
+#endif
+
 /* ---- the kernels, once per element type --------------------------------- */
 
 #define CIRCLE__CAT2(a, b) a##_##b
@@ -116,11 +129,14 @@ static inline float exp_f(float x) {
     T gamma, margin;                                                          \
     bool rd, self, need_g;                                                    \
     unsigned want;                                                            \
-    size_t n, m, d, bs;                                                       \
-    const int64_t *lx, *lr;                                                   \
+    size_t n, m, d, bs, ld; /* ld: row stride of the materialized S */       \
+    const int32_t *lx, *lr; /* dense label ids: only equality matters */       \
+    T *cls;                 /* per-thread pair classes, wide each */          \
+    T *ebuf;                /* per-thread exp(z - max) of one row */          \
+    size_t wide;                                                              \
     const T *X, *R;                                                           \
     T *S, *Xc, *dX, *dR;                                                      \
-    T *lse_p, *lse_n, *v, *sig;                                               \
+    T *lse_p, *lse_n, *v, *sig, *cf;                                          \
     double *coef;                                                             \
     row_stats *stats;                                                         \
     struct CIRCLE__CAT(norm_job, SUF) *norm_job;                              \
@@ -130,6 +146,7 @@ DEFINE_CTX(float, f)
 DEFINE_CTX(double, d)
 
 #define T float
+#define LANES 16
 #define F(name) CIRCLE__CAT(name, f)
 #define GEMM cblas_sgemm
 #define EXPT exp_f
@@ -139,6 +156,7 @@ DEFINE_CTX(double, d)
 #define SQRTT sqrtf
 #include "loss_impl.h"
 #undef T
+#undef LANES
 #undef F
 #undef GEMM
 #undef EXPT
@@ -148,6 +166,7 @@ DEFINE_CTX(double, d)
 #undef SQRTT
 
 #define T double
+#define LANES 8
 #define F(name) CIRCLE__CAT(name, d)
 #define GEMM cblas_dgemm
 #define EXPT exp_d
@@ -157,6 +176,7 @@ DEFINE_CTX(double, d)
 #define SQRTT sqrt
 #include "loss_impl.h"
 #undef T
+#undef LANES
 #undef F
 #undef GEMM
 #undef EXPT
@@ -171,7 +191,7 @@ typedef struct {
   bool self, materialize, normalize;
   size_t n, m, d, bs, esz, nth;
   /* byte offsets of each scratch array in one allocation */
-  size_t off_rows, off_vd, off_coef, off_stats, off_xn, off_rn, off_inv_x, off_inv_r,
+  size_t wide, ld, off_ids, off_sort, off_cls, off_ebuf, off_rows, off_vd, off_coef, off_stats, off_xn, off_rn, off_inv_x, off_inv_r,
       off_s, off_xc, total;
 } plan;
 
@@ -195,7 +215,8 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
   p->esz = circle_dtype_size(cfg->dtype);
   p->nth = circle_engine_threads(e);
   p->normalize = cfg->normalize;
-  p->bs = o->block_rows ? o->block_rows : (p->n <= 1024 ? 32 : 64);
+  p->bs = o->block_rows ? o->block_rows
+                      : (p->n <= 512 ? 32 : p->n <= 2048 ? 64 : 256);
   size_t nm, n4;
   if (__builtin_mul_overflow(p->n, p->m, &nm)) return false;
   if (__builtin_mul_overflow(p->n, (size_t)4, &n4)) return false;
@@ -204,7 +225,16 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
   size_t t = 0, nd, md;
   if (__builtin_mul_overflow(p->n, p->d, &nd)) return false;
   if (__builtin_mul_overflow(p->m, p->d, &md)) return false;
-  bool ok = add_bytes(&t, &p->off_rows, n4, p->esz) &&
+  size_t nm_rows;
+  if (__builtin_add_overflow(p->n, p->self ? 0 : p->m, &nm_rows)) return false;
+  p->wide = p->m > p->n ? p->m : p->n;
+  size_t cls_all;
+  if (__builtin_mul_overflow(p->wide, p->nth, &cls_all)) return false;
+  bool ok = add_bytes(&t, &p->off_ids, nm_rows, sizeof(int32_t)) &&
+            add_bytes(&t, &p->off_sort, nm_rows, sizeof(int64_t)) &&
+            add_bytes(&t, &p->off_cls, cls_all, p->esz) &&
+            add_bytes(&t, &p->off_ebuf, cls_all, p->esz) &&
+            add_bytes(&t, &p->off_rows, n4 + p->n, p->esz) &&
             add_bytes(&t, &p->off_vd, p->n * 2, sizeof(double)) &&
             add_bytes(&t, &p->off_coef, p->n, sizeof(double)) &&
             add_bytes(&t, &p->off_stats,
@@ -217,7 +247,12 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
                       p->esz);
   if (!ok) return false;
   if (p->materialize) {
-    ok = add_bytes(&t, &p->off_s, nm, p->esz) &&
+    /* A row stride that is a multiple of 4 KiB makes the column walks of
+     * mirror and symmetrize hit one cache set; pad it by a cache line. */
+    p->ld = (p->m * p->esz) % 4096 == 0 ? p->m + 64 / p->esz : p->m;
+    size_t nld;
+    if (__builtin_mul_overflow(p->n, p->ld, &nld)) return false;
+    ok = add_bytes(&t, &p->off_s, nld, p->esz) &&
          add_bytes(&t, &p->off_xc,
                    (!p->self && (want & CIRCLE_OUT_REF_GRAD)) ? nd : 0,
                    p->esz);
@@ -244,6 +279,35 @@ size_t circle_loss_scratch_bytes(const circle_engine *engine,
   plan p;
   if (!make_plan(engine, cfg, in, want, &p)) return 0;
   return p.total;
+}
+
+/* ---- labels --------------------------------------------------------------- */
+
+static int cmp_i64(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* Maps labels (and ref labels, if any) to dense int32 ids, equal exactly
+ * when the int64 labels are equal: ids[0..n) for labels, ids[n..n+m) for
+ * ref labels. sorted is scratch for n + m values. */
+static void label_ids(const int64_t *labels, size_t n, const int64_t *ref,
+                      size_t m, int32_t *ids, int64_t *sorted) {
+  size_t total = n + (ref ? m : 0), u = 0;
+  memcpy(sorted, labels, n * sizeof *sorted);
+  if (ref) memcpy(sorted + n, ref, m * sizeof *sorted);
+  qsort(sorted, total, sizeof *sorted, cmp_i64);
+  for (size_t k = 0; k < total; k++)
+    if (u == 0 || sorted[k] != sorted[u - 1]) sorted[u++] = sorted[k];
+  for (size_t k = 0; k < total; k++) {
+    int64_t key = k < n ? labels[k] : ref[k - n];
+    size_t lo = 0, hi = u;
+    while (lo < hi) {
+      size_t mid = lo + (hi - lo) / 2;
+      if (sorted[mid] < key) lo = mid + 1; else hi = mid;
+    }
+    ids[k] = (int32_t)lo;
+  }
 }
 
 /* ---- reduction (serial, row order) -------------------------------------- */
@@ -346,15 +410,21 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
     x.rd = cfg->remove_diagonal;                                               \
     x.self = p->self;                                                          \
     x.want = want;                                                             \
-    x.n = p->n, x.m = p->m, x.d = p->d, x.bs = p->bs;                          \
-    x.lx = in->labels;                                                         \
-    x.lr = p->self ? in->labels : in->ref_labels;                              \
+    x.n = p->n, x.m = p->m, x.d = p->d, x.bs = p->bs, x.ld = p->ld;            \
+    x.lx = (int32_t *)(mem + p->off_ids);                                      \
+    x.lr = p->self ? x.lx : x.lx + p->n;                                       \
+    x.cls = (T *)(mem + p->off_cls);                                           \
+    x.ebuf = (T *)(mem + p->off_ebuf);                                         \
+    x.wide = p->wide;                                                          \
+    label_ids(in->labels, p->n, p->self ? NULL : in->ref_labels, p->m,         \
+              (int32_t *)(mem + p->off_ids), (int64_t *)(mem + p->off_sort));  \
     x.X = in->embeddings;                                                      \
     x.R = p->self ? in->embeddings : in->ref_embeddings;                       \
     x.lse_p = (T *)(mem + p->off_rows);                                        \
     x.lse_n = x.lse_p + p->n;                                                  \
     x.v = x.lse_n + p->n;                                                      \
     x.sig = x.v + p->n;                                                        \
+    x.cf = x.sig + p->n;                                                       \
     x.coef = (double *)(mem + p->off_coef);                                    \
     x.stats = (row_stats *)(mem + p->off_stats);                               \
     x.S = (T *)(mem + p->off_s);                                               \
@@ -371,23 +441,23 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
       nj = (struct CIRCLE__CAT(norm_job, SUF)){                                \
           p->n, in->embeddings, (T *)(mem + p->off_xn),                        \
           (T *)(mem + p->off_inv_x), NULL};                                    \
-      circle__parallel(e, nb, CIRCLE__CAT(blk_normalize, SUF), &x);            \
+      PH(blk_normalize, circle__parallel(e, nb, CIRCLE__CAT(blk_normalize, SUF), &x));            \
       x.X = nj.dst;                                                            \
       x.R = x.X;                                                               \
       if (!p->self) {                                                          \
         nj = (struct CIRCLE__CAT(norm_job, SUF)){                              \
             p->m, in->ref_embeddings, (T *)(mem + p->off_rn),                  \
             (T *)(mem + p->off_inv_r), NULL};                                  \
-        circle__parallel(e, mb, CIRCLE__CAT(blk_normalize, SUF), &x);          \
+        PH(blk_normalize, circle__parallel(e, mb, CIRCLE__CAT(blk_normalize, SUF), &x));          \
         x.R = nj.dst;                                                          \
       }                                                                        \
     }                                                                          \
     if (p->materialize) {                                                      \
-      circle__parallel(e, nb, CIRCLE__CAT(blk_sim_full, SUF), &x);             \
-      if (p->self) circle__parallel(e, nb, CIRCLE__CAT(blk_mirror, SUF), &x);  \
-      circle__parallel(e, nb, CIRCLE__CAT(blk_rows_full, SUF), &x);            \
+      PH(blk_sim_full, circle__parallel(e, nb, CIRCLE__CAT(blk_sim_full, SUF), &x));             \
+      if (p->self) PH(blk_mirror, circle__parallel(e, nb, CIRCLE__CAT(blk_mirror, SUF), &x));  \
+      PH(blk_rows_full, circle__parallel(e, nb, CIRCLE__CAT(blk_rows_full, SUF), &x));            \
     } else {                                                                   \
-      circle__parallel(e, nb, CIRCLE__CAT(blk_rows_stream, SUF), &x);          \
+      PH(blk_rows_stream, circle__parallel(e, nb, CIRCLE__CAT(blk_rows_stream, SUF), &x));          \
     }                                                                          \
     /* Serial reduction in row order, in double. */                            \
     double *vd = (double *)(mem + p->off_vd);                                  \
@@ -399,37 +469,38 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
     }                                                                          \
     double loss = reduce_rows(cfg, p->n, vd, in->sample_weight ? wd : NULL,    \
                               x.coef);                                         \
+    for (size_t i = 0; i < p->n; i++) x.cf[i] = (T)x.coef[i];                 \
     if (want & CIRCLE_OUT_STATS)                                               \
       reduce_stats(x.stats, p->n, vd, in->embeddings, p->d, cfg->dtype,        \
                    &out->stats);                                               \
     if (x.need_g) {                                                            \
       if (p->materialize) {                                                    \
         if (p->self) {                                                         \
-          circle__parallel(e, nb, CIRCLE__CAT(blk_symmetrize, SUF), &x);       \
-          if (want_g) circle__parallel(e, nb, CIRCLE__CAT(blk_dx_full, SUF), &x); \
+          PH(blk_symmetrize, circle__parallel(e, nb, CIRCLE__CAT(blk_symmetrize, SUF), &x));       \
+          if (want_g) PH(blk_dx_full, circle__parallel(e, nb, CIRCLE__CAT(blk_dx_full, SUF), &x)); \
         } else {                                                               \
-          if (want_g) circle__parallel(e, nb, CIRCLE__CAT(blk_dx_full, SUF), &x); \
+          if (want_g) PH(blk_dx_full, circle__parallel(e, nb, CIRCLE__CAT(blk_dx_full, SUF), &x)); \
           if (want_r) {                                                        \
-            circle__parallel(e, nb, CIRCLE__CAT(blk_scale_x, SUF), &x);        \
-            circle__parallel(e, mb, CIRCLE__CAT(blk_dr_full, SUF), &x);        \
+            PH(blk_scale_x, circle__parallel(e, nb, CIRCLE__CAT(blk_scale_x, SUF), &x));        \
+            PH(blk_dr_full, circle__parallel(e, mb, CIRCLE__CAT(blk_dr_full, SUF), &x));        \
           }                                                                    \
         }                                                                      \
       } else {                                                                 \
-        if (want_g) circle__parallel(e, nb, CIRCLE__CAT(blk_dx_stream, SUF), &x); \
-        if (want_r) circle__parallel(e, mb, CIRCLE__CAT(blk_dr_stream, SUF), &x); \
+        if (want_g) PH(blk_dx_stream, circle__parallel(e, nb, CIRCLE__CAT(blk_dx_stream, SUF), &x)); \
+        if (want_r) PH(blk_dr_stream, circle__parallel(e, mb, CIRCLE__CAT(blk_dr_stream, SUF), &x)); \
       }                                                                        \
       if (p->normalize) {                                                      \
         if (want_g) {                                                          \
           nj = (struct CIRCLE__CAT(norm_job, SUF)){                            \
               p->n, NULL, (T *)(mem + p->off_xn), (T *)(mem + p->off_inv_x),   \
               out->grad};                                                      \
-          circle__parallel(e, nb, CIRCLE__CAT(blk_unnormalize, SUF), &x);      \
+          PH(blk_unnormalize, circle__parallel(e, nb, CIRCLE__CAT(blk_unnormalize, SUF), &x));      \
         }                                                                      \
         if (want_r) {                                                          \
           nj = (struct CIRCLE__CAT(norm_job, SUF)){                            \
               p->m, NULL, (T *)(mem + p->off_rn), (T *)(mem + p->off_inv_r),   \
               out->ref_grad};                                                  \
-          circle__parallel(e, mb, CIRCLE__CAT(blk_unnormalize, SUF), &x);      \
+          PH(blk_unnormalize, circle__parallel(e, mb, CIRCLE__CAT(blk_unnormalize, SUF), &x));      \
         }                                                                      \
       }                                                                        \
     }                                                                          \

@@ -21,15 +21,34 @@
  * remove_diagonal) are -inf in both sums and get no gradient.
  */
 
-/* Pair class: 1 positive, 2 negative, 0 neither. */
-static inline int F(pair_class)(const struct F(ctx) *x, size_t i, size_t j) {
-  bool same = x->lx[i] == x->lr[j];
-  if (!same) return 2;
-  return (x->rd && i == j) ? 0 : 1;
+/* Pair classes are stored per row as T (0 neither, 1 positive, 2
+ * negative) so every hot loop works on one element width and vectorizes. */
+#define CLS_POS(c) ((c) == (T)1)
+#define CLS_NEG(c) ((c) == (T)2)
+#define CLS_SAME(c) ((c) < (T)1.5) /* positive, or (i,i) removed */
+
+/* Fills cls[0..m) for query row i against the reference labels. */
+CIRCLE__HOT static void F(row_classes)(const struct F(ctx) *x, size_t i,
+                                       T *cls) {
+  const int32_t li = x->lx[i];
+  const int32_t *lr = x->lr;
+  for (size_t j = 0; j < x->m; j++) cls[j] = lr[j] == li ? (T)1 : (T)2;
+  /* remove_diagonal drops (i, i) from the positives only: with a reference
+   * set a differently labelled (i, i) stays a negative, as in Keras. */
+  if (x->rd && i < x->m && CLS_POS(cls[i])) cls[i] = 0;
 }
 
-/* z for a pair of class cls (cls != 0) at similarity s. */
-static inline T F(pair_z)(T s, int cls, T gam, T mg) {
+/* Fills cls[0..n) for reference row j against the query labels. */
+CIRCLE__HOT static void F(col_classes)(const struct F(ctx) *x, size_t j,
+                                       T *cls) {
+  const int32_t lj = x->lr[j];
+  const int32_t *lx = x->lx;
+  for (size_t i = 0; i < x->n; i++) cls[i] = lx[i] == lj ? (T)1 : (T)2;
+  if (x->rd && j < x->n && CLS_POS(cls[j])) cls[j] = 0;
+}
+
+/* z for a pair at similarity s: positive side when same, else negative. */
+static inline T F(pair_z)(T s, int same, T gam, T mg) {
   T c = (T)1 - s;
   c = c > 0 ? c : 0;
   T zp_w = mg + c;
@@ -38,61 +57,164 @@ static inline T F(pair_z)(T s, int cls, T gam, T mg) {
   zn_w = zn_w > 0 ? zn_w : 0;
   T zp = (-gam * zp_w) * (mg - c);
   T zn = (gam * zn_w) * ((T)1 - mg - c);
-  return cls == 1 ? zp : zn;
+  return same ? zp : zn;
 }
 
-/* d v_i / d s for one pair, given row i's scalars (lse of the pair's class
- * and sig_i). cls 0 gives 0. */
-static inline T F(pair_grad)(T s, int cls, T gam, T mg, T lse_p, T lse_n,
+/* d v_i / d s for one pair of class cls, given row i's scalars.
+ * Branch-free (selects only) so the loops that call it vectorize; the exp
+ * of an unused side may be garbage and is never selected. */
+static inline T F(pair_grad)(T s, T cls, T gam, T mg, T lse_p, T lse_n,
                              T sig) {
-  if (cls == 0) return 0;
+  int same = CLS_SAME(cls);
   T one_minus = (T)1 - s;
   T c = one_minus > 0 ? one_minus : 0;
   T dcds = one_minus > 0 ? (T)-1 : (one_minus == 0 ? (T)-0.5 : (T)0);
-  T z, dz, lse;
-  if (cls == 1) {
-    T w = mg + c;
-    z = (-gam * (w > 0 ? w : 0)) * (mg - c);
-    dz = w > 0 ? (T)2 * gam * c : 0;
-    lse = lse_p;
-  } else {
-    T w = (T)1 + mg - c;
-    z = (gam * (w > 0 ? w : 0)) * ((T)1 - mg - c);
-    dz = w > 0 ? (T)-2 * gam * ((T)1 - c) : 0;
-    lse = lse_n;
-  }
-  return sig * EXPT(z - lse) * dz * dcds;
+  T wp = mg + c, wn = (T)1 + mg - c;
+  T zp = (-gam * (wp > 0 ? wp : 0)) * (mg - c);
+  T zn = (gam * (wn > 0 ? wn : 0)) * ((T)1 - mg - c);
+  T dzp = wp > 0 ? (T)2 * gam * c : 0;
+  T dzn = wn > 0 ? (T)-2 * gam * ((T)1 - c) : 0;
+  T z = same ? zp : zn, dz = same ? dzp : dzn, lse = same ? lse_p : lse_n;
+  T g = sig * EXPT(z - lse) * dz * dcds;
+  return cls > (T)0.5 ? g : 0;
 }
 
-/* Row scalars for row i from its similarities s[0..m): fills lse_p, lse_n,
- * v, sig and, when asked, the row's statistics. Two sweeps, one exp per
- * pair. */
-static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s) {
+/* Row i's contribution to the embedding-quality statistics. */
+CIRCLE__HOT static void F(row_stats)(struct F(ctx) *x, size_t i, const T *s,
+                                     const T *cls) {
+  const size_t m = x->m;
+  const size_t self_j = x->self ? i : (size_t)-1;
+  T ps[LANES], ns[LANES], mnp[LANES], mxn[LANES], pc[LANES], nc[LANES];
+  for (int l = 0; l < LANES; l++) {
+    ps[l] = ns[l] = pc[l] = nc[l] = 0;
+    mnp[l] = INFINITY;
+    mxn[l] = -INFINITY;
+  }
+  size_t jv = m - m % LANES;
+  for (size_t j0 = 0; j0 < jv; j0 += LANES)
+    for (int l = 0; l < LANES; l++) {
+      size_t j = j0 + (size_t)l;
+      T sj = s[j], c = cls[j];
+      int pos = CLS_POS(c), neg = CLS_NEG(c);
+      ps[l] += pos ? sj : 0;
+      pc[l] += pos ? 1 : 0;
+      mnp[l] = pos && sj < mnp[l] ? sj : mnp[l];
+      ns[l] += neg ? sj : 0;
+      nc[l] += neg ? 1 : 0;
+      mxn[l] = neg && sj > mxn[l] ? sj : mxn[l];
+    }
+  row_stats *st = &x->stats[i];
+  *st = (row_stats){.min_pos = INFINITY, .max_neg = -INFINITY,
+                    .nn_sim = -INFINITY};
+  for (int l = 0; l < LANES; l++) {
+    st->pos_sum += ps[l];
+    st->neg_sum += ns[l];
+    st->pos_cnt += (uint64_t)pc[l];
+    st->neg_cnt += (uint64_t)nc[l];
+    if (mnp[l] < st->min_pos) st->min_pos = mnp[l];
+    if (mxn[l] > st->max_neg) st->max_neg = mxn[l];
+  }
+  for (size_t j = jv; j < m; j++) {
+    T sj = s[j], c = cls[j];
+    if (CLS_POS(c)) {
+      st->pos_sum += sj;
+      st->pos_cnt++;
+      if (sj < st->min_pos) st->min_pos = sj;
+    } else if (CLS_NEG(c)) {
+      st->neg_sum += sj;
+      st->neg_cnt++;
+      if (sj > st->max_neg) st->max_neg = sj;
+    }
+  }
+  /* Nearest neighbour: the first index of the largest similarity. */
+  size_t nn = (size_t)-1;
+  T best = -INFINITY;
+  for (size_t j = 0; j < m; j++)
+    if (j != self_j && s[j] > best) {
+      best = s[j];
+      nn = j;
+    }
+  st->nn_sim = best;
+  st->nn_same = nn != (size_t)-1 && CLS_SAME(cls[nn]);
+  if (x->self && nn != (size_t)-1) st->nn_same = x->lr[nn] == x->lx[i];
+  if (st->pos_cnt > 0) {
+    T minp = (T)st->min_pos, hard[LANES];
+    for (int l = 0; l < LANES; l++) hard[l] = 0;
+    for (size_t j0 = 0; j0 < jv; j0 += LANES)
+      for (int l = 0; l < LANES; l++) {
+        size_t j = j0 + (size_t)l;
+        hard[l] += (CLS_NEG(cls[j]) && s[j] > minp) ? 1 : 0;
+      }
+    for (int l = 0; l < LANES; l++) st->hard_neg += (uint64_t)hard[l];
+    for (size_t j = jv; j < m; j++)
+      st->hard_neg += CLS_NEG(cls[j]) && s[j] > minp;
+  }
+}
+
+/* Row scalars for row i from its similarities s[0..m) and classes: fills
+ * lse_p, lse_n, v, sig and, when asked, the row's statistics. Two sweeps,
+ * one exp per pair. Reductions run in LANES independent lanes combined in a
+ * fixed order: the compiler vectorizes them without reassociating, and the
+ * result does not depend on the machine or the thread. */
+CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
+                                       const T *cls, T *ebuf, T *inv_sums) {
   const T gam = x->gamma, mg = x->margin;
   const size_t m = x->m;
-  const int64_t li = x->lx[i];
-  const int64_t *lr = x->lr;
-  const size_t diag = x->rd ? i : (size_t)-1;
+  T mp[LANES], mn[LANES], sp[LANES], sn[LANES];
+  for (int l = 0; l < LANES; l++) mp[l] = mn[l] = -INFINITY;
+  size_t jv = m - m % LANES;
+  for (size_t j0 = 0; j0 < jv; j0 += LANES)
+    for (int l = 0; l < LANES; l++) {
+      size_t j = j0 + (size_t)l;
+      T c = cls[j];
+      T z = F(pair_z)(s[j], CLS_SAME(c), gam, mg);
+      T zp = CLS_POS(c) ? z : -INFINITY;
+      T zn = CLS_NEG(c) ? z : -INFINITY;
+      mp[l] = zp > mp[l] ? zp : mp[l];
+      mn[l] = zn > mn[l] ? zn : mn[l];
+    }
   T max_p = -INFINITY, max_n = -INFINITY;
-  for (size_t j = 0; j < m; j++) {
-    bool same = lr[j] == li;
-    bool pos = same && j != diag;
-    T z = F(pair_z)(s[j], same ? 1 : 2, gam, mg);
-    T zp = pos ? z : -INFINITY;
-    T zn = same ? -INFINITY : z;
-    max_p = zp > max_p ? zp : max_p;
-    max_n = zn > max_n ? zn : max_n;
+  for (int l = 0; l < LANES; l++) {
+    max_p = mp[l] > max_p ? mp[l] : max_p;
+    max_n = mn[l] > max_n ? mn[l] : max_n;
+  }
+  for (size_t j = jv; j < m; j++) {
+    T c = cls[j];
+    T z = F(pair_z)(s[j], CLS_SAME(c), gam, mg);
+    if (CLS_POS(c) && z > max_p) max_p = z;
+    if (CLS_NEG(c) && z > max_n) max_n = z;
   }
   T base_p = max_p > -INFINITY ? max_p : 0;
   T base_n = max_n > -INFINITY ? max_n : 0;
+  for (int l = 0; l < LANES; l++) sp[l] = sn[l] = 0;
+  for (size_t j0 = 0; j0 < jv; j0 += LANES)
+    for (int l = 0; l < LANES; l++) {
+      size_t j = j0 + (size_t)l;
+      T c = cls[j];
+      int same = CLS_SAME(c);
+      T z = F(pair_z)(s[j], same, gam, mg);
+      T e = EXPT(z - (same ? base_p : base_n));
+      if (ebuf) ebuf[j] = e;
+      sp[l] += CLS_POS(c) ? e : 0;
+      sn[l] += CLS_NEG(c) ? e : 0;
+    }
   T sum_p = 0, sum_n = 0;
-  for (size_t j = 0; j < m; j++) {
-    bool same = lr[j] == li;
-    bool pos = same && j != diag;
-    T z = F(pair_z)(s[j], same ? 1 : 2, gam, mg);
+  for (int l = 0; l < LANES; l++) {
+    sum_p += sp[l];
+    sum_n += sn[l];
+  }
+  for (size_t j = jv; j < m; j++) {
+    T c = cls[j];
+    int same = CLS_SAME(c);
+    T z = F(pair_z)(s[j], same, gam, mg);
     T e = EXPT(z - (same ? base_p : base_n));
-    sum_p += pos ? e : 0;
-    sum_n += same ? 0 : e;
+    if (ebuf) ebuf[j] = e;
+    sum_p += CLS_POS(c) ? e : 0;
+    sum_n += CLS_NEG(c) ? e : 0;
+  }
+  if (inv_sums) {
+    inv_sums[0] = sum_p > 0 ? (T)1 / sum_p : 0;
+    inv_sums[1] = sum_n > 0 ? (T)1 / sum_n : 0;
   }
   T lse_p = max_p > -INFINITY ? base_p + LOGT(sum_p) : -INFINITY;
   T lse_n = max_n > -INFINITY ? base_n + LOGT(sum_n) : -INFINITY;
@@ -112,50 +234,33 @@ static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s) {
   x->lse_n[i] = lse_n;
   x->v[i] = v;
   x->sig[i] = sig;
-  if (x->want & CIRCLE_OUT_STATS) {
-    row_stats *st = &x->stats[i];
-    *st = (row_stats){.min_pos = INFINITY, .max_neg = -INFINITY,
-                      .nn_sim = -INFINITY, .nn_same = 0};
-    size_t self_j = x->self ? i : (size_t)-1;
-    size_t nn = (size_t)-1;
-    for (size_t j = 0; j < m; j++) {
-      T sj = s[j];
-      bool same = lr[j] == li;
-      if (same && j != diag) {
-        st->pos_sum += sj;
-        st->pos_cnt++;
-        if (sj < st->min_pos) st->min_pos = sj;
-      } else if (!same) {
-        st->neg_sum += sj;
-        st->neg_cnt++;
-        if (sj > st->max_neg) st->max_neg = sj;
-      }
-      if (j != self_j && (double)sj > st->nn_sim) {
-        st->nn_sim = sj;
-        nn = j;
-      }
-    }
-    if (st->pos_cnt > 0) {
-      T minp = (T)st->min_pos;
-      uint64_t hard = 0;
-      for (size_t j = 0; j < m; j++) hard += (lr[j] != li) && s[j] > minp;
-      st->hard_neg = hard;
-    }
-    st->nn_same = nn != (size_t)-1 && lr[nn] == li;
-  }
+  if (x->want & CIRCLE_OUT_STATS) F(row_stats)(x, i, s, cls);
 }
 
-/* Overwrites s[0..m) (row i's similarities) with G'_ij = d v_i / d s_ij. */
-static void F(row_grad)(struct F(ctx) *x, size_t i, T *s) {
-  const T gam = x->gamma, mg = x->margin;
-  const T lp = x->lse_p[i], ln = x->lse_n[i], sig = x->sig[i];
+/* Overwrites s[0..m) (row i's similarities) with G'_ij = d v_i / d s_ij,
+ * reusing e[j] = exp(z_ij - max) from row_scalars: softmax = e * 1/sum. */
+CIRCLE__HOT static void F(row_grad)(struct F(ctx) *x, size_t i, T *s,
+                                    const T *cls, const T *e,
+                                    const T *inv_sums) {
+  const T gam = x->gamma, mg = x->margin, sig = x->sig[i];
+  const T isp = inv_sums[0], isn = inv_sums[1];
   const size_t m = x->m;
   if (sig == 0) {
     memset(s, 0, m * sizeof(T));
     return;
   }
-  for (size_t j = 0; j < m; j++)
-    s[j] = F(pair_grad)(s[j], F(pair_class)(x, i, j), gam, mg, lp, ln, sig);
+  for (size_t j = 0; j < m; j++) {
+    T c = cls[j];
+    int same = CLS_SAME(c);
+    T one_minus = (T)1 - s[j];
+    T cc = one_minus > 0 ? one_minus : 0;
+    T dcds = one_minus > 0 ? (T)-1 : (one_minus == 0 ? (T)-0.5 : (T)0);
+    T wp = mg + cc, wn = (T)1 + mg - cc;
+    T dzp = wp > 0 ? (T)2 * gam * cc : 0;
+    T dzn = wn > 0 ? (T)-2 * gam * ((T)1 - cc) : 0;
+    T g = sig * (e[j] * (same ? isp : isn)) * (same ? dzp : dzn) * dcds;
+    s[j] = c > (T)0.5 ? g : 0;
+  }
 }
 
 /* ---- blocks ------------------------------------------------------------ */
@@ -212,20 +317,20 @@ static void F(blk_sim_full)(void *ctx, size_t b, unsigned ith) {
   size_t cols = x->self ? hi : x->m;
   GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)cols,
        (int)x->d, 1, x->X + lo * x->d, (int)x->d, x->R, (int)x->d, 0,
-       x->S + lo * x->m, (int)x->m);
+       x->S + lo * x->ld, (int)x->ld);
 }
 
 /* Materialized self-reference: S[i][j] = S[j][i] for j > i, tile by tile. */
-static void F(blk_mirror)(void *ctx, size_t b, unsigned ith) {
+CIRCLE__HOT static void F(blk_mirror)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
   T *S = x->S;
-  size_t n = x->n;
+  size_t n = x->n, ld = x->ld;
   for (size_t jlo = lo; jlo < n; jlo += x->bs) {
     size_t jhi = jlo + x->bs < n ? jlo + x->bs : n;
     for (size_t i = lo; i < hi; i++)
       for (size_t j = jlo > i + 1 ? jlo : i + 1; j < jhi; j++)
-        S[i * n + j] = S[j * n + i];
+        S[i * ld + j] = S[j * ld + i];
   }
 }
 
@@ -233,29 +338,32 @@ static void F(blk_mirror)(void *ctx, size_t b, unsigned ith) {
 static void F(blk_rows_full)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
+  T *cls = x->cls + (size_t)ith * x->wide;
+  T *ebuf = x->ebuf + (size_t)ith * x->wide;
   for (size_t i = lo; i < hi; i++) {
-    T *s = x->S + i * x->m;
-    F(row_scalars)(x, i, s);
-    if (x->need_g) F(row_grad)(x, i, s);
+    T *s = x->S + i * x->ld, inv_sums[2];
+    F(row_classes)(x, i, cls);
+    F(row_scalars)(x, i, s, cls, x->need_g ? ebuf : NULL, inv_sums);
+    if (x->need_g) F(row_grad)(x, i, s, cls, ebuf, inv_sums);
   }
 }
 
 /* Materialized self-reference: H = diag(c) G' + G'^T diag(c), symmetric, in
  * place. The owner of row i writes S[i][j] and S[j][i] for j <= i only. */
-static void F(blk_symmetrize)(void *ctx, size_t b, unsigned ith) {
+CIRCLE__HOT static void F(blk_symmetrize)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
   T *S = x->S;
-  size_t n = x->n;
+  size_t n = x->n, ld = x->ld;
   for (size_t jlo = 0; jlo < hi; jlo += x->bs) {
     size_t jhi = jlo + x->bs < n ? jlo + x->bs : n;
     for (size_t i = lo; i < hi; i++) {
-      T ci = (T)x->coef[i];
+      T ci = x->cf[i];
       size_t jend = jhi < i + 1 ? jhi : i + 1;
       for (size_t j = jlo; j < jend; j++) {
-        T h = ci * S[i * n + j] + (T)x->coef[j] * S[j * n + i];
-        S[i * n + j] = h;
-        S[j * n + i] = h;
+        T h = ci * S[i * ld + j] + x->cf[j] * S[j * ld + i];
+        S[i * ld + j] = h;
+        S[j * ld + i] = h;
       }
     }
   }
@@ -267,11 +375,11 @@ static void F(blk_dx_full)(void *ctx, size_t b, unsigned ith) {
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
   T *dx = x->dX + lo * x->d;
   GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)x->d,
-       (int)x->m, 1, x->S + lo * x->m, (int)x->m, x->R, (int)x->d, 0, dx,
+       (int)x->m, 1, x->S + lo * x->ld, (int)x->ld, x->R, (int)x->d, 0, dx,
        (int)x->d);
   if (!x->self)
     for (size_t i = lo; i < hi; i++) {
-      T ci = (T)x->coef[i];
+      T ci = x->cf[i];
       for (size_t k = 0; k < x->d; k++) dx[(i - lo) * x->d + k] *= ci;
     }
 }
@@ -281,7 +389,7 @@ static void F(blk_dr_full)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->m);
   GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(hi - lo), (int)x->d,
-       (int)x->n, 1, x->S + lo, (int)x->m, x->Xc, (int)x->d, 0,
+       (int)x->n, 1, x->S + lo, (int)x->ld, x->Xc, (int)x->d, 0,
        x->dR + lo * x->d, (int)x->d);
 }
 
@@ -294,13 +402,17 @@ static void F(blk_rows_stream)(void *ctx, size_t b, unsigned ith) {
   GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)x->m,
        (int)x->d, 1, x->X + lo * x->d, (int)x->d, x->R, (int)x->d, 0, buf,
        (int)x->m);
-  for (size_t i = lo; i < hi; i++) F(row_scalars)(x, i, buf + (i - lo) * x->m);
+  T *cls = x->cls + (size_t)ith * x->wide;
+  for (size_t i = lo; i < hi; i++) {
+    F(row_classes)(x, i, cls);
+    F(row_scalars)(x, i, buf + (i - lo) * x->m, cls, NULL, NULL);
+  }
 }
 
 /* Streamed pass 2: recompute the block's similarities, turn them into
  * gradient coefficients (self: H = c_i G'_ij + c_j G'_ji; reference set:
  * c_i G'_ij) and multiply by the reference rows. */
-static void F(blk_dx_stream)(void *ctx, size_t b, unsigned ith) {
+CIRCLE__HOT static void F(blk_dx_stream)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
   T *buf = x->S + (size_t)ith * x->bs * x->m;
@@ -308,20 +420,23 @@ static void F(blk_dx_stream)(void *ctx, size_t b, unsigned ith) {
   GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)x->m,
        (int)x->d, 1, x->X + lo * x->d, (int)x->d, x->R, (int)x->d, 0, buf,
        (int)x->m);
+  T *cls = x->cls + (size_t)ith * x->wide;
   for (size_t i = lo; i < hi; i++) {
     T *s = buf + (i - lo) * x->m;
-    T ci = (T)x->coef[i];
+    T ci = x->cf[i];
     T lpi = x->lse_p[i], lni = x->lse_n[i], sgi = x->sig[i];
-    for (size_t j = 0; j < x->m; j++) {
-      int cls = F(pair_class)(x, i, j);
-      T h = ci == 0 ? 0 : ci * F(pair_grad)(s[j], cls, gam, mg, lpi, lni, sgi);
-      if (x->self) {
-        T cj = (T)x->coef[j];
-        if (cj != 0)
-          h += cj * F(pair_grad)(s[j], cls, gam, mg, x->lse_p[j], x->lse_n[j],
-                                 x->sig[j]);
+    F(row_classes)(x, i, cls);
+    if (x->self) {
+      /* H_ij = c_i G'_ij + c_j G'_ji; G'_ji seen from row j's scalars. */
+      for (size_t j = 0; j < x->m; j++) {
+        T hi_ = F(pair_grad)(s[j], cls[j], gam, mg, lpi, lni, sgi);
+        T hj_ = F(pair_grad)(s[j], cls[j], gam, mg, x->lse_p[j], x->lse_n[j],
+                             x->sig[j]);
+        s[j] = ci * hi_ + x->cf[j] * hj_;
       }
-      s[j] = h;
+    } else {
+      for (size_t j = 0; j < x->m; j++)
+        s[j] = ci * F(pair_grad)(s[j], cls[j], gam, mg, lpi, lni, sgi);
     }
   }
   GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)x->d,
@@ -331,7 +446,7 @@ static void F(blk_dx_stream)(void *ctx, size_t b, unsigned ith) {
 
 /* Streamed, reference set: dR for reference block b. Recomputes
  * S[:, b]^T = R_b X^T and the coefficients c_i G'_ij column-wise. */
-static void F(blk_dr_stream)(void *ctx, size_t b, unsigned ith) {
+CIRCLE__HOT static void F(blk_dr_stream)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->m);
   T *buf = x->S + (size_t)ith * x->bs * x->n;
@@ -339,14 +454,13 @@ static void F(blk_dr_stream)(void *ctx, size_t b, unsigned ith) {
   GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)x->n,
        (int)x->d, 1, x->R + lo * x->d, (int)x->d, x->X, (int)x->d, 0, buf,
        (int)x->n);
+  T *cls = x->cls + (size_t)ith * x->wide;
   for (size_t j = lo; j < hi; j++) {
     T *s = buf + (j - lo) * x->n;
-    for (size_t i = 0; i < x->n; i++) {
-      T ci = (T)x->coef[i];
-      s[i] = ci == 0 ? 0
-                     : ci * F(pair_grad)(s[i], F(pair_class)(x, i, j), gam, mg,
-                                         x->lse_p[i], x->lse_n[i], x->sig[i]);
-    }
+    F(col_classes)(x, j, cls);
+    for (size_t i = 0; i < x->n; i++)
+      s[i] = x->cf[i] * F(pair_grad)(s[i], cls[i], gam, mg, x->lse_p[i],
+                                     x->lse_n[i], x->sig[i]);
   }
   GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)x->d,
        (int)x->n, 1, buf, (int)x->n, x->X, (int)x->d, 0, x->dR + lo * x->d,
@@ -358,7 +472,7 @@ static void F(blk_scale_x)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
   for (size_t i = lo; i < hi; i++) {
-    T ci = (T)x->coef[i];
+    T ci = x->cf[i];
     for (size_t k = 0; k < x->d; k++)
       x->Xc[i * x->d + k] = ci * x->X[i * x->d + k];
   }

@@ -1,0 +1,172 @@
+/* bench_loss.c -- `make bench`: times the engine's loss + gradients against
+ * one plain cblas gemm of the same n x n x d in the same run.
+ *
+ * For each n, d, dtype and thread count it prints the median wall time of
+ * circle_loss_compute (self-referenced batch, loss + per-sample + grad +
+ * optionally --stats) and the median of ONE cblas_sgemm (n x n x d, C = X X^T) run with
+ * the same number of threads, and their ratio: the figure of merit. The
+ * float64 rows also show the ratio against cblas_dgemm.
+ *
+ * Usage: bench_loss [--quick] [--stats] [--n N,...] [--d D,...] [--reps R]
+ */
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "circle/circle.h"
+
+extern void openblas_set_num_threads(int);
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static double median(double *v, int k) {
+  qsort(v, (size_t)k, sizeof *v, cmp_double);
+  return k % 2 ? v[k / 2] : 0.5 * (v[k / 2 - 1] + v[k / 2]);
+}
+
+static uint64_t rng = 0x1234567ull;
+static double unif(void) {
+  rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+  return (double)(rng >> 11) / 9007199254740992.0;
+}
+
+static size_t parse_list(const char *s, size_t *out, size_t cap) {
+  size_t k = 0;
+  while (*s && k < cap) {
+    out[k++] = strtoul(s, (char **)&s, 10);
+    if (*s == ',') s++;
+  }
+  return k;
+}
+
+int main(int argc, char **argv) {
+  circle_blas_ensure_kernel(argc, argv);
+  size_t ns[8] = {1024, 4096, 16384}, ds[8] = {128, 512};
+  size_t nn = 3, nd = 2;
+  int reps = 5;
+  bool stats = false;
+  for (int a = 1; a < argc; a++) {
+    if (!strcmp(argv[a], "--stats")) {
+      stats = true;
+    } else if (!strcmp(argv[a], "--quick")) {
+      ns[0] = 1024, ns[1] = 4096, nn = 2;
+      reps = 3;
+    } else if (!strcmp(argv[a], "--n") && a + 1 < argc) {
+      nn = parse_list(argv[++a], ns, 8);
+    } else if (!strcmp(argv[a], "--d") && a + 1 < argc) {
+      nd = parse_list(argv[++a], ds, 8);
+    } else if (!strcmp(argv[a], "--reps") && a + 1 < argc) {
+      reps = atoi(argv[++a]);
+    } else {
+      fprintf(stderr, "usage: %s [--quick] [--n N,..] [--d D,..] [--reps R]\n",
+              argv[0]);
+      return 2;
+    }
+  }
+  if (reps < 1 || reps > 100) reps = 5;
+  unsigned all = (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+  printf("# circle engine bench: OpenBLAS core %s, %u cores, median of %d\n",
+         circle_blas_corename(), all, reps);
+  printf("| n | d | dtype | threads | loss+grad ms | sgemm ms | ratio vs sgemm"
+         " | dgemm ms | ratio vs dgemm |\n");
+  printf("|---:|---:|---|---:|---:|---:|---:|---:|---:|\n");
+  fflush(stdout);
+  for (size_t in = 0; in < nn; in++)
+    for (size_t id = 0; id < nd; id++) {
+      size_t n = ns[in], d = ds[id];
+      float *xf = malloc(n * d * sizeof *xf), *cf = malloc(n * n * sizeof *cf);
+      double *xd = malloc(n * d * sizeof *xd);
+      int64_t *lab = malloc(n * sizeof *lab);
+      if (!xf || !cf || !xd || !lab) {
+        fprintf(stderr, "out of memory at n=%zu d=%zu\n", n, d);
+        return 1;
+      }
+      for (size_t i = 0; i < n; i++) {
+        double ss = 0;
+        lab[i] = (int64_t)(unif() * 64);
+        for (size_t k = 0; k < d; k++) {
+          xd[i * d + k] = unif() - 0.5 + (k == (size_t)lab[i] % d ? 1.0 : 0);
+          ss += xd[i * d + k] * xd[i * d + k];
+        }
+        for (size_t k = 0; k < d; k++) {
+          xd[i * d + k] /= __builtin_sqrt(ss);
+          xf[i * d + k] = (float)xd[i * d + k];
+        }
+      }
+      unsigned tlist[2] = {1, all};
+      for (int ti = 0; ti < (all > 1 ? 2 : 1); ti++) {
+        unsigned th = tlist[ti];
+        circle_engine_opts o = {.threads = th};
+        circle_engine *e;
+        if (circle_engine_init(&e, &o) != CIRCLE_OK) return 1;
+        /* One plain gemm of the same shape, same threads. */
+        double ts[100], tg[100], td[100];
+        int greps = reps;
+        openblas_set_num_threads((int)th);
+        for (int r = -1; r < greps; r++) {
+          double t0 = now();
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)n,
+                      (int)d, 1, xf, (int)d, xf, (int)d, 0, cf, (int)n);
+          if (r >= 0) tg[r] = now() - t0;
+        }
+        double *cd = malloc(n * n * sizeof *cd);
+        int dreps = cd ? greps : 0;
+        for (int r = -1; r < dreps; r++) {
+          double t0 = now();
+          cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)n,
+                      (int)d, 1, xd, (int)d, xd, (int)d, 0, cd, (int)n);
+          if (r >= 0) td[r] = now() - t0;
+        }
+        free(cd);
+        openblas_set_num_threads(1);
+        double sg = median(tg, greps), dg = dreps ? median(td, dreps) : 0;
+        for (int dt = 0; dt < 2; dt++) {
+          circle_config cfg;
+          circle_config_init(&cfg);
+          cfg.dtype = dt ? CIRCLE_DTYPE_FLOAT64 : CIRCLE_DTYPE_FLOAT32;
+          size_t es = dt ? 8 : 4;
+          void *ps = malloc(n * es), *g = malloc(n * d * es);
+          circle_input inp = {.n = n, .d = d, .labels = lab,
+                              .embeddings = dt ? (void *)xd : (void *)xf};
+          circle_output out = {.want = CIRCLE_OUT_LOSS | CIRCLE_OUT_PER_SAMPLE |
+                                       CIRCLE_OUT_GRAD | (stats ? CIRCLE_OUT_STATS : 0),
+                               .per_sample = ps, .grad = g};
+          int lreps = (n >= 16384) ? (reps < 3 ? reps : 3) : reps;
+          for (int r = -1; r < lreps; r++) {
+            double t0 = now();
+            int rc = circle_loss_compute(e, &cfg, &inp, &out);
+            if (rc != CIRCLE_OK) {
+              fprintf(stderr, "compute failed: %s\n", circle_status_str(rc));
+              return 1;
+            }
+            if (r >= 0) ts[r] = now() - t0;
+          }
+          double lt = median(ts, lreps);
+          printf("| %zu | %zu | %s | %u | %.1f | %.1f | %.2f | %.1f | %.2f |\n",
+                 n, d, dt ? "float64" : "float32", th, lt * 1e3, sg * 1e3,
+                 lt / sg, dg * 1e3, dg > 0 ? lt / dg : 0);
+          fflush(stdout);
+          free(ps);
+          free(g);
+        }
+        circle_engine_free(e);
+      }
+      free(xf);
+      free(cf);
+      free(xd);
+      free(lab);
+    }
+  return 0;
+}
