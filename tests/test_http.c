@@ -1432,6 +1432,44 @@ START_TEST(http_should_refuse_a_request_that_can_never_fit_in_flight) {
 }
 END_TEST
 
+START_TEST(http_should_apply_the_limit_flags) {
+  td_daemon d;
+  const char *args[] = {"--max-n", "4", "--max-d", "3", "--max-inflated-mb",
+                        "1", NULL};
+  start_or_fail(&d, args, NULL);
+  td_resp r;
+  char *body = v1_body(8, 2, 1, NULL);
+  req(&d, "POST", "/v1/loss", body, &r);
+  assert_v1_error(&r, 413, "limit_exceeded");
+  td_resp_free(&r);
+  free(body);
+  body = v1_body(4, 4, 1, NULL);
+  req(&d, "POST", "/v1/loss", body, &r);
+  assert_v1_error(&r, 413, "limit_exceeded");
+  td_resp_free(&r);
+  free(body);
+  body = v1_body(4, 3, 1, NULL);
+  req(&d, "POST", "/v1/loss", body, &r);
+  ck_assert_int_eq(r.status, 200);
+  td_resp_free(&r);
+  free(body);
+  /* A deflate bomb: 8 MiB of blanks in a few KiB, refused at 1 MiB. */
+  size_t big = 8u << 20, zlen;
+  char *blank = malloc(big);
+  memset(blank, ' ', big);
+  char *z = zcompress(blank, big, true, &zlen);
+  ck_assert_uint_lt(zlen, 64u << 10);
+  const char *h[] = {"Content-Encoding: gzip", NULL};
+  ck_assert_int_eq(
+      td_request(&d, NULL, "POST", "/v1/loss", z, zlen, h, NULL, &r), 0);
+  assert_v1_error(&r, 413, "limit_exceeded");
+  td_resp_free(&r);
+  free(z);
+  free(blank);
+  stop_expect_0(&d);
+}
+END_TEST
+
 START_TEST(http_should_take_defaults_from_flags_and_environment) {
   td_daemon d;
   const char *args[] = {"--gamma",     "32",  "--no-remove-diagonal",
@@ -1667,6 +1705,7 @@ static Suite *http_suite(void) {
   tcase_add_test(own, http_should_refuse_to_start_with_an_empty_key_file);
   tcase_add_test(own, http_should_answer_503_with_retry_after_when_the_queue_is_full);
   tcase_add_test(own, http_should_refuse_a_request_that_can_never_fit_in_flight);
+  tcase_add_test(own, http_should_apply_the_limit_flags);
   tcase_add_test(own, http_should_take_defaults_from_flags_and_environment);
   tcase_add_test(own, http_should_list_every_flag_with_its_variable_and_default);
   tcase_add_test(own, http_should_exit_2_on_a_bad_flag);
