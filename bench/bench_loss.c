@@ -7,7 +7,7 @@
  * the same number of threads, and their ratio: the figure of merit. The
  * float64 rows also show the ratio against cblas_dgemm.
  *
- * Usage: bench_loss [--quick] [--stats] [--n N,...] [--d D,...] [--reps R]
+ * Usage: bench_loss [--quick] [--stats] [--no-baseline] [--n N,...] [--d D,...] [--reps R]
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -56,10 +56,12 @@ int main(int argc, char **argv) {
   size_t ns[8] = {1024, 4096, 16384}, ds[8] = {128, 512};
   size_t nn = 3, nd = 2;
   int reps = 5;
-  bool stats = false;
+  bool stats = false, baseline = true;
   for (int a = 1; a < argc; a++) {
     if (!strcmp(argv[a], "--stats")) {
       stats = true;
+    } else if (!strcmp(argv[a], "--no-baseline")) {
+      baseline = false; /* engine only: for peak-RSS measurements */
     } else if (!strcmp(argv[a], "--quick")) {
       ns[0] = 1024, ns[1] = 4096, nn = 2;
       reps = 3;
@@ -86,7 +88,8 @@ int main(int argc, char **argv) {
   for (size_t in = 0; in < nn; in++)
     for (size_t id = 0; id < nd; id++) {
       size_t n = ns[in], d = ds[id];
-      float *xf = malloc(n * d * sizeof *xf), *cf = malloc(n * n * sizeof *cf);
+      float *xf = malloc(n * d * sizeof *xf);
+      float *cf = baseline ? malloc(n * n * sizeof *cf) : malloc(sizeof *cf);
       double *xd = malloc(n * d * sizeof *xd);
       int64_t *lab = malloc(n * sizeof *lab);
       if (!xf || !cf || !xd || !lab) {
@@ -106,24 +109,26 @@ int main(int argc, char **argv) {
         }
       }
       unsigned tlist[2] = {1, all};
-      for (int ti = 0; ti < (all > 1 ? 2 : 1); ti++) {
+      int nt = all > 1 ? 2 : 1;
+      if (!baseline) tlist[0] = all, nt = 1;
+      for (int ti = 0; ti < nt; ti++) {
         unsigned th = tlist[ti];
         circle_engine_opts o = {.threads = th};
         circle_engine *e;
         if (circle_engine_init(&e, &o) != CIRCLE_OK) return 1;
         /* One plain gemm of the same shape, same threads. */
         double ts[100], tg[100], td[100];
-        int greps = reps;
+        int greps = baseline ? reps : 0;
         openblas_set_num_threads((int)th);
-        for (int r = -1; r < greps; r++) {
+        for (int r = -1; baseline && r < greps; r++) {
           double t0 = now();
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)n,
                       (int)d, 1, xf, (int)d, xf, (int)d, 0, cf, (int)n);
           if (r >= 0) tg[r] = now() - t0;
         }
-        double *cd = malloc(n * n * sizeof *cd);
+        double *cd = baseline ? malloc(n * n * sizeof *cd) : NULL;
         int dreps = cd ? greps : 0;
-        for (int r = -1; r < dreps; r++) {
+        for (int r = -1; baseline && r < dreps; r++) {
           double t0 = now();
           cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)n,
                       (int)d, 1, xd, (int)d, xd, (int)d, 0, cd, (int)n);
@@ -131,8 +136,9 @@ int main(int argc, char **argv) {
         }
         free(cd);
         openblas_set_num_threads(1);
-        double sg = median(tg, greps), dg = dreps ? median(td, dreps) : 0;
-        for (int dt = 0; dt < 2; dt++) {
+        double sg = greps ? median(tg, greps) : 0;
+        double dg = dreps ? median(td, dreps) : 0;
+        for (int dt = 0; dt < (baseline ? 2 : 1); dt++) {
           circle_config cfg;
           circle_config_init(&cfg);
           cfg.dtype = dt ? CIRCLE_DTYPE_FLOAT64 : CIRCLE_DTYPE_FLOAT32;
@@ -156,7 +162,7 @@ int main(int argc, char **argv) {
           double lt = median(ts, lreps);
           printf("| %zu | %zu | %s | %u | %.1f | %.1f | %.2f | %.1f | %.2f |\n",
                  n, d, dt ? "float64" : "float32", th, lt * 1e3, sg * 1e3,
-                 lt / sg, dg * 1e3, dg > 0 ? lt / dg : 0);
+                 sg > 0 ? lt / sg : 0, dg * 1e3, dg > 0 ? lt / dg : 0);
           fflush(stdout);
           free(ps);
           free(g);
