@@ -331,6 +331,11 @@ static void error_from_status(int status, const char *what, circle_error *err) {
                      w ? w : "an input holds NaN or Infinity; send finite "
                              "numbers only");
     break;
+  case CIRCLE_ERANGE:
+    circle_error_set(err, 400, "out_of_range", "%s",
+                     w ? w : "embeddings are too large for the dtype; scale "
+                             "them down, set normalize, or use float64");
+    break;
   case CIRCLE_EINVAL:
     circle_error_set(err, 400, "invalid_input", "%s",
                      w ? w : "the input is invalid");
