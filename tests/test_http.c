@@ -615,6 +615,14 @@ START_TEST(http_should_reject_non_finite) {
 }
 END_TEST
 
+START_TEST(http_should_reject_embeddings_too_large_for_the_dtype) {
+  /* |s| ~ 1e36 would overflow gamma * (1 - s)^2 in float32. */
+  bad_case c = {"{\"labels\": [0, 1], \"embeddings\": [[1e18, 0], [1e18, 1]]}",
+                400, "out_of_range", "embeddings[0]"};
+  check_bad(&c);
+}
+END_TEST
+
 START_TEST(http_should_reject_bad_labels) {
   bad_case cases[] = {
       {"{\"labels\": [0, 1.5], \"embeddings\": [[1, 2], [3, 4]]}", 400,
@@ -1678,6 +1686,7 @@ static Suite *http_suite(void) {
   tcase_add_test(shared, http_should_reject_n_and_d_mismatch);
   tcase_add_test(shared, http_should_reject_empty_batch);
   tcase_add_test(shared, http_should_reject_non_finite);
+  tcase_add_test(shared, http_should_reject_embeddings_too_large_for_the_dtype);
   tcase_add_test(shared, http_should_reject_bad_labels);
   tcase_add_test(shared, http_should_reject_bad_config);
   tcase_add_test(shared, http_should_reject_unknown_key);
