@@ -313,6 +313,9 @@ static void F(blk_unnormalize)(void *ctx, size_t b, unsigned ith) {
  * mirror step copies them up. */
 static void F(blk_sim_full)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
+  /* Self-referenced blocks grow with b: hand out the largest first so the
+   * last block claimed is a small one (better balance). */
+  if (x->self) b = (x->n + x->bs - 1) / x->bs - 1 - b;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
   size_t cols = x->self ? hi : x->m;
   GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)cols,
@@ -352,6 +355,7 @@ static void F(blk_rows_full)(void *ctx, size_t b, unsigned ith) {
  * place. The owner of row i writes S[i][j] and S[j][i] for j <= i only. */
 CIRCLE__HOT static void F(blk_symmetrize)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
+  b = (x->n + x->bs - 1) / x->bs - 1 - b; /* largest first */
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
   T *S = x->S;
   size_t n = x->n, ld = x->ld;
