@@ -101,6 +101,12 @@ int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
       return circle_error_set(err, 400, "bad_config",
                               "config.name is %s; expected a string",
                               circle__json_kind(it));
+    /* The name is echoed in get_config(): it must come back as sent, and
+     * bytes that are not UTF-8 would come back as U+FFFD. */
+    if (!circle__utf8_valid(it->valuestring))
+      return circle_error_set(err, 400, "bad_config",
+                              "config.name is not valid UTF-8; send the name "
+                              "as UTF-8 text");
     size_t l = strlen(it->valuestring);
     if (l == 0 || l >= sizeof(nm) || l >= name_len)
       return circle_error_set(err, 400, "bad_config",

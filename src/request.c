@@ -234,6 +234,18 @@ void circle_buf_json_string(circle_buf *b, const char *s) {
   b->data[b->len] = '\0';
 }
 
+bool circle__utf8_valid(const char *s) {
+  if (s == NULL) return false;
+  const unsigned char *p = (const unsigned char *)s;
+  const unsigned char *end = p + strlen(s);
+  while (p < end) {
+    size_t n = utf8_seq_len(p, (size_t)(end - p));
+    if (n == 0) return false;
+    p += n;
+  }
+  return true;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Double-double arithmetic for the number formatter                        */
 /* ------------------------------------------------------------------------ */

@@ -102,6 +102,10 @@ void circle_buf_printf(circle_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Appends a JSON string literal (quotes and escapes included). */
 void circle_buf_json_string(circle_buf *b, const char *s);
+/* True when s is valid UTF-8 (no overlongs, surrogates or code points
+ * past U+10FFFF): exactly the strings circle_buf_json_string writes
+ * unchanged (it writes U+FFFD for each byte that is not). False for NULL. */
+bool circle__utf8_valid(const char *s);
 /* Appends a number that round-trips in dtype: the 9 (float32) or 17
  * (float64) significant digits and layout of printf's "%.9g" / "%.17g"
  * ("-0" for negative zero); non-finite values are written as null. For

@@ -253,6 +253,44 @@ START_TEST(codec_json_should_round_trip_its_own_config_json) {
 }
 END_TEST
 
+/* Found by fuzz/fuzz_config: a name that is not UTF-8 used to be accepted
+ * and echoed by get_config() with U+FFFD for each bad byte, so the echo
+ * was not the name sent, and 127 such bytes came back as 249 that the
+ * parser then refused. */
+START_TEST(codec_json_should_reject_a_config_name_that_is_not_utf8) {
+  EXPECT_ERROR(strf("%s, \"config\": {\"name\": \"nn\x81nn\"}}", OK2x3), 400,
+               "bad_config", "config.name is not valid UTF-8");
+  char bad[128];
+  memset(bad, 0xcc, 127);
+  bad[127] = '\0';
+  EXPECT_ERROR(strf("%s, \"config\": {\"name\": \"%s\"}}", OK2x3, bad), 400,
+               "bad_config", "config.name is not valid UTF-8");
+  /* Overlong, surrogate and past-U+10FFFF encodings are not UTF-8 either. */
+  EXPECT_ERROR(strf("%s, \"config\": {\"name\": \"\xc0\xaf\"}}", OK2x3), 400,
+               "bad_config", "UTF-8");
+  EXPECT_ERROR(strf("%s, \"config\": {\"name\": \"\xed\xa0\x80\"}}", OK2x3),
+               400, "bad_config", "UTF-8");
+  EXPECT_ERROR(strf("%s, \"config\": {\"name\": \"\xf4\x90\x80\x80\"}}", OK2x3),
+               400, "bad_config", "UTF-8");
+
+  /* Real UTF-8 comes back byte for byte. */
+  const char *utf8 = "\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80";
+  circle_request req;
+  circle_error err;
+  ck_assert_int_eq(
+      decode(strf("%s, \"config\": {\"name\": \"%s\"}}", OK2x3, utf8), &req,
+             &err),
+      0);
+  ck_assert_str_eq(req.name, utf8);
+  circle_buf b;
+  circle_buf_init(&b);
+  circle_json_config_write(&b, &req.cfg, req.name);
+  ck_assert_ptr_nonnull(strstr(b.data, utf8));
+  circle_buf_free(&b);
+  circle_request_free(&req);
+}
+END_TEST
+
 START_TEST(codec_json_should_write_config_floats_as_python_does) {
   const struct {
     double v;
@@ -861,6 +899,7 @@ Suite *codec_json_suite(void) {
   tcase_add_test(tc, codec_json_should_read_integer_labels_exactly);
   tcase_add_test(tc, codec_json_should_accept_keras_get_config_as_is);
   tcase_add_test(tc, codec_json_should_round_trip_its_own_config_json);
+  tcase_add_test(tc, codec_json_should_reject_a_config_name_that_is_not_utf8);
   tcase_add_test(tc, codec_json_should_write_config_floats_as_python_does);
   tcase_add_test(tc, codec_json_should_convert_to_float64_when_asked);
   tcase_add_test(tc, codec_json_should_take_options_outputs_and_tag);
