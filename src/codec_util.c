@@ -207,10 +207,17 @@ cJSON *circle__json_parse(const char *body, size_t len, size_t max_depth,
                        "invalid JSON: the body ends early at byte %zu "
                        "(truncated?)",
                        len);
-    else
+    else {
+      /* The client's bytes go into the message made printable: it ends up
+       * in a JSON response and must not carry raw or cut UTF-8. */
+      char raw[21], near[32];
+      size_t k = len - off < 20 ? len - off : 20;
+      memcpy(raw, body + off, k);
+      raw[k] = '\0';
+      circle__json_quote(near, sizeof(near), raw, 20);
       circle_error_set(err, 400, "invalid_json",
-                       "invalid JSON at byte %zu (near \"%.*s\")", off,
-                       (int)(len - off < 20 ? len - off : 20), body + off);
+                       "invalid JSON at byte %zu (near \"%s\")", off, near);
+    }
     return NULL;
   }
   size_t off = (size_t)(end - body);

@@ -409,6 +409,25 @@ START_TEST(codec_json_should_report_invalid_json_with_the_byte_offset) {
 }
 END_TEST
 
+/* Found by fuzz/fuzz_json: the bytes quoted after "near" went into the
+ * message raw, so a body of binary junk put bytes that are not UTF-8 (or a
+ * sequence cut at byte 20) into the JSON error response. */
+START_TEST(codec_json_should_quote_the_bytes_near_a_syntax_error_printably) {
+  static const char junk[] = "[7\xd4\xdf\xcd\xd7 3\xdd";
+  EXPECT_ERROR(junk, 400, "invalid_json", "at byte 2",
+               "(near \"???? 3?\")");
+  circle_request req;
+  circle_request_init(&req);
+  circle_error err;
+  circle_limits_init(&lim);
+  ck_assert_int_ne(
+      circle_json_decode(junk, sizeof junk - 1, NULL, NULL, &lim, &req, &err), 0);
+  for (const char *p = err.message; *p; p++)
+    ck_assert_msg((unsigned char)*p >= 0x20 && (unsigned char)*p < 0x7f,
+                  "byte 0x%02x in \"%s\"", (unsigned char)*p, err.message);
+}
+END_TEST
+
 START_TEST(codec_json_should_reject_duplicate_keys) {
   EXPECT_ERROR("{\"labels\": [1], \"embeddings\": [[1]], \"labels\": [2]}",
                400, "duplicate_key", "\"labels\"", "request body");
@@ -904,6 +923,7 @@ Suite *codec_json_suite(void) {
   tcase_add_test(tc, codec_json_should_convert_to_float64_when_asked);
   tcase_add_test(tc, codec_json_should_take_options_outputs_and_tag);
   tcase_add_test(tc, codec_json_should_report_invalid_json_with_the_byte_offset);
+  tcase_add_test(tc, codec_json_should_quote_the_bytes_near_a_syntax_error_printably);
   tcase_add_test(tc, codec_json_should_reject_duplicate_keys);
   tcase_add_test(tc, codec_json_should_reject_unknown_keys);
   tcase_add_test(tc, codec_json_should_refuse_deep_nesting_before_parsing);
