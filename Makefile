@@ -141,6 +141,45 @@ golden: deps-py
 bench: all $(BUILD)/bench/bench_loss
 	$(BUILD)/bench/bench_loss
 
+# ---- fuzzing ----------------------------------------------------------------
+# libFuzzer harnesses (fuzz/fuzz_*.c) built with Debian's clang under ASan
+# and UBSan. `make fuzz FUZZ_SECONDS=N` runs each for N seconds over its
+# committed seeds (fuzz/corpus/<name>) and what earlier runs found
+# (build/fuzz/corpus/<name>); a crash stops the run and is saved in
+# build/fuzz/crashes/. Full logs: build/fuzz/<name>.log.
+FUZZ_CC      ?= clang-14
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD   := build/fuzz
+FUZZ_CFLAGS  := -std=c11 -g -O1 -D_GNU_SOURCE -Iinclude -Isrc -pthread \
+                -fsanitize=fuzzer,address,undefined \
+                -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_SRCS    := src/codec_json.c src/codec_oip.c src/codec_util.c \
+                src/request.c src/inflate.c src/status.c src/config.c
+FUZZERS      := $(patsubst fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard fuzz/fuzz_*.c))
+
+.PHONY: deps-fuzz
+deps-fuzz:
+	@$(MAKE) --no-print-directory deps-c APT_PKGS="clang-14 libclang-rt-14-dev"
+
+$(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_util.h $(FUZZ_SRCS) $(wildcard src/*.h) | deps-c deps-fuzz
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_SRCS) -lcjson -lz -lm
+
+fuzz: $(FUZZERS)
+	@set -e; mkdir -p $(FUZZ_BUILD)/crashes; for f in $(FUZZERS); do \
+	  h=$${f##*/}; mkdir -p $(FUZZ_BUILD)/corpus/$$h; \
+	  echo "== $$h: $(FUZZ_SECONDS) s"; \
+	  if ! nice -n 10 $$f -max_total_time=$(FUZZ_SECONDS) -max_len=16384 \
+	       -timeout=10 -print_final_stats=1 \
+	       -artifact_prefix=$(FUZZ_BUILD)/crashes/$$h- \
+	       $(FUZZ_BUILD)/corpus/$$h fuzz/corpus/$$h \
+	       > $(FUZZ_BUILD)/$$h.log 2>&1; then \
+	    tail -n 60 $(FUZZ_BUILD)/$$h.log; echo "fuzz: $$h failed"; exit 1; fi; \
+	  grep -aE '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' \
+	    $(FUZZ_BUILD)/$$h.log; \
+	  grep -aE '^#[0-9]+[[:space:]]+DONE' $(FUZZ_BUILD)/$$h.log | tail -n 1; \
+	done
+
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/circle
 	install -m 755 $(BUILD)/circled $(DESTDIR)$(PREFIX)/bin/circled

@@ -1,0 +1,102 @@
+/* fuzz_json.c -- libFuzzer harness for the /v1/loss JSON codec. The whole
+ * input is a request body. It must keep true: circle_json_decode never
+ * crashes, leaks or reads out of bounds; a rejection is a 4xx with a
+ * printable message; an accepted request is within the limits with finite
+ * numbers; and circle_json_encode of it writes valid JSON whose numbers
+ * read back bit for bit (the fake outputs are the request's own numbers).
+ *
+ *   make fuzz FUZZ_SECONDS=60    (all harnesses; see the Makefile)
+ *   build/fuzz/fuzz_json -max_total_time=60 build/fuzz/corpus/fuzz_json \
+ *       fuzz/corpus/fuzz_json
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "codec_json.h"
+#include "fuzz_util.h"
+
+/* Encodes req with outputs made of its own numbers and checks the response:
+ * valid JSON, every number back bit for bit, n, d, dtype and the config
+ * echo as decoded. */
+static void check_encoding(const circle_request *req) {
+  circle_output out;
+  if (!fuzz_output_make(req, &out)) return;
+  circle_buf b;
+  circle_buf_init(&b);
+  int rc = circle_json_encode(req, &out, &b);
+  FUZZ_CHECK(rc == 0 && !b.failed, "encode failed: %d", rc);
+  cJSON *root = fuzz_parse_exact(b.data, b.len);
+  FUZZ_CHECK(root != NULL, "the response is not JSON: %.200s", b.data);
+  circle_dtype dt = req->cfg.dtype;
+  const cJSON *it;
+  it = cJSON_GetObjectItemCaseSensitive(root, "n");
+  FUZZ_CHECK(cJSON_IsNumber(it) && it->valuedouble == (double)req->n, "n");
+  it = cJSON_GetObjectItemCaseSensitive(root, "d");
+  FUZZ_CHECK(cJSON_IsNumber(it) && it->valuedouble == (double)req->d, "d");
+  it = cJSON_GetObjectItemCaseSensitive(root, "dtype");
+  FUZZ_CHECK(cJSON_IsString(it) &&
+                 strcmp(it->valuestring, circle_dtype_name(dt)) == 0,
+             "dtype");
+  if (req->want & CIRCLE_OUT_GRAD)
+    fuzz_check_numbers(cJSON_GetObjectItemCaseSensitive(root, "embeddings_grad"),
+                       out.grad, req->n * req->d, dt, "embeddings_grad");
+  if ((req->want & CIRCLE_OUT_REF_GRAD) && req->has_ref)
+    fuzz_check_numbers(
+        cJSON_GetObjectItemCaseSensitive(root, "ref_embeddings_grad"),
+        out.ref_grad, req->m * req->d, dt, "ref_embeddings_grad");
+  if (req->want & CIRCLE_OUT_PER_SAMPLE)
+    fuzz_check_numbers(cJSON_GetObjectItemCaseSensitive(root, "per_sample_loss"),
+                       out.per_sample, req->n, dt, "per_sample_loss");
+  if (req->want & CIRCLE_OUT_LOSS) {
+    it = cJSON_GetObjectItemCaseSensitive(root, "loss");
+    if (circle_reduction_is_elementwise(req->cfg.reduction)) {
+      fuzz_check_numbers(it, out.loss_values, req->n, dt, "loss");
+    } else {
+      FUZZ_CHECK(cJSON_IsNumber(it), "loss is not a number");
+      FUZZ_CHECK(fuzz_same(it->valuedouble, req->x, 0, dt), "loss %.17g",
+                 it->valuedouble);
+    }
+  }
+  /* The config echo reads back as the request's config. */
+  circle_config back = req->cfg;
+  back.gamma = 1;
+  back.margin = 0;
+  char name[128] = "";
+  circle_error err;
+  it = cJSON_GetObjectItemCaseSensitive(root, "config");
+  FUZZ_CHECK(circle_json_config_parse(it, &back, name, sizeof name, &err) == 0,
+             "the config echo does not parse: %s", err.message);
+  FUZZ_CHECK(memcmp(&back.gamma, &req->cfg.gamma, sizeof back.gamma) == 0 &&
+                 memcmp(&back.margin, &req->cfg.margin, sizeof back.margin) == 0 &&
+                 back.reduction == req->cfg.reduction &&
+                 back.remove_diagonal == req->cfg.remove_diagonal,
+             "the config echo differs");
+  FUZZ_CHECK(strcmp(name, req->name) == 0, "the name echo differs");
+  cJSON_Delete(root);
+  circle_buf_free(&b);
+  fuzz_output_free(&out);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  circle_limits lim;
+  fuzz_limits(&lim);
+  circle_config defaults;
+  circle_config_init(&defaults);
+  circle_request req;
+  circle_request_init(&req);
+  circle_error err;
+  memset(&err, 0, sizeof err);
+  int rc = circle_json_decode((const char *)data, size, &defaults, "circle",
+                              &lim, &req, &err);
+  if (rc != 0) {
+    fuzz_check_rejection(rc, &req, &err, circle_json_error);
+    return 0;
+  }
+  FUZZ_CHECK(req.proto == CIRCLE_PROTO_V1, "proto");
+  fuzz_check_request(&req, &lim);
+  check_encoding(&req);
+  circle_request_free(&req);
+  return 0;
+}

@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""seeds.py -- writes the fuzzers' seed corpora (fuzz/corpus/<harness>/).
+
+Small valid requests of every shape the codecs accept, and near-valid ones
+that stop at each kind of check (duplicate keys, ragged rows, truncation,
+binary sizes that do not add up, corrupt compressed streams). The files are
+committed; run this again only to change them:
+
+    python3 fuzz/seeds.py fuzz/corpus
+"""
+import gzip
+import json
+import os
+import struct
+import sys
+import zlib
+
+
+def v1_seeds():
+    s = {}
+    base = {"labels": [0, 1, 0, 1], "embeddings": [[1, 0], [0, 1], [0.6, 0.8], [-0.8, 0.6]]}
+    s["minimal"] = base
+    s["full"] = {
+        "labels": ["cat", "dog", "cat"],
+        "embeddings": [[0.1, 0.2, 0.3], [0.3, -0.2, 0.1], [1e-3, 2.5e2, -7]],
+        "sample_weight": [1, 0.5, 0],
+        "ref_labels": ["dog", "cat"],
+        "ref_embeddings": [[1, 0, 0], [0, 1, 0]],
+        "config": {"name": "circle", "reduction": "sum", "gamma": 64.0,
+                   "margin": 0.25, "remove_diagonal": False, "dtype": "float64"},
+        "normalize": True,
+        "outputs": ["loss", "per_sample_loss", "embeddings_grad", "ref_embeddings_grad", "stats"],
+        "tag": "exp-1.a:b",
+    }
+    s["reduction_none_f32"] = {
+        "labels": [3, 3, 4], "embeddings": [[0.5], [-0.25], [1.5e-39]],
+        "config": {"reduction": None, "fn": "circle", "dtype": None},
+        "sample_weight": None, "tag": None,
+    }
+    s["fn_object"] = {
+        "labels": [1, 2], "embeddings": [[1, 2], [3, 4]],
+        "config": {"fn": {"module": "keras.losses", "class_name": "function",
+                          "config": "circle", "registered_name": None},
+                   "reduction": "mean_with_sample_weight"},
+        "outputs": ["loss"],
+    }
+    s["ref_grad_only"] = {
+        "labels": [0], "embeddings": [[1, 1, 1, 1]],
+        "ref_labels": [0, 1], "ref_embeddings": [[1, 0, 0, 0], [0, 0, 0, 1]],
+        "outputs": ["ref_embeddings_grad"],
+    }
+    out = {k: json.dumps(v).encode() for k, v in s.items()}
+    # Exact text matters for these.
+    out["big_int_labels"] = (b'{"labels": [9007199254740993, 9007199254740992, -9223372036854775808],'
+                             b' "embeddings": [[1],[2],[3]]}')
+    out["int_forms"] = b'{"labels": [1.0, 2e0, -0.0, 1E2], "embeddings": [[1e-320],[-0],[2],[3]]}'
+    out["unicode_labels"] = ('{"labels": ["\\u00e9", "\u00e9", "\\ud83d\\ude00", "a\\nb"], '
+                             '"embeddings": [[1],[2],[3],[4]]}').encode()
+    out["whitespace"] = b' \t\r\n{ "labels" : [ 0 ] , "embeddings" : [ [ 1 ] ] } \n'
+    # Near-valid: each stops at a different check.
+    out["dup_key"] = b'{"labels": [0], "labels": [1], "embeddings": [[1]]}'
+    out["dup_config_key"] = b'{"labels": [0], "embeddings": [[1]], "config": {"gamma": 1, "gamma": 2}}'
+    out["unknown_key"] = b'{"labels": [0], "embeddings": [[1]], "label": [0]}'
+    out["ragged"] = b'{"labels": [0, 1], "embeddings": [[1, 2], [3]]}'
+    out["d_mismatch"] = b'{"labels": [0], "embeddings": [[1, 2]], "ref_labels": [0], "ref_embeddings": [[1]]}'
+    out["half_ref"] = b'{"labels": [0], "embeddings": [[1]], "ref_labels": [0]}'
+    out["mixed_labels"] = b'{"labels": [0, "a"], "embeddings": [[1], [2]]}'
+    out["non_finite"] = b'{"labels": [0], "embeddings": [[1e400]]}'
+    out["f32_overflow"] = b'{"labels": [0], "embeddings": [[1e39]]}'
+    out["negative_weight"] = b'{"labels": [0], "embeddings": [[1]], "sample_weight": [-1]}'
+    out["too_many_rows"] = json.dumps({"labels": list(range(50)), "embeddings": [[1]] * 50}).encode()
+    out["too_many_pairs"] = json.dumps({"labels": list(range(40)), "embeddings": [[1]] * 40}).encode()
+    out["too_deep"] = b'{"labels": [0], "embeddings": ' + b"[" * 20 + b"1" + b"]" * 20 + b"}"
+    out["trailing_comma"] = b'{"labels": [0,], "embeddings": [[1]]}'
+    out["trailing_garbage"] = b'{"labels": [0], "embeddings": [[1]]} x'
+    out["truncated"] = json.dumps(s["full"]).encode()[:97]
+    out["nul_escape"] = b'{"labels": ["a\\u0000b"], "embeddings": [[1]]}'
+    out["bad_surrogate"] = b'{"labels": ["\\ud800"], "embeddings": [[1]]}'
+    out["long_number"] = b'{"labels": [0], "embeddings": [[' + b"1" * 70 + b"]]}"
+    out["bad_tag"] = b'{"labels": [0], "embeddings": [[1]], "tag": "a b"}'
+    out["bad_output"] = b'{"labels": [0], "embeddings": [[1]], "outputs": ["loss", "loss"]}'
+    out["normalize_conflict"] = (b'{"labels": [0], "embeddings": [[1]], "normalize": true,'
+                                 b' "config": {"normalize": false}}')
+    out["not_object"] = b"[1, 2, 3]"
+    out["empty"] = b""
+    return out
+
+
+def oip_header(inputs, outputs=None, parameters=None, rid=None):
+    req = {"inputs": inputs}
+    if rid is not None:
+        req["id"] = rid
+    if outputs is not None:
+        req["outputs"] = outputs
+    if parameters is not None:
+        req["parameters"] = parameters
+    return json.dumps(req).encode()
+
+
+def binary_request(tensors, outputs=None, parameters=None):
+    """tensors: (name, datatype, shape, raw bytes); returns header, body."""
+    inputs = [{"name": n, "datatype": t, "shape": sh,
+               "parameters": {"binary_data_size": len(raw)}} for n, t, sh, raw in tensors]
+    h = oip_header(inputs, outputs, parameters)
+    return h, h + b"".join(raw for _, _, _, raw in tensors)
+
+
+def framed(mode, header_len, body):
+    """The harness' input: mode byte, header length (0xffff: none), body."""
+    return bytes([mode]) + struct.pack("<H", header_len) + body
+
+
+def oip_seeds():
+    s = {}
+    js = oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [3], "data": [0, 1, 0]},
+        {"name": "embeddings", "datatype": "FP32", "shape": [3, 2],
+         "data": [1, 0, 0, 1, 0.6, 0.8]}])
+    s["json_flat"] = framed(0, 0xffff, js)
+    nested = oip_header([
+        {"name": "labels", "datatype": "INT32", "shape": [2, 1], "data": [[5], [6]]},
+        {"name": "embeddings", "datatype": "FP64", "shape": [2, 2], "data": [[1, 2], [3, 4]]},
+        {"name": "sample_weight", "datatype": "FP64", "shape": [2], "data": [1, 2]},
+        {"name": "ref_labels", "datatype": "INT64", "shape": [1], "data": [5]},
+        {"name": "ref_embeddings", "datatype": "FP64", "shape": [1, 2], "data": [[0, 1]]}],
+        outputs=[{"name": "loss"}, {"name": "ref_embeddings_grad", "parameters": {"binary_data": True}}],
+        parameters={"gamma": 32, "margin": 0.1, "remove_diagonal": False, "reduction": "none",
+                    "normalize": True, "tag": "t1", "sequence_id": 0, "priority": 0},
+        rid="req-1")
+    s["json_nested_ref"] = framed(0, 0xffff, nested)
+    labels = struct.pack("<3q", 0, 1, 0)
+    emb = struct.pack("<6f", 1, 0, 0, 1, 0.6, 0.8)
+    h, body = binary_request([("labels", "INT64", [3], labels), ("embeddings", "FP32", [3, 2], emb)],
+                             parameters={"binary_data_output": True})
+    s["binary_fp32"] = framed(0, len(h), body)
+    h16, b16 = binary_request([
+        ("labels", "INT32", [2], struct.pack("<2i", 1, 2)),
+        ("embeddings", "FP16", [2, 2], struct.pack("<4e", 1.0, -2.0, 65504.0, 6e-8))])
+    s["binary_fp16"] = framed(0, len(h16), b16)
+    hb, bb = binary_request([
+        ("labels", "INT32", [2], struct.pack("<2i", 1, 2)),
+        ("embeddings", "BF16", [2, 2], struct.pack("<4H", 0x3f80, 0xbf80, 0x4000, 0x0001))],
+        outputs=[{"name": "embeddings_grad", "parameters": {"binary_data": False}}],
+        parameters={"dtype": "float64"})
+    s["binary_bf16"] = framed(0, len(hb), bb)
+    h64, b64 = binary_request([
+        ("labels", "INT64", [2], struct.pack("<2q", 2**62, -(2**62))),
+        ("embeddings", "FP64", [2, 1], struct.pack("<2d", 0.5, -0.25)),
+        ("ref_labels", "INT64", [1], struct.pack("<q", 2**62)),
+        ("ref_embeddings", "FP64", [1, 1], struct.pack("<d", 1.0))])
+    s["binary_fp64_ref"] = framed(0, len(h64), b64)
+    # Compressed bodies, as a client would send them (modes 1 and 2) ...
+    s["gzip_json"] = framed(1, 0xffff, gzip.compress(js, mtime=0))
+    s["gzip_binary"] = framed(1, len(h), gzip.compress(body, mtime=0))
+    s["gzip_two_members"] = framed(1, 0xffff, gzip.compress(js[:40], mtime=0) + gzip.compress(js[40:], mtime=0))
+    s["deflate_zlib"] = framed(2, 0xffff, zlib.compress(nested))
+    raw = zlib.compressobj(6, zlib.DEFLATED, -15)
+    s["deflate_raw"] = framed(2, len(h), raw.compress(body) + raw.flush())
+    # ... and plain bodies the harness compresses (modes 3, 4; the variant
+    # bits pick zlib or raw and the cap around the length).
+    s["compress_here_gzip"] = framed(3, len(h), body)
+    s["compress_here_zlib_cap_below"] = framed(4, 0xffff, js)
+    s["compress_here_raw_cap_above"] = framed(4 + 5 * 5, len(h16), b16)
+    # Near-valid.
+    s["gzip_truncated"] = framed(1, 0xffff, gzip.compress(js, mtime=0)[:-6])
+    s["gzip_garbage_after"] = framed(1, 0xffff, gzip.compress(js, mtime=0) + b"xyz")
+    s["gzip_bomb"] = framed(1, 0xffff, gzip.compress(b" " * (1 << 20), mtime=0))
+    s["binary_size_mismatch"] = framed(0, len(h), body[:-4])
+    s["binary_extra_bytes"] = framed(0, len(h), body + b"\0\0\0\0")
+    s["header_len_past_end"] = framed(0, len(body) + 10, body)
+    s["header_len_short"] = framed(0, len(h) - 1, body)
+    dup = oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [1], "data": [0]},
+        {"name": "labels", "datatype": "INT64", "shape": [1], "data": [0]},
+        {"name": "embeddings", "datatype": "FP32", "shape": [1, 1], "data": [1]}])
+    s["duplicate_input"] = framed(0, 0xffff, dup)
+    s["duplicate_key"] = framed(0, 0xffff, b'{"inputs": [], "inputs": []}')
+    s["shape_overflow"] = framed(0, 0xffff, oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [4294967296, 4294967296],
+         "parameters": {"binary_data_size": 0}},
+        {"name": "embeddings", "datatype": "FP32", "shape": [1, 1], "data": [1]}]))
+    s["shape_data_mismatch"] = framed(0, 0xffff, oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [2], "data": [0]},
+        {"name": "embeddings", "datatype": "FP32", "shape": [2, 1], "data": [1, [2]]}]))
+    s["int32_range"] = framed(0, 0xffff, oip_header([
+        {"name": "labels", "datatype": "INT32", "shape": [1], "data": [2147483648]},
+        {"name": "embeddings", "datatype": "FP32", "shape": [1, 1], "data": [1]}]))
+    s["int64_huge"] = framed(0, 0xffff, b'{"inputs": [{"name": "labels", "datatype": "INT64", "shape": [2], '
+                                        b'"data": [9223372036854775807, 9223372036854775808]}, '
+                                        b'{"name": "embeddings", "datatype": "FP32", "shape": [2, 1], "data": [1, 2]}]}')
+    s["shared_memory"] = framed(0, 0xffff, oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [1],
+         "parameters": {"shared_memory_region": "r"}},
+        {"name": "embeddings", "datatype": "FP32", "shape": [1, 1], "data": [1]}]))
+    s["fp16_inf"] = framed(0, len(h16), b16[:len(h16)] + struct.pack("<2i", 1, 2) + struct.pack("<4H", 0x7c00, 0, 0, 0))
+    s["too_deep"] = framed(0, 0xffff, b'{"inputs": ' + b"[" * 20 + b"]" * 20 + b"}")
+    return s
+
+
+def config_seeds():
+    s = {
+        "keras_default": {"name": "circle", "reduction": "sum_over_batch_size", "gamma": 80.0,
+                          "margin": 0.4, "remove_diagonal": True},
+        "with_dtype": {"name": "my_loss", "reduction": None, "gamma": 1e-300, "margin": -0.0,
+                       "remove_diagonal": False, "dtype": "float64", "normalize": True},
+        "fn_string": {"fn": "circle", "reduction": "none"},
+        "fn_object": {"fn": {"module": "keras.losses", "class_name": "function",
+                             "config": "circle", "registered_name": None}},
+        "long_name": {"name": "n" * 130},
+        "short_name": {"name": "abcdef"},
+        "unicode_name": {"name": "\u00e9\u4e2d\U0001F600"},
+        "empty": {},
+    }
+    out = {k: json.dumps(v).encode() for k, v in s.items()}
+    out["gamma_forms"] = b'{"gamma": 1.7976931348623157e308, "margin": 5e-324}'
+    out["gamma_zero"] = b'{"gamma": 0}'
+    out["gamma_huge"] = b'{"gamma": 1e400}'
+    out["margin_string"] = b'{"margin": "0.4"}'
+    out["dup_key"] = b'{"gamma": 1, "gamma": 1}'
+    out["unknown_key"] = b'{"gama": 1}'
+    out["bad_reduction"] = b'{"reduction": "SUM"}'
+    out["bad_dtype"] = b'{"dtype": "float16"}'
+    out["bad_fn"] = b'{"fn": {"config": "triplet"}}'
+    out["nul_name"] = b'{"name": "a\\u0000b"}'
+    out["control_name"] = b'{"name": "\\u0001\\u001f\\"\\\\"}'
+    out["not_object"] = b'[{"gamma": 1}]'
+    out["number"] = b"80.0"
+    return out
+
+
+def main():
+    root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "corpus")
+    for harness, seeds in (("fuzz_json", v1_seeds()), ("fuzz_oip", oip_seeds()),
+                           ("fuzz_config", config_seeds())):
+        d = os.path.join(root, harness)
+        os.makedirs(d, exist_ok=True)
+        for name, data in seeds.items():
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(data)
+        print(f"{harness}: {len(seeds)} seeds in {d}")
+
+
+if __name__ == "__main__":
+    main()
