@@ -48,7 +48,7 @@ all: $(BUILD)/circled $(BUILD)/libcircle.a $(BUILD)/libcircle.so
 # ---- dependencies -----------------------------------------------------------
 APT_PKGS := build-essential pkg-config libopenblas-dev libmicrohttpd-dev \
             libcjson-dev zlib1g-dev check libcurl4-openssl-dev python3 \
-            python3-venv python3-pip curl
+            python3-venv python3-pip curl prometheus chromium
 
 deps: deps-c deps-py
 
@@ -82,6 +82,9 @@ $(BUILD)/obj/%.o: src/%.c | deps-c
 
 # The loss kernels want the vectorizer (-O3); see CIRCLE__HOT in loss.c.
 $(BUILD)/obj/loss.o $(BUILD)/pic/loss.o: CFLAGS += -O3 -fno-trapping-math
+
+# The dashboard page is embedded with .incbin (see dashboard.c).
+$(BUILD)/obj/dashboard.o: src/dashboard.html
 
 $(BUILD)/pic/%.o: src/%.c | deps-c
 	@mkdir -p $(dir $@)

@@ -67,7 +67,9 @@
 
 #include "codec_json.h"
 #include "codec_oip.h"
+#include "dashboard.h"
 #include "inflate.h"
+#include "metrics.h"
 
 /* Responses smaller than this are sent uncompressed even when the client
  * accepts gzip: the header overhead would outweigh the saving. */
@@ -85,6 +87,7 @@
 struct circle_http {
   struct MHD_Daemon *mhd;
   circle_engine *engine;
+  circle_metrics *metrics;
   circle_http_opts opts; /* opts.api_key points at api_key below */
   char *api_key;         /* NULL: no auth */
   size_t api_key_len;
@@ -108,6 +111,7 @@ typedef enum {
   ROUTE_READYZ,
   ROUTE_CONFIG,
   ROUTE_METRICS,
+  ROUTE_DASHBOARD,
   ROUTE_V1_LOSS,
   ROUTE_V2_SERVER,
   ROUTE_V2_LIVE,
@@ -148,6 +152,7 @@ struct exchange {
   char *body;
   size_t len, cap;
   size_t expect;    /* Content-Length, or SIZE_MAX when chunked */
+  size_t received;  /* body bytes that arrived, kept or not (metrics) */
   size_t discarded; /* bytes dropped after too_large / overloaded */
   bool too_large;
   bool overloaded;
@@ -476,16 +481,56 @@ static enum MHD_Result respond_text(struct exchange *ex, unsigned status,
 /* Metrics hook                                                             */
 /* ======================================================================== */
 
-/* METRICS HOOK -- the metrics module plugs in here (and serves GET /metrics,
- * which answers 404 until then: see handle_get). Called exactly once per
- * finished request, on a network thread, from the completed callback, with
- * the route, the status sent (0 when none was), the body bytes and the
- * wall time since the request's first byte was handled. Must not block. */
+/* Records a finished request in srv->metrics (src/metrics.h; GET /metrics
+ * renders it in handle_get, and job_process records each computation's
+ * loss and stats). Called exactly once per finished request, on a network
+ * thread, from the completed callback, with the route, the status sent (0
+ * when none was), the body bytes both ways and the wall time since the
+ * request's first byte was handled. Lock-free: never blocks. */
 static void metrics_observe(const struct exchange *ex, double ms,
                             enum MHD_RequestTerminationCode toe) {
-  (void)ex;
-  (void)ms;
   (void)toe;
+  circle_endpoint ep;
+  switch (ex->route) {
+  case ROUTE_V1_LOSS:
+    ep = CIRCLE_ENDPOINT_V1_LOSS;
+    break;
+  case ROUTE_V2_INFER:
+    ep = CIRCLE_ENDPOINT_V2_INFER;
+    break;
+  case ROUTE_V2_MODEL:
+  case ROUTE_V2_MODEL_READY:
+    ep = CIRCLE_ENDPOINT_V2_MODEL;
+    break;
+  case ROUTE_V2_SERVER:
+    ep = CIRCLE_ENDPOINT_V2_SERVER;
+    break;
+  case ROUTE_V2_LIVE:
+  case ROUTE_V2_READY:
+    ep = CIRCLE_ENDPOINT_V2_HEALTH;
+    break;
+  case ROUTE_CONFIG:
+    ep = CIRCLE_ENDPOINT_CONFIG;
+    break;
+  case ROUTE_HEALTHZ:
+    ep = CIRCLE_ENDPOINT_HEALTHZ;
+    break;
+  case ROUTE_READYZ:
+    ep = CIRCLE_ENDPOINT_READYZ;
+    break;
+  case ROUTE_METRICS:
+    ep = CIRCLE_ENDPOINT_METRICS;
+    break;
+  case ROUTE_DASHBOARD:
+    ep = CIRCLE_ENDPOINT_DASHBOARD;
+    break;
+  default: /* not found, unknown model */
+    ep = CIRCLE_ENDPOINT_OTHER;
+    break;
+  }
+  circle_metrics_observe_request(ex->srv->metrics, ep,
+                                 ex->answered ? ex->status : 0, ms / 1e3,
+                                 ex->received, ex->answered ? ex->bytes : 0);
 }
 
 /* ======================================================================== */
@@ -513,6 +558,7 @@ static void route(struct exchange *ex, const char *url) {
   } fixed[] = {
       {"/healthz", ROUTE_HEALTHZ},      {"/readyz", ROUTE_READYZ},
       {"/config", ROUTE_CONFIG},        {"/metrics", ROUTE_METRICS},
+      {"/dashboard", ROUTE_DASHBOARD},
       {"/v1/loss", ROUTE_V1_LOSS},      {"/v2", ROUTE_V2_SERVER},
       {"/v2/health/live", ROUTE_V2_LIVE}, {"/v2/health/ready", ROUTE_V2_READY},
   };
@@ -611,11 +657,26 @@ static enum MHD_Result handle_get(struct exchange *ex) {
     circle_buf_init(&b);
     circle_json_config_write(&b, &srv->opts.defaults, srv->opts.name);
     return respond(ex, 200, &b, "application/json");
-  case ROUTE_METRICS:
-    /* METRICS HOOK: the metrics module serves this route. */
-    circle_error_set(&err, 404, "not_found",
-                     "no metrics yet: this build of circled has no /metrics");
-    return respond_error(ex, &err);
+  case ROUTE_METRICS: {
+    circle_metrics_live live = {
+        .requests_in_flight = atomic_load(&srv->active),
+        .queue_depth = circle_engine_queue_depth(srv->engine),
+        .inflight_bytes = atomic_load(&srv->inflight),
+        .inflight_bytes_max = srv->opts.max_inflight,
+        .engine_threads = circle_engine_threads(srv->engine),
+        .draining = atomic_load(&srv->draining),
+    };
+    circle_buf_init(&b);
+    circle_metrics_render(srv->metrics, &live, &b);
+    return respond(ex, 200, &b, CIRCLE_METRICS_CONTENT_TYPE);
+  }
+  case ROUTE_DASHBOARD: {
+    size_t len;
+    const char *page = circle_dashboard_html(&len);
+    circle_buf_init(&b);
+    circle_buf_append(&b, page, len);
+    return respond(ex, 200, &b, CIRCLE_DASHBOARD_CONTENT_TYPE);
+  }
   case ROUTE_V2_SERVER:
     circle_buf_init(&b);
     circle_oip_server_metadata(&b, CIRCLE_HTTP_VERSION);
@@ -819,6 +880,7 @@ static bool job_process(struct exchange *ex) {
     fail(ex, rc, NULL);
     goto done;
   }
+  circle_metrics_observe_compute(srv->metrics, req.tag, &req.cfg, &in, &out);
 
   /* 7. Encode straight into the response buffer. */
   if (ex->route == ROUTE_V1_LOSS) {
@@ -1124,6 +1186,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
   if (*upload_data_size != 0) {
     size_t size = *upload_data_size;
     *upload_data_size = 0;
+    ex->received += size;
     return upload_call(ex, upload_data, size);
   }
 
@@ -1200,6 +1263,7 @@ void circle_http_opts_init(circle_http_opts *opts) {
   snprintf(opts->name, sizeof opts->name, "circle");
   opts->api_key = NULL;
   opts->quiet = false;
+  opts->max_tags = CIRCLE_METRICS_DEFAULT_TAGS;
 }
 
 static void set_why(char *why, size_t why_len, const char *fmt, ...)
@@ -1231,6 +1295,11 @@ int circle_http_init(circle_http **out, const circle_http_opts *opts,
                           "> 0 and finite, margin finite)");
     return CIRCLE_EINVAL;
   }
+  if (opts->max_tags > CIRCLE_METRICS_MAX_TAGS) {
+    set_why(why, why_len, "max-tags must be at most %d",
+            CIRCLE_METRICS_MAX_TAGS);
+    return CIRCLE_EINVAL;
+  }
 
   struct sockaddr_storage ss;
   memset(&ss, 0, sizeof ss);
@@ -1257,9 +1326,15 @@ int circle_http_init(circle_http **out, const circle_http_opts *opts,
   srv->engine = engine;
   srv->opts = *opts;
   srv->opts.api_key = NULL;
+  if (circle_metrics_init(&srv->metrics, opts->max_tags,
+                          CIRCLE_HTTP_VERSION) != CIRCLE_OK) {
+    free(srv);
+    return CIRCLE_ENOMEM;
+  }
   if (opts->api_key && opts->api_key[0]) {
     srv->api_key = strdup(opts->api_key);
     if (!srv->api_key) {
+      circle_metrics_free(srv->metrics);
       free(srv);
       return CIRCLE_ENOMEM;
     }
@@ -1287,6 +1362,7 @@ int circle_http_init(circle_http **out, const circle_http_opts *opts,
             e ? strerror(e) : "libmicrohttpd refused to start");
     pthread_cond_destroy(&srv->cv);
     pthread_mutex_destroy(&srv->mu);
+    circle_metrics_free(srv->metrics);
     free(srv->api_key);
     free(srv);
     return CIRCLE_EINVAL;
@@ -1365,6 +1441,7 @@ void circle_http_free(circle_http *srv) {
   if (!srv) return;
   circle_http_drain(srv, 0);
   MHD_stop_daemon(srv->mhd);
+  circle_metrics_free(srv->metrics);
   pthread_cond_destroy(&srv->cv);
   pthread_mutex_destroy(&srv->mu);
   if (srv->api_key) {

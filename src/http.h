@@ -33,6 +33,8 @@ typedef struct {
                              health endpoints; NULL or "" disables auth.
                              Copied by circle_http_init. */
   bool quiet;             /* no per-request log lines */
+  size_t max_tags;        /* distinct metrics tags with series of their
+                             own; later ones count as "other" (metrics.h) */
 } circle_http_opts;
 
 typedef struct circle_http circle_http;
@@ -40,7 +42,7 @@ typedef struct circle_http circle_http;
 /* Fills *opts with the documented defaults: 127.0.0.1:8080, 2 network
  * threads, 30 s timeout, 1024 connections, 64 MiB bodies, 2048 MiB in
  * flight, circle_limits_init's limits, Keras' default config, name
- * "circle", no auth, logging on. */
+ * "circle", no auth, logging on, 32 metrics tags. */
 void circle_http_opts_init(circle_http_opts *opts);
 
 /* Starts listening. engine must outlive the server. Returns CIRCLE_OK,

@@ -17,6 +17,7 @@
 
 #include "circle/circle.h"
 #include "http.h"
+#include "metrics.h"
 
 /* ======================================================================== */
 /* Settings                                                                 */
@@ -121,6 +122,10 @@ static const flag_spec FLAGS[] = {
      "/readyz and /v2/health/* needs 'Authorization: Bearer <token>'", 0, 0},
     {"quiet", "CIRCLED_QUIET", K_BOOL, "BOOL",
      "no per-request log lines", 0, 0},
+    {"max-tags", "CIRCLED_MAX_TAGS", K_SIZE, "N",
+     "distinct request tags that get metrics series of their own; later "
+     "tags count as tag=\"other\" (bounds /metrics)", 0,
+     CIRCLE_METRICS_MAX_TAGS},
 };
 #define NFLAGS (sizeof FLAGS / sizeof FLAGS[0])
 
@@ -155,6 +160,7 @@ static void *flag_dst(settings *s, size_t i) {
   if (!strcmp(f, "name")) return h->name;
   if (!strcmp(f, "api-key-file")) return &s->api_key_file;
   if (!strcmp(f, "quiet")) return &h->quiet;
+  if (!strcmp(f, "max-tags")) return &h->max_tags;
   return NULL;
 }
 
@@ -328,8 +334,9 @@ static void print_help(settings *defaults) {
       "gradients)\n"
       "over HTTP: POST /v1/loss (JSON), the Open Inference Protocol v2 "
       "(model\n"
-      "\"circle\", JSON and binary tensors), GET /config, /healthz and "
-      "/readyz.\n"
+      "\"circle\", JSON and binary tensors), GET /config, /healthz, "
+      "/readyz,\n"
+      "/metrics (Prometheus) and /dashboard (live charts).\n"
       "\n"
       "Every flag can also be set through the environment variable shown "
       "with it;\n"
