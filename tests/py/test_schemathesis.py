@@ -51,7 +51,7 @@ def test_schemathesis_should_find_no_failure(circled, tmp_path):
            "--checks", "all", "--exclude-checks", "positive_data_acceptance",
            "--max-examples", str(MAX_EXAMPLES), "--seed", SEED,
            "--workers", "2", "--request-timeout", "30",
-           "--generation-database", "none", "--no-color", "--output-truncate", "false"]
+           "--generation-database", "none", "--no-color"]
     for path in excluded:
         cmd += ["--exclude-path", path]
     t0 = time.monotonic()
