@@ -114,6 +114,11 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/libcircle.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libcircle.a $(LDLIBS_ENGINE)
 
+# bench_codec times the codecs too: it links the service objects.
+$(BUILD)/bench/bench_codec: bench/bench_codec.c $(BUILD)/libcircle.a $(SERVER_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(SERVER_OBJS) $(BUILD)/libcircle.a $(LDLIBS_SERVER)
+
 -include $(wildcard $(BUILD)/obj/*.d $(BUILD)/pic/*.d)
 
 # ---- run, test, bench -------------------------------------------------------

@@ -9,6 +9,10 @@
  *        --labels (ints exact to int64, or strings -> ids)--> int64[n], [m]
  *        --embeddings (N x D, ragged rows named)--> cfg.dtype arrays
  *
+ * The embedding matrices of a body of the usual shape skip cJSON: json_fast.c
+ * reads them straight from the text, bit for bit as strtod would, and cJSON
+ * parses the rest (circle_json_decode says how the two paths meet).
+ *
  * Integer labels are read from the double cJSON parsed when they are below
  * 2^53 in magnitude (where every integer is exact) and from the raw text
  * otherwise, so 9007199254740993 and 9007199254740992 stay two labels.
@@ -23,6 +27,7 @@
 #include <cjson/cJSON.h>
 
 #include "codec_util.h"
+#include "json_fast.h"
 
 /* 2^53: every integer of smaller magnitude is exact in a double. */
 #define EXACT_INT_LIMIT 9007199254740992.0
@@ -484,6 +489,42 @@ static int parse_outputs(const cJSON *a, bool has_ref, unsigned *want,
   return 0;
 }
 
+/* The fast path's matrix fm (json_fast.c) in dtype dt, as parse_matrix
+ * would have read it; d as there. Takes fm->v. Any problem is an error
+ * here: the caller then decodes again through cJSON for the message. */
+static int take_fast_matrix(decoder *dc, circle__json_fast_matrix *fm,
+                            size_t rows, size_t *d, circle_dtype dt,
+                            void **out) {
+  if (!fm->found || fm->rows != rows || fm->d > dc->lim->max_d ||
+      (*d && fm->d != *d))
+    return circle_error_set(dc->err, 400, "shape_mismatch", "fast path");
+  size_t count = rows * fm->d;
+  if (dt == CIRCLE_DTYPE_FLOAT32) {
+    float *m = malloc(count ? count * sizeof *m : 1);
+    if (m == NULL) return circle_error_set(dc->err, 503, "overloaded", "fast path");
+    for (size_t i = 0; i < count; i++)
+      if (!store(m, i, fm->v[i], dt)) {
+        free(m);
+        return circle_error_set(dc->err, 400, "non_finite", "fast path");
+      }
+    *out = m;
+  } else {
+    *out = fm->v;
+    fm->v = NULL;
+  }
+  *d = fm->d;
+  return 0;
+}
+
+static int decode(const char *body, size_t len, const circle_config *defaults,
+                  const char *default_name, const circle_limits *lim,
+                  circle_request *req, circle_error *err,
+                  circle__json_fast_body *fb);
+
+/* The embedding matrices are read from the text by json_fast.c when the
+ * body has the common shape (cJSON then parses a copy without them);
+ * whatever goes wrong on that path, the body is decoded again the slow way,
+ * which alone writes errors. Both give the same request, bit for bit. */
 int circle_json_decode(const char *body, size_t len,
                        const circle_config *defaults, const char *default_name,
                        const circle_limits *lim, circle_request *req,
@@ -492,6 +533,22 @@ int circle_json_decode(const char *body, size_t len,
     if (err) circle_error_set(err, 500, "internal", "circle_json_decode: bad argument");
     return CIRCLE_EINVAL;
   }
+  circle__json_fast_body fb;
+  if (circle__json_fast_body_read(body, len, lim->max_depth, lim->max_n,
+                                  lim->max_m, lim->max_d, &fb)) {
+    circle_error ferr;
+    int rc = decode(fb.copy, fb.copy_len, defaults, default_name, lim, req,
+                    &ferr, &fb);
+    circle__json_fast_body_free(&fb);
+    if (rc == 0) return 0;
+  }
+  return decode(body, len, defaults, default_name, lim, req, err, NULL);
+}
+
+static int decode(const char *body, size_t len, const circle_config *defaults,
+                  const char *default_name, const circle_limits *lim,
+                  circle_request *req, circle_error *err,
+                  circle__json_fast_body *fb) {
   circle_request_free(req);
   cJSON *root = circle__json_parse(body ? body : "", len, lim->max_depth, err);
   if (root == NULL) return CIRCLE_EINVAL;
@@ -580,6 +637,7 @@ int circle_json_decode(const char *body, size_t len,
   if (array_len(f[F_EMBEDDINGS].item, "embeddings",
                 "an array of N arrays of D numbers", &rows, err) != 0)
     goto fail;
+  if (fb) rows = fb->emb.rows; /* cut from the text cJSON saw */
   if (rows != n) {
     circle_error_set(err, 400, rows == 0 ? "empty_batch" : "shape_mismatch",
                      "embeddings has %zu rows; expected %zu, one per label",
@@ -604,6 +662,7 @@ int circle_json_decode(const char *body, size_t len,
         array_len(re, "ref_embeddings", "an array of M arrays of D numbers",
                   &mrows, err) != 0)
       goto fail;
+    if (fb) mrows = fb->ref.found ? fb->ref.rows : 0;
     if (m == 0) {
       circle_error_set(err, 400, "empty_batch",
                        "ref_labels is empty; send at least one reference row "
@@ -654,12 +713,14 @@ int circle_json_decode(const char *body, size_t len,
 
   /* Embeddings. */
   size_t d = 0;
-  if (parse_matrix(&dc, f[F_EMBEDDINGS].item, "embeddings", n, &d,
-                   "embeddings[0]", r.cfg.dtype, &r.x) != 0)
+  if (fb ? take_fast_matrix(&dc, &fb->emb, n, &d, r.cfg.dtype, &r.x) != 0
+         : parse_matrix(&dc, f[F_EMBEDDINGS].item, "embeddings", n, &d,
+                        "embeddings[0]", r.cfg.dtype, &r.x) != 0)
     goto fail;
   if (r.has_ref &&
-      parse_matrix(&dc, re, "ref_embeddings", m, &d, "embeddings[0]",
-                   r.cfg.dtype, &r.r) != 0)
+      (fb ? take_fast_matrix(&dc, &fb->ref, m, &d, r.cfg.dtype, &r.r) != 0
+          : parse_matrix(&dc, re, "ref_embeddings", m, &d, "embeddings[0]",
+                         r.cfg.dtype, &r.r) != 0))
     goto fail;
 
   /* Sample weights. */

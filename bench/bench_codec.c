@@ -1,0 +1,225 @@
+/* bench_codec.c -- the /v1 JSON and OIP binary paths of one request without
+ * the network: decode, compute, encode, each timed on its own.
+ *
+ * For each n x d it builds the body a Python client sends (JSON: numbers as
+ * Python prints float32 values made float, about 20 characters each, or
+ * --short: 9 significant digits; OIP: a JSON header plus raw FP32 bytes),
+ * then times in one thread, interleaved round by round:
+ *
+ *   json decode   circle_json_decode (pre-scan + cJSON + conversion)
+ *   compute       circle_loss_compute (loss, per-sample, gradient)
+ *   json encode   circle_json_encode (numbers straight into the buffer)
+ *   oip decode / oip encode   the same for the binary protocol
+ *
+ * and prints medians with throughput: MB/s of JSON text and millions of
+ * numbers per second. Memory per request is measured by circled itself (see
+ * bench/compare/json_vs_binary.py); this tool is for where the CPU goes.
+ *
+ * Usage: bench_codec [--n N,..] [--d D,..] [--reps R] [--short]
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "circle/circle.h"
+#include "codec_json.h"
+#include "codec_oip.h"
+#include "request.h"
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static double median(double *v, int k) {
+  qsort(v, (size_t)k, sizeof *v, cmp_double);
+  return k % 2 ? v[k / 2] : 0.5 * (v[k / 2 - 1] + v[k / 2]);
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static double unif(void) {
+  rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+  return (double)(rng >> 11) / 9007199254740992.0;
+}
+
+static size_t parse_list(const char *s, size_t *out, size_t cap) {
+  size_t k = 0;
+  while (*s && k < cap) {
+    out[k++] = strtoul(s, (char **)&s, 10);
+    if (*s == ',') s++;
+  }
+  return k;
+}
+
+static void die(const char *what) {
+  fprintf(stderr, "bench_codec: %s\n", what);
+  exit(1);
+}
+
+/* Python's repr of a float32 value widened to double: the shortest digits
+ * that round-trip the double (what json.dumps(x.tolist()) writes). */
+static void py_repr(circle_buf *b, double v) { circle_buf_python_float(b, v); }
+
+int main(int argc, char **argv) {
+  circle_blas_ensure_kernel(argc, argv);
+  size_t ns[8] = {64, 1024, 4096}, ds[8] = {128, 512};
+  size_t nn = 3, nd = 2;
+  int reps = 7;
+  bool short_numbers = false;
+  for (int a = 1; a < argc; a++) {
+    if (!strcmp(argv[a], "--n") && a + 1 < argc) nn = parse_list(argv[++a], ns, 8);
+    else if (!strcmp(argv[a], "--d") && a + 1 < argc) nd = parse_list(argv[++a], ds, 8);
+    else if (!strcmp(argv[a], "--reps") && a + 1 < argc) reps = atoi(argv[++a]);
+    else if (!strcmp(argv[a], "--short")) short_numbers = true;
+    else {
+      fprintf(stderr, "usage: %s [--n N,..] [--d D,..] [--reps R] [--short]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (reps < 1 || reps > 1000) reps = 7;
+  circle_engine_opts eo = {.threads = 1};
+  circle_engine *e;
+  if (circle_engine_init(&e, &eo) != CIRCLE_OK) die("engine init failed");
+  circle_limits lim;
+  circle_limits_init(&lim);
+  circle_config defaults;
+  circle_config_init(&defaults);
+
+  printf("# bench_codec: one thread, median of %d, JSON numbers %s\n", reps,
+         short_numbers ? "with 9 significant digits" : "as Python's repr (float32 tolist)");
+  printf("| n | d | numbers in | JSON body KB | json decode ms | decode MB/s | decode Mnum/s"
+         " | compute ms | json encode ms | response KB | encode MB/s | encode Mnum/s"
+         " | oip decode ms | oip encode ms |\n");
+  printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (size_t in_ = 0; in_ < nn; in_++)
+    for (size_t id = 0; id < nd; id++) {
+      size_t n = ns[in_], d = ds[id];
+      /* The JSON body. */
+      circle_buf body;
+      circle_buf_init(&body);
+      float *x = malloc(n * d * sizeof *x);
+      int64_t *lab = malloc(n * sizeof *lab);
+      if (!x || !lab) die("out of memory");
+      for (size_t i = 0; i < n; i++) {
+        lab[i] = (int64_t)(unif() * 16);
+        double ss = 0;
+        for (size_t k = 0; k < d; k++) {
+          double v = unif() - 0.5 + (k == (size_t)lab[i] % d ? 1.0 : 0);
+          x[i * d + k] = (float)v;
+          ss += v * v;
+        }
+        for (size_t k = 0; k < d; k++) x[i * d + k] = (float)(x[i * d + k] / sqrt(ss));
+      }
+      circle_buf_puts(&body, "{\"labels\": [");
+      for (size_t i = 0; i < n; i++) {
+        if (i) circle_buf_puts(&body, ", ");
+        circle_buf_json_uint(&body, (uint64_t)lab[i]);
+      }
+      circle_buf_puts(&body, "], \"embeddings\": [");
+      for (size_t i = 0; i < n; i++) {
+        circle_buf_puts(&body, i ? ", [" : "[");
+        for (size_t k = 0; k < d; k++) {
+          if (k) circle_buf_puts(&body, ", ");
+          if (short_numbers) circle_buf_json_number(&body, x[i * d + k], CIRCLE_DTYPE_FLOAT32);
+          else py_repr(&body, (double)x[i * d + k]);
+        }
+        circle_buf_puts(&body, "]");
+      }
+      circle_buf_puts(&body, "]}");
+      if (body.failed) die("out of memory building the body");
+
+      /* The OIP body: JSON header + labels + embeddings, as tritonclient. */
+      circle_buf oip;
+      circle_buf_init(&oip);
+      circle_buf_printf(&oip,
+                        "{\"inputs\":[{\"name\":\"labels\",\"shape\":[%zu],"
+                        "\"datatype\":\"INT64\",\"parameters\":{\"binary_data_size\":%zu}},"
+                        "{\"name\":\"embeddings\",\"shape\":[%zu,%zu],\"datatype\":\"FP32\","
+                        "\"parameters\":{\"binary_data_size\":%zu}}],"
+                        "\"outputs\":[{\"name\":\"loss\",\"parameters\":{\"binary_data\":true}},"
+                        "{\"name\":\"embeddings_grad\",\"parameters\":{\"binary_data\":true}}]}",
+                        n, n * 8, n, d, n * d * 4);
+      size_t oip_hlen = oip.len;
+      circle_buf_append(&oip, lab, n * 8);
+      circle_buf_append(&oip, x, n * d * 4);
+      if (oip.failed) die("out of memory building the OIP body");
+
+      double t_dec[1000], t_cmp[1000], t_enc[1000], t_odec[1000], t_oenc[1000];
+      size_t resp_len = 0;
+      for (int r = -1; r < reps; r++) {
+        circle_request req;
+        circle_error err;
+        circle_request_init(&req);
+        double t0 = now();
+        if (circle_json_decode(body.data, body.len, &defaults, "circle", &lim, &req, &err) != 0) {
+          fprintf(stderr, "decode: %s\n", err.message);
+          return 1;
+        }
+        double t1 = now();
+        circle_input inp = {.n = req.n, .d = req.d, .labels = req.labels, .embeddings = req.x};
+        circle_output out = {.want = req.want & ~(unsigned)CIRCLE_OUT_REF_GRAD};
+        out.per_sample = malloc(n * 4);
+        out.grad = malloc(n * d * 4);
+        if (circle_reduction_is_elementwise(req.cfg.reduction)) out.loss_values = malloc(n * 4);
+        if (circle_loss_compute(e, &req.cfg, &inp, &out) != CIRCLE_OK) die("compute failed");
+        double t2 = now();
+        circle_buf resp;
+        circle_buf_init(&resp);
+        if (circle_json_encode(&req, &out, &resp) != 0) die("encode failed");
+        double t3 = now();
+        resp_len = resp.len;
+        circle_buf_free(&resp);
+        circle_request_free(&req);
+
+        circle_request oreq;
+        circle_request_init(&oreq);
+        double t4 = now();
+        if (circle_oip_decode(oip.data, oip.len, oip_hlen, &defaults, &lim, &oreq, &err) != 0) {
+          fprintf(stderr, "oip decode: %s\n", err.message);
+          return 1;
+        }
+        double t5 = now();
+        circle_buf oresp;
+        circle_buf_init(&oresp);
+        size_t hl = 0;
+        if (circle_oip_encode(&oreq, &out, &oresp, &hl) != 0) die("oip encode failed");
+        double t6 = now();
+        circle_buf_free(&oresp);
+        circle_request_free(&oreq);
+        free(out.per_sample);
+        free(out.grad);
+        free(out.loss_values);
+        if (r >= 0) {
+          t_dec[r] = t1 - t0;
+          t_cmp[r] = t2 - t1;
+          t_enc[r] = t3 - t2;
+          t_odec[r] = t5 - t4;
+          t_oenc[r] = t6 - t5;
+        }
+      }
+      double dec = median(t_dec, reps), cmp = median(t_cmp, reps),
+             enc = median(t_enc, reps), odec = median(t_odec, reps),
+             oenc = median(t_oenc, reps);
+      double nin = (double)(n * d + n), nout = (double)(n * d + n + 1);
+      printf("| %zu | %zu | %.0f | %.0f | %.3f | %.0f | %.1f | %.3f | %.3f | %.0f | %.0f | %.1f"
+             " | %.3f | %.3f |\n",
+             n, d, nin, body.len / 1e3, dec * 1e3, body.len / dec / 1e6, nin / dec / 1e6,
+             cmp * 1e3, enc * 1e3, resp_len / 1e3, resp_len / enc / 1e6, nout / enc / 1e6,
+             odec * 1e3, oenc * 1e3);
+      fflush(stdout);
+      circle_buf_free(&body);
+      circle_buf_free(&oip);
+      free(x);
+      free(lab);
+    }
+  circle_engine_free(e);
+  return 0;
+}

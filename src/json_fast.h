@@ -1,0 +1,71 @@
+/* json_fast.h -- the /v1 codec's fast path for big numeric arrays: correctly
+ * rounded JSON numbers without strtod, and the embedding matrices of a
+ * request body read straight from its text instead of through a cJSON node
+ * per number. Internal to the codecs.
+ *
+ * The fast path never decides what a request means: it either produces
+ * exactly the numbers the cJSON path would (bit for bit) or gives up, and the
+ * caller then runs the cJSON path, which owns every error message.
+ */
+#ifndef CIRCLE_JSON_FAST_H
+#define CIRCLE_JSON_FAST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Parses one strict JSON number (RFC 8259 grammar, no leading '+', no
+ * leading zeros, digits on both sides of '.') starting at p, not reading at
+ * or past end. On success stores the double strtod would give for the same
+ * text (correctly rounded, -0 kept, overflow to +-inf) in *out and returns
+ * the number of characters used; returns 0 (and leaves *out alone) when p
+ * does not start a JSON number or the number is longer than 63 characters
+ * (the codecs' limit). Thread-safe. */
+size_t circle__json_fast_number(const char *p, const char *end, double *out);
+
+/* A matrix read from the text of a request body. */
+typedef struct {
+  bool found;     /* the member was present and read */
+  size_t begin;   /* byte offsets of its value: [begin, end) */
+  size_t end;
+  size_t rows, d; /* rows >= 1, d >= 1 */
+  double *v;      /* rows * d values, row-major; malloc'd, owner frees */
+} circle__json_fast_matrix;
+
+/* The big arrays of a /v1 body. */
+typedef struct {
+  circle__json_fast_matrix emb, ref;
+  char *copy;      /* the body with those values cut down to [] */
+  size_t copy_len; /* its length (a NUL follows) */
+} circle__json_fast_body;
+
+/* Walks the top-level object of a /v1 body and reads the values of
+ * "embeddings" and "ref_embeddings" (when present) as rectangular matrices
+ * of finite numbers, with at most max_rows rows (max_ref_rows for the
+ * reference set) and max_d columns. On success fills *fb, including a
+ * malloc'd NUL-terminated copy of the body in which those values are cut
+ * down to [], and returns true; the caller frees with
+ * circle__json_fast_body_free. Returns false, with *fb empty, whenever the
+ * body is anything but that common shape: not an object, a key with an
+ * escape, a repeated key, no "embeddings", a ragged or empty row, a value
+ * that is not a number, a number outside double range or over 63
+ * characters, a limit passed, malformed JSON, or out of memory. The cJSON
+ * path then decides. Thread-safe. */
+bool circle__json_fast_body_read(const char *body, size_t len, size_t max_depth,
+                                 size_t max_rows, size_t max_ref_rows,
+                                 size_t max_d, circle__json_fast_body *fb);
+
+/* Frees what circle__json_fast_body_read allocated and empties *fb. NULL is a
+ * no-op. */
+void circle__json_fast_body_free(circle__json_fast_body *fb);
+
+/* The 128-bit power of ten the Eisel-Lemire step uses for 10^e, rounded
+ * down and shifted so bit 127 is set: *hi, *lo. False outside the table
+ * (e < -348 or e > 347). For tests. */
+bool circle__json_fast_pow10(int e, uint64_t *hi, uint64_t *lo);
+
+/* When false, circle__json_fast_body_read always returns false (the tests
+ * compare both paths with it). Default true. Not thread-safe to change. */
+extern bool circle__json_fast_enabled;
+
+#endif /* CIRCLE_JSON_FAST_H */
