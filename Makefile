@@ -40,15 +40,18 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsu
 VENV      := $(BUILD)/venv
 VENV_PY   := $(CURDIR)/$(VENV)/bin/python
 
-.PHONY: all run test test-c test-py bench golden install clean deps deps-c deps-py fuzz soak
+.PHONY: all run test test-c test-py bench golden install clean deps deps-c deps-test deps-py fuzz soak
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/circled $(BUILD)/libcircle.a $(BUILD)/libcircle.so
 
 # ---- dependencies -----------------------------------------------------------
+# What building and the C tests need (the Docker build stage uses these)...
 APT_PKGS := build-essential pkg-config libopenblas-dev libmicrohttpd-dev \
-            libcjson-dev zlib1g-dev check libcurl4-openssl-dev python3 \
-            python3-venv python3-pip curl prometheus chromium
+            libcjson-dev zlib1g-dev check libcurl4-openssl-dev
+# ...and what only the Python tests need: the venv, a real Prometheus server
+# scraping /metrics, headless Chromium for /dashboard.
+TEST_APT_PKGS := python3 python3-venv python3-pip curl prometheus chromium
 
 deps: deps-c deps-py
 
@@ -73,7 +76,10 @@ $(VENV)/.stamp: tests/requirements.txt
 	$(VENV)/bin/pip install -q -r tests/requirements.txt
 	@touch $@
 
-deps-py: deps-c $(VENV)/.stamp
+deps-test:
+	@$(MAKE) --no-print-directory deps-c APT_PKGS="$(TEST_APT_PKGS)"
+
+deps-py: deps-c deps-test $(VENV)/.stamp
 
 # ---- build ------------------------------------------------------------------
 $(BUILD)/obj/%.o: src/%.c | deps-c
