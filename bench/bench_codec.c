@@ -12,20 +12,28 @@
  *   oip decode / oip encode   the same for the binary protocol
  *
  * and prints medians with throughput: MB/s of JSON text and millions of
- * numbers per second. Memory per request is measured by circled itself (see
- * bench/compare/json_vs_binary.py); this tool is for where the CPU goes.
+ * numbers per second.
  *
- * Usage: bench_codec [--n N,..] [--d D,..] [--reps R] [--short]
+ * --mem instead measures what decoding costs in memory: in a fresh child
+ * process per case, the peak resident set (VmHWM) reached while decoding,
+ * minus the resident set just before (the body already built), in bytes
+ * per input number: JSON through the fast path, JSON through cJSON alone
+ * (circle__json_fast_enabled off), and OIP binary.
+ *
+ * Usage: bench_codec [--n N,..] [--d D,..] [--reps R] [--short] [--mem]
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "circle/circle.h"
 #include "codec_json.h"
 #include "codec_oip.h"
+#include "json_fast.h"
 #include "request.h"
 
 static double now(void) {
@@ -68,19 +76,71 @@ static void die(const char *what) {
  * that round-trip the double (what json.dumps(x.tolist()) writes). */
 static void py_repr(circle_buf *b, double v) { circle_buf_python_float(b, v); }
 
+static long status_kb(const char *field) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  long v = -1;
+  size_t fl = strlen(field);
+  while (f && fgets(line, sizeof line, f))
+    if (!strncmp(line, field, fl) && line[fl] == ':') v = atol(line + fl + 1);
+  if (f) fclose(f);
+  return v;
+}
+
+/* In a child process: peak RSS growth (bytes) while decoding body with
+ * kind 0 = JSON fast path, 1 = JSON through cJSON only, 2 = OIP. */
+static double decode_peak_bytes(int kind, const circle_buf *body, size_t hlen,
+                                const circle_limits *lim, const circle_config *defaults) {
+  int fd[2];
+  if (pipe(fd) != 0) die("pipe");
+  pid_t pid = fork();
+  if (pid < 0) die("fork");
+  if (pid == 0) {
+    circle__json_fast_enabled = kind == 0;
+    /* Touch the body so it is resident, then reset the peak to now. */
+    volatile char sink = 0;
+    for (size_t i = 0; i < body->len; i += 4096) sink ^= body->data[i];
+    (void)sink;
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (f) {
+      fputs("5", f); /* resets VmHWM to the current RSS */
+      fclose(f);
+    }
+    long before = status_kb("VmRSS");
+    circle_request req;
+    circle_error err;
+    circle_request_init(&req);
+    int rc = kind == 2 ? circle_oip_decode(body->data, body->len, hlen, defaults, lim, &req, &err)
+                       : circle_json_decode(body->data, body->len, defaults, "circle", lim, &req,
+                                            &err);
+    long peak = status_kb("VmHWM");
+    double grow = rc == 0 ? (double)(peak - before) * 1024.0 : -1.0;
+    if (write(fd[1], &grow, sizeof grow) != (ssize_t)sizeof grow) _exit(1);
+    _exit(0);
+  }
+  close(fd[1]);
+  double grow = -1;
+  if (read(fd[0], &grow, sizeof grow) != (ssize_t)sizeof grow) grow = -1;
+  close(fd[0]);
+  waitpid(pid, NULL, 0);
+  return grow;
+}
+
 int main(int argc, char **argv) {
   circle_blas_ensure_kernel(argc, argv);
   size_t ns[8] = {64, 1024, 4096}, ds[8] = {128, 512};
   size_t nn = 3, nd = 2;
   int reps = 7;
-  bool short_numbers = false;
+  bool short_numbers = false, mem = false;
   for (int a = 1; a < argc; a++) {
     if (!strcmp(argv[a], "--n") && a + 1 < argc) nn = parse_list(argv[++a], ns, 8);
     else if (!strcmp(argv[a], "--d") && a + 1 < argc) nd = parse_list(argv[++a], ds, 8);
     else if (!strcmp(argv[a], "--reps") && a + 1 < argc) reps = atoi(argv[++a]);
     else if (!strcmp(argv[a], "--short")) short_numbers = true;
+    else if (!strcmp(argv[a], "--mem")) mem = true;
     else {
-      fprintf(stderr, "usage: %s [--n N,..] [--d D,..] [--reps R] [--short]\n", argv[0]);
+      fprintf(stderr, "usage: %s [--n N,..] [--d D,..] [--reps R] [--short] [--mem]\n",
+              argv[0]);
       return 2;
     }
   }
@@ -93,12 +153,21 @@ int main(int argc, char **argv) {
   circle_config defaults;
   circle_config_init(&defaults);
 
-  printf("# bench_codec: one thread, median of %d, JSON numbers %s\n", reps,
-         short_numbers ? "with 9 significant digits" : "as Python's repr (float32 tolist)");
-  printf("| n | d | numbers in | JSON body KB | json decode ms | decode MB/s | decode Mnum/s"
-         " | compute ms | json encode ms | response KB | encode MB/s | encode Mnum/s"
-         " | oip decode ms | oip encode ms |\n");
-  printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  if (mem) {
+    printf("# bench_codec --mem: peak RSS growth while decoding, bytes per input number;"
+           " JSON numbers %s\n",
+           short_numbers ? "with 9 significant digits" : "as Python's repr (float32 tolist)");
+    printf("| n | d | JSON body bytes/number | JSON decode (fast path) | JSON decode (cJSON only)"
+           " | OIP body bytes/number | OIP decode |\n");
+    printf("|---:|---:|---:|---:|---:|---:|---:|\n");
+  } else {
+    printf("# bench_codec: one thread, median of %d, JSON numbers %s\n", reps,
+           short_numbers ? "with 9 significant digits" : "as Python's repr (float32 tolist)");
+    printf("| n | d | numbers in | JSON body KB | json decode ms | decode MB/s | decode Mnum/s"
+           " | compute ms | json encode ms | response KB | encode MB/s | encode Mnum/s"
+           " | oip decode ms | oip encode ms |\n");
+    printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  }
   for (size_t in_ = 0; in_ < nn; in_++)
     for (size_t id = 0; id < nd; id++) {
       size_t n = ns[in_], d = ds[id];
@@ -152,6 +221,20 @@ int main(int argc, char **argv) {
       circle_buf_append(&oip, x, n * d * 4);
       if (oip.failed) die("out of memory building the OIP body");
 
+      if (mem) {
+        double nums = (double)(n * d + n);
+        double fast = decode_peak_bytes(0, &body, 0, &lim, &defaults);
+        double slow = decode_peak_bytes(1, &body, 0, &lim, &defaults);
+        double obin = decode_peak_bytes(2, &oip, oip_hlen, &lim, &defaults);
+        printf("| %zu | %zu | %.1f | %.1f | %.1f | %.1f | %.1f |\n", n, d, body.len / nums,
+               fast / nums, slow / nums, oip.len / nums, obin / nums);
+        fflush(stdout);
+        circle_buf_free(&body);
+        circle_buf_free(&oip);
+        free(x);
+        free(lab);
+        continue;
+      }
       double t_dec[1000], t_cmp[1000], t_enc[1000], t_odec[1000], t_oenc[1000];
       size_t resp_len = 0;
       for (int r = -1; r < reps; r++) {

@@ -500,18 +500,23 @@ static int take_fast_matrix(decoder *dc, circle__json_fast_matrix *fm,
     return circle_error_set(dc->err, 400, "shape_mismatch", "fast path");
   size_t count = rows * fm->d;
   if (dt == CIRCLE_DTYPE_FLOAT32) {
-    float *m = malloc(count ? count * sizeof *m : 1);
-    if (m == NULL) return circle_error_set(dc->err, 503, "overloaded", "fast path");
-    for (size_t i = 0; i < count; i++)
-      if (!store(m, i, fm->v[i], dt)) {
-        free(m);
+    /* In place, front to back: float i overwrites bytes of double i / 2,
+     * already read. Then give the upper half back. */
+    char *bytes = (char *)fm->v;
+    for (size_t i = 0; i < count; i++) {
+      double v;
+      memcpy(&v, bytes + i * sizeof(double), sizeof v);
+      float f = (float)v;
+      if (!isfinite(f))
         return circle_error_set(dc->err, 400, "non_finite", "fast path");
-      }
-    *out = m;
+      memcpy(bytes + i * sizeof f, &f, sizeof f);
+    }
+    void *shrunk = realloc(fm->v, count * sizeof(float));
+    *out = shrunk ? shrunk : fm->v;
   } else {
     *out = fm->v;
-    fm->v = NULL;
   }
+  fm->v = NULL;
   *d = fm->d;
   return 0;
 }
