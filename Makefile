@@ -155,6 +155,31 @@ golden: deps-py
 bench: all $(BUILD)/bench/bench_loss
 	$(BUILD)/bench/bench_loss
 
+# `make bench-compare`: circled against Keras 3 + JAX and PyTorch on this
+# machine (bench/compare/compare.py -> build/bench/compare.md), small
+# requests under wrk (small.md), JSON against binary (codecs.md). The
+# frameworks live in their own venv, never in the test venv; torch from PyPI
+# is the CUDA-bundled wheel (the venv is about 6 GB), run on the CPU only.
+BENCH_VENV   := build/bench-venv
+COMPARE_ARGS ?=
+.PHONY: bench-compare deps-bench
+$(BENCH_VENV)/.stamp: bench/compare/requirements.txt
+	@mkdir -p build
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q -r bench/compare/requirements.txt
+	@touch $@
+
+deps-bench: $(BENCH_VENV)/.stamp
+	@$(MAKE) --no-print-directory deps-c APT_PKGS="wrk"
+
+bench-compare: all $(BUILD)/bench/bench_codec deps-bench
+	$(BENCH_VENV)/bin/python bench/compare/compare.py --circled $(BUILD)/circled \
+	  --lib $(BUILD)/libcircle.so $(COMPARE_ARGS)
+	$(BENCH_VENV)/bin/python bench/compare/small_requests.py --circled $(BUILD)/circled
+	$(BENCH_VENV)/bin/python bench/compare/codecs_memory.py --circled $(BUILD)/circled \
+	  --bench-codec $(BUILD)/bench/bench_codec
+
 # ---- fuzzing ----------------------------------------------------------------
 # libFuzzer harnesses (fuzz/fuzz_*.c) built with Debian's clang under ASan
 # and UBSan. `make fuzz FUZZ_SECONDS=N` runs each for N seconds over its
