@@ -192,8 +192,9 @@ FUZZ_BUILD   := build/fuzz
 FUZZ_CFLAGS  := -std=c11 -g -O1 -D_GNU_SOURCE -Iinclude -Isrc -pthread \
                 -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-FUZZ_SRCS    := src/codec_json.c src/codec_oip.c src/codec_util.c \
-                src/request.c src/inflate.c src/status.c src/config.c
+# The codecs and what they use: the service minus the server itself.
+FUZZ_SRCS    := $(filter-out src/http.c src/metrics.c src/dashboard.c,$(SERVER_SRCS)) \
+                src/status.c src/config.c
 FUZZERS      := $(patsubst fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard fuzz/fuzz_*.c))
 
 .PHONY: deps-fuzz
