@@ -37,7 +37,8 @@ TEST_BINS    := $(ENGINE_TESTS:tests/%.c=$(BUILD)/tests/%) \
                 $(SERVER_TESTS:tests/%.c=$(BUILD)/tests/%)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm)
 
-VENV      := $(BUILD)/venv
+# One venv for both builds: SAN=1 reuses build/venv.
+VENV      := $(if $(filter 1,$(SAN)),build,$(BUILD))/venv
 VENV_PY   := $(CURDIR)/$(VENV)/bin/python
 
 .PHONY: all run test test-c test-py bench golden install clean deps deps-c deps-test deps-py fuzz soak
@@ -145,9 +146,11 @@ test-py: all deps-py
 	  CIRCLED_BIN=$(CURDIR)/$(BUILD)/circled KERAS_BACKEND=jax $(VENV_PY) -m pytest -q tests/py; \
 	fi
 
+# SAN=1 runs the check binaries under ASan + UBSan (LSan included); the
+# Python tests always run against the normal build.
 test: deps
 	$(MAKE) test-c
-	$(MAKE) test-py
+	$(MAKE) test-py SAN=0
 
 golden: deps-py
 	KERAS_BACKEND=jax $(VENV_PY) tests/golden/generate.py tests/golden
