@@ -102,7 +102,7 @@ class Worker:
             self.proc.wait()
             self.proc = None
 
-    def ask(self, msg, limit_s):
+    def ask(self, msg, limit_s, what="skipped (>%d s)"):
         """Sends msg; returns the answer or raises Skip on time or memory."""
         if not self.alive():
             self.start()
@@ -113,7 +113,7 @@ class Worker:
             left = deadline - time.monotonic()
             if left <= 0:
                 self.kill()
-                raise Skip("skipped (>%d s)" % self.limit_s)
+                raise Skip(what % limit_s)
             r, _, _ = select.select([self.proc.stdout], [], [], min(left, 0.05))
             if r:
                 line = self.proc.stdout.readline()
@@ -207,6 +207,7 @@ def main():
     os.makedirs(os.path.join(ROOT, "build", "bench", "data"), exist_ok=True)
 
     env = dict(os.environ, KERAS_BACKEND="jax", CIRCLE_LIB=args.lib,
+               PROBE_LIMIT_S=str(args.limit_s),
                JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
                TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     load_before = uptime_load()
@@ -239,7 +240,8 @@ def main():
                 cell[k] = skipped_from[(k, d)]
                 continue
             try:
-                ans = workers[k].ask({"cmd": "setup", "data": path, "url": url}, 300)
+                ans = workers[k].ask({"cmd": "setup", "data": path, "url": url},
+                                     4 * args.limit_s + 120, "skipped (set-up >%d s)")
                 if ans.get("note"):
                     notes.setdefault((n, d), {})[k] = ans["note"]
                 live.append(k)
