@@ -2,19 +2,24 @@
  * input is a request body. It must keep true: circle_json_decode never
  * crashes, leaks or reads out of bounds; a rejection is a 4xx with a
  * printable message; an accepted request is within the limits with finite
- * numbers; and circle_json_encode of it writes valid JSON whose numbers
- * read back bit for bit (the fake outputs are the request's own numbers).
+ * numbers, each exactly what strtod reads from its text (the decoder has a
+ * parser of its own for big matrices, json_fast.c, which is also fed the
+ * input's first bytes directly); and circle_json_encode of it writes valid
+ * JSON whose numbers read back bit for bit (the fake outputs are the
+ * request's own numbers).
  *
  *   make fuzz FUZZ_SECONDS=60    (all harnesses; see the Makefile)
  *   build/fuzz/fuzz_json -max_total_time=60 build/fuzz/corpus/fuzz_json \
  *       fuzz/corpus/fuzz_json
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>
 
 #include "codec_json.h"
+#include "json_fast.h"
 #include "fuzz_util.h"
 
 /* Encodes req with outputs made of its own numbers and checks the response:
@@ -79,7 +84,46 @@ static void check_encoding(const circle_request *req) {
   fuzz_output_free(&out);
 }
 
+/* The decoder reads big matrices with its own number parser (json_fast.c)
+ * and must store exactly what strtod gives: every accepted number is
+ * compared, bit for bit in the request's dtype, with cJSON's (strtod's)
+ * reading of the same body. */
+static void check_numbers_against_strtod(const uint8_t *data, size_t size,
+                                         const circle_request *req) {
+  cJSON *root = cJSON_ParseWithLengthOpts((const char *)data, size, NULL, 0);
+  FUZZ_CHECK(root != NULL, "decoded, but cJSON cannot parse the body");
+  circle_dtype dt = req->cfg.dtype;
+  fuzz_check_numbers(cJSON_GetObjectItemCaseSensitive(root, "embeddings"),
+                     req->x, req->n * req->d, dt, "embeddings");
+  if (req->has_ref)
+    fuzz_check_numbers(cJSON_GetObjectItemCaseSensitive(root, "ref_embeddings"),
+                       req->r, req->m * req->d, dt, "ref_embeddings");
+  if (req->sw)
+    fuzz_check_numbers(cJSON_GetObjectItemCaseSensitive(root, "sample_weight"),
+                       req->sw, req->n, dt, "sample_weight");
+  cJSON_Delete(root);
+}
+
+/* circle__json_fast_number on the input's first bytes: when it takes a
+ * number, strtod must read the same characters to the same double. */
+static void check_fast_number(const uint8_t *data, size_t size) {
+  double v;
+  const char *p = (const char *)data;
+  size_t n = circle__json_fast_number(p, p + size, &v);
+  if (n == 0) return;
+  FUZZ_CHECK(n <= size && n <= 63, "took %zu characters of %zu", n, size);
+  char buf[64], *end;
+  memcpy(buf, p, n);
+  buf[n] = '\0';
+  double ref = strtod(buf, &end);
+  FUZZ_CHECK(end == buf + n, "strtod reads %d of the %zu characters of %s",
+             (int)(end - buf), n, buf);
+  FUZZ_CHECK(memcmp(&v, &ref, sizeof v) == 0, "%s: %.17g, strtod %.17g", buf,
+             v, ref);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  check_fast_number(data, size);
   circle_limits lim;
   fuzz_limits(&lim);
   circle_config defaults;
@@ -96,6 +140,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   FUZZ_CHECK(req.proto == CIRCLE_PROTO_V1, "proto");
   fuzz_check_request(&req, &lim);
+  check_numbers_against_strtod(data, size, &req);
   check_encoding(&req);
   circle_request_free(&req);
   return 0;

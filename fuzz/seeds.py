@@ -57,6 +57,17 @@ def v1_seeds():
     out["unicode_labels"] = ('{"labels": ["\\u00e9", "\u00e9", "\\ud83d\\ude00", "a\\nb"], '
                              '"embeddings": [[1],[2],[3],[4]]}').encode()
     out["whitespace"] = b' \t\r\n{ "labels" : [ 0 ] , "embeddings" : [ [ 1 ] ] } \n'
+    # Number forms for the decoder's own number parser (json_fast.c).
+    out["fast_numbers"] = (b'{"labels": [0, 1, 2], "embeddings": [[0.1, -2.5e-3, 1e22, 9007199254740993], '
+                           b'[4.9e-324, 2.2250738585072011e-308, -0.0, 123456789012345678901234567890], '
+                           b'[1.7976931348623157e308, 0.30000000000000004, 5e-324, 1E+2]], '
+                           b'"sample_weight": [1.5, 2, 0]}')
+    out["fast_f32_halfway"] = (b'{"labels": [0, 1], "embeddings": [[1.00000005960464477539062500001, '
+                               b'3.4028235677973366e38], [1.401298464324817e-45, 7.006492321624085e-46]], '
+                               b'"config": {"dtype": "float32"}}')
+    out["fast_ref"] = (b'{"labels": ["a", "b"], "ref_labels": ["a"], "embeddings": [[1,2,3],[4,5,6]], '
+                       b'"ref_embeddings": [[0.5,0.25,0.125]], "outputs": ["loss"]}')
+    out["fast_then_fallback"] = b'{"embeddings": [[1, 2], [3, 4]], "labels": [0, 1], "embeddings\\u0000": 1}'
     # Near-valid: each stops at a different check.
     out["dup_key"] = b'{"labels": [0], "labels": [1], "embeddings": [[1]]}'
     out["dup_config_key"] = b'{"labels": [0], "embeddings": [[1]], "config": {"gamma": 1, "gamma": 2}}'
