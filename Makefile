@@ -223,6 +223,36 @@ fuzz: $(FUZZERS)
 	  grep -aE '^#[0-9]+[[:space:]]+DONE' $(FUZZ_BUILD)/$$h.log | tail -n 1; \
 	done
 
+# ---- soak and valgrind ------------------------------------------------------
+# `make soak`: SOAK_SECONDS of mixed valid, invalid and truncated requests
+# over both protocols at 64 connections against a fresh circled; fails on a
+# 5xx, a wrong answer, a crash or 10% RSS growth (tests/load/soak.py).
+SOAK_SECONDS ?= 60
+soak: all
+	$(PYTHON) tests/load/soak.py --duration $(SOAK_SECONDS) --circled $(BUILD)/circled \
+	  --json-out $(BUILD)/soak.json
+
+# `make valgrind`: memcheck over every check binary (normal build; check
+# forks each test and valgrind follows the fork), then over circled itself
+# during a short soak at 8 connections. Any error or leak fails. test_http
+# runs its "own daemon" case only: the shared case times /healthz against a
+# 100 ms limit, which a client under valgrind cannot meet.
+VALGRIND := valgrind --leak-check=full --show-leak-kinds=definite,indirect,possible \
+            --errors-for-leak-kinds=definite,indirect,possible --error-exitcode=99 -q
+VALGRIND_SECONDS ?= 20
+.PHONY: valgrind deps-valgrind
+deps-valgrind:
+	@$(MAKE) --no-print-directory deps-c APT_PKGS="valgrind"
+
+valgrind: all $(TEST_BINS) | deps-valgrind
+	@set -e; export CIRCLED_BIN=$(CURDIR)/$(BUILD)/circled CIRCLE_GOLDEN_DIR=$(CURDIR)/tests/golden \
+	  CK_TIMEOUT_MULTIPLIER=30; \
+	for t in $(TEST_BINS); do echo "== valgrind $$t"; \
+	  if [ "$${t##*/}" = test_http ]; then CK_RUN_CASE="own daemon" $(VALGRIND) $$t; \
+	  else $(VALGRIND) $$t; fi; done
+	$(PYTHON) tests/load/soak.py --duration $(VALGRIND_SECONDS) --connections 8 --no-rss \
+	  --circled $(BUILD)/circled --wrapper "$(VALGRIND)" --json-out $(BUILD)/valgrind-soak.json
+
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/circle
 	install -m 755 $(BUILD)/circled $(DESTDIR)$(PREFIX)/bin/circled
