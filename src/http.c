@@ -44,6 +44,21 @@
  * --max-inflight-mb gets 503 "overloaded" with Retry-After; one that could
  * never fit gets 413. Transient codec memory (a cJSON tree while decoding)
  * is not counted; it is bounded by the number of engine workers.
+ *
+ * Slow clients
+ * ------------
+ * libmicrohttpd's --timeout counts inactivity only, so a client that
+ * trickles a byte now and then keeps its connection (and a body's
+ * reservation) for ever. Every connection therefore has a watch (its
+ * socket context, made and freed by on_connection): since_ms is when it
+ * became ready for its next request (opened, or its previous request
+ * completed) and 0 while nothing is owed (the request is computing or its
+ * answer is going out). A reaper thread shuts down, once, the socket of
+ * every connection that has owed a request for more than
+ * --request-timeout; libmicrohttpd then sees the hang-up and closes it as
+ * usual. srv->watch_mu guards the list; on_connection unlinks a watch
+ * under it before libmicrohttpd closes the socket, so the reaper never
+ * touches a descriptor that has been reused.
  */
 #include "http.h"
 
@@ -102,6 +117,22 @@ struct circle_http {
   pthread_cond_t cv;  /* signalled when jobs drops */
   size_t jobs;        /* submitted jobs that have not resumed yet */
   bool stopping;      /* no more submissions */
+
+  /* Slow clients (see the essay). */
+  pthread_mutex_t watch_mu;  /* guards the list and reaper_stop */
+  pthread_cond_t watch_cv;   /* wakes the reaper to stop */
+  struct watch *watches;     /* every open connection */
+  bool reaper_stop;
+  bool reaper_started;
+  pthread_t reaper;
+};
+
+/* One connection's request deadline (its socket context). */
+struct watch {
+  struct watch *prev, *next; /* under srv->watch_mu */
+  MHD_socket fd;
+  atomic_llong since_ms; /* monotonic ms when a request became owed; 0: none */
+  bool cut;              /* shut down by the reaper (under watch_mu) */
 };
 
 typedef enum {
@@ -1164,6 +1195,94 @@ static enum MHD_Result final_call(struct exchange *ex) {
   return respond_error(ex, &err);
 }
 
+/* ======================================================================== */
+/* Slow clients: the request deadline                                       */
+/* ======================================================================== */
+
+static long long now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* Starts (owed) or stops the clock of the connection's next request. */
+static void request_owed(struct MHD_Connection *conn, bool owed) {
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  struct watch *w = ci ? ci->socket_context : NULL;
+  if (w) atomic_store(&w->since_ms, owed ? now_ms() : 0);
+}
+
+/* MHD_OPTION_NOTIFY_CONNECTION: links a watch into srv->watches when a
+ * connection opens and unlinks and frees it when it closes (libmicrohttpd
+ * closes the socket only after this returns). */
+static void on_connection(void *cls, struct MHD_Connection *conn,
+                          void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+  circle_http *srv = cls;
+  struct watch *w = *socket_context;
+  if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    w = ci ? calloc(1, sizeof *w) : NULL;
+    if (!w) return; /* no deadline for this one; --timeout still applies */
+    w->fd = ci->connect_fd;
+    atomic_init(&w->since_ms, now_ms());
+    pthread_mutex_lock(&srv->watch_mu);
+    w->next = srv->watches;
+    if (srv->watches) srv->watches->prev = w;
+    srv->watches = w;
+    pthread_mutex_unlock(&srv->watch_mu);
+    *socket_context = w;
+  } else if (w) {
+    pthread_mutex_lock(&srv->watch_mu);
+    if (w->prev) w->prev->next = w->next;
+    else srv->watches = w->next;
+    if (w->next) w->next->prev = w->prev;
+    pthread_mutex_unlock(&srv->watch_mu);
+    *socket_context = NULL;
+    free(w);
+  }
+}
+
+/* The reaper: four sweeps per deadline (at most one a second), each
+ * shutting down the connections whose request is overdue. */
+static void *reaper_main(void *arg) {
+  circle_http *srv = arg;
+  long long limit = (long long)srv->opts.request_timeout_s * 1000;
+  long long period = limit / 4 < 1000 ? limit / 4 : 1000;
+  if (period < 50) period = 50;
+  pthread_mutex_lock(&srv->watch_mu);
+  while (!srv->reaper_stop) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += period / 1000;
+    until.tv_nsec += (period % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+      until.tv_sec++;
+      until.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&srv->watch_cv, &srv->watch_mu, &until);
+    if (srv->reaper_stop) break;
+    long long now = now_ms();
+    size_t cut = 0;
+    for (struct watch *w = srv->watches; w; w = w->next) {
+      long long since = atomic_load(&w->since_ms);
+      if (w->cut || since == 0 || now - since <= limit) continue;
+      shutdown(w->fd, SHUT_RDWR);
+      w->cut = true;
+      cut++;
+    }
+    if (cut && !srv->opts.quiet)
+      fprintf(stderr,
+              "circled: closed %zu connection%s that had not sent a whole "
+              "request within %us (--request-timeout)\n",
+              cut, cut == 1 ? "" : "s", srv->opts.request_timeout_s);
+  }
+  pthread_mutex_unlock(&srv->watch_mu);
+  return NULL;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
                                   const char *url, const char *method,
                                   const char *version, const char *upload_data,
@@ -1193,6 +1312,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     return upload_call(ex, upload_data, size);
   }
 
+  /* The whole request is in: its deadline no longer runs. */
+  request_owed(conn, false);
   if (ex->answered) return MHD_YES;
   if (ex->pending == PENDING_GET) return handle_get(ex);
   if (ex->pending == PENDING_ERROR) return respond_error(ex, &ex->err);
@@ -1216,6 +1337,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn,
                          void **req_cls, enum MHD_RequestTerminationCode toe) {
   circle_http *srv = cls;
   struct exchange *ex = *req_cls;
+  /* Keep-alive: the next request's deadline starts now. */
+  request_owed(conn, true);
   if (!ex) return;
   *req_cls = NULL;
   double ms = ms_since(&ex->t0);
@@ -1258,6 +1381,7 @@ void circle_http_opts_init(circle_http_opts *opts) {
   opts->port = 8080;
   opts->net_threads = 2;
   opts->timeout_s = 30;
+  opts->request_timeout_s = 120;
   opts->max_connections = 1024;
   opts->max_body = (size_t)64 << 20;
   opts->max_inflight = (size_t)2048 << 20;
@@ -1348,6 +1472,8 @@ int circle_http_init(circle_http **out, const circle_http_opts *opts,
   atomic_init(&srv->active, 0);
   pthread_mutex_init(&srv->mu, NULL);
   pthread_cond_init(&srv->cv, NULL);
+  pthread_mutex_init(&srv->watch_mu, NULL);
+  pthread_cond_init(&srv->watch_cv, NULL);
 
   errno = 0;
   srv->mhd = MHD_start_daemon(
@@ -1357,12 +1483,15 @@ int circle_http_init(circle_http **out, const circle_http_opts *opts,
       MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)opts->net_threads,
       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)opts->timeout_s,
       MHD_OPTION_CONNECTION_LIMIT, (unsigned int)opts->max_connections,
-      MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
+      MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+      MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_END);
   if (!srv->mhd) {
     int e = errno;
     set_why(why, why_len, "cannot listen on %s port %u: %s", opts->bind,
             (unsigned)opts->port,
             e ? strerror(e) : "libmicrohttpd refused to start");
+    pthread_cond_destroy(&srv->watch_cv);
+    pthread_mutex_destroy(&srv->watch_mu);
     pthread_cond_destroy(&srv->cv);
     pthread_mutex_destroy(&srv->mu);
     circle_metrics_free(srv->metrics);
@@ -1370,6 +1499,10 @@ int circle_http_init(circle_http **out, const circle_http_opts *opts,
     free(srv);
     return CIRCLE_EINVAL;
   }
+  /* Without the reaper (0, or no thread) --timeout alone guards. */
+  if (opts->request_timeout_s > 0)
+    srv->reaper_started =
+        pthread_create(&srv->reaper, NULL, reaper_main, srv) == 0;
   const union MHD_DaemonInfo *info =
       MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
   srv->port = info ? info->port : opts->port;
@@ -1443,7 +1576,17 @@ void circle_http_drain(circle_http *srv, double timeout_s) {
 void circle_http_free(circle_http *srv) {
   if (!srv) return;
   circle_http_drain(srv, 0);
+  if (srv->reaper_started) {
+    pthread_mutex_lock(&srv->watch_mu);
+    srv->reaper_stop = true;
+    pthread_cond_signal(&srv->watch_cv);
+    pthread_mutex_unlock(&srv->watch_mu);
+    pthread_join(srv->reaper, NULL);
+  }
+  /* Closing the connections frees their watches (on_connection). */
   MHD_stop_daemon(srv->mhd);
+  pthread_cond_destroy(&srv->watch_cv);
+  pthread_mutex_destroy(&srv->watch_mu);
   circle_metrics_free(srv->metrics);
   pthread_cond_destroy(&srv->cv);
   pthread_mutex_destroy(&srv->mu);

@@ -23,6 +23,10 @@ typedef struct {
   uint16_t port;          /* 0 picks a free port (see circle_http_port) */
   unsigned net_threads;   /* libmicrohttpd pool threads (network only) */
   unsigned timeout_s;     /* idle connection timeout, >= 1 */
+  unsigned request_timeout_s; /* a connection that owes a request (opened,
+                                 or its previous one answered) must send it
+                                 whole, head and body, within this; else it
+                                 is closed. 0: no limit */
   unsigned max_connections;
   size_t max_body;        /* request body bytes, as sent (compressed) */
   size_t max_inflight;    /* bytes committed to requests being computed */
@@ -40,9 +44,9 @@ typedef struct {
 typedef struct circle_http circle_http;
 
 /* Fills *opts with the documented defaults: 127.0.0.1:8080, 2 network
- * threads, 30 s timeout, 1024 connections, 64 MiB bodies, 2048 MiB in
- * flight, circle_limits_init's limits, Keras' default config, name
- * "circle", no auth, logging on, 32 metrics tags. */
+ * threads, 30 s idle timeout, 120 s request timeout, 1024 connections,
+ * 64 MiB bodies, 2048 MiB in flight, circle_limits_init's limits, Keras'
+ * default config, name "circle", no auth, logging on, 32 metrics tags. */
 void circle_http_opts_init(circle_http_opts *opts);
 
 /* Starts listening. engine must outlive the server. Returns CIRCLE_OK,

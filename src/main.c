@@ -73,6 +73,10 @@ static const flag_spec FLAGS[] = {
      1e9},
     {"timeout", "CIRCLED_TIMEOUT", K_UINT, "SECONDS",
      "close a connection idle (or sending nothing) for this long", 1, 86400},
+    {"request-timeout", "CIRCLED_REQUEST_TIMEOUT", K_UINT, "SECONDS",
+     "close a connection that has not sent a whole request (head and body) "
+     "this long after it opened or got its previous answer: slow clients "
+     "and slowloris; 0 means no limit", 0, 86400},
     {"drain-timeout", "CIRCLED_DRAIN_TIMEOUT", K_SECONDS, "SECONDS",
      "on SIGTERM, how long to wait for requests still uploading; requests "
      "already computing are always finished", 0, 86400},
@@ -139,6 +143,7 @@ static void *flag_dst(settings *s, size_t i) {
   if (!strcmp(f, "workers")) return &s->engine.threads;
   if (!strcmp(f, "max-queue")) return &s->engine.max_queue;
   if (!strcmp(f, "timeout")) return &h->timeout_s;
+  if (!strcmp(f, "request-timeout")) return &h->request_timeout_s;
   if (!strcmp(f, "drain-timeout")) return &s->drain_timeout_s;
   if (!strcmp(f, "max-connections")) return &h->max_connections;
   if (!strcmp(f, "max-body-mb")) return &h->max_body;

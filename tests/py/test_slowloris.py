@@ -1,16 +1,14 @@
-"""test_slowloris.py -- hundreds of idle and trickling connections must not
-keep a normal client from an answer within 100 ms, and idle connections are
-closed after --timeout.
+"""test_slowloris.py -- slow clients: hundreds of idle and trickling
+connections must not keep a normal client from an answer within 100 ms;
+idle connections are closed after --timeout and trickling ones after
+--request-timeout, while slow computations and uploads that finish in time
+are left alone.
 
-One circled of its own (--timeout 3). 200 connections open and send nothing,
-150 trickle a request head one byte every 0.4 s and never finish it, 150
-send a complete head announcing a 1 MB body and trickle that body a byte at
-a time. While all 500 are held, a normal client makes fresh-connection
-requests (GET /healthz and a small POST /v1/loss) and every one must be
-answered within 100 ms. Bounded: about 12 s, loopback only.
+Bounded: about 15 s in all, loopback only, one circled per test.
 """
 
 import json
+import random
 import socket
 import sys
 import threading
@@ -20,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "load"))
 from daemon import Circled  # noqa: E402
 
-TIMEOUT_S = 3
+IDLE_TIMEOUT_S = 3
+REQUEST_TIMEOUT_S = 4
 N_IDLE, N_HEAD, N_BODY = 200, 150, 150
 LATENCY_LIMIT_MS = 100.0
 TRICKLE_EVERY_S = 0.4
@@ -34,25 +33,45 @@ def connect(port):
     return s
 
 
+def read_response(s):
+    """Reads one Content-Length response from a blocking socket; returns
+    (status, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v)
+    while len(rest) < length:
+        chunk = s.recv(65536)
+        assert chunk, "connection closed mid-body"
+        rest += chunk
+    return int(head.split(b" ", 2)[1]), rest[:length]
+
+
+def post_head(path, length):
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
 def timed_request(port, method, path, body=b""):
     """One request on a fresh connection; returns (status, ms)."""
     t0 = time.perf_counter()
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     try:
-        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
         if body:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        s.sendall(head.encode() + b"\r\n" + body)
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+            s.sendall(post_head(path, len(body)) + body)
+        else:
+            s.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        status, _ = read_response(s)
     finally:
         s.close()
-    ms = (time.perf_counter() - t0) * 1e3
-    return int(data.split(b" ", 2)[1]), ms
+    return status, (time.perf_counter() - t0) * 1e3
 
 
 def closed_by_peer(s):
@@ -64,29 +83,26 @@ def closed_by_peer(s):
         return True
 
 
-def test_slowloris_does_not_starve_a_normal_client():
-    with Circled(["--timeout", str(TIMEOUT_S)]) as d:
+def test_slowloris_does_not_starve_a_normal_client_and_is_closed():
+    with Circled(["--timeout", str(IDLE_TIMEOUT_S), "--request-timeout", str(REQUEST_TIMEOUT_S)]) as d:
+        t_open = time.monotonic()
         idle = [connect(d.port) for _ in range(N_IDLE)]
         heads = [connect(d.port) for _ in range(N_HEAD)]
         bodies = [connect(d.port) for _ in range(N_BODY)]
         for s in heads:
             s.send(b"POST /v1/loss HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         for s in bodies:
-            s.send(b"POST /v1/loss HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                   b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n[")
+            s.send(post_head("/v1/loss", 1000000) + b"[")
 
         stop = threading.Event()
 
         def trickle():
+            # A byte per connection every 0.4 s: never idle long enough for
+            # --timeout, never done.
             while not stop.wait(TRICKLE_EVERY_S):
-                for s in heads:
+                for s in heads + bodies:
                     try:
-                        s.send(b"X")
-                    except OSError:
-                        pass
-                for s in bodies:
-                    try:
-                        s.send(b"1")
+                        s.send(b"1" if s in bodies else b"X")
                     except OSError:
                         pass
 
@@ -95,9 +111,9 @@ def test_slowloris_does_not_starve_a_normal_client():
         try:
             time.sleep(0.5)
             worst = {"healthz": 0.0, "loss": 0.0}
-            deadline = time.monotonic() + 2 * TIMEOUT_S
             n = 0
-            while time.monotonic() < deadline:
+            # Until well past both timeouts (the reaper sweeps once a second).
+            while time.monotonic() - t_open < REQUEST_TIMEOUT_S + 2.5:
                 status, ms = timed_request(d.port, "GET", "/healthz")
                 assert status == 200
                 worst["healthz"] = max(worst["healthz"], ms)
@@ -106,7 +122,6 @@ def test_slowloris_does_not_starve_a_normal_client():
                 worst["loss"] = max(worst["loss"], ms)
                 n += 2
                 time.sleep(0.05)
-            # Past the timeout: every idle connection has been closed.
             idle_closed = sum(closed_by_peer(s) for s in idle)
             head_closed = sum(closed_by_peer(s) for s in heads)
             body_closed = sum(closed_by_peer(s) for s in bodies)
@@ -117,9 +132,66 @@ def test_slowloris_does_not_starve_a_normal_client():
                 s.close()
         print(f"slowloris: {n} requests beside {N_IDLE} idle, {N_HEAD} head- and {N_BODY} "
               f"body-trickling connections; worst /healthz {worst['healthz']:.1f} ms, "
-              f"worst /v1/loss {worst['loss']:.1f} ms; closed after {2 * TIMEOUT_S} s: "
-              f"{idle_closed}/{N_IDLE} idle, {head_closed}/{N_HEAD} head, {body_closed}/{N_BODY} body")
+              f"worst /v1/loss {worst['loss']:.1f} ms; closed: {idle_closed}/{N_IDLE} idle, "
+              f"{head_closed}/{N_HEAD} head, {body_closed}/{N_BODY} body")
         assert worst["healthz"] < LATENCY_LIMIT_MS, worst
         assert worst["loss"] < LATENCY_LIMIT_MS, worst
-        assert idle_closed == N_IDLE, f"only {idle_closed} of {N_IDLE} idle connections were closed"
+        assert idle_closed == N_IDLE, f"{idle_closed} of {N_IDLE} idle connections closed"
+        assert head_closed == N_HEAD, f"{head_closed} of {N_HEAD} head tricklers closed"
+        assert body_closed == N_BODY, f"{body_closed} of {N_BODY} body tricklers closed"
+        assert d.stop() == 0
+
+
+def test_request_timeout_spares_long_computes_and_timely_uploads():
+    rng = random.Random(7)
+    n, dim = 24000, 32
+    big = json.dumps({"labels": [rng.randrange(50) for _ in range(n)],
+                      "embeddings": [[round(rng.uniform(-1, 1), 4) for _ in range(dim)]
+                                     for _ in range(n)],
+                      "outputs": ["loss"]}).encode()
+    # A computation longer than the request timeout: the request was whole
+    # long before, so it is answered.
+    with Circled(["--request-timeout", "1", "--workers", "1"]) as d:
+        s = socket.create_connection(("127.0.0.1", d.port), timeout=60)
+        t0 = time.monotonic()
+        s.sendall(post_head("/v1/loss", len(big)) + big)
+        status, _ = read_response(s)
+        took = time.monotonic() - t0
+        s.close()
+        assert status == 200
+        assert took > 1.5, f"the request took only {took:.2f} s: too short to test this"
+        assert d.stop() == 0
+
+    with Circled(["--request-timeout", "2"]) as d:
+        # Keep-alive: the next request's clock starts at the previous
+        # answer; a body sent in four pieces over 1.2 s is in time.
+        s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+        s.sendall(post_head("/v1/loss", len(BODY)) + BODY)
+        assert read_response(s)[0] == 200
+        time.sleep(0.5)
+        s.sendall(post_head("/v1/loss", len(BODY)))
+        for i in range(4):
+            time.sleep(0.3)
+            s.sendall(BODY[i * len(BODY) // 4:(i + 1) * len(BODY) // 4])
+        assert read_response(s)[0] == 200
+        s.close()
+        # One that takes longer than that is cut off, with no answer.
+        s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+        s.sendall(post_head("/v1/loss", len(BODY)) + BODY[:10])
+        t0 = time.monotonic()
+        gone = False
+        while not gone and time.monotonic() - t0 < 6:
+            try:
+                s.sendall(b" ")  # never idle, never done
+            except OSError:
+                gone = True
+                break
+            time.sleep(0.25)
+            s.setblocking(False)
+            gone = closed_by_peer(s)
+            s.setblocking(True)
+        cut_after = time.monotonic() - t0
+        s.close()
+        assert gone, "a request trickled for 6 s was not cut off"
+        assert 1.5 < cut_after < 4.5, f"cut off after {cut_after:.2f} s"
         assert d.stop() == 0
