@@ -525,7 +525,8 @@ def main():
             fig["rss_kib"] = {"first_peak": max(first), "last_peak": max(last),
                               "first_mean": round(sum(first) / len(first)),
                               "last_mean": round(sum(last) / len(last)),
-                              "growth_pct": round(growth * 100, 2)}
+                              "growth_pct": round(growth * 100, 2),
+                              "trace": [[round(t, 1), r] for t, r in samples[::4]]}
             print(f"soak: VmRSS peak {max(first) / 1024:.1f} MiB in the first {RSS_WINDOW_S:.0f} s, "
                   f"{max(last) / 1024:.1f} MiB in the last (growth {growth * 100:+.1f}%, limit "
                   f"{RSS_LIMIT * 100:.0f}%)")
