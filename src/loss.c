@@ -31,10 +31,6 @@
 
 #include "circle/circle.h"
 #include "pool_impl.h"
-#include <stdio.h>
-#include <time.h>
-static double tnow(void){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+1e-9*t.tv_nsec;}
-#define PH(name, call) do { double _t=tnow(); call; if (getenv("CIRCLE_PHASES")) fprintf(stderr, "%s %.1f ms\n", #name, (tnow()-_t)*1e3); } while (0)
 
 /* Per-row statistics, reduced serially after the row loop. */
 typedef struct {
@@ -441,23 +437,23 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
       nj = (struct CIRCLE__CAT(norm_job, SUF)){                                \
           p->n, in->embeddings, (T *)(mem + p->off_xn),                        \
           (T *)(mem + p->off_inv_x), NULL};                                    \
-      PH(blk_normalize, circle__parallel(e, nb, CIRCLE__CAT(blk_normalize, SUF), &x));            \
+      circle__parallel(e, nb, CIRCLE__CAT(blk_normalize, SUF), &x);            \
       x.X = nj.dst;                                                            \
       x.R = x.X;                                                               \
       if (!p->self) {                                                          \
         nj = (struct CIRCLE__CAT(norm_job, SUF)){                              \
             p->m, in->ref_embeddings, (T *)(mem + p->off_rn),                  \
             (T *)(mem + p->off_inv_r), NULL};                                  \
-        PH(blk_normalize, circle__parallel(e, mb, CIRCLE__CAT(blk_normalize, SUF), &x));          \
+        circle__parallel(e, mb, CIRCLE__CAT(blk_normalize, SUF), &x);          \
         x.R = nj.dst;                                                          \
       }                                                                        \
     }                                                                          \
     if (p->materialize) {                                                      \
-      PH(blk_sim_full, circle__parallel(e, nb, CIRCLE__CAT(blk_sim_full, SUF), &x));             \
-      if (p->self) PH(blk_mirror, circle__parallel(e, nb, CIRCLE__CAT(blk_mirror, SUF), &x));  \
-      PH(blk_rows_full, circle__parallel(e, nb, CIRCLE__CAT(blk_rows_full, SUF), &x));            \
+      circle__parallel(e, nb, CIRCLE__CAT(blk_sim_full, SUF), &x);             \
+      if (p->self) circle__parallel(e, nb, CIRCLE__CAT(blk_mirror, SUF), &x);  \
+      circle__parallel(e, nb, CIRCLE__CAT(blk_rows_full, SUF), &x);            \
     } else {                                                                   \
-      PH(blk_rows_stream, circle__parallel(e, nb, CIRCLE__CAT(blk_rows_stream, SUF), &x));          \
+      circle__parallel(e, nb, CIRCLE__CAT(blk_rows_stream, SUF), &x);          \
     }                                                                          \
     /* Serial reduction in row order, in double. */                            \
     double *vd = (double *)(mem + p->off_vd);                                  \
@@ -476,31 +472,31 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
     if (x.need_g) {                                                            \
       if (p->materialize) {                                                    \
         if (p->self) {                                                         \
-          PH(blk_symmetrize, circle__parallel(e, nb, CIRCLE__CAT(blk_symmetrize, SUF), &x));       \
-          if (want_g) PH(blk_dx_full, circle__parallel(e, nb, CIRCLE__CAT(blk_dx_full, SUF), &x)); \
+          circle__parallel(e, nb, CIRCLE__CAT(blk_symmetrize, SUF), &x);       \
+          if (want_g) circle__parallel(e, nb, CIRCLE__CAT(blk_dx_full, SUF), &x); \
         } else {                                                               \
-          if (want_g) PH(blk_dx_full, circle__parallel(e, nb, CIRCLE__CAT(blk_dx_full, SUF), &x)); \
+          if (want_g) circle__parallel(e, nb, CIRCLE__CAT(blk_dx_full, SUF), &x); \
           if (want_r) {                                                        \
-            PH(blk_scale_x, circle__parallel(e, nb, CIRCLE__CAT(blk_scale_x, SUF), &x));        \
-            PH(blk_dr_full, circle__parallel(e, mb, CIRCLE__CAT(blk_dr_full, SUF), &x));        \
+            circle__parallel(e, nb, CIRCLE__CAT(blk_scale_x, SUF), &x);        \
+            circle__parallel(e, mb, CIRCLE__CAT(blk_dr_full, SUF), &x);        \
           }                                                                    \
         }                                                                      \
       } else {                                                                 \
-        if (want_g) PH(blk_dx_stream, circle__parallel(e, nb, CIRCLE__CAT(blk_dx_stream, SUF), &x)); \
-        if (want_r) PH(blk_dr_stream, circle__parallel(e, mb, CIRCLE__CAT(blk_dr_stream, SUF), &x)); \
+        if (want_g) circle__parallel(e, nb, CIRCLE__CAT(blk_dx_stream, SUF), &x); \
+        if (want_r) circle__parallel(e, mb, CIRCLE__CAT(blk_dr_stream, SUF), &x); \
       }                                                                        \
       if (p->normalize) {                                                      \
         if (want_g) {                                                          \
           nj = (struct CIRCLE__CAT(norm_job, SUF)){                            \
               p->n, NULL, (T *)(mem + p->off_xn), (T *)(mem + p->off_inv_x),   \
               out->grad};                                                      \
-          PH(blk_unnormalize, circle__parallel(e, nb, CIRCLE__CAT(blk_unnormalize, SUF), &x));      \
+          circle__parallel(e, nb, CIRCLE__CAT(blk_unnormalize, SUF), &x);      \
         }                                                                      \
         if (want_r) {                                                          \
           nj = (struct CIRCLE__CAT(norm_job, SUF)){                            \
               p->m, NULL, (T *)(mem + p->off_rn), (T *)(mem + p->off_inv_r),   \
               out->ref_grad};                                                  \
-          PH(blk_unnormalize, circle__parallel(e, mb, CIRCLE__CAT(blk_unnormalize, SUF), &x));      \
+          circle__parallel(e, mb, CIRCLE__CAT(blk_unnormalize, SUF), &x);      \
         }                                                                      \
       }                                                                        \
     }                                                                          \
