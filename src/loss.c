@@ -541,12 +541,12 @@ int circle_loss_compute(circle_engine *engine, const circle_config *cfg,
   if (p.n > (size_t)INT32_MAX || p.m > (size_t)INT32_MAX ||
       p.d > (size_t)INT32_MAX)
     return CIRCLE_EOVERFLOW; /* cblas takes int dimensions */
-  char *mem = aligned_alloc(64, p.total > 0 ? p.total : 64);
+  char *mem = circle__scratch_take(engine, p.total);
   if (mem == NULL) return CIRCLE_ENOMEM;
   if (cfg->dtype == CIRCLE_DTYPE_FLOAT32)
     compute_f(engine, cfg, in, out, &p, mem);
   else
     compute_d(engine, cfg, in, out, &p, mem);
-  free(mem);
+  circle__scratch_give(engine, mem, p.total);
   return CIRCLE_OK;
 }

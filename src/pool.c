@@ -57,6 +57,10 @@ struct circle_engine {
   size_t queued;
   helper *helpers; /* doubly linked, LIFO is fine: all belong to live loops */
   bool stopping;
+  /* One scratch buffer kept between calls (guarded by mu): a fresh large
+   * allocation is mmap'd and page-faulted in on every call otherwise. */
+  void *cache;
+  size_t cache_bytes;
 };
 
 static void run_blocks(loop *l, unsigned ith) {
@@ -188,6 +192,7 @@ void circle_engine_free(circle_engine *e) {
     j->fn(j->arg);
     free(j);
   }
+  free(e->cache);
   pthread_cond_destroy(&e->work);
   pthread_mutex_destroy(&e->mu);
   free(e->threads);
@@ -226,6 +231,38 @@ int circle_engine_submit(circle_engine *e, void (*fn)(void *arg), void *arg) {
   pthread_mutex_unlock(&e->mu);
   if (rc != CIRCLE_OK) free(j);
   return rc;
+}
+
+void *circle__scratch_take(circle_engine *e, size_t bytes) {
+  if (bytes == 0) bytes = 64;
+  bytes = (bytes + 63) & ~(size_t)63;
+  pthread_mutex_lock(&e->mu);
+  void *p = NULL;
+  /* Reuse the cached buffer when it fits without wasting more than half. */
+  if (e->cache != NULL && e->cache_bytes >= bytes && e->cache_bytes / 2 <= bytes) {
+    p = e->cache;
+    e->cache = NULL;
+    e->cache_bytes = 0;
+  }
+  pthread_mutex_unlock(&e->mu);
+  return p != NULL ? p : aligned_alloc(64, bytes);
+}
+
+void circle__scratch_give(circle_engine *e, void *p, size_t bytes) {
+  if (p == NULL) return;
+  if (bytes == 0) bytes = 64;
+  bytes = (bytes + 63) & ~(size_t)63;
+  void *drop = p;
+  if (bytes <= CIRCLE__SCRATCH_CACHE_MAX) {
+    pthread_mutex_lock(&e->mu);
+    if (e->cache == NULL || e->cache_bytes < bytes) {
+      drop = e->cache; /* keep the larger of the two */
+      e->cache = p;
+      e->cache_bytes = bytes;
+    }
+    pthread_mutex_unlock(&e->mu);
+  }
+  free(drop);
 }
 
 const circle_engine_opts *circle__engine_opts(const circle_engine *e) {

@@ -24,6 +24,16 @@ typedef void (*circle__block_fn)(void *ctx, size_t block, unsigned ith);
 void circle__parallel(circle_engine *engine, size_t nblocks,
                       circle__block_fn body, void *ctx);
 
+/* Largest scratch buffer the engine keeps between calls. */
+#define CIRCLE__SCRATCH_CACHE_MAX ((size_t)128 << 20)
+
+/* Scratch memory for one call, 64-byte aligned: the engine's cached buffer
+ * when it fits, else a fresh allocation. NULL when out of memory. */
+void *circle__scratch_take(circle_engine *engine, size_t bytes);
+/* Returns scratch taken for `bytes`: kept for the next call when it is at
+ * most CIRCLE__SCRATCH_CACHE_MAX and larger than what is kept, else freed. */
+void circle__scratch_give(circle_engine *engine, void *p, size_t bytes);
+
 /* The options the engine was created with, defaults resolved. */
 const circle_engine_opts *circle__engine_opts(const circle_engine *engine);
 

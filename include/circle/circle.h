@@ -25,7 +25,9 @@
  * success, negative on error, and leave their outputs untouched on failure.
  *
  * Thread safety: a circle_engine may be used by any number of threads at
- * once; each circle_loss_compute call is independent.
+ * once; each circle_loss_compute call is independent. An engine keeps at
+ * most one scratch buffer (up to 128 MiB) between calls, so repeated large
+ * batches do not page-fault their working memory in every time.
  */
 #ifndef CIRCLE_CIRCLE_H
 #define CIRCLE_CIRCLE_H
