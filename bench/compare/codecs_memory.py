@@ -162,9 +162,8 @@ def main():
     out.append("Server memory for one request (fresh circled, default flags; peak RSS "
                "growth over the idle server, VmHWM - VmRSS):")
     out.append("")
-    out.append("| N | D | protocol | body MB | peak RSS growth MB | bytes per input number "
-               "| wall s |")
-    out.append("|---:|---:|---|---:|---:|---:|---:|")
+    out.append("| N | D | protocol | body MB | peak RSS growth MB | wall s |")
+    out.append("|---:|---:|---|---:|---:|---:|")
     mem = {}
     for n, d in ((1024, 128), (4096, 128), (4096, 512)):
         labels, x = data(n, d)
@@ -174,9 +173,9 @@ def main():
                 nbytes = n * 8 + n * d * 4
             grow = peak - before
             mem["%dx%d %s" % (n, d, proto)] = {"body": nbytes, "grow": grow, "s": t}
-            out.append("| %d | %d | %s | %.1f | %.1f | %.0f | %.2f |"
+            out.append("| %d | %d | %s | %.1f | %.1f | %.2f |"
                        % (n, d, "/v1 JSON" if proto == "json" else "OIP binary",
-                          nbytes / 1e6, grow / 2**20, grow / (n * d), t))
+                          nbytes / 1e6, grow / 2**20, t))
             print(out[-1], flush=True)
     out.append("")
 
