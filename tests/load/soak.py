@@ -4,14 +4,17 @@
 Starts circled on loopback, then for --duration seconds keeps --connections
 clients busy with a mix of requests over both protocols:
 
-    valid      /v1 JSON (some gzip'd, some asking for a gzip'd answer),
-               OIP JSON tensors, OIP binary tensors with binary outputs
+    valid      /v1 JSON (some gzip'd, some chunked, some asking for a
+               gzip'd answer), OIP JSON tensors, OIP binary tensors with
+               binary outputs
     invalid    bad JSON, wrong types, duplicate keys, ragged rows, unknown
                keys, binary sizes that do not add up, bad Content-Encoding,
                a deflate bomb, N over --max-n, 404 and 405
     truncated  JSON cut short in a complete HTTP message (400), and bodies
                cut off mid-upload by a client that hangs up (no answer)
     oversize   a Content-Length over --max-body-mb (413 before the body)
+    auth       with --api-key-file, every request carries the token but a
+               few that carry none or a wrong one (401, WWW-Authenticate)
 
 Every answer is checked against what that request must get (status, error
 code, and for 200s the response's shape). The run fails on any 5xx, any
@@ -26,7 +29,7 @@ Retry-After (for runs with tighter limits); a 503 without it always fails.
 
     python3 tests/load/soak.py [--duration 60] [--connections 64]
         [--circled build/circled] [--wrapper "valgrind ..."] [--no-rss]
-        [--json-out figures.json] [--seed 1]
+        [--api-key-file key.txt] [--json-out figures.json] [--seed 1]
 
 Bounded: every loop ends at the deadline, every request has a timeout, and
 nothing leaves 127.0.0.1.
@@ -49,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from daemon import Circled  # noqa: E402
 
 REQUEST_TIMEOUT_S = 30.0
+TOKEN = None               # bearer token of the run (--api-key-file), or None
 MAX_N = 256                # circled --max-n for the run
 MAX_BODY_MB = 1            # circled --max-body-mb
 MAX_INFLATED_MB = 1        # circled --max-inflated-mb
@@ -66,24 +70,38 @@ class Req:
     expect: the status; code: the error code (/v1 shape) or None; check: a
     function of (headers, body) returning an error string or None; cut: send
     only this many body bytes and hang up (no answer expected); close: the
-    server closes the connection after answering."""
+    server closes the connection after answering; chunked: send the body
+    with Transfer-Encoding: chunked; auth: send the bearer token (when the
+    run has one). A Content-Length in headers is sent as given (a body that
+    is announced and never sent)."""
 
     __slots__ = ("kind", "method", "path", "headers", "body", "expect", "code", "check",
-                 "cut", "close")
+                 "cut", "close", "chunked", "auth")
 
     def __init__(self, kind, method, path, body=b"", headers=None, expect=200, code=None,
-                 check=None, cut=None, close=False):
+                 check=None, cut=None, close=False, chunked=False, auth=True):
         self.kind, self.method, self.path, self.body = kind, method, path, body
         self.headers = headers or {}
         self.expect, self.code, self.check, self.cut, self.close = expect, code, check, cut, close
+        self.chunked, self.auth = chunked, auth
 
     def wire(self, send_body=True):
-        h = [f"{self.method} {self.path} HTTP/1.1", "Host: 127.0.0.1"]
-        if self.body or self.method == "POST":
-            h.append(f"Content-Length: {len(self.body)}")
-        h += [f"{k}: {v}" for k, v in self.headers.items()]
-        head = ("\r\n".join(h) + "\r\n\r\n").encode()
-        return head + (self.body if send_body else b"")
+        headers = dict(self.headers)
+        if TOKEN and self.auth:
+            headers["Authorization"] = f"Bearer {TOKEN}"
+        if self.chunked:
+            headers["Transfer-Encoding"] = "chunked"
+        elif "Content-Length" not in headers and (self.body or self.method == "POST"):
+            headers["Content-Length"] = str(len(self.body))
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head = f"{self.method} {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode()
+        if not send_body:
+            return head
+        if not self.chunked:
+            return head + self.body
+        step = max(1, len(self.body) // 3)
+        parts = [self.body[i:i + step] for i in range(0, len(self.body), step)]
+        return head + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
 
 
 def rand_problem(rng, n=None, d=None, ref=False):
@@ -294,8 +312,31 @@ def oversize(rng):
                "Content-Length": str((MAX_BODY_MB << 20) + 1)}, 413, "body_too_large", close=True)
 
 
+def chunked(rng):
+    """A valid /v1 request with a chunked body (counted as it arrives)."""
+    req = v1_valid(rng)
+    req.kind, req.chunked = "v1_chunked", True
+    return req
+
+
+def unauthorized(rng):
+    """With --api-key-file: no token, or a wrong one, gets 401 with
+    WWW-Authenticate; without it, a plain valid request."""
+    if TOKEN is None:
+        return v1_valid(rng)
+
+    def check(headers, body):
+        return None if headers.get("www-authenticate", "").startswith("Bearer") else \
+            "401 without WWW-Authenticate: Bearer"
+    if rng.random() < 0.5:
+        return Req("unauthorized", "GET", "/config", expect=401, code="unauthorized",
+                   check=check, auth=False)
+    return Req("unauthorized", "POST", "/v1/loss", b'{"labels": [0], "embeddings": [[1]]}',
+               {"Authorization": f"Bearer {TOKEN}x"}, 401, "unauthorized", check=check, auth=False)
+
+
 MIX = [(v1_valid, 40), (oip_json_valid, 12), (oip_binary_valid, 12), (invalid, 20),
-       (truncated, 8), (hangup, 4), (oversize, 4)]
+       (truncated, 8), (hangup, 4), (oversize, 4), (chunked, 4), (unauthorized, 3)]
 
 
 # ---------------------------------------------------------------------------
@@ -325,13 +366,7 @@ class Conn:
             await self.writer.drain()
             self.drop()
             return None
-        raw_headers = dict(req.headers)
-        if "Content-Length" in raw_headers:  # oversize: announce, never send
-            wire = (f"{req.method} {req.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n" +
-                    "".join(f"{k}: {v}\r\n" for k, v in raw_headers.items()) + "\r\n").encode()
-        else:
-            wire = req.wire()
-        self.writer.write(wire)
+        self.writer.write(req.wire())
         await self.writer.drain()
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
@@ -473,6 +508,9 @@ def main():
     ap.add_argument("--no-rss", action="store_true", help="do not check RSS growth (under a wrapper)")
     ap.add_argument("--allow-503", action="store_true",
                     help="accept 503 with Retry-After (runs with tighter limits)")
+    ap.add_argument("--api-key-file", default=None,
+                    help="run circled with this bearer token file; requests carry the token, "
+                         "and some deliberately do not (401)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json-out", default=None)
     ap.add_argument("circled_args", nargs="*", help="extra circled flags, after --")
@@ -480,8 +518,12 @@ def main():
     if a.duration < 2 * RSS_WINDOW_S and not a.no_rss:
         ap.error(f"--duration must be at least {2 * RSS_WINDOW_S:.0f} s to compare RSS windows")
 
+    global TOKEN
     args = ["--max-n", str(MAX_N), "--max-body-mb", str(MAX_BODY_MB),
             "--max-inflated-mb", str(MAX_INFLATED_MB), *a.circled_args]
+    if a.api_key_file:
+        TOKEN = Path(a.api_key_file).read_text().strip()
+        args += ["--api-key-file", a.api_key_file]
     daemon = Circled(args, binary=a.circled, wrapper=a.wrapper,
                      start_timeout=120 if a.wrapper else 30)
     ok = True
@@ -506,7 +548,8 @@ def main():
         "failures": len(stats.failures), "reconnects": dict(stats.conn_errors),
         "exit_code": rc,
     }
-    lat = [x for k in ("v1", "v1_gzip", "oip_json", "oip_binary") for x in stats.latency[k]]
+    lat = [x for k in ("v1", "v1_gzip", "v1_chunked", "oip_json", "oip_binary")
+           for x in stats.latency[k]]
     fig["valid_latency_ms"] = {"p50": round(pct(lat, 50), 2), "p99": round(pct(lat, 99), 2),
                                "max": round(max(lat), 2) if lat else None}
     print(f"soak: {sent} requests ({answered} answered, {answered / elapsed:.0f}/s) in {elapsed:.1f} s")
