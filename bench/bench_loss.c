@@ -16,31 +16,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "circle/circle.h"
 
 extern void openblas_set_num_threads(int);
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *v, int k) {
-  qsort(v, (size_t)k, sizeof *v, cmp_double);
-  return k % 2 ? v[k / 2] : 0.5 * (v[k / 2 - 1] + v[k / 2]);
-}
-
 static uint64_t rng = 0x1234567ull;
-static double unif(void) {
-  rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-  return (double)(rng >> 11) / 9007199254740992.0;
-}
+static double unif(void) { return unif_from(&rng); }
 
 static size_t parse_list(const char *s, size_t *out, size_t cap) {
   size_t k = 0;
