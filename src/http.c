@@ -1099,6 +1099,17 @@ static enum MHD_Result first_call(struct exchange *ex, const char *url) {
 
 /* An upload call: appends the chunk, or drops it once the body is refused.
  * MHD_NO closes the connection (a refused body that keeps coming). */
+/* Gives up on a body (over the limit, or no memory for it): frees what was
+ * buffered, releases its reservation and counts the rest as discarded so
+ * the error can still be answered once the upload ends. */
+static void drop_body(struct exchange *ex, size_t size) {
+  ex->discarded = ex->len + size;
+  release(ex, atomic_load(&ex->reserved));
+  free(ex->body);
+  ex->body = NULL;
+  ex->len = ex->cap = 0;
+}
+
 static enum MHD_Result upload_call(struct exchange *ex, const char *data,
                                    size_t size) {
   circle_http *srv = ex->srv;
@@ -1109,11 +1120,7 @@ static enum MHD_Result upload_call(struct exchange *ex, const char *data,
   }
   if (size > max_body - ex->len || size > ex->expect - ex->len) {
     ex->too_large = true;
-    ex->discarded = ex->len + size;
-    release(ex, atomic_load(&ex->reserved));
-    free(ex->body);
-    ex->body = NULL;
-    ex->len = ex->cap = 0;
+    drop_body(ex, size);
     return MHD_YES;
   }
   if (ex->len + size > ex->cap) {
@@ -1127,21 +1134,13 @@ static enum MHD_Result upload_call(struct exchange *ex, const char *data,
      * as they grow. */
     if (ex->expect == SIZE_MAX && !reserve(ex, cap - ex->cap)) {
       ex->overloaded = true;
-      ex->discarded = ex->len + size;
-      release(ex, atomic_load(&ex->reserved));
-      free(ex->body);
-      ex->body = NULL;
-      ex->len = ex->cap = 0;
+      drop_body(ex, size);
       return MHD_YES;
     }
     char *nb = realloc(ex->body, cap);
     if (!nb) {
       ex->overloaded = true;
-      ex->discarded = ex->len + size;
-      release(ex, atomic_load(&ex->reserved));
-      free(ex->body);
-      ex->body = NULL;
-      ex->len = ex->cap = 0;
+      drop_body(ex, size);
       return MHD_YES;
     }
     ex->body = nb;
