@@ -22,14 +22,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def circled_binary():
-    path = os.environ.get("CIRCLED_BIN") or str(ROOT / "build" / "circled")
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"circled binary {path} is missing; run `make` (or set CIRCLED_BIN)")
-    return path
+from conftest import ROOT, circled_binary  # one definition of where circled is
 
 
 def free_port():
