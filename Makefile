@@ -117,12 +117,12 @@ $(BUILD)/tests/test_%: tests/test_%.c $(BUILD)/libcircle.a $(SERVER_OBJS) $(ENGI
 	  $(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ $< $(SERVER_UTILS) $(SERVER_OBJS) $(BUILD)/libcircle.a $(CHECK_LIBS) -lcurl $(LDLIBS_SERVER); \
 	fi
 
-$(BUILD)/bench/%: bench/%.c $(BUILD)/libcircle.a
+$(BUILD)/bench/%: bench/%.c bench/bench_util.h $(BUILD)/libcircle.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libcircle.a $(LDLIBS_ENGINE)
 
 # bench_codec times the codecs too: it links the service objects.
-$(BUILD)/bench/bench_codec: bench/bench_codec.c $(BUILD)/libcircle.a $(SERVER_OBJS)
+$(BUILD)/bench/bench_codec: bench/bench_codec.c bench/bench_util.h $(BUILD)/libcircle.a $(SERVER_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(SERVER_OBJS) $(BUILD)/libcircle.a $(LDLIBS_SERVER)
 

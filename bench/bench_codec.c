@@ -42,15 +42,6 @@
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static double unif(void) { return unif_from(&rng); }
 
-static size_t parse_list(const char *s, size_t *out, size_t cap) {
-  size_t k = 0;
-  while (*s && k < cap) {
-    out[k++] = strtoul(s, (char **)&s, 10);
-    if (*s == ',') s++;
-  }
-  return k;
-}
-
 static void die(const char *what) {
   fprintf(stderr, "bench_codec: %s\n", what);
   exit(1);

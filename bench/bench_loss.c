@@ -24,15 +24,6 @@ extern void openblas_set_num_threads(int);
 static uint64_t rng = 0x1234567ull;
 static double unif(void) { return unif_from(&rng); }
 
-static size_t parse_list(const char *s, size_t *out, size_t cap) {
-  size_t k = 0;
-  while (*s && k < cap) {
-    out[k++] = strtoul(s, (char **)&s, 10);
-    if (*s == ',') s++;
-  }
-  return k;
-}
-
 int main(int argc, char **argv) {
   circle_blas_ensure_kernel(argc, argv);
   size_t ns[8] = {1024, 4096, 16384}, ds[8] = {128, 512};

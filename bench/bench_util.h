@@ -32,4 +32,14 @@ static double unif_from(uint64_t *state) {
   return (double)(*state >> 11) / 9007199254740992.0;
 }
 
+/* Parses "a,b,c" into out[0..cap); returns how many numbers were read. */
+static size_t parse_list(const char *s, size_t *out, size_t cap) {
+  size_t k = 0;
+  while (*s && k < cap) {
+    out[k++] = strtoul(s, (char **)&s, 10);
+    if (*s == ',') s++;
+  }
+  return k;
+}
+
 #endif /* CIRCLE_BENCH_UTIL_H */
