@@ -89,6 +89,8 @@ $(BUILD)/obj/%.o: src/%.c | deps-c
 
 # The loss kernels want the vectorizer (-O3); see CIRCLE__HOT in loss.c.
 $(BUILD)/obj/loss.o $(BUILD)/pic/loss.o: CFLAGS += -O3 -fno-trapping-math
+# The input checks (config.c) scan every number of a request: vectorized too.
+$(BUILD)/obj/config.o $(BUILD)/pic/config.o: CFLAGS += -O3
 
 # The dashboard page is embedded with .incbin (see dashboard.c).
 $(BUILD)/obj/dashboard.o: src/dashboard.html

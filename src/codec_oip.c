@@ -432,6 +432,31 @@ static inline bool put_float(fill_ctx *c, size_t i, double v) {
   return true;
 }
 
+/* True when every value of a dtype array is finite (and, for weights, not
+ * negative): what put_float checks, as one branch-free pass. */
+static bool floats_ok(const void *v, size_t count, circle_dtype dt,
+                      bool weights) {
+  int bad = 0;
+  if (dt == CIRCLE_DTYPE_FLOAT32) {
+    const float *f = v;
+    for (size_t i = 0; i < count; i++) {
+      uint32_t u;
+      memcpy(&u, &f[i], 4);
+      bad |= (u & 0x7f800000u) == 0x7f800000u;
+      bad |= (int)weights & (f[i] < 0); /* no && here: see loss_impl.h */
+    }
+  } else {
+    const double *f = v;
+    for (size_t i = 0; i < count; i++) {
+      uint64_t u;
+      memcpy(&u, &f[i], 8);
+      bad |= (u & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+      bad |= (int)weights & (f[i] < 0); /* no && here: see loss_impl.h */
+    }
+  }
+  return !bad;
+}
+
 static bool leaf_float(void *ctx, const cJSON *leaf, size_t i) {
   fill_ctx *c = ctx;
   if (!cJSON_IsNumber(leaf)) {
@@ -556,6 +581,12 @@ static int read_input(oip_decoder *dc, int k, circle_dtype dt, void **out) {
       }
       break;
     case CIRCLE_OIP_FP32:
+      /* Same width: copy, then one vectorized check; the element loop
+       * below runs only to name the first bad value. */
+      if (dt == CIRCLE_DTYPE_FLOAT32) {
+        memcpy(buf, p, count * 4);
+        if (floats_ok(buf, count, dt, c.weights)) break;
+      }
       for (size_t i = 0; i < count; i++) {
         float v;
         memcpy(&v, p + 4 * i, 4);
@@ -563,6 +594,10 @@ static int read_input(oip_decoder *dc, int k, circle_dtype dt, void **out) {
       }
       break;
     case CIRCLE_OIP_FP64:
+      if (dt == CIRCLE_DTYPE_FLOAT64) {
+        memcpy(buf, p, count * 8);
+        if (floats_ok(buf, count, dt, c.weights)) break;
+      }
       for (size_t i = 0; i < count; i++) {
         double v;
         memcpy(&v, p + 8 * i, 8);

@@ -84,24 +84,30 @@ CIRCLE__HOT static void F(row_stats)(struct F(ctx) *x, size_t i, const T *s,
                                      const T *cls) {
   const size_t m = x->m;
   const size_t self_j = x->self ? i : (size_t)-1;
-  T ps[LANES], ns[LANES], mnp[LANES], mxn[LANES], pc[LANES], nc[LANES];
+  T ps[LANES], ns[LANES], mnp[LANES], mxn[LANES], pc[LANES], nc[LANES],
+      top[LANES];
   for (int l = 0; l < LANES; l++) {
     ps[l] = ns[l] = pc[l] = nc[l] = 0;
     mnp[l] = INFINITY;
-    mxn[l] = -INFINITY;
+    mxn[l] = top[l] = -INFINITY;
   }
   size_t jv = m - m % LANES;
   for (size_t j0 = 0; j0 < jv; j0 += LANES)
     for (int l = 0; l < LANES; l++) {
       size_t j = j0 + (size_t)l;
+      /* Selects of values, then plain adds and min/max: written so the
+       * compiler emits blends, not masked stores behind branches. */
       T sj = s[j], c = cls[j];
-      int pos = CLS_POS(c), neg = CLS_NEG(c);
-      ps[l] += pos ? sj : 0;
-      pc[l] += pos ? 1 : 0;
-      mnp[l] = pos && sj < mnp[l] ? sj : mnp[l];
-      ns[l] += neg ? sj : 0;
-      nc[l] += neg ? 1 : 0;
-      mxn[l] = neg && sj > mxn[l] ? sj : mxn[l];
+      T pm = CLS_POS(c) ? (T)1 : (T)0, nm = CLS_NEG(c) ? (T)1 : (T)0;
+      T sp_ = CLS_POS(c) ? sj : (T)INFINITY, sn_ = CLS_NEG(c) ? sj : (T)-INFINITY;
+      T so_ = j != self_j ? sj : (T)-INFINITY;
+      ps[l] += sj * pm;
+      pc[l] += pm;
+      mnp[l] = sp_ < mnp[l] ? sp_ : mnp[l];
+      ns[l] += sj * nm;
+      nc[l] += nm;
+      mxn[l] = sn_ > mxn[l] ? sn_ : mxn[l];
+      top[l] = so_ > top[l] ? so_ : top[l];
     }
   row_stats *st = &x->stats[i];
   *st = (row_stats){.min_pos = INFINITY, .max_neg = -INFINITY,
@@ -126,13 +132,19 @@ CIRCLE__HOT static void F(row_stats)(struct F(ctx) *x, size_t i, const T *s,
       if (sj > st->max_neg) st->max_neg = sj;
     }
   }
-  /* Nearest neighbour: the first index of the largest similarity. */
-  size_t nn = (size_t)-1;
+  /* Nearest neighbour: the first index of the largest similarity (other
+   * than the row itself). The lanes found the largest value; one scan
+   * that stops at its first occurrence finds the index. Similarities are
+   * finite, so nothing equals -inf and no neighbour leaves nn at -1. */
   T best = -INFINITY;
-  for (size_t j = 0; j < m; j++)
-    if (j != self_j && s[j] > best) {
-      best = s[j];
+  for (int l = 0; l < LANES; l++) best = top[l] > best ? top[l] : best;
+  for (size_t j = jv; j < m; j++)
+    if (j != self_j && s[j] > best) best = s[j];
+  size_t nn = (size_t)-1;
+  for (size_t j = 0; j < m && best > -INFINITY; j++)
+    if (j != self_j && s[j] == best) {
       nn = j;
+      break;
     }
   st->nn_sim = best;
   st->nn_same = nn != (size_t)-1 && CLS_SAME(cls[nn]);
@@ -143,7 +155,11 @@ CIRCLE__HOT static void F(row_stats)(struct F(ctx) *x, size_t i, const T *s,
     for (size_t j0 = 0; j0 < jv; j0 += LANES)
       for (int l = 0; l < LANES; l++) {
         size_t j = j0 + (size_t)l;
-        hard[l] += (CLS_NEG(cls[j]) && s[j] > minp) ? 1 : 0;
+        /* `&`, not `&&`: GCC 12 at -O3 for x86-64-v3 vectorizes the
+         * short-circuit form of this count wrongly (it counted 20 where 18
+         * was right; test loss_should_compute_stats_as_their_definitions_say
+         * caught it). */
+        hard[l] += (CLS_NEG(cls[j]) & (s[j] > minp)) ? (T)1 : (T)0;
       }
     for (int l = 0; l < LANES; l++) st->hard_neg += (uint64_t)hard[l];
     for (size_t j = jv; j < m; j++)

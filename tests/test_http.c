@@ -1163,8 +1163,9 @@ START_TEST(http_should_keep_each_concurrent_request_config) {
 END_TEST
 
 /* A long request: OIP binary, n x n pairs with a big d, loss only. About
- * 1.5 s with 2 compute threads on a 2020s x86 core, and it scales with the
- * threads, not the machine: daemons that run it set --workers. */
+ * 0.5 s on one compute thread of this 2-core Zen 3 (it was 1.5 s before the
+ * engine got faster): a test that needs a request to stay queued longer
+ * asks for a larger d (long_prepare_d) rather than sleeping. */
 #define LONG_N 6000
 #define LONG_D 256
 
@@ -1180,13 +1181,18 @@ typedef struct {
   char body_head[200];
 } long_job;
 
-static void long_prepare(long_job *j, const td_daemon *d, size_t n) {
+static void long_prepare_d(long_job *j, const td_daemon *d, size_t n,
+                           size_t dim) {
   memset(j, 0, sizeof *j);
   j->d = d;
   j->n = n ? n : LONG_N;
   size_t hl;
-  j->body = oip_binary_body(j->n, LONG_D, 9, &j->total, &hl);
+  j->body = oip_binary_body(j->n, dim, 9, &j->total, &hl);
   snprintf(j->ih, sizeof j->ih, "Inference-Header-Content-Length: %zu", hl);
+}
+
+static void long_prepare(long_job *j, const td_daemon *d, size_t n) {
+  long_prepare_d(j, d, n, LONG_D);
 }
 
 static void *long_worker(void *arg) {
@@ -1381,9 +1387,21 @@ START_TEST(http_should_answer_503_with_retry_after_when_the_queue_is_full) {
   /* With one request computing and one waiting, a third gets 503,
    * Retry-After: 1 and Triton's error shape. */
   for (int i = 0; i < 2; i++) {
-    long_prepare(&jobs[i], &d, LONG_N);
+    /* 4x LONG_D: a few seconds each on one thread, so the second
+     * request is still queued when the third arrives. */
+    long_prepare_d(&jobs[i], &d, LONG_N, 4 * LONG_D);
     pthread_create(&t[i], NULL, long_worker, &jobs[i]);
     usleep(250000);
+  }
+  /* Under load the uploads can take longer than the sleeps: wait (up to
+   * 10 s) until /metrics shows one request waiting in the queue. */
+  for (int tries = 0; tries < 100; tries++) {
+    td_resp m;
+    req(&d, "GET", "/metrics", NULL, &m);
+    bool queued = m.body && strstr(m.body, "\ncircled_engine_queue_depth 1\n");
+    td_resp_free(&m);
+    if (queued) break;
+    usleep(100000);
   }
   size_t total, hl;
   char *body = oip_binary_body(8, 4, 1, &total, &hl);

@@ -1119,6 +1119,154 @@ START_TEST(loss_should_reject_bad_arguments_to_compute) {
 }
 END_TEST
 
+/* The statistics against a plain reference written from circle.h's
+ * definitions. Embeddings are multiples of 1/2 in [-1, 1], so every
+ * similarity, sum and mean is exact in both dtypes whatever the order of
+ * summation: the comparison is exact (== on every figure). Duplicated rows
+ * make exact ties, so "the first index of the largest similarity" is
+ * tested too, across labels. */
+typedef struct {
+  double pos_sum, neg_sum, min_pos, max_neg;
+  uint64_t pos, neg, hard, hard_den, nn_same, nn_rows;
+} stats_ref;
+
+static void stats_reference(const int64_t *lx, const double *x, size_t n,
+                            const int64_t *lr, const double *r, size_t m,
+                            size_t d, bool self, bool rd, circle_stats *st) {
+  stats_ref a = {.min_pos = INFINITY, .max_neg = -INFINITY};
+  for (size_t i = 0; i < n; i++) {
+    double minp = INFINITY;
+    uint64_t pos = 0, neg = 0;
+    double best = -INFINITY;
+    size_t nn = (size_t)-1;
+    double sim[64];
+    int cls[64];
+    for (size_t j = 0; j < m; j++) {
+      double sij = 0;
+      for (size_t k = 0; k < d; k++) sij += x[i * d + k] * r[j * d + k];
+      sim[j] = sij;
+      cls[j] = lx[i] == lr[j] ? 1 : 2;
+      if (rd && i == j && cls[j] == 1) cls[j] = 0;
+      if (cls[j] == 1) {
+        pos++;
+        a.pos_sum += sij;
+        if (sij < minp) minp = sij;
+      } else if (cls[j] == 2) {
+        neg++;
+        a.neg_sum += sij;
+        if (sij > a.max_neg) a.max_neg = sij;
+      }
+      if (!(self && j == i) && sij > best) {
+        best = sij;
+        nn = j;
+      }
+    }
+    if (minp < a.min_pos) a.min_pos = minp;
+    a.pos += pos;
+    a.neg += neg;
+    if (pos > 0) {
+      a.hard_den += neg;
+      for (size_t j = 0; j < m; j++) a.hard += cls[j] == 2 && sim[j] > minp;
+    }
+    if (nn != (size_t)-1) {
+      a.nn_rows++;
+      a.nn_same += lr[nn] == lx[i] || (!self && cls[nn] == 0);
+    }
+  }
+  double dev_sum = 0, dev_max = 0;
+  for (size_t i = 0; i < n; i++) {
+    double ss = 0;
+    for (size_t k = 0; k < d; k++) ss += x[i * d + k] * x[i * d + k];
+    double dev = fabs(sqrt(ss) - 1.0);
+    dev_sum += dev;
+    if (dev > dev_max) dev_max = dev;
+  }
+  *st = (circle_stats){0};
+  st->pos_pairs = a.pos;
+  st->neg_pairs = a.neg;
+  st->mean_pos_sim = a.pos ? a.pos_sum / (double)a.pos : 0;
+  st->mean_neg_sim = a.neg ? a.neg_sum / (double)a.neg : 0;
+  st->min_pos_sim = a.pos ? a.min_pos : 0;
+  st->max_neg_sim = a.neg ? a.max_neg : 0;
+  st->sim_gap = a.pos && a.neg ? st->mean_pos_sim - st->mean_neg_sim : 0;
+  st->hard_neg_frac = a.hard_den ? (double)a.hard / (double)a.hard_den : 0;
+  st->recall_at_1 = a.nn_rows ? (double)a.nn_same / (double)a.nn_rows : 0;
+  st->norm_dev_mean = dev_sum / (double)n;
+  st->norm_dev_max = dev_max;
+}
+
+START_TEST(loss_should_compute_stats_as_their_definitions_say) {
+  enum { N = 37, M = 29, D = 5 };
+  int64_t lx[N], lr[M];
+  double x[N * D], r[M * D];
+  uint64_t rng = 12345;
+  for (size_t k = 0; k < N * D; k++) {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    x[k] = (double)((int)(rng >> 33) % 5 - 2) / 2; /* -1 .. 1 by 1/2 */
+  }
+  for (size_t i = 0; i < N; i++) {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    lx[i] = (int64_t)((rng >> 33) % 4);
+  }
+  /* Ties: rows 5, 6 and 30 equal row 3 (6 with another label). */
+  memcpy(x + 5 * D, x + 3 * D, D * sizeof *x);
+  memcpy(x + 6 * D, x + 3 * D, D * sizeof *x);
+  memcpy(x + 30 * D, x + 3 * D, D * sizeof *x);
+  lx[6] = (lx[3] + 1) % 4;
+  memcpy(r, x, sizeof r);
+  memcpy(lr, lx, sizeof lr);
+  lr[2] = (lr[2] + 1) % 4; /* a differently labelled (i, i) pair */
+  circle_engine *e = engine_new(2, 0, 0);
+  for (int dti = 0; dti < 2; dti++)
+    for (int variant = 0; variant < 3; variant++) {
+      circle_dtype dt = dti ? CIRCLE_DTYPE_FLOAT64 : CIRCLE_DTYPE_FLOAT32;
+      bool self = variant < 2, rd = variant != 1;
+      circle_config cfg;
+      circle_config_init(&cfg);
+      cfg.dtype = dt;
+      cfg.remove_diagonal = rd;
+      void *xe = to_dtype(x, N * D, dt), *re = to_dtype(r, M * D, dt);
+      circle_input in = {.n = N, .d = D, .labels = lx, .embeddings = xe};
+      if (!self) {
+        in.m = M;
+        in.ref_labels = lr;
+        in.ref_embeddings = re;
+      }
+      double per[N];
+      circle_output out = {.want = CIRCLE_OUT_STATS | CIRCLE_OUT_PER_SAMPLE,
+                           .per_sample = per};
+      ck_assert_int_eq(circle_loss_compute(e, &cfg, &in, &out), CIRCLE_OK);
+      circle_stats want;
+      stats_reference(lx, x, N, self ? lx : lr, self ? x : r, self ? N : M,
+                      D, self, rd, &want);
+      size_t pos_rows = 0;
+      for (size_t i = 0; i < N; i++) pos_rows += get(per, i, dt) > 0;
+      want.pos_row_frac = (double)pos_rows / N;
+      const circle_stats *got = &out.stats;
+#define SAME(f)                                                             \
+  ck_assert_msg(got->f == want.f, "%s self=%d rd=%d: " #f " %.17g != %.17g", \
+                circle_dtype_name(dt), self, rd, (double)got->f,             \
+                (double)want.f)
+      SAME(pos_row_frac);
+      SAME(mean_pos_sim);
+      SAME(min_pos_sim);
+      SAME(mean_neg_sim);
+      SAME(max_neg_sim);
+      SAME(sim_gap);
+      SAME(hard_neg_frac);
+      SAME(recall_at_1);
+      SAME(norm_dev_mean);
+      SAME(norm_dev_max);
+      SAME(pos_pairs);
+      SAME(neg_pairs);
+#undef SAME
+      free(xe);
+      free(re);
+    }
+  circle_engine_free(e);
+}
+END_TEST
+
 /* On failure nothing the caller handed in as output changes. */
 START_TEST(loss_should_leave_outputs_untouched_on_failure) {
   small s;
@@ -1277,6 +1425,7 @@ static Suite *loss_suite(void) {
   tcase_add_test(args, loss_should_truncate_the_where_sentence_to_its_buffer);
   tcase_add_test(args, loss_should_reject_bad_arguments_to_compute);
   tcase_add_test(args, loss_should_leave_outputs_untouched_on_failure);
+  tcase_add_test(args, loss_should_compute_stats_as_their_definitions_say);
   tcase_add_test(args, loss_should_report_scratch_bytes_or_zero);
   tcase_add_test(args, loss_should_reject_bad_arguments_to_the_engine);
   tcase_add_test(args, loss_should_pick_the_blas_coretype_from_the_table);
