@@ -1177,6 +1177,60 @@ void circle_oip_model_metadata(circle_buf *b) {
       "[-1, -1]}]}");
 }
 
+/* A Triton model-configuration "parameters" entry: {"string_value": s}. */
+static void config_param(circle_buf *b, const char *key, const char *value,
+                         bool last) {
+  circle_buf_json_string(b, key);
+  circle_buf_puts(b, ": {\"string_value\": ");
+  circle_buf_json_string(b, value);
+  circle_buf_puts(b, last ? "}" : "}, ");
+}
+
+void circle_oip_model_config(circle_buf *b, const circle_config *defaults) {
+  if (b == NULL || defaults == NULL) return;
+  /* Triton's model configuration (model_config.proto as JSON), as
+   * tritonclient's get_model_config reads it. The tensors are those of the
+   * metadata; optional inputs say so; the loss defaults a request gets when
+   * its parameters leave them out are string parameters, the values spelt
+   * as GET /config spells them. */
+  circle_buf_puts(
+      b,
+      "{\"name\": \"circle\", \"platform\": \"circled\", \"backend\": "
+      "\"circled\", \"version_policy\": {\"latest\": {\"num_versions\": 1}}, "
+      "\"max_batch_size\": 0, \"input\": ["
+      "{\"name\": \"labels\", \"data_type\": \"TYPE_INT64\", \"dims\": [-1]}, "
+      "{\"name\": \"embeddings\", \"data_type\": \"TYPE_FP32\", \"dims\": "
+      "[-1, -1]}, "
+      "{\"name\": \"sample_weight\", \"data_type\": \"TYPE_FP32\", \"dims\": "
+      "[-1], \"optional\": true}, "
+      "{\"name\": \"ref_labels\", \"data_type\": \"TYPE_INT64\", \"dims\": "
+      "[-1], \"optional\": true}, "
+      "{\"name\": \"ref_embeddings\", \"data_type\": \"TYPE_FP32\", \"dims\": "
+      "[-1, -1], \"optional\": true}], \"output\": ["
+      "{\"name\": \"loss\", \"data_type\": \"TYPE_FP32\", \"dims\": [-1]}, "
+      "{\"name\": \"per_sample_loss\", \"data_type\": \"TYPE_FP32\", \"dims\": "
+      "[-1]}, "
+      "{\"name\": \"embeddings_grad\", \"data_type\": \"TYPE_FP32\", \"dims\": "
+      "[-1, -1]}, "
+      "{\"name\": \"ref_embeddings_grad\", \"data_type\": \"TYPE_FP32\", "
+      "\"dims\": [-1, -1]}], \"parameters\": {");
+  circle_buf num;
+  circle_buf_init(&num);
+  circle_buf_python_float(&num, defaults->gamma);
+  config_param(b, "gamma", num.failed ? "" : num.data, false);
+  num.len = 0;
+  circle_buf_python_float(&num, defaults->margin);
+  config_param(b, "margin", num.failed ? "" : num.data, false);
+  circle_buf_free(&num);
+  config_param(b, "remove_diagonal",
+               defaults->remove_diagonal ? "true" : "false", false);
+  const char *red = circle_reduction_name(defaults->reduction);
+  config_param(b, "reduction", red ? red : "null", false);
+  config_param(b, "dtype", circle_dtype_name(defaults->dtype), false);
+  config_param(b, "normalize", defaults->normalize ? "true" : "false", true);
+  circle_buf_puts(b, "}}");
+}
+
 void circle_oip_server_metadata(circle_buf *b, const char *version) {
   if (b == NULL) return;
   circle_buf_puts(b, "{\"name\": \"circled\", \"version\": ");

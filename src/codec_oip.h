@@ -54,6 +54,9 @@ void circle_oip_error(const circle_error *err, circle_buf *b);
 
 /* Model metadata JSON for GET /v2/models/circle. */
 void circle_oip_model_metadata(circle_buf *b);
+/* Triton model configuration JSON for GET /v2/models/circle/config, with
+ * the server's default loss config as string parameters. */
+void circle_oip_model_config(circle_buf *b, const circle_config *defaults);
 /* Server metadata JSON for GET /v2. */
 void circle_oip_server_metadata(circle_buf *b, const char *version);
 

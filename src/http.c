@@ -149,6 +149,7 @@ typedef enum {
   ROUTE_V2_READY,
   ROUTE_V2_MODEL,
   ROUTE_V2_MODEL_READY,
+  ROUTE_V2_MODEL_CONFIG,
   ROUTE_V2_INFER
 } route_id;
 
@@ -531,6 +532,7 @@ static void metrics_observe(const struct exchange *ex, double ms,
     break;
   case ROUTE_V2_MODEL:
   case ROUTE_V2_MODEL_READY:
+  case ROUTE_V2_MODEL_CONFIG:
     ep = CIRCLE_ENDPOINT_V2_MODEL;
     break;
   case ROUTE_V2_SERVER:
@@ -575,6 +577,8 @@ static bool match_model_tail(const char *p, route_id *out) {
     *out = ROUTE_V2_MODEL_READY;
   else if (!strcmp(p, "/infer"))
     *out = ROUTE_V2_INFER;
+  else if (!strcmp(p, "/config"))
+    *out = ROUTE_V2_MODEL_CONFIG;
   else
     return false;
   return true;
@@ -719,6 +723,10 @@ static enum MHD_Result handle_get(struct exchange *ex) {
   case ROUTE_V2_MODEL:
     circle_buf_init(&b);
     circle_oip_model_metadata(&b);
+    return respond(ex, 200, &b, "application/json");
+  case ROUTE_V2_MODEL_CONFIG:
+    circle_buf_init(&b);
+    circle_oip_model_config(&b, &srv->opts.defaults);
     return respond(ex, 200, &b, "application/json");
   case ROUTE_V2_MODEL_READY:
     return respond_ready(ex, "{\"name\": \"circle\", \"ready\": true}",

@@ -672,6 +672,10 @@ START_TEST(codec_oip_should_refuse_bad_arguments) {
   circle_oip_error(&err, NULL);
   circle_oip_model_metadata(NULL);
   circle_oip_server_metadata(NULL, "1");
+  circle_config cfg;
+  circle_config_init(&cfg);
+  circle_oip_model_config(NULL, &cfg);
+  circle_oip_model_config(&b, NULL);
   ck_assert_uint_eq(b.len, 0);
   circle_buf_free(&b);
 }
@@ -835,6 +839,41 @@ START_TEST(codec_oip_should_write_metadata_and_errors) {
   const cJSON *e = cJSON_GetObjectItem(j, "inputs")->child->next;
   ck_assert_str_eq(cJSON_GetObjectItem(e, "name")->valuestring, "embeddings");
   ck_assert_int_eq(cJSON_GetObjectItem(e, "shape")->child->valueint, -1);
+  cJSON_Delete(j);
+  circle_buf_free(&b);
+
+  /* The model configuration carries the tensors and the defaults. */
+  circle_config cfg;
+  circle_config_init(&cfg);
+  cfg.gamma = 64;
+  cfg.margin = 0.25;
+  cfg.remove_diagonal = false;
+  cfg.reduction = CIRCLE_REDUCTION_SUM;
+  cfg.dtype = CIRCLE_DTYPE_FLOAT64;
+  circle_buf_init(&b);
+  circle_oip_model_config(&b, &cfg);
+  j = parse_prefix(b.data, b.len);
+  ck_assert_str_eq(cJSON_GetObjectItem(j, "name")->valuestring, "circle");
+  ck_assert_int_eq(cJSON_GetObjectItem(j, "max_batch_size")->valueint, 0);
+  ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "input")), 5);
+  ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "output")), 4);
+  e = cJSON_GetObjectItem(j, "input")->child->next;
+  ck_assert_str_eq(cJSON_GetObjectItem(e, "name")->valuestring, "embeddings");
+  ck_assert_str_eq(cJSON_GetObjectItem(e, "data_type")->valuestring, "TYPE_FP32");
+  ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(e, "dims")), 2);
+  const cJSON *prm = cJSON_GetObjectItem(j, "parameters");
+  static const char *want[][2] = {{"gamma", "64.0"},
+                                  {"margin", "0.25"},
+                                  {"remove_diagonal", "false"},
+                                  {"reduction", "sum"},
+                                  {"dtype", "float64"},
+                                  {"normalize", "false"}};
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+    const cJSON *v = cJSON_GetObjectItem(cJSON_GetObjectItem(prm, want[i][0]),
+                                         "string_value");
+    ck_assert_msg(cJSON_IsString(v), "no parameter %s", want[i][0]);
+    ck_assert_str_eq(v->valuestring, want[i][1]);
+  }
   cJSON_Delete(j);
   circle_buf_free(&b);
 

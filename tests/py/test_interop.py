@@ -275,6 +275,26 @@ def test_interop_should_give_server_and_model_metadata(client):
             assert t["datatype"] in ("INT32", "INT64", "FP16", "BF16", "FP32", "FP64")
 
 
+def test_interop_should_give_the_model_config(client, circled):
+    defaults = requests.get(circled + "/config", timeout=10).json()
+    for version in ("", "1"):
+        cfg = client.get_model_config("circle", version)
+        assert cfg["name"] == "circle" and cfg["max_batch_size"] == 0
+        assert [t["name"] for t in cfg["input"]] == [
+            "labels", "embeddings", "sample_weight", "ref_labels", "ref_embeddings"]
+        assert [t["name"] for t in cfg["output"]] == list(OUTPUTS)
+        params = {k: v["string_value"] for k, v in cfg["parameters"].items()}
+        # The defaults a request gets, spelt as GET /config spells them.
+        assert float(params["gamma"]) == defaults["gamma"]
+        assert float(params["margin"]) == defaults["margin"]
+        assert params["remove_diagonal"] == str(defaults["remove_diagonal"]).lower()
+        assert params["reduction"] == defaults["reduction"]
+        assert params["dtype"] == defaults.get("dtype", "float32")
+    with pytest.raises(InferenceServerException) as ei:
+        client.get_model_config("nope")
+    assert ei.value.status() == "404"
+
+
 def test_interop_should_refuse_metadata_of_an_unknown_model(client, circled):
     for model, version, path in (("nope", "", "/v2/models/nope"),
                                  ("circle", "2", "/v2/models/circle/versions/2")):

@@ -45,6 +45,8 @@ SERVED_ROUTES = {
     ("get", "/v2/models/circle/versions/1"),
     ("get", "/v2/models/circle/ready"),
     ("get", "/v2/models/circle/versions/1/ready"),
+    ("get", "/v2/models/circle/config"),
+    ("get", "/v2/models/circle/versions/1/config"),
     ("post", "/v2/models/circle/infer"),
     ("post", "/v2/models/circle/versions/1/infer"),
     ("get", "/metrics"),    # issue 6
