@@ -402,6 +402,8 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
   st->max_neg_sim = neg_cnt ? max_neg : 0;
   st->sim_gap = (pos_cnt && neg_cnt) ? st->mean_pos_sim - st->mean_neg_sim : 0;
   st->hard_neg_frac = hard_den ? (double)hard / (double)hard_den : 0;
+  st->hard_neg_base = hard_den;
+  st->nn_rows = nn_rows;
   st->recall_at_1 = nn_rows ? (double)nn_same / (double)nn_rows : 0;
   st->norm_dev_mean = dev_sum / (double)n;
   st->norm_dev_max = dev_max;

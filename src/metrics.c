@@ -414,8 +414,6 @@ void circle_metrics_observe_compute(circle_metrics *m, const char *tag,
   bool stats = (out->want & CIRCLE_OUT_STATS) != 0;
   if (stats) {
     bool pos = st->pos_pairs > 0, neg = st->neg_pairs > 0;
-    /* Without a reference set a row's neighbours are the other rows. */
-    bool neighbour = in->ref_embeddings ? in->m > 0 : in->n > 1;
     v[FIG_POS_ROW_FRAC] = st->pos_row_frac;
     v[FIG_MEAN_POS_SIM] = st->mean_pos_sim;
     v[FIG_MIN_POS_SIM] = st->min_pos_sim;
@@ -429,8 +427,12 @@ void circle_metrics_observe_compute(circle_metrics *m, const char *tag,
     have[FIG_POS_ROW_FRAC] = true;
     have[FIG_MEAN_POS_SIM] = have[FIG_MIN_POS_SIM] = pos;
     have[FIG_MEAN_NEG_SIM] = have[FIG_MAX_NEG_SIM] = neg;
-    have[FIG_SIM_GAP] = have[FIG_HARD_NEG_FRAC] = pos && neg;
-    have[FIG_RECALL_AT_1] = neighbour;
+    have[FIG_SIM_GAP] = pos && neg;
+    /* A fraction is a figure only over a non-empty set: its denominator
+     * says (positives and negatives may both exist without any row
+     * having both, and then there is no hard-negative fraction). */
+    have[FIG_HARD_NEG_FRAC] = st->hard_neg_base > 0;
+    have[FIG_RECALL_AT_1] = st->nn_rows > 0;
     have[FIG_NORM_DEV_MEAN] = have[FIG_NORM_DEV_MAX] = true;
   }
   for (int f = 0; f < FIG_COUNT; f++)

@@ -1193,6 +1193,8 @@ static void stats_reference(const int64_t *lx, const double *x, size_t n,
   st->recall_at_1 = a.nn_rows ? (double)a.nn_same / (double)a.nn_rows : 0;
   st->norm_dev_mean = dev_sum / (double)n;
   st->norm_dev_max = dev_max;
+  st->hard_neg_base = a.hard_den;
+  st->nn_rows = a.nn_rows;
 }
 
 START_TEST(loss_should_compute_stats_as_their_definitions_say) {
@@ -1259,6 +1261,8 @@ START_TEST(loss_should_compute_stats_as_their_definitions_say) {
       SAME(norm_dev_max);
       SAME(pos_pairs);
       SAME(neg_pairs);
+      SAME(hard_neg_base);
+      SAME(nn_rows);
 #undef SAME
       free(xe);
       free(re);

@@ -330,7 +330,9 @@ static void make_case(compute_case *c, double loss) {
                                 .norm_dev_mean = 0.0,
                                 .norm_dev_max = 0.0,
                                 .pos_pairs = 4,
-                                .neg_pairs = 8};
+                                .neg_pairs = 8,
+                                .hard_neg_base = 6,
+                                .nn_rows = 4};
 }
 
 static circle_metrics *new_metrics(size_t max_tags) {
@@ -613,7 +615,14 @@ START_TEST(metrics_should_record_last_values_and_skip_empty_sets) {
   /* Negatives only. */
   make_case(&c, 1.0);
   c.out.stats.pos_pairs = 0;
+  c.out.stats.hard_neg_base = 0;
   circle_metrics_observe_compute(m, "negonly", &c.cfg, &c.in, &c.out);
+  /* Both kinds of pair, but no row with both: no hard-negative fraction
+   * (the engine reports 0 over an empty set). */
+  make_case(&c, 1.0);
+  c.out.stats.hard_neg_frac = 0;
+  c.out.stats.hard_neg_base = 0;
+  circle_metrics_observe_compute(m, "split", &c.cfg, &c.in, &c.out);
   /* Loss not asked for: no loss recorded. */
   make_case(&c, 123.0);
   c.out.want = CIRCLE_OUT_STATS;
@@ -631,6 +640,9 @@ START_TEST(metrics_should_record_last_values_and_skip_empty_sets) {
   }
   ck_assert(!has_series(&e, "circled_quality_mean_pos_sim_last", "tag=\"negonly\""));
   ck_assert(!has_series(&e, "circled_quality_sim_gap_last", "tag=\"negonly\""));
+  ck_assert(!has_series(&e, "circled_quality_hard_neg_frac_last", "tag=\"negonly\""));
+  ck_assert(!has_series(&e, "circled_quality_hard_neg_frac_last", "tag=\"split\""));
+  ck_assert(has_series(&e, "circled_quality_sim_gap_last", "tag=\"split\""));
   ck_assert(has_series(&e, "circled_quality_mean_neg_sim_last", "tag=\"negonly\""));
   ck_assert(has_series(&e, "circled_quality_recall_at_1_last", "tag=\"negonly\""));
   ck_assert(!has_series(&e, "circled_quality_loss_last", "tag=\"noloss\""));

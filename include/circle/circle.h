@@ -164,6 +164,10 @@ typedef struct {
   double norm_dev_max;   /* max  |‖x_i‖ - 1| */
   uint64_t pos_pairs;    /* number of positive pairs */
   uint64_t neg_pairs;    /* number of negative pairs */
+  uint64_t hard_neg_base; /* negatives of rows that have a positive:
+                             hard_neg_frac's denominator (0: no figure) */
+  uint64_t nn_rows;      /* rows with a nearest neighbour: recall_at_1's
+                            denominator (0: no figure) */
 } circle_stats;
 
 /* Output buffers are allocated by the caller, in cfg.dtype, and written only
