@@ -9,6 +9,7 @@ SIGTERM and fails the session unless circled exits 0 within the drain time,
 so a crash or a hang anywhere in the run is reported, with circled's log.
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -40,13 +41,15 @@ def _healthy(url):
         return False
 
 
-@pytest.fixture(scope="session")
-def circled():
-    """Base URL of a circled running for the whole test session."""
-    log = tempfile.NamedTemporaryFile(prefix="circled-", suffix=".log", delete=False)
+@contextlib.contextmanager
+def run_circled(*args, env=None, log_prefix="circled-"):
+    """circled on 127.0.0.1 with --port 0, --quiet and the given flags;
+    yields its base URL once /healthz answers. At the end it sends SIGTERM
+    and fails unless circled exits 0 within the drain time, with its log."""
+    log = tempfile.NamedTemporaryFile(prefix=log_prefix, suffix=".log", delete=False)
     proc = subprocess.Popen(
-        [circled_binary(), "--bind", "127.0.0.1", "--port", "0", "--quiet"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        [circled_binary(), "--bind", "127.0.0.1", "--port", "0", "--quiet", *args],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def log_text():
         log.flush()
@@ -82,3 +85,10 @@ def circled():
             proc.wait()
         log.close()
         os.unlink(log.name)
+
+
+@pytest.fixture(scope="session")
+def circled():
+    """Base URL of a circled running for the whole test session."""
+    with run_circled() as url:
+        yield url

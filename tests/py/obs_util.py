@@ -6,23 +6,17 @@ These tests need a daemon whose counters only they touch (the session-wide
 one in conftest.py serves every other test), so they start their own.
 """
 
-import contextlib
 import json
 import os
 import random
-import re
-import signal
 import socket
-import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, circled_binary  # one definition of where circled is
+from conftest import ROOT, run_circled  # one way to start circled
 
 
 def free_port():
@@ -55,35 +49,11 @@ def wait_for(what, fn, timeout_s=30.0, every_s=0.2):
     pytest.fail(f"timed out after {timeout_s} s waiting for {what}; last: {last!r}")
 
 
-@contextlib.contextmanager
 def circled(*args):
-    """circled on 127.0.0.1 with --port 0 and the given flags; yields its base
-    URL. It must exit 0 on SIGTERM at the end."""
-    log = tempfile.NamedTemporaryFile(prefix="circled-obs-", suffix=".log", delete=False)
+    """circled with the given flags (conftest.run_circled), with no CIRCLED_*
+    variables of the caller's environment; yields its base URL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIRCLED_")}
-    proc = subprocess.Popen([circled_binary(), "--bind", "127.0.0.1", "--port", "0", "--quiet", *args],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    def log_text():
-        log.flush()
-        return Path(log.name).read_text(errors="replace")
-
-    try:
-        def started():
-            if proc.poll() is not None:
-                pytest.fail(f"circled exited {proc.returncode}:\n{log_text()}")
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", log_text())
-            return m and f"http://127.0.0.1:{m.group(1)}"
-        url = wait_for("circled to listen", started, 15, 0.05)
-        yield url
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, log_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-        os.unlink(log.name)
+    return run_circled(*args, env=env, log_prefix="circled-obs-")
 
 
 def batch(rng, n=16, d=8, classes=4, noise=0.3):
