@@ -29,7 +29,8 @@ OIP = "/v2/models/circle/infer"
 
 
 def readme_rows():
-    """{flag or "-": (default text, when-exceeded text)} from the table."""
+    """{flag, or the limit's name for a row without one: (default text,
+    when-exceeded text)} from the table."""
     text = (ROOT / "README.md").read_text()
     sec = text.split("## Hardening", 1)[1].split("\n## ", 1)[0]
     rows = {}
@@ -38,7 +39,7 @@ def readme_rows():
         if len(cells) != 4 or cells[0] in ("Limit", "---") or set(cells[0]) <= {"-"}:
             continue
         flag = re.search(r"`(--[a-z-]+)", cells[1])
-        rows[flag.group(1) if flag else "-"] = (cells[2], cells[3])
+        rows[flag.group(1) if flag else cells[0]] = (cells[2], cells[3])
     return rows
 
 
@@ -128,7 +129,7 @@ def help_default(flag):
 
 def test_every_row_has_its_help_default():
     for flag, (default, _) in ROWS.items():
-        if flag == "-":
+        if not flag.startswith("--"):
             continue
         assert default.split()[0].replace(",", "") == help_default(flag), (flag, default)
 
@@ -187,13 +188,34 @@ def test_nesting_depth():
 
 
 def test_duplicate_keys():
-    status, code = promised("-")
+    status, code = promised("Duplicate keys in a JSON object")
     with Circled() as d:
         expect(post(d.url, "/v1/loss", b'{"labels": [0], "labels": [1], "embeddings": [[1]]}'),
                status, code)
         expect(post(d.url, "/v1/loss", b'{"labels": [0], "embeddings": [[1]], '
                                        b'"config": {"gamma": 2, "gamma": 2}}'), status, code)
         expect_oip(post(d.url, OIP, b'{"inputs": [], "inputs": []}'), status)
+
+
+def get_with_header(url, size):
+    """Status of GET /healthz carrying one header of about size bytes."""
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * size +
+                  b"\r\nConnection: close\r\n\r\n")
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            assert chunk, "closed without an answer"
+            data += chunk
+        return int(data.split(b" ")[1])
+
+
+def test_request_head():
+    status, _ = promised("Request line and headers")
+    with Circled() as d:
+        assert get_with_header(d.url, 100 << 10) == 200
+        assert get_with_header(d.url, 200 << 10) == status
 
 
 def test_memory_in_flight():
