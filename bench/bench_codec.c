@@ -9,6 +9,8 @@
  *   json decode   circle_json_decode (json_fast.c reads the matrices,
  *                 cJSON the rest), and again with the fast path off
  *                 (everything through cJSON), for comparison
+ *   fast read     circle__json_fast_body_read alone: json_fast.c reading
+ *                 the matrices' numbers (ns per number of embeddings)
  *   compute       circle_loss_compute (loss, per-sample, gradient)
  *   json encode   circle_json_encode (numbers straight into the buffer)
  *   oip decode / oip encode   the same for the binary protocol
@@ -140,8 +142,10 @@ int main(int argc, char **argv) {
            short_numbers ? "with 9 significant digits" : "as Python's repr (float32 tolist)");
     printf("| n | d | numbers in | JSON body KB | json decode ms | decode MB/s | decode Mnum/s"
            " | compute ms | json encode ms | response KB | encode MB/s | encode Mnum/s"
-           " | oip decode ms | oip encode ms | json decode via cJSON only ms |\n");
-    printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+           " | oip decode ms | oip encode ms | json decode via cJSON only ms"
+           " | fast read ms | fast read ns/number |\n");
+    printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
+           "|---:|\n");
   }
   for (size_t in_ = 0; in_ < nn; in_++)
     for (size_t id = 0; id < nd; id++) {
@@ -211,7 +215,7 @@ int main(int argc, char **argv) {
         continue;
       }
       double t_dec[1000], t_cmp[1000], t_enc[1000], t_odec[1000], t_oenc[1000],
-          t_slow[1000];
+          t_slow[1000], t_fast[1000];
       size_t resp_len = 0;
       for (int r = -1; r < reps; r++) {
         circle_request req;
@@ -261,6 +265,13 @@ int main(int argc, char **argv) {
         double t8 = now();
         circle_request_free(&oreq);
         circle__json_fast_enabled = true;
+        circle__json_fast_body fb;
+        double t9 = now();
+        if (!circle__json_fast_body_read(body.data, body.len, lim.max_depth, lim.max_n,
+                                         lim.max_m, lim.max_d, &fb))
+          die("the fast path did not read the body");
+        double t10 = now();
+        circle__json_fast_body_free(&fb);
         free(out.per_sample);
         free(out.grad);
         free(out.loss_values);
@@ -271,17 +282,19 @@ int main(int argc, char **argv) {
           t_odec[r] = t5 - t4;
           t_oenc[r] = t6 - t5;
           t_slow[r] = t8 - t7;
+          t_fast[r] = t10 - t9;
         }
       }
       double dec = median(t_dec, reps), cmp = median(t_cmp, reps),
              enc = median(t_enc, reps), odec = median(t_odec, reps),
-             oenc = median(t_oenc, reps), slow = median(t_slow, reps);
+             oenc = median(t_oenc, reps), slow = median(t_slow, reps),
+             fast = median(t_fast, reps);
       double nin = (double)(n * d + n), nout = (double)(n * d + n + 1);
       printf("| %zu | %zu | %.0f | %.0f | %.3f | %.0f | %.1f | %.3f | %.3f | %.0f | %.0f | %.1f"
-             " | %.3f | %.3f | %.3f |\n",
+             " | %.3f | %.3f | %.3f | %.3f | %.1f |\n",
              n, d, nin, body.len / 1e3, dec * 1e3, body.len / dec / 1e6, nin / dec / 1e6,
              cmp * 1e3, enc * 1e3, resp_len / 1e3, resp_len / enc / 1e6, nout / enc / 1e6,
-             odec * 1e3, oenc * 1e3, slow * 1e3);
+             odec * 1e3, oenc * 1e3, slow * 1e3, fast * 1e3, fast * 1e9 / (double)(n * d));
       fflush(stdout);
       circle_buf_free(&body);
       circle_buf_free(&oip);

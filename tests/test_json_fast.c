@@ -2,9 +2,17 @@
  * it converts is bit for bit what strtod gives (random doubles in every
  * printing style, random float32 as Python writes them, random 1-19 digit
  * mantissas over the whole exponent range, more than 19 digits, subnormals,
- * overflow, halfway cases), it refuses what is not a JSON number, and a body
- * decoded with the fast path on is the same request -- or the same error,
- * status, code and message -- as with it off.
+ * overflow, halfway cases), it takes exactly the characters the JSON grammar
+ * gives (millions of generated numbers, each ending at the very end of a
+ * malloc'd buffer, inside a body, and cut short), it refuses what is not a
+ * JSON number, it never reads past the end of a body, and a body decoded
+ * with the fast path on is the same request -- or the same error, status,
+ * code and message -- as with it off.
+ *
+ * To run all of it against the path json_fast.c takes without SSE2:
+ *   make CC="cc -DCIRCLE_JSON_FAST_PORTABLE" BUILD=build/portable
+ *        build/portable/tests/test_json_fast
+ *   build/portable/tests/test_json_fast
  */
 #include <check.h>
 #include <float.h>
@@ -30,25 +38,78 @@ static uint64_t rnd(void) {
   return rng_state;
 }
 
-/* Checks text against strtod: same bits, whole text consumed. Returns the
- * number of mismatches (0 or 1) and prints the first few. */
-static int check_text(const char *text) {
+/* The JSON number grammar as circle__json_fast_number applies it, written
+ * plainly as the reference: how many characters of t[0, n) make the number
+ * at its start; 0 when there is none, it is malformed (a '.' or an 'e'
+ * without digits after it) or longer than 63 characters. */
+static size_t ref_span(const char *t, size_t n) {
+#define REF_DIGIT(i) ((i) < n && t[i] >= '0' && t[i] <= '9')
+  size_t i = 0;
+  if (i < n && t[i] == '-') i++;
+  if (!REF_DIGIT(i)) return 0;
+  if (t[i] == '0') i++;
+  else
+    while (REF_DIGIT(i)) i++;
+  if (i < n && t[i] == '.') {
+    size_t f = ++i;
+    while (REF_DIGIT(i)) i++;
+    if (i == f) return 0;
+  }
+  if (i < n && (t[i] == 'e' || t[i] == 'E')) {
+    i++;
+    if (i < n && (t[i] == '+' || t[i] == '-')) i++;
+    size_t e = i;
+    while (REF_DIGIT(i)) i++;
+    if (i == e) return 0;
+  }
+#undef REF_DIGIT
+  return i > 63 ? 0 : i;
+}
+
+/* The double strtod reads from t[0, n) (n <= 63). */
+static double strtod_n(const char *t, size_t n) {
+  char tmp[64];
+  memcpy(tmp, t, n);
+  tmp[n] = '\0';
+  return strtod(tmp, NULL);
+}
+
+/* Checks circle__json_fast_number on text[0, end - text) against the
+ * grammar's length and then, bit for bit, the double strtod reads from
+ * those characters (want: that double when the caller knows it, for the
+ * length want_len); nothing stored when it takes none. Returns 1 on a
+ * mismatch (printing the first few), else 0. */
+static int check_span(const char *text, const char *end, size_t want_len, double want,
+                      const char *how) {
   static int printed = 0;
-  double want = strtod(text, NULL), got = 12345.0;
-  size_t len = strlen(text);
-  size_t used = circle__json_fast_number(text, text + len, &got);
+  size_t span = ref_span(text, (size_t)(end - text));
+  double got = 12345.0, wantv = 12345.0;
+  if (span > 0) wantv = span == want_len ? want : strtod_n(text, span);
+  size_t used = circle__json_fast_number(text, end, &got);
   uint64_t a, b;
-  memcpy(&a, &want, 8);
+  memcpy(&a, &wantv, 8);
   memcpy(&b, &got, 8);
-  if (used != len || a != b) {
+  if (used != span || a != b) {
     if (printed++ < 10)
-      fprintf(stderr, "mismatch: \"%s\": used %zu of %zu, got %.17g (%016llx), "
-                      "strtod %.17g (%016llx)\n",
-              text, used, len, got, (unsigned long long)b, want,
-              (unsigned long long)a);
+      fprintf(stderr, "mismatch (%s): \"%.*s\": used %zu, want %zu; got %.17g (%016llx), "
+                      "want %.17g (%016llx)\n",
+              how, (int)(end - text > 80 ? 80 : end - text), text, used, span, got,
+              (unsigned long long)b, wantv, (unsigned long long)a);
     return 1;
   }
   return 0;
+}
+
+/* Checks a whole text that is one number against strtod: as check_span,
+ * and the grammar takes all of it. */
+static int check_text(const char *text) {
+  size_t len = strlen(text);
+  int bad = check_span(text, text + len, 0, 0, "whole text");
+  if (!bad && ref_span(text, len) != len) {
+    fprintf(stderr, "not one whole number: \"%s\"\n", text);
+    bad = 1;
+  }
+  return bad;
 }
 
 static double random_double(void) {
@@ -247,6 +308,238 @@ START_TEST(json_fast_should_match_strtod_on_random_mantissas_and_exponents) {
     }
     snprintf(o, 16, "e%d", exp);
     if (strlen(text) <= 63) bad += check_text(text);
+  }
+  ck_assert_int_eq(bad, 0);
+}
+END_TEST
+
+static const double small_pow10[12] = {1, 10, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11};
+
+/* n random digits at *o, the first not 0 when asked; runs of one digit,
+ * zeros and nines most of all, now and then (rounding boundaries). */
+static void add_digits(char **o, int n, bool nonzero_first) {
+  char c = '0';
+  for (int k = 0; k < n; k++) {
+    int r = (int)(rnd() % 16);
+    if (r > 3 || k == 0) c = r == 0 ? '0' : r == 1 ? '9' : (char)('0' + rnd() % 10);
+    if (k == 0 && nonzero_first && c == '0') c = (char)('1' + rnd() % 9);
+    *(*o)++ = c;
+  }
+}
+
+/* v laid out as Python's repr lays out a float (0.000123, 12.5, 1e-05,
+ * 1.5e+16), with p + 1 significant digits (not necessarily the shortest:
+ * the layout is what matters here). */
+static void python_layout(char *out, double v, int p) {
+  char tmp[64], dig[32];
+  snprintf(tmp, sizeof tmp, "%.*e", p, v);
+  const char *q = tmp;
+  char *o = out;
+  if (*q == '-') *o++ = *q++;
+  int nd = 0;
+  for (; *q != 'e'; q++)
+    if (*q != '.') dig[nd++] = *q;
+  int x = atoi(q + 1);
+  while (nd > 1 && dig[nd - 1] == '0') nd--;
+  if (x >= -4 && x < 16) {
+    if (x < 0) {
+      o += sprintf(o, "0.");
+      for (int k = 0; k < -x - 1; k++) *o++ = '0';
+      memcpy(o, dig, (size_t)nd);
+      o += nd;
+    } else {
+      for (int k = 0; k <= x; k++) *o++ = k < nd ? dig[k] : '0';
+      *o++ = '.';
+      if (nd > x + 1) {
+        memcpy(o, dig + x + 1, (size_t)(nd - x - 1));
+        o += nd - x - 1;
+      } else {
+        *o++ = '0';
+      }
+    }
+    *o = '\0';
+  } else {
+    *o++ = dig[0];
+    if (nd > 1) {
+      *o++ = '.';
+      memcpy(o, dig + 1, (size_t)(nd - 1));
+      o += nd - 1;
+    }
+    sprintf(o, "e%c%02d", x < 0 ? '-' : '+', x < 0 ? -x : x);
+  }
+}
+
+/* A random number text (NUL-terminated, under 100 characters) in one of
+ * many forms: Python's layout of float32 values and of doubles, printf's,
+ * and numbers put together from parts -- 1 to 25 digits, leading and
+ * trailing zeros, "0.000...", exponents with and without signs and leading
+ * zeros, over 63 characters now and then -- and, rarely, a malformed one.
+ * The forms made with printf are the slow ones to make: one in six. */
+static void random_number(char *out) {
+  static const char *const fmts[] = {"%.17g", "%.16g", "%.9g", "%.3e", "%.1f", "%.0f",
+                                     "%.20f", "%.25g"};
+  int kind = (int)(rnd() % 24);
+  if (kind == 0 && rnd() % 64 == 0) { /* Python's repr itself, slow to make */
+    circle_buf b;
+    circle_buf_init(&b);
+    circle_buf_python_float(&b, rnd() % 2 ? random_double()
+                                          : (double)(float)((double)(rnd() >> 11) / 1e16));
+    ck_assert(!b.failed && b.len < 100);
+    memcpy(out, b.data, b.len + 1);
+    circle_buf_free(&b);
+  } else if (kind == 0) {
+    python_layout(out, random_double(), (int)(rnd() % 17));
+  } else if (kind <= 2) {
+    /* float32 values as json.dumps(x.tolist()) writes them. */
+    double u = ((double)(rnd() >> 11) / 9007199254740992.0 - 0.5) * 2;
+    double v = (double)(float)(u * small_pow10[rnd() % 12] / 1e8);
+    python_layout(out, v, 16 - (int)(rnd() % 3));
+  } else if (kind == 3) {
+    double v = rnd() % 2 ? random_double()
+                         : ((double)(rnd() >> 11) / 9007199254740992.0 - 0.5) * 1e3;
+    snprintf(out, 100, fmts[rnd() % 8], v);
+    if (strlen(out) > 99 || strchr(out, 'n') || strchr(out, 'i')) strcpy(out, "1");
+  } else {
+    char *o = out;
+    if (rnd() % 2) *o++ = '-';
+    if (rnd() % 5 < 2) *o++ = '0';
+    else add_digits(&o, 1 + (int)(rnd() % (rnd() % 4 ? 8 : 22)), true);
+    if (rnd() % 4) {
+      *o++ = '.';
+      int zeros = rnd() % 3 ? 0 : (int)(rnd() % 20); /* 0.000... */
+      for (int k = 0; k < zeros; k++) *o++ = '0';
+      add_digits(&o, (zeros ? 0 : 1) + (int)(rnd() % 25), false);
+      int trailing = rnd() % 4 ? 0 : (int)(rnd() % 10);
+      for (int k = 0; k < trailing; k++) *o++ = '0';
+    }
+    if (rnd() % 10 < 3) {
+      *o++ = rnd() % 2 ? 'e' : 'E';
+      int sign = (int)(rnd() % 3);
+      if (sign) *o++ = sign == 1 ? '+' : '-';
+      int zeros = rnd() % 8 ? 0 : 1 + (int)(rnd() % 3);
+      for (int k = 0; k < zeros; k++) *o++ = '0';
+      unsigned e = (unsigned)(rnd() % (rnd() % 2 ? 30 : 400));
+      char ed[8];
+      int ne = 0;
+      do {
+        ed[ne++] = (char)('0' + e % 10);
+        e /= 10;
+      } while (e);
+      while (ne) *o++ = ed[--ne];
+    }
+    *o = '\0';
+  }
+  if (rnd() % 40 == 0) { /* malformed: a character replaced or dropped */
+    static const char bad[] = "-+.eE0x ,]";
+    size_t n = strlen(out), at = rnd() % (n + 1);
+    if (rnd() % 2 && at < n) memmove(out + at, out + at + 1, n - at);
+    else if (at < n) out[at] = bad[rnd() % (sizeof bad - 1)];
+  }
+}
+
+START_TEST(json_fast_should_match_strtod_on_millions_of_numbers_wherever_they_end) {
+  /* Each number is read three ways: ending exactly at the end of a malloc'd
+   * buffer (AddressSanitizer catches a read past it), followed by what
+   * follows numbers in a body (room enough for the usual way), and with
+   * the end set inside it (digits after the end must not count). */
+  static const char *const after[] = {", ", ",", "]", "], [", "]]}", " ", "\n  ", ",\n",
+                                      "}", "e", "E+", ".", "x", "5", "-"};
+  enum { TAIL_ROOM = 64 };
+  char *edge = malloc(TAIL_ROOM);
+  ck_assert_ptr_nonnull(edge);
+  char text[128], buf[256], filler[1024 + 80], digits[1024 + 40];
+  for (size_t k = 0; k < sizeof filler; k++) filler[k] = "0123456789, ]"[rnd() % 13];
+  for (size_t k = 0; k < sizeof digits; k++) digits[k] = (char)('0' + rnd() % 10);
+  int bad = 0;
+  long forms = 0;
+  for (int i = 0; i < 1500000; i++) {
+    random_number(text);
+    size_t n = strlen(text);
+    if (n == 0 || n > TAIL_ROOM) continue;
+    forms++;
+    size_t span = ref_span(text, n);
+    double want = span ? strtod_n(text, span) : 0;
+    /* At the very end of the buffer. */
+    memcpy(edge + TAIL_ROOM - n, text, n);
+    bad += check_span(edge + TAIL_ROOM - n, edge + TAIL_ROOM, span, want, "at the end");
+    /* In a body: at any alignment, with a separator and more numbers. */
+    size_t off = rnd() % 16, o = off;
+    memcpy(buf + o, text, n);
+    o += n;
+    const char *a = after[rnd() % (sizeof after / sizeof after[0])];
+    memcpy(buf + o, a, strlen(a));
+    o += strlen(a);
+    memcpy(buf + o, filler + rnd() % 1024, 80); /* more numbers */
+    o += 80;
+    bad += check_span(buf + off, buf + o, span, want, "in a body");
+    /* With its end inside: what lies after must not be read as digits. */
+    memcpy(buf + off + n, digits + rnd() % 1024, 40);
+    size_t cut = rnd() % 4 ? n : rnd() % (n + 1);
+    bad += check_span(buf + off, buf + off + cut, span, want, "cut short");
+  }
+  free(edge);
+  ck_assert_int_gt(forms, 1000000);
+  ck_assert_int_eq(bad, 0);
+}
+END_TEST
+
+/* Matrices of every number form, separated in every way, each number
+ * read back as strtod reads its text; then the same body cut short at
+ * every length, each in a malloc'd buffer of exactly that length, never
+ * read past and never accepted. */
+START_TEST(json_fast_should_read_matrices_of_every_number_form) {
+  static const char *const seps[] = {", ", ",", " , ", ",\n  ", ",\t", ",  "};
+  int bad = 0;
+  for (int iter = 0; iter < 400; iter++) {
+    size_t rows = 1 + rnd() % 6, d = 1 + rnd() % 40;
+    sb b = {0};
+    char (*texts)[128] = malloc(rows * d * sizeof *texts);
+    ck_assert_ptr_nonnull(texts);
+    const char *sep = seps[rnd() % (sizeof seps / sizeof seps[0])];
+    sb_add(&b, "{\"labels\": [");
+    for (size_t i = 0; i < rows; i++) sb_add(&b, "%s%zu", i ? ", " : "", i % 3);
+    sb_add(&b, "], \"embeddings\": [");
+    for (size_t i = 0; i < rows; i++) {
+      sb_add(&b, "%s[", i ? sep : "");
+      for (size_t k = 0; k < d; k++) {
+        char *t = texts[i * d + k];
+        do {
+          random_number(t);
+        } while (*t == '\0' || ref_span(t, strlen(t)) != strlen(t) ||
+                 !isfinite(strtod(t, NULL)));
+        sb_add(&b, "%s%s", k ? sep : "", t);
+      }
+      sb_add(&b, "]");
+    }
+    sb_add(&b, "]}");
+    char *exact = malloc(b.len);
+    ck_assert_ptr_nonnull(exact);
+    memcpy(exact, b.s, b.len);
+    circle__json_fast_body fb;
+    ck_assert_msg(circle__json_fast_body_read(exact, b.len, 32, 100, 100, 100, &fb),
+                  "not read: %.300s", b.s);
+    ck_assert_uint_eq(fb.emb.rows, rows);
+    ck_assert_uint_eq(fb.emb.d, d);
+    for (size_t j = 0; j < rows * d; j++) {
+      double want = strtod(texts[j], NULL);
+      if (memcmp(&want, &fb.emb.v[j], 8) != 0 && bad++ < 10)
+        fprintf(stderr, "matrix: \"%s\" read as %.17g, strtod %.17g\n", texts[j],
+                fb.emb.v[j], want);
+    }
+    circle__json_fast_body_free(&fb);
+    free(exact);
+    /* Cut short: at every length in the small bodies, at some in the rest. */
+    size_t step = b.len < 1200 ? 1 : b.len / 40;
+    for (size_t cut = 0; cut < b.len; cut += 1 + rnd() % step) {
+      char *part = malloc(cut ? cut : 1);
+      ck_assert_ptr_nonnull(part);
+      memcpy(part, b.s, cut);
+      ck_assert_msg(!circle__json_fast_body_read(part, cut, 32, 100, 100, 100, &fb),
+                    "accepted %zu of %zu bytes", cut, b.len);
+      free(part);
+    }
+    free(texts);
+    free(b.s);
   }
   ck_assert_int_eq(bad, 0);
 }
@@ -550,6 +843,8 @@ static Suite *json_fast_suite(void) {
   tcase_add_test(tc, json_fast_should_match_strtod_on_random_doubles);
   tcase_add_test(tc, json_fast_should_match_strtod_on_python_floats);
   tcase_add_test(tc, json_fast_should_match_strtod_on_random_mantissas_and_exponents);
+  tcase_add_test(tc, json_fast_should_match_strtod_on_millions_of_numbers_wherever_they_end);
+  tcase_add_test(tc, json_fast_should_read_matrices_of_every_number_form);
   tcase_add_test(tc, json_fast_should_hold_exact_powers_of_ten);
   tcase_add_test(tc, json_fast_should_refuse_what_is_not_a_json_number);
   tcase_add_test(tc, json_fast_should_read_common_bodies);
