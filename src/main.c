@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -597,8 +598,15 @@ int main(int argc, char **argv) {
           s.http.bind, v6 ? "]" : "", (unsigned)circle_http_port(srv));
   fflush(stderr);
 
+  /* poll with a timeout rather than one blocking read: under
+   * ThreadSanitizer a signal's handler runs only when its thread next
+   * enters an intercepted call, so main must keep entering one (the
+   * `make tsan` daemon tests stop circled with SIGTERM). */
   unsigned char sigbyte = 0;
-  while (read(g_stop_pipe[0], &sigbyte, 1) != 1 && errno == EINTR) {
+  for (;;) {
+    struct pollfd pfd = {.fd = g_stop_pipe[0], .events = POLLIN};
+    if (poll(&pfd, 1, 200) == 1 && read(g_stop_pipe[0], &sigbyte, 1) == 1)
+      break;
   }
   int sig = sigbyte;
   fprintf(stderr,
