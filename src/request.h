@@ -124,7 +124,10 @@ void circle_buf_python_float(circle_buf *b, double v);
 #define CIRCLE_JSON_NUMBER_MAX 32
 /* Writes what circle_buf_json_number appends into dst (room for
  * CIRCLE_JSON_NUMBER_MAX bytes, no NUL) and returns its length: for encoders
- * that reserve a whole array's worth of buffer at once. Thread-safe. */
+ * that reserve a whole array's worth of buffer at once. It may leave scratch
+ * bytes after the returned length, within those CIRCLE_JSON_NUMBER_MAX (the
+ * next number or separator overwrites them). Thread-safe from main() on: its
+ * tables are built at program load. */
 size_t circle__json_number_write(char *dst, double v, circle_dtype dtype);
 
 #endif /* CIRCLE_REQUEST_H */
