@@ -214,8 +214,8 @@ def get_with_header(url, size):
 def test_request_head():
     status, _ = promised("Request line and headers")
     with Circled() as d:
-        assert get_with_header(d.url, 16 << 10) == 200
-        assert get_with_header(d.url, 40 << 10) == status
+        assert get_with_header(d.url, 100 << 10) == 200
+        assert get_with_header(d.url, 200 << 10) == status
 
 
 def test_memory_in_flight():
