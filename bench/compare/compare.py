@@ -19,8 +19,10 @@ reads "skipped (>60 s)"; its larger-N cells with the same D are skipped too
 killed likewise ("skipped (>12 GB)"), so a framework that materializes many
 N x N matrices cannot take the shared machine down.
 
-circled is started once (build/circled on a free port, --quiet, default
-workers) and serves the two end-to-end contestants.
+circled is started twice (build/circled on free ports, --quiet, --workers 1
+and --workers 2) and serves the two end-to-end contestants, each of which
+uses the faster server at each size, as the engine and torch use the faster
+thread count.
 """
 
 import argparse
@@ -129,10 +131,12 @@ class Worker:
                 raise Skip("skipped (>%.0f GB)" % (self.mem_bytes / 2**30))
 
 
-def start_circled(binary):
+def start_circled(binary, workers=None):
     args = [binary, "--port", "0", "--quiet", "--max-body-mb", "2048",
             "--max-inflated-mb", "4096", "--max-inflight-mb", "16384",
             "--timeout", "600"]
+    if workers:
+        args += ["--workers", str(workers)]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
     port = None
     deadline = time.monotonic() + 30
@@ -211,10 +215,16 @@ def main():
                JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
                TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     load_before = uptime_load()
-    server = None
-    url = None
+    # One circled per compute-thread count the engine is tried with
+    # (--workers 1 and 2 here); each end-to-end contestant, like the engine
+    # and torch, runs against the faster one at each size.
+    servers = []
+    urls = {}
     if any(k.startswith("circled") for k in kinds):
-        server, url, _ = start_circled(args.circled)
+        for th in sorted({1, os.cpu_count() or 1}):
+            proc, u, _ = start_circled(args.circled, th)
+            servers.append(proc)
+            urls[str(th)] = u
     workers = {k: Worker(k, env, args.limit_s, int(args.mem_gb * 2**30)) for k in kinds}
     versions = {}
     for k, w in workers.items():
@@ -240,7 +250,7 @@ def main():
                 cell[k] = skipped_from[(k, d)]
                 continue
             try:
-                ans = workers[k].ask({"cmd": "setup", "data": path, "url": url},
+                ans = workers[k].ask({"cmd": "setup", "data": path, "urls": urls},
                                      4 * args.limit_s + 120, "skipped (set-up >%d s)")
                 if ans.get("note"):
                     notes.setdefault((n, d), {})[k] = ans["note"]
@@ -293,7 +303,7 @@ def main():
                 w.proc.wait(timeout=30)
             except Exception:
                 w.kill()
-    if server is not None:
+    for server in servers:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
 
@@ -329,8 +339,9 @@ def main():
             th.append("%dx%d: %s" % (n, d, ", ".join(
                 "%s %s" % (k, v.replace("threads ", "")) for k, v in sorted(nt.items()))))
     if th:
-        out.append("Threads (the faster of 1 and %d, picked per size for the engine and "
-                   "torch; JAX and circled use all cores): %s." % (os.cpu_count(), "; ".join(th)))
+        out.append("Threads (the faster of 1 and %d, picked per size: compute threads for "
+                   "the engine and torch, circled's --workers for the end-to-end columns; "
+                   "JAX uses all cores): %s." % (os.cpu_count(), "; ".join(th)))
         out.append("")
     vers = ", ".join("%s %s" % (k, v) for k, v in versions.items())
     out.append("Machine: %s, %d cores (%s); load average %s before, %s after. %s."

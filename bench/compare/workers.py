@@ -236,12 +236,22 @@ class CircledOIP:
             v = "?"
         return {"tritonclient": v}
 
-    def setup(self, labels, x, url=None, **_):
-        if self.client is None or self.url != url:
-            self.url = url
-            self.client = self.http.InferenceServerClient(
+    def set_threads(self, th):
+        url = self.urls[th]
+        if url not in self.clients:
+            self.clients[url] = self.http.InferenceServerClient(
                 url, connection_timeout=600.0, network_timeout=600.0)
+        self.client = self.clients[url]
+
+    def setup(self, labels, x, urls=None, **_):
+        """urls: {compute threads: "host:port"} of circled servers started
+        with that --workers; the faster one at this size is used."""
+        self.urls = {int(k): v for k, v in urls.items()}
+        if not hasattr(self, "clients"):
+            self.clients = {}
         self.y, self.x = labels.astype(np.int64), x
+        th = best_threads(self, sorted(self.urls), self.set_threads)
+        return "threads %d" % th
 
     def run(self):
         http = self.http
@@ -270,9 +280,14 @@ class CircledJSON:
     def versions(self):
         return {"requests": self.requests.__version__}
 
-    def setup(self, labels, x, url=None, **_):
-        self.url = "http://%s/v1/loss" % url
+    def set_threads(self, th):
+        self.url = "http://%s/v1/loss" % self.urls[th]
+
+    def setup(self, labels, x, urls=None, **_):
+        self.urls = {int(k): v for k, v in urls.items()}
         self.y, self.x = labels.astype(np.int64), x
+        th = best_threads(self, sorted(self.urls), self.set_threads)
+        return "threads %d" % th
 
     def run(self):
         t0 = time.perf_counter()
@@ -319,7 +334,7 @@ def main():
                 say({"ok": True, "versions": impl.versions()})
             elif cmd == "setup":
                 labels, x = load(msg["data"])
-                note = impl.setup(labels, x, url=msg.get("url"))
+                note = impl.setup(labels, x, urls=msg.get("urls"))
                 say({"ok": True, "note": note or ""})
             elif cmd == "run":
                 t, loss = impl.run()
