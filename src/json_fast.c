@@ -36,13 +36,11 @@
  * runs where FAST_SLACK bytes remain, the general way checks each read.
  *
  * The 128-bit powers of ten (10^-348 .. 10^347, rounded down) are computed
- * once, exactly, with a small big-integer routine, at first use.
+ * once, exactly, with a small big-integer routine, when the program loads.
  */
 #include "json_fast.h"
 
 #include <math.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,8 +67,6 @@ bool circle__json_fast_enabled = true;
 
 static uint64_t pow10_hi[POW_MAX - POW_MIN + 1];
 static uint64_t pow10_lo[POW_MAX - POW_MIN + 1];
-static pthread_once_t pow10_once = PTHREAD_ONCE_INIT;
-static atomic_bool pow10_ready; /* set, with release, once the table is whole */
 
 /* Little-endian base-2^32 integers big enough for 2^(bitlen(10^348) + 128). */
 #define LIMBS 48
@@ -147,12 +143,17 @@ static void pow10_build(void) {
     }
     big_mul_small(&p, 10);
   }
-  atomic_store_explicit(&pow10_ready, true, memory_order_release);
+}
+
+/* The table is built when the program is loaded (as request.c builds its
+ * number tables), so no lookup needs a once-check; nothing writes it
+ * afterwards. */
+static __attribute__((constructor)) void pow10_table_build(void) {
+  pow10_build();
 }
 
 bool circle__json_fast_pow10(int e, uint64_t *hi, uint64_t *lo) {
   if (e < POW_MIN || e > POW_MAX) return false;
-  pthread_once(&pow10_once, pow10_build);
   *hi = pow10_hi[e - POW_MIN];
   *lo = pow10_lo[e - POW_MIN];
   return true;
@@ -229,13 +230,6 @@ static inline bool eisel_lemire(uint64_t man, int exp10, bool neg, double *out) 
   return true;
 }
 
-/* Makes sure the 128-bit table is built. The flag spares every later
- * number a call into pthread_once. */
-static inline void pow10_ensure(void) {
-  if (!atomic_load_explicit(&pow10_ready, memory_order_acquire))
-    pthread_once(&pow10_once, pow10_build);
-}
-
 /* man * 10^exp10 (negated when neg) when Eisel-Lemire cannot round it:
  * Clinger's exact case, else strtod on the text s[0, span). exact: man
  * holds every nonzero digit; when false (a nonzero digit past the 19th
@@ -265,7 +259,6 @@ static inline __attribute__((always_inline)) double to_double(uint64_t man, int6
                                                               const char *s, size_t span) {
   double v;
   if (exact && man != 0 && exp10 >= POW_MIN && exp10 <= POW_MAX) {
-    pow10_ensure();
     if (eisel_lemire(man, (int)exp10, neg, &v)) return v;
   }
   return to_double_slow(man, exp10, neg, exact, s, span);
