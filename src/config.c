@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "circle/circle.h"
+#include "pool_impl.h"
 
 /* Reduction spellings, indexed by circle_reduction. */
 static const char *const reduction_names[] = {
@@ -134,7 +135,7 @@ static size_t first_nonfinite(const void *p, size_t count, circle_dtype dt) {
 /* Squared L2 norm of row r (in double, so it cannot overflow for float32;
  * for float64 an overflow gives inf). Eight independent lanes so the sum
  * vectorizes; the order is fixed, so the result is reproducible. */
-static double row_norm2(const void *p, size_t r, size_t d, circle_dtype dt) {
+double circle__row_norm2(const void *p, size_t r, size_t d, circle_dtype dt) {
   double acc[8] = {0};
   size_t dv = d - d % 8;
   if (dt == CIRCLE_DTYPE_FLOAT32) {
@@ -158,7 +159,7 @@ static double max_norm(const void *p, size_t rows, size_t d, circle_dtype dt,
   double best = 0;
   *at = 0;
   for (size_t i = 0; i < rows; i++) {
-    double ss = row_norm2(p, i, d, dt);
+    double ss = circle__row_norm2(p, i, d, dt);
     if (!(ss <= best * best)) {
       best = sqrt(ss);
       *at = i;

@@ -366,29 +366,7 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
       nn_rows++;
       nn_same += r->nn_same;
     }
-    /* |x_i|^2 in four lanes (a serial sum is one add latency a number). */
-    double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    size_t k = 0;
-    if (dt == CIRCLE_DTYPE_FLOAT32) {
-      const float *xi = (const float *)x + i * d;
-      for (; k + 4 <= d; k += 4) {
-        a0 += (double)xi[k] * xi[k];
-        a1 += (double)xi[k + 1] * xi[k + 1];
-        a2 += (double)xi[k + 2] * xi[k + 2];
-        a3 += (double)xi[k + 3] * xi[k + 3];
-      }
-      for (; k < d; k++) a0 += (double)xi[k] * xi[k];
-    } else {
-      const double *xi = (const double *)x + i * d;
-      for (; k + 4 <= d; k += 4) {
-        a0 += xi[k] * xi[k];
-        a1 += xi[k + 1] * xi[k + 1];
-        a2 += xi[k + 2] * xi[k + 2];
-        a3 += xi[k + 3] * xi[k + 3];
-      }
-      for (; k < d; k++) a0 += xi[k] * xi[k];
-    }
-    double ss = (a0 + a2) + (a1 + a3);
+    double ss = circle__row_norm2(x, i, d, dt);
     double dev = fabs(sqrt(ss) - 1.0);
     dev_sum += dev;
     if (dev > dev_max) dev_max = dev;

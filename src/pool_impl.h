@@ -1,4 +1,6 @@
-/* pool_impl.h -- the engine's thread pool, private to the engine.
+/* pool_impl.h -- private to the engine: its thread pool and scratch
+ * (pool.c), and the row norm the input check and the stats share
+ * (config.c).
  *
  * Two kinds of work run on the pool:
  *  - jobs (circle_engine_submit): whole requests, FIFO, bounded queue;
@@ -33,6 +35,10 @@ void *circle__scratch_take(circle_engine *engine, size_t bytes);
 /* Returns scratch taken for `bytes`: kept for the next call when it is at
  * most CIRCLE__SCRATCH_CACHE_MAX and larger than what is kept, else freed. */
 void circle__scratch_give(circle_engine *engine, void *p, size_t bytes);
+
+/* |row r of p|^2 for an [rows x d] dtype array, summed in double in a
+ * fixed lane order (reproducible; no overflow for float32). */
+double circle__row_norm2(const void *p, size_t r, size_t d, circle_dtype dt);
 
 /* The options the engine was created with, defaults resolved. */
 const circle_engine_opts *circle__engine_opts(const circle_engine *engine);
