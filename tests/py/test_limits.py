@@ -82,13 +82,12 @@ def oip(n, d=2, m=0):
     return json.dumps({"inputs": ins}).encode()
 
 
-def announce(url, path, length):
-    """Sends only a head announcing a body of length bytes and reads the
-    answer that comes before the body: (status, headers, body)."""
+def exchange(url, head):
+    """Sends the raw request head and reads the answer that comes before any
+    body: (status, headers, body)."""
     port = int(url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {length}\r\n\r\n".encode())
+        s.sendall(head)
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = s.recv(65536)
@@ -102,6 +101,13 @@ def announce(url, path, length):
             assert chunk, "closed mid-answer"
             body += chunk
         return int(head.split(b" ")[1]), headers, body
+
+
+def announce(url, path, length):
+    """Sends only a head announcing a body of length bytes and reads the
+    answer that comes before the body: (status, headers, body)."""
+    return exchange(url, f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                         f"application/json\r\nContent-Length: {length}\r\n\r\n".encode())
 
 
 def expect(res, status, code):
@@ -199,16 +205,8 @@ def test_duplicate_keys():
 
 def get_with_header(url, size):
     """Status of GET /healthz carrying one header of about size bytes."""
-    port = int(url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * size +
-                  b"\r\nConnection: close\r\n\r\n")
-        data = b""
-        while b"\r\n" not in data:
-            chunk = s.recv(4096)
-            assert chunk, "closed without an answer"
-            data += chunk
-        return int(data.split(b" ")[1])
+    return exchange(url, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * size +
+                    b"\r\nConnection: close\r\n\r\n")[0]
 
 
 def test_request_head():
