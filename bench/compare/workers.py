@@ -227,6 +227,7 @@ class CircledOIP:
         import tritonclient.http as httpclient
         self.tc, self.http = tritonclient, httpclient
         self.client = None
+        self.clients = {}  # "host:port" -> client, one keep-alive each
 
     def versions(self):
         try:
@@ -247,8 +248,6 @@ class CircledOIP:
         """urls: {compute threads: "host:port"} of circled servers started
         with that --workers; the faster one at this size is used."""
         self.urls = {int(k): v for k, v in urls.items()}
-        if not hasattr(self, "clients"):
-            self.clients = {}
         self.y, self.x = labels.astype(np.int64), x
         th = best_threads(self, sorted(self.urls), self.set_threads)
         return "threads %d" % th
