@@ -61,6 +61,12 @@ struct circle_engine {
    * allocation is mmap'd and page-faulted in on every call otherwise. */
   void *cache;
   size_t cache_bytes;
+  /* The cached buffer while a call has it, and its real size: a call that
+   * needed less gives it back by its own size, which alone would shrink
+   * what the cache remembers (and calls of two sizes, taking turns, would
+   * then map a fresh buffer every other time). */
+  void *lent;
+  size_t lent_bytes;
 };
 
 static void run_blocks(loop *l, unsigned ith) {
@@ -240,7 +246,8 @@ void *circle__scratch_take(circle_engine *e, size_t bytes) {
   void *p = NULL;
   /* Reuse the cached buffer when it fits without wasting more than half. */
   if (e->cache != NULL && e->cache_bytes >= bytes && e->cache_bytes / 2 <= bytes) {
-    p = e->cache;
+    p = e->lent = e->cache;
+    e->lent_bytes = e->cache_bytes;
     e->cache = NULL;
     e->cache_bytes = 0;
   }
@@ -253,15 +260,18 @@ void circle__scratch_give(circle_engine *e, void *p, size_t bytes) {
   if (bytes == 0) bytes = 64;
   bytes = (bytes + 63) & ~(size_t)63;
   void *drop = p;
-  if (bytes <= CIRCLE__SCRATCH_CACHE_MAX) {
-    pthread_mutex_lock(&e->mu);
-    if (e->cache == NULL || e->cache_bytes < bytes) {
-      drop = e->cache; /* keep the larger of the two */
-      e->cache = p;
-      e->cache_bytes = bytes;
-    }
-    pthread_mutex_unlock(&e->mu);
+  pthread_mutex_lock(&e->mu);
+  if (p == e->lent) { /* the cached buffer: its own size, not the call's */
+    bytes = e->lent_bytes;
+    e->lent = NULL;
   }
+  if (bytes <= CIRCLE__SCRATCH_CACHE_MAX &&
+      (e->cache == NULL || e->cache_bytes < bytes)) {
+    drop = e->cache; /* keep the larger of the two */
+    e->cache = p;
+    e->cache_bytes = bytes;
+  }
+  pthread_mutex_unlock(&e->mu);
   free(drop);
 }
 

@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "circle/circle.h"
+#include "pool_impl.h"
 #include "util_engine_golden.h"
 
 #define TOL_F64 1e-9
@@ -1340,6 +1341,41 @@ START_TEST(loss_should_reject_bad_arguments_to_the_engine) {
 }
 END_TEST
 
+/* The scratch cache keeps one buffer between calls. Calls of two sizes
+ * taking turns (a /v2 request computes stats, a /v1 one may not) must both
+ * reuse it: before, the smaller call gave it back as its own size, the
+ * cache then thought it too small for the larger one, and every other call
+ * mapped and faulted in a fresh buffer. */
+START_TEST(loss_should_reuse_the_scratch_buffer_for_calls_of_two_sizes) {
+  circle_engine *e = engine_new(1, 0, 0);
+  const size_t big = (size_t)8 << 20, less = big - 4096;
+  void *first = circle__scratch_take(e, big);
+  ck_assert_ptr_nonnull(first);
+  circle__scratch_give(e, first, big);
+  for (int round = 0; round < 3; round++) {
+    void *p = circle__scratch_take(e, less);
+    ck_assert_ptr_eq(p, first);
+    circle__scratch_give(e, p, less);
+    p = circle__scratch_take(e, big);
+    ck_assert_ptr_eq(p, first);
+    circle__scratch_give(e, p, big);
+  }
+  /* Less than half of it: a fresh buffer, and the larger one stays. */
+  void *tiny = circle__scratch_take(e, big / 4);
+  ck_assert_ptr_ne(tiny, first);
+  circle__scratch_give(e, tiny, big / 4);
+  void *again = circle__scratch_take(e, big);
+  ck_assert_ptr_eq(again, first);
+  /* While it is lent, another call gets its own buffer. */
+  void *other = circle__scratch_take(e, big);
+  ck_assert_ptr_nonnull(other);
+  ck_assert_ptr_ne(other, first);
+  circle__scratch_give(e, other, big);
+  circle__scratch_give(e, again, big);
+  circle_engine_free(e);
+}
+END_TEST
+
 START_TEST(loss_should_pick_the_blas_coretype_from_the_table) {
   ck_assert_str_eq(circle_blas_pick_coretype("Prescott", true, true),
                    "SkylakeX");
@@ -1432,6 +1468,7 @@ static Suite *loss_suite(void) {
   tcase_add_test(args, loss_should_compute_stats_as_their_definitions_say);
   tcase_add_test(args, loss_should_report_scratch_bytes_or_zero);
   tcase_add_test(args, loss_should_reject_bad_arguments_to_the_engine);
+  tcase_add_test(args, loss_should_reuse_the_scratch_buffer_for_calls_of_two_sizes);
   tcase_add_test(args, loss_should_pick_the_blas_coretype_from_the_table);
   tcase_add_test(args, loss_should_not_reexec_when_the_user_chose_a_coretype);
   suite_add_tcase(s, args);

@@ -34,7 +34,8 @@ class Stats(C.Structure):
         "pos_row_frac", "mean_pos_sim", "min_pos_sim", "mean_neg_sim",
         "max_neg_sim", "sim_gap", "hard_neg_frac", "recall_at_1",
         "norm_dev_mean", "norm_dev_max")] + [
-        ("pos_pairs", C.c_uint64), ("neg_pairs", C.c_uint64)]
+        ("pos_pairs", C.c_uint64), ("neg_pairs", C.c_uint64),
+        ("hard_neg_base", C.c_uint64), ("nn_rows", C.c_uint64)]
 
 
 class Output(C.Structure):
