@@ -95,7 +95,9 @@
 /* Longest URL kept for the log line. */
 #define LOG_URL_MAX 200
 /* libmicrohttpd's memory pool per connection (headers and read buffer). */
+#ifndef CONN_POOL_BYTES
 #define CONN_POOL_BYTES ((size_t)128 << 10)
+#endif
 
 /* ======================================================================== */
 /* Types                                                                    */
@@ -161,6 +163,15 @@ typedef enum { FAMILY_V1 = 0, FAMILY_OIP = 1 } family;
 
 typedef enum { ENC_NONE = 0, ENC_GZIP, ENC_DEFLATE } encoding;
 
+/* A computed request's phases, in order, as Server-Timing names them:
+ * receiving the body (from the first handler call), waiting for a worker,
+ * decoding and checking the input (and inflating it), the engine, and
+ * writing (and compressing) the response. Sending it is not among them: the
+ * header goes out first; the log line's total includes it. */
+enum { PH_RECV = 0, PH_QUEUE, PH_DECODE, PH_COMPUTE, PH_ENCODE, PHASES };
+static const char *const phase_name[PHASES] = {"recv", "queue", "decode",
+                                               "compute", "encode"};
+
 /* One HTTP request, from its first handler call to the completed callback
  * (which alone frees it). Fields after "job" are written by the job while
  * the connection is suspended and read by the handler after resume. */
@@ -206,6 +217,11 @@ struct exchange {
   size_t header_len; /* OIP binary responses: JSON part length */
   bool binary;
   encoding resp_encoding;
+
+  /* Where the time went (Server-Timing, the log line): the body arrived
+   * t_body; then ms for each phase the job reached, < 0 for one it did not. */
+  struct timespec t_body;
+  double phase_ms[PHASES];
 };
 
 /* ======================================================================== */
@@ -217,6 +233,35 @@ static double ms_since(const struct timespec *t0) {
   clock_gettime(CLOCK_MONOTONIC, &t1);
   return (double)(t1.tv_sec - t0->tv_sec) * 1e3 +
          (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+static double ms_between(const struct timespec *t0, const struct timespec *t1) {
+  return (double)(t1->tv_sec - t0->tv_sec) * 1e3 +
+         (double)(t1->tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/* Ends the phase that started at *mark (now the next one starts). */
+static void phase_end(struct exchange *ex, int ph, struct timespec *mark) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  ex->phase_ms[ph] = ms_between(mark, &now);
+  *mark = now;
+}
+
+/* The phases reached, "recv<eq>1.234<sep>queue<eq>0.010...", into dst;
+ * false when there are none. */
+static bool phases_format(const struct exchange *ex, char *dst, size_t n,
+                          const char *sep, const char *eq) {
+  size_t o = 0;
+  dst[0] = '\0';
+  for (int i = 0; i < PHASES && o < n; i++) {
+    if (ex->phase_ms[i] < 0) continue;
+    int w = snprintf(dst + o, n - o, "%s%s%s%.3f", o ? sep : "", phase_name[i],
+                     eq, ex->phase_ms[i]);
+    if (w < 0) break;
+    o += (size_t)w;
+  }
+  return o > 0 && o < n;
 }
 
 /* Copies s into dst (size n) with every byte outside printable ASCII
@@ -472,6 +517,11 @@ static enum MHD_Result respond(struct exchange *ex, unsigned status,
       MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_ENCODING,
                               ex->resp_encoding == ENC_GZIP ? "gzip"
                                                             : "deflate");
+  }
+  if (ex->submitted) {
+    char timing[256];
+    if (phases_format(ex, timing, sizeof timing, ", ", ";dur="))
+      MHD_add_response_header(resp, "Server-Timing", timing);
   }
   if (ex->route == ROUTE_V1_LOSS || ex->route == ROUTE_V2_INFER)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_VARY, "Accept-Encoding");
@@ -799,6 +849,8 @@ static bool fail(struct exchange *ex, int status, const char *what) {
 static bool job_process(struct exchange *ex) {
   circle_http *srv = ex->srv;
   const circle_http_opts *o = &srv->opts;
+  struct timespec mark = ex->t_body;
+  phase_end(ex, PH_QUEUE, &mark);
 
   /* 1. Content-Encoding. */
   if (ex->content_encoding[0]) {
@@ -874,6 +926,7 @@ static bool job_process(struct exchange *ex) {
     fail(ex, rc, where);
     goto done;
   }
+  phase_end(ex, PH_DECODE, &mark);
 
   /* 4. Admission: bytes in flight. */
   bool binary_out = ex->route == ROUTE_V2_INFER &&
@@ -922,6 +975,7 @@ static bool job_process(struct exchange *ex) {
     goto done;
   }
   circle_metrics_observe_compute(srv->metrics, req.tag, &req.cfg, &in, &out);
+  phase_end(ex, PH_COMPUTE, &mark);
 
   /* 7. Encode straight into the response buffer. */
   if (ex->route == ROUTE_V1_LOSS) {
@@ -942,6 +996,7 @@ static bool job_process(struct exchange *ex) {
   if (ex->accept != ENC_NONE && ex->resp.len >= COMPRESS_MIN_BYTES &&
       compress_buf(&ex->resp, ex->accept))
     ex->resp_encoding = ex->accept;
+  phase_end(ex, PH_ENCODE, &mark);
   ok = true;
 
 done:
@@ -1186,6 +1241,8 @@ static enum MHD_Result final_call(struct exchange *ex) {
   int rc = srv->stopping ? CIRCLE_ESHUTDOWN : CIRCLE_OK;
   if (rc == CIRCLE_OK) {
     ex->submitted = true;
+    clock_gettime(CLOCK_MONOTONIC, &ex->t_body);
+    ex->phase_ms[PH_RECV] = ms_between(&ex->t0, &ex->t_body);
     rc = circle_engine_submit(srv->engine, job_run, ex);
   }
   if (rc == CIRCLE_OK) {
@@ -1305,6 +1362,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     ex->srv = srv;
     ex->conn = conn;
     clock_gettime(CLOCK_MONOTONIC, &ex->t0);
+    for (int i = 0; i < PHASES; i++) ex->phase_ms[i] = -1;
     copy_printable(ex->method, sizeof ex->method, method);
     copy_printable(ex->url, sizeof ex->url, url);
     atomic_init(&ex->reserved, 0);
@@ -1352,9 +1410,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn,
   *req_cls = NULL;
   double ms = ms_since(&ex->t0);
   if (!srv->opts.quiet) {
+    char phases[160] = "";
+    if (ex->submitted && phases_format(ex, phases + 1, sizeof phases - 1, " ", "="))
+      phases[0] = ' ';
     if (ex->answered)
-      fprintf(stderr, "circled: %s %s %u %zu %.3fms\n", ex->method, ex->url,
-              ex->status, ex->bytes, ms);
+      fprintf(stderr, "circled: %s %s %u %zu %.3fms%s\n", ex->method, ex->url,
+              ex->status, ex->bytes, ms, phases);
     else
       fprintf(stderr, "circled: %s %s - 0 %.3fms (%s)\n", ex->method,
               ex->url, ms,

@@ -913,22 +913,83 @@ static double oip_binary_loss(const td_resp *r) {
   return f;
 }
 
-START_TEST(http_should_compute_oip_binary_like_v1) {
-  double want = v1_loss_for(20, 6, 5);
+/* POSTs oip_binary_body(n, d, seed) to the infer route of the shared
+ * daemon; the answer is in *r. */
+static void post_oip_binary(size_t n, size_t d, unsigned seed, td_resp *r) {
   size_t total, hl;
-  char *body = oip_binary_body(20, 6, 5, &total, &hl);
+  char *body = oip_binary_body(n, d, seed, &total, &hl);
   char ih[80];
   snprintf(ih, sizeof ih, "Inference-Header-Content-Length: %zu", hl);
   const char *h[] = {ih, NULL};
-  td_resp r;
   ck_assert_int_eq(td_request(&g_d, NULL, "POST", "/v2/models/circle/infer",
-                              body, total, h, NULL, &r),
+                              body, total, h, NULL, r),
                    0);
+  free(body);
+}
+
+START_TEST(http_should_compute_oip_binary_like_v1) {
+  double want = v1_loss_for(20, 6, 5);
+  td_resp r;
+  post_oip_binary(20, 6, 5, &r);
   /* /v1 writes 9 digits: the same float32 once read back as a float. */
   double got = oip_binary_loss(&r);
   ck_assert_msg((float)got == (float)want, "binary %.9g, /v1 %.9g", got, want);
   td_resp_free(&r);
-  free(body);
+}
+END_TEST
+
+/* Checks a Server-Timing value: "name;dur=ms" items joined by ", ", with
+ * the names in want (in order), each duration >= 0; returns their sum. */
+static double check_server_timing(const char *v, const char *const *want) {
+  double sum = 0;
+  const char *p = v;
+  for (size_t k = 0; want[k]; k++) {
+    size_t len = strlen(want[k]);
+    ck_assert_msg(strncmp(p, want[k], len) == 0 && strncmp(p + len, ";dur=", 5) == 0,
+                  "Server-Timing \"%s\": expected %s at \"%s\"", v, want[k], p);
+    char *end;
+    double ms = strtod(p + len + 5, &end);
+    ck_assert_msg(end > p + len + 5 && ms >= 0, "bad duration in \"%s\"", v);
+    sum += ms;
+    p = end;
+    if (want[k + 1]) {
+      ck_assert_msg(strncmp(p, ", ", 2) == 0, "Server-Timing \"%s\" ends early", v);
+      p += 2;
+    }
+  }
+  ck_assert_msg(*p == '\0', "Server-Timing \"%s\" has more than expected", v);
+  return sum;
+}
+
+START_TEST(http_should_report_where_the_time_went_in_server_timing) {
+  /* A computed request: every phase, adding up to no more than the client
+   * waited. */
+  td_resp r;
+  double t0 = td_now();
+  post_oip_binary(200, 32, 5, &r);
+  double waited_ms = (td_now() - t0) * 1e3;
+  ck_assert_int_eq(r.status, 200);
+  char st[256];
+  ck_assert_ptr_nonnull(td_header(&r, "Server-Timing", st, sizeof st));
+  const char *all[] = {"recv", "queue", "decode", "compute", "encode", NULL};
+  double sum = check_server_timing(st, all);
+  ck_assert_msg(sum <= waited_ms, "phases add up to %.3f ms, the client waited %.3f",
+                sum, waited_ms);
+  td_resp_free(&r);
+
+  /* A request its decoding refuses: the phases it reached. */
+  req(&g_d, "POST", "/v1/loss",
+      "{\"labels\": [0, 1], \"embeddings\": [[1, 2], [3, 4, 5]]}", &r);
+  ck_assert_int_eq(r.status, 400);
+  ck_assert_ptr_nonnull(td_header(&r, "Server-Timing", st, sizeof st));
+  const char *reached[] = {"recv", "queue", NULL};
+  check_server_timing(st, reached);
+  td_resp_free(&r);
+
+  /* Nothing computed, nothing to report. */
+  req(&g_d, "GET", "/healthz", NULL, &r);
+  ck_assert_ptr_null(td_header(&r, "Server-Timing", st, sizeof st));
+  td_resp_free(&r);
 }
 END_TEST
 
@@ -1713,6 +1774,7 @@ static Suite *http_suite(void) {
   tcase_add_test(shared, http_should_refuse_oversize_body_from_content_length);
   tcase_add_test(shared, http_should_compute_oip_json_like_v1);
   tcase_add_test(shared, http_should_compute_oip_binary_like_v1);
+  tcase_add_test(shared, http_should_report_where_the_time_went_in_server_timing);
   tcase_add_test(shared, http_should_accept_gzip_and_deflate_bodies);
   tcase_add_test(shared, http_should_refuse_corrupt_gzip_body);
   tcase_add_test(shared, http_should_compress_the_response_when_asked);
