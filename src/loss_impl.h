@@ -134,14 +134,23 @@ CIRCLE__HOT static void F(row_stats)(struct F(ctx) *x, size_t i, const T *s,
   }
   /* Nearest neighbour: the first index of the largest similarity (other
    * than the row itself). The lanes found the largest value; one scan
-   * that stops at its first occurrence finds the index. Similarities are
+   * that stops at its first occurrence finds the index, skipping whole
+   * blocks of LANES that do not hold it (the row's own pair may, and is
+   * then passed over one by one). Similarities are
    * finite, so nothing equals -inf and no neighbour leaves nn at -1. */
   T best = -INFINITY;
   for (int l = 0; l < LANES; l++) best = top[l] > best ? top[l] : best;
   for (size_t j = jv; j < m; j++)
     if (j != self_j && s[j] > best) best = s[j];
   size_t nn = (size_t)-1;
-  for (size_t j = 0; j < m && best > -INFINITY; j++)
+  size_t j1 = 0; /* no block before j1 holds best */
+  if (best > -INFINITY)
+    for (; j1 < jv; j1 += LANES) {
+      int hit = 0; /* one vector compare a block, not one branch a pair */
+      for (int l = 0; l < LANES; l++) hit |= s[j1 + (size_t)l] == best;
+      if (hit) break;
+    }
+  for (size_t j = j1; j < m && best > -INFINITY; j++)
     if (j != self_j && s[j] == best) {
       nn = j;
       break;
