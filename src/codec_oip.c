@@ -630,11 +630,11 @@ bad: /* the error is set */
 /* ------------------------------------------------------------------------ */
 
 enum { P_GAMMA, P_MARGIN, P_REMOVE_DIAGONAL, P_REDUCTION, P_NORMALIZE,
-       P_DTYPE, P_TAG, P_BINARY_DATA_OUTPUT, P_SEQUENCE_ID, P_SEQUENCE_START,
+       P_DTYPE, P_TAG, P_BINARY_DATA_OUTPUT, P_STATS, P_SEQUENCE_ID, P_SEQUENCE_START,
        P_SEQUENCE_END, P_PRIORITY, P_TIMEOUT, P_COUNT };
 
 static int parse_params(oip_decoder *dc, const cJSON *p, circle_request *r,
-                        bool *dtype_given, bool *binary_default) {
+                        bool *dtype_given, bool *binary_default, bool *stats) {
   circle_error *err = dc->err;
   if (!cJSON_IsObject(p))
     return circle_error_set(err, 400, "wrong_type",
@@ -647,7 +647,7 @@ static int parse_params(oip_decoder *dc, const cJSON *p, circle_request *r,
       {"gamma", NULL},          {"margin", NULL},       {"remove_diagonal", NULL},
       {"reduction", NULL},      {"normalize", NULL},    {"dtype", NULL},
       {"tag", NULL},            {"binary_data_output", NULL},
-      {"sequence_id", NULL},    {"sequence_start", NULL},
+      {"stats", NULL},          {"sequence_id", NULL},    {"sequence_start", NULL},
       {"sequence_end", NULL},   {"priority", NULL},     {"timeout", NULL}};
   if (circle__json_fields(p, "parameters", f, P_COUNT, err) != 0)
     return CIRCLE_EINVAL;
@@ -698,6 +698,15 @@ static int parse_params(oip_decoder *dc, const cJSON *p, circle_request *r,
                               "true or false",
                               circle__json_kind(f[P_BINARY_DATA_OUTPUT].item));
     *binary_default = cJSON_IsTrue(f[P_BINARY_DATA_OUTPUT].item);
+  }
+  /* stats: false skips the quality figures (response parameters and
+   * /metrics) for a client that wants the loss and gradients alone. */
+  if (f[P_STATS].item) {
+    if (!cJSON_IsBool(f[P_STATS].item))
+      return circle_error_set(err, 400, "wrong_type",
+                              "parameters.stats is %s; expected true or false",
+                              circle__json_kind(f[P_STATS].item));
+    *stats = cJSON_IsTrue(f[P_STATS].item);
   }
   return 0;
 }
@@ -865,9 +874,9 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
   }
 
   /* Parameters: config first, it decides the dtype. */
-  bool dtype_given = false, binary_default = false;
+  bool dtype_given = false, binary_default = false, stats = true;
   if (f[5].item && !cJSON_IsNull(f[5].item) &&
-      parse_params(&dc, f[5].item, &r, &dtype_given, &binary_default) != 0)
+      parse_params(&dc, f[5].item, &r, &dtype_given, &binary_default, &stats) != 0)
     goto fail;
 
   /* Inputs, and where each one's binary data lies. */
@@ -987,7 +996,8 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
   if (!dtype_given && E->type == CIRCLE_OIP_FP64) r.cfg.dtype = CIRCLE_DTYPE_FLOAT64;
   r.emb_datatype = E->type;
 
-  /* Outputs: asked for, or all that apply; stats always (as parameters). */
+  /* Outputs: asked for, or all that apply; stats (as parameters) unless
+   * parameters.stats is false. */
   if (f[4].item && !cJSON_IsNull(f[4].item)) {
     if (parse_outputs(&dc, f[4].item, binary_default, &r) != 0) goto fail;
   } else {
@@ -998,7 +1008,7 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
       if (binary_default) r.binary_outputs |= bit;
     }
   }
-  r.want |= CIRCLE_OUT_STATS;
+  if (stats) r.want |= CIRCLE_OUT_STATS;
 
   /* The data. */
   void *p;

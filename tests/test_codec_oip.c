@@ -361,6 +361,8 @@ START_TEST(codec_oip_should_reject_bad_parameters) {
                     "parameters.tag");
   EXPECT_JSON_ERROR(with(", \"parameters\": {\"binary_data_output\": 1}"), 400,
                     "wrong_type", "binary_data_output");
+  EXPECT_JSON_ERROR(with(", \"parameters\": {\"stats\": \"no\"}"), 400,
+                    "wrong_type", "parameters.stats is a string; expected true or false");
   EXPECT_JSON_ERROR(with(", \"parameters\": [1]"), 400, "wrong_type",
                     "parameters is an array");
   EXPECT_JSON_ERROR(with(", \"model_name\": \"resnet\""), 400, "wrong_type",
@@ -397,6 +399,18 @@ START_TEST(codec_oip_should_follow_requested_outputs) {
                   &req, &err),
       0);
   ck_assert_uint_eq(req.binary_outputs, CIRCLE_OUT_PER_SAMPLE);
+  circle_request_free(&req);
+  /* parameters.stats: false leaves the quality figures out; true (the
+   * default) keeps them. */
+  ck_assert_int_eq(
+      decode_json(with(", \"outputs\": [{\"name\": \"loss\"}], \"parameters\": "
+                       "{\"stats\": false}"),
+                  &req, &err),
+      0);
+  ck_assert_uint_eq(req.want, CIRCLE_OUT_LOSS);
+  circle_request_free(&req);
+  ck_assert_int_eq(decode_json(with(", \"parameters\": {\"stats\": true}"), &req, &err), 0);
+  ck_assert_uint_ne(req.want & CIRCLE_OUT_STATS, 0);
   circle_request_free(&req);
   EXPECT_JSON_ERROR(with(", \"outputs\": [{\"name\": \"logits\"}]"), 400,
                     "bad_output", "no output 'logits'");

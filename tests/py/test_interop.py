@@ -394,6 +394,18 @@ def test_interop_outputs_subset_should_return_only_those(client, circled):
             assert_same_bits(one, got, f"/v1 outputs {subset}")
 
 
+def test_interop_stats_parameter_false_should_leave_the_figures_out(client):
+    """parameters.stats: false drops the quality figures and nothing else:
+    the outputs carry the same bits."""
+    c = CASES["ref_mean_64"]
+    enc = ("INT64", "n", True, False, None)
+    full, with_stats = v2(client, c, enc)
+    assert "pos_row_frac" in with_stats["parameters"]
+    got, resp = v2(client, c, enc, params=v2_params(c, stats=False))
+    assert "parameters" not in resp, resp.get("parameters")
+    assert_same_bits(got, full, "stats: false")
+
+
 def test_interop_without_requested_outputs_should_return_all_binary(client):
     c = CASES["nodiag_ref_64"]
     r = client.infer("circle", v2_inputs(c, ("INT64", "n", True, True, None)),
