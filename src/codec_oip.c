@@ -432,26 +432,48 @@ static inline bool put_float(fill_ctx *c, size_t i, double v) {
   return true;
 }
 
-/* True when every value of a dtype array is finite (and, for weights, not
- * negative): what put_float checks, as one branch-free pass. */
-static bool floats_ok(const void *v, size_t count, circle_dtype dt,
-                      bool weights) {
+/* Copies count values of dtype dt from src (any alignment) to dst and says
+ * whether every one is finite (and, for weights, not negative): what
+ * put_float checks, in one pass over blocks of a fixed FLOATS_BLOCK values,
+ * each copied and then tested while it is in the cache. The fixed count
+ * lets the compiler vectorize the test even at -O2 (a loop over all count
+ * values ran one value at a time: 3 ms of a 4096 x 512 request). The sign
+ * test is on the bits: negative means the sign set on a nonzero value (NaN
+ * is caught as not finite already). */
+#define FLOATS_BLOCK 64
+static bool copy_floats_ok(void *dst, const void *src, size_t count,
+                           circle_dtype dt, bool weights) {
+  const unsigned char *s = src;
+  unsigned char *d = dst;
   int bad = 0;
+  size_t i = 0;
   if (dt == CIRCLE_DTYPE_FLOAT32) {
-    const float *f = v;
-    for (size_t i = 0; i < count; i++) {
-      uint32_t u;
-      memcpy(&u, &f[i], 4);
-      bad |= (u & 0x7f800000u) == 0x7f800000u;
-      bad |= (int)weights & (f[i] < 0); /* no && here: see loss_impl.h */
+    const uint32_t neg = weights ? 0x80000000u : 0;
+    for (; i < count; i += FLOATS_BLOCK) {
+      uint32_t blk[FLOATS_BLOCK];
+      size_t k_end = count - i < FLOATS_BLOCK ? count - i : FLOATS_BLOCK;
+      if (k_end < FLOATS_BLOCK) memset(blk, 0, sizeof blk);
+      memcpy(blk, s + 4 * i, k_end * 4);
+      memcpy(d + 4 * i, blk, k_end * 4);
+      for (int k = 0; k < FLOATS_BLOCK; k++) {
+        uint32_t u = blk[k];
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+        bad |= ((u & neg) != 0) & ((u & 0x7fffffffu) != 0); /* &: loss_impl.h */
+      }
     }
   } else {
-    const double *f = v;
-    for (size_t i = 0; i < count; i++) {
-      uint64_t u;
-      memcpy(&u, &f[i], 8);
-      bad |= (u & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
-      bad |= (int)weights & (f[i] < 0); /* no && here: see loss_impl.h */
+    const uint64_t neg = weights ? 0x8000000000000000ull : 0;
+    for (; i < count; i += FLOATS_BLOCK) {
+      uint64_t blk[FLOATS_BLOCK];
+      size_t k_end = count - i < FLOATS_BLOCK ? count - i : FLOATS_BLOCK;
+      if (k_end < FLOATS_BLOCK) memset(blk, 0, sizeof blk);
+      memcpy(blk, s + 8 * i, k_end * 8);
+      memcpy(d + 8 * i, blk, k_end * 8);
+      for (int k = 0; k < FLOATS_BLOCK; k++) {
+        uint64_t u = blk[k];
+        bad |= (u & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+        bad |= ((u & neg) != 0) & ((u & 0x7fffffffffffffffull) != 0);
+      }
     }
   }
   return !bad;
@@ -581,12 +603,10 @@ static int read_input(oip_decoder *dc, int k, circle_dtype dt, void **out) {
       }
       break;
     case CIRCLE_OIP_FP32:
-      /* Same width: copy, then one vectorized check; the element loop
-       * below runs only to name the first bad value. */
-      if (dt == CIRCLE_DTYPE_FLOAT32) {
-        memcpy(buf, p, count * 4);
-        if (floats_ok(buf, count, dt, c.weights)) break;
-      }
+      /* Same width: copy and check in one vectorized pass; the element
+       * loop below runs only to name the first bad value. */
+      if (dt == CIRCLE_DTYPE_FLOAT32 && copy_floats_ok(buf, p, count, dt, c.weights))
+        break;
       for (size_t i = 0; i < count; i++) {
         float v;
         memcpy(&v, p + 4 * i, 4);
@@ -594,10 +614,8 @@ static int read_input(oip_decoder *dc, int k, circle_dtype dt, void **out) {
       }
       break;
     case CIRCLE_OIP_FP64:
-      if (dt == CIRCLE_DTYPE_FLOAT64) {
-        memcpy(buf, p, count * 8);
-        if (floats_ok(buf, count, dt, c.weights)) break;
-      }
+      if (dt == CIRCLE_DTYPE_FLOAT64 && copy_floats_ok(buf, p, count, dt, c.weights))
+        break;
       for (size_t i = 0; i < count; i++) {
         double v;
         memcpy(&v, p + 8 * i, 8);

@@ -5,6 +5,7 @@
  * binary outputs, Inference-Header-Content-Length).
  */
 #include <check.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -238,6 +239,77 @@ START_TEST(codec_oip_should_widen_fp16_and_bf16) {
                               bf, sizeof(bf), NULL),
                     &l, 400, "non_finite", "embeddings[1, 1] is nan",
                     (const char *)NULL);
+}
+END_TEST
+
+/* Same-width binary floats are copied and checked in blocks of 64: a bad
+ * value must be found wherever it lies (a full block, the tail), named as
+ * the element loop names it, and good data must arrive bit for bit. */
+START_TEST(codec_oip_should_check_same_width_binary_floats_in_every_block) {
+  enum { N = 50, D = 3 }; /* 150 values: two blocks of 64 and a tail of 22 */
+  int64_t labels[N];
+  float x[N * D], w[N];
+  double xd[N * D];
+  for (int i = 0; i < N; i++) {
+    labels[i] = i % 4;
+    w[i] = (float)(i % 3);
+  }
+  w[7] = -0.0f; /* not negative */
+  for (int i = 0; i < N * D; i++) x[i] = xd[i] = 0.25 * (i % 7) - 0.5;
+  const char *json32 = strf(
+      "{\"inputs\": [{\"name\": \"labels\", \"shape\": [%d], \"datatype\": "
+      "\"INT64\", \"parameters\": {\"binary_data_size\": %zu}}, {\"name\": "
+      "\"embeddings\", \"shape\": [%d, %d], \"datatype\": \"FP32\", "
+      "\"parameters\": {\"binary_data_size\": %zu}}, {\"name\": "
+      "\"sample_weight\", \"shape\": [%d], \"datatype\": \"FP32\", "
+      "\"parameters\": {\"binary_data_size\": %zu}}]}",
+      N, sizeof labels, N, D, sizeof x, N, sizeof w);
+  circle_limits l;
+  circle_limits_init(&l);
+  circle_request req;
+  circle_error err;
+  ck_assert_int_eq(decode_body(body_make(json32, labels, sizeof labels, x, sizeof x, w,
+                                         sizeof w, NULL),
+                               &l, &req, &err),
+                   0);
+  ck_assert_int_eq(memcmp(req.x, x, sizeof x), 0);
+  ck_assert_int_eq(memcmp(req.sw, w, sizeof w), 0);
+  circle_request_free(&req);
+  /* inf in the second block, nan in the tail, the largest float is fine. */
+  x[70] = INFINITY;
+  expect_error_body(body_make(json32, labels, sizeof labels, x, sizeof x, w, sizeof w,
+                              NULL),
+                    &l, 400, "non_finite", "embeddings[23, 1] is inf", (const char *)NULL);
+  x[70] = FLT_MAX;
+  x[149] = NAN;
+  expect_error_body(body_make(json32, labels, sizeof labels, x, sizeof x, w, sizeof w,
+                              NULL),
+                    &l, 400, "non_finite", "embeddings[49, 2] is nan", (const char *)NULL);
+  x[149] = 1.0f;
+  /* A negative weight at the very end. */
+  w[N - 1] = -0.5f;
+  expect_error_body(body_make(json32, labels, sizeof labels, x, sizeof x, w, sizeof w,
+                              NULL),
+                    &l, 400, "wrong_type", "sample_weight", "-0.5", ">= 0",
+                    (const char *)NULL);
+  w[N - 1] = 1.0f;
+  /* float64 data computed in float64: the same, in the first block. */
+  const char *json64 = strf(
+      "{\"inputs\": [{\"name\": \"labels\", \"shape\": [%d], \"datatype\": "
+      "\"INT64\", \"parameters\": {\"binary_data_size\": %zu}}, {\"name\": "
+      "\"embeddings\", \"shape\": [%d, %d], \"datatype\": \"FP64\", "
+      "\"parameters\": {\"binary_data_size\": %zu}}]}",
+      N, sizeof labels, N, D, sizeof xd);
+  ck_assert_int_eq(
+      decode_body(body_make(json64, labels, sizeof labels, xd, sizeof xd, NULL), &l, &req,
+                  &err),
+      0);
+  ck_assert_int_eq(req.cfg.dtype, CIRCLE_DTYPE_FLOAT64);
+  ck_assert_int_eq(memcmp(req.x, xd, sizeof xd), 0);
+  circle_request_free(&req);
+  xd[5] = -INFINITY;
+  expect_error_body(body_make(json64, labels, sizeof labels, xd, sizeof xd, NULL), &l, 400,
+                    "non_finite", "embeddings[1, 2] is -inf", (const char *)NULL);
 }
 END_TEST
 
@@ -915,6 +987,7 @@ Suite *codec_oip_suite(void) {
   tcase_add_test(tc, codec_oip_should_decode_binary_tensors_like_tritonclient);
   tcase_add_test(tc, codec_oip_should_widen_fp16_and_bf16);
   tcase_add_test(tc, codec_oip_should_take_binary_n_by_1_labels_and_ref_sets);
+  tcase_add_test(tc, codec_oip_should_check_same_width_binary_floats_in_every_block);
   tcase_add_test(tc, codec_oip_should_read_int64_labels_exactly);
   tcase_add_test(tc, codec_oip_should_take_parameters);
   tcase_add_test(tc, codec_oip_should_reject_bad_parameters);
