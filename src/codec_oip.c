@@ -441,43 +441,37 @@ static inline bool put_float(fill_ctx *c, size_t i, double v) {
  * test is on the bits: negative means the sign set on a nonzero value (NaN
  * is caught as not finite already). */
 #define FLOATS_BLOCK 64
+/* The pass for values whose bits are the unsigned type UT: EXP is the
+ * exponent field (all ones: not finite), MAG everything but the sign. */
+#define COPY_CHECK(UT, EXP, MAG)                                           \
+  do {                                                                     \
+    const UT neg = weights ? (UT) ~(MAG) : 0;                              \
+    for (size_t i = 0; i < count; i += FLOATS_BLOCK) {                     \
+      UT blk[FLOATS_BLOCK];                                                \
+      size_t k_end = count - i < FLOATS_BLOCK ? count - i : FLOATS_BLOCK;  \
+      if (k_end < FLOATS_BLOCK) memset(blk, 0, sizeof blk);                \
+      memcpy(blk, s + sizeof(UT) * i, k_end * sizeof(UT));                 \
+      memcpy(d + sizeof(UT) * i, blk, k_end * sizeof(UT));                 \
+      for (int k = 0; k < FLOATS_BLOCK; k++) {                             \
+        bad |= (blk[k] & (EXP)) == (EXP);                                  \
+        /* &, not &&: see loss_impl.h */                                   \
+        bad |= ((blk[k] & neg) != 0) & ((blk[k] & (MAG)) != 0);            \
+      }                                                                    \
+    }                                                                      \
+  } while (0)
+
 static bool copy_floats_ok(void *dst, const void *src, size_t count,
                            circle_dtype dt, bool weights) {
   const unsigned char *s = src;
   unsigned char *d = dst;
   int bad = 0;
-  size_t i = 0;
-  if (dt == CIRCLE_DTYPE_FLOAT32) {
-    const uint32_t neg = weights ? 0x80000000u : 0;
-    for (; i < count; i += FLOATS_BLOCK) {
-      uint32_t blk[FLOATS_BLOCK];
-      size_t k_end = count - i < FLOATS_BLOCK ? count - i : FLOATS_BLOCK;
-      if (k_end < FLOATS_BLOCK) memset(blk, 0, sizeof blk);
-      memcpy(blk, s + 4 * i, k_end * 4);
-      memcpy(d + 4 * i, blk, k_end * 4);
-      for (int k = 0; k < FLOATS_BLOCK; k++) {
-        uint32_t u = blk[k];
-        bad |= (u & 0x7f800000u) == 0x7f800000u;
-        bad |= ((u & neg) != 0) & ((u & 0x7fffffffu) != 0); /* &: loss_impl.h */
-      }
-    }
-  } else {
-    const uint64_t neg = weights ? 0x8000000000000000ull : 0;
-    for (; i < count; i += FLOATS_BLOCK) {
-      uint64_t blk[FLOATS_BLOCK];
-      size_t k_end = count - i < FLOATS_BLOCK ? count - i : FLOATS_BLOCK;
-      if (k_end < FLOATS_BLOCK) memset(blk, 0, sizeof blk);
-      memcpy(blk, s + 8 * i, k_end * 8);
-      memcpy(d + 8 * i, blk, k_end * 8);
-      for (int k = 0; k < FLOATS_BLOCK; k++) {
-        uint64_t u = blk[k];
-        bad |= (u & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
-        bad |= ((u & neg) != 0) & ((u & 0x7fffffffffffffffull) != 0);
-      }
-    }
-  }
+  if (dt == CIRCLE_DTYPE_FLOAT32)
+    COPY_CHECK(uint32_t, 0x7f800000u, 0x7fffffffu);
+  else
+    COPY_CHECK(uint64_t, 0x7ff0000000000000ull, 0x7fffffffffffffffull);
   return !bad;
 }
+#undef COPY_CHECK
 
 static bool leaf_float(void *ctx, const cJSON *leaf, size_t i) {
   fill_ctx *c = ctx;
