@@ -35,6 +35,7 @@
 /* Per-row statistics, reduced serially after the row loop. */
 typedef struct {
   double pos_sum, neg_sum, min_pos, max_neg, nn_sim;
+  double norm_dev; /* |‖x_i‖ - 1| of the query row as given */
   uint64_t pos_cnt, neg_cnt, hard_neg;
   int nn_same;
 } row_stats;
@@ -131,6 +132,7 @@ static inline float exp_f(float x) {
     T *ebuf;                /* per-thread exp(z - max) of one row */          \
     size_t wide;                                                              \
     const T *X, *R;                                                           \
+    const T *raw;           /* the query embeddings as given (norm_dev) */    \
     T *S, *Xc, *dX, *dR;                                                      \
     T *lse_p, *lse_n, *v, *sig, *cf;                                          \
     double *coef;                                                             \
@@ -342,7 +344,6 @@ static double reduce_rows(const circle_config *cfg, size_t n,
 }
 
 static void reduce_stats(const row_stats *rs, size_t n, const double *v,
-                         const void *x, size_t d, circle_dtype dt,
                          circle_stats *st) {
   *st = (circle_stats){0};
   double pos_sum = 0, neg_sum = 0, min_pos = INFINITY, max_neg = -INFINITY;
@@ -366,8 +367,7 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
       nn_rows++;
       nn_same += r->nn_same;
     }
-    double ss = circle__row_norm2(x, i, d, dt);
-    double dev = fabs(sqrt(ss) - 1.0);
+    double dev = r->norm_dev;
     dev_sum += dev;
     if (dev > dev_max) dev_max = dev;
   }
@@ -411,7 +411,7 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
     x.wide = p->wide;                                                          \
     label_ids(in->labels, p->n, p->self ? NULL : in->ref_labels, p->m,         \
               (int32_t *)(mem + p->off_ids), (int64_t *)(mem + p->off_sort));  \
-    x.X = in->embeddings;                                                      \
+    x.X = x.raw = in->embeddings;                                              \
     x.R = p->self ? in->embeddings : in->ref_embeddings;                       \
     x.lse_p = (T *)(mem + p->off_rows);                                        \
     x.lse_n = x.lse_p + p->n;                                                  \
@@ -464,8 +464,7 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
                               x.coef);                                         \
     for (size_t i = 0; i < p->n; i++) x.cf[i] = (T)x.coef[i];                 \
     if (want & CIRCLE_OUT_STATS)                                               \
-      reduce_stats(x.stats, p->n, vd, in->embeddings, p->d, cfg->dtype,        \
-                   &out->stats);                                               \
+      reduce_stats(x.stats, p->n, vd, &out->stats);                            \
     if (x.need_g) {                                                            \
       if (p->materialize) {                                                    \
         if (p->self) {                                                         \

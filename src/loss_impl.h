@@ -112,6 +112,12 @@ CIRCLE__HOT static void F(row_stats)(struct F(ctx) *x, size_t i, const T *s,
   row_stats *st = &x->stats[i];
   *st = (row_stats){.min_pos = INFINITY, .max_neg = -INFINITY,
                     .nn_sim = -INFINITY};
+  /* The input's norm here, on the row's thread, not in the serial
+   * reduction: one pass over the embeddings split across the threads. */
+  st->norm_dev = fabs(sqrt(circle__row_norm2(
+                          x->raw, i, x->d,
+                          sizeof(T) == 4 ? CIRCLE_DTYPE_FLOAT32 : CIRCLE_DTYPE_FLOAT64)) -
+                      1.0);
   for (int l = 0; l < LANES; l++) {
     st->pos_sum += ps[l];
     st->neg_sum += ns[l];
