@@ -191,7 +191,12 @@ def main():
     ap.add_argument("--reps", type=int, default=0, help="timed runs (default 7; 3 at N >= 16384)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--limit-s", type=float, default=60.0)
-    ap.add_argument("--gap-s", type=float, default=0.2, help="pause before every run")
+    # 1 s, not 0.2: with all six contestants alive, circled's OIP column
+    # (two processes handing a request back and forth) read 1.17-1.28x the
+    # engine after 0.2 s pauses and 1.09-1.14x after 1 s (4096 x 512, five
+    # and four runs); the previous contestant's thread pools were still
+    # awake. Each subset of contestants read 1.13-1.15x either way.
+    ap.add_argument("--gap-s", type=float, default=1.0, help="pause before every run")
     ap.add_argument("--mem-gb", type=float, default=12.0)
     ap.add_argument("--quick", action="store_true", help="N 1024 and 4096 only, 3 runs")
     ap.add_argument("--circled", default=os.path.join(ROOT, "build", "circled"))
