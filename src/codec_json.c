@@ -155,14 +155,10 @@ int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
                               "finite number (Keras' default is 0.4)");
     c.margin = it->valuedouble;
   }
-  if ((it = f[CF_REMOVE_DIAGONAL].item) != NULL) {
-    if (!cJSON_IsBool(it))
-      return circle_error_set(err, 400, "bad_config",
-                              "config.remove_diagonal is %s; expected true "
-                              "or false",
-                              circle__json_kind(it));
-    c.remove_diagonal = cJSON_IsTrue(it);
-  }
+  if ((it = f[CF_REMOVE_DIAGONAL].item) != NULL &&
+      circle__bool_parse(it, &c.remove_diagonal, "config.remove_diagonal",
+                         "bad_config", err) != 0)
+    return CIRCLE_EINVAL;
   if ((it = f[CF_DTYPE].item) != NULL && !cJSON_IsNull(it)) {
     if (!cJSON_IsString(it) || circle_dtype_parse(it->valuestring, &c.dtype) != 0) {
       char q[80];
@@ -175,13 +171,10 @@ int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
   }
   if ((it = f[CF_FN].item) != NULL && parse_fn(it, err) != 0)
     return CIRCLE_EINVAL;
-  if ((it = f[CF_NORMALIZE].item) != NULL) {
-    if (!cJSON_IsBool(it))
-      return circle_error_set(err, 400, "bad_config",
-                              "config.normalize is %s; expected true or false",
-                              circle__json_kind(it));
-    c.normalize = cJSON_IsTrue(it);
-  }
+  if ((it = f[CF_NORMALIZE].item) != NULL &&
+      circle__bool_parse(it, &c.normalize, "config.normalize", "bad_config",
+                         err) != 0)
+    return CIRCLE_EINVAL;
   if (circle_config_validate(&c) != 0)
     return circle_error_set(err, 400, "bad_config",
                             "config is out of range (gamma must be > 0 and "

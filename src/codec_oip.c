@@ -692,34 +692,23 @@ static int parse_params(oip_decoder *dc, const cJSON *p, circle_request *r,
     return CIRCLE_EINVAL;
   }
   *dtype_given = f[P_DTYPE].item && !cJSON_IsNull(f[P_DTYPE].item);
-  if (f[P_NORMALIZE].item) {
-    if (!cJSON_IsBool(f[P_NORMALIZE].item))
-      return circle_error_set(err, 400, "bad_config",
-                              "parameters.normalize is %s; expected true or "
-                              "false",
-                              circle__json_kind(f[P_NORMALIZE].item));
-    r->cfg.normalize = cJSON_IsTrue(f[P_NORMALIZE].item);
-  }
+  if (f[P_NORMALIZE].item &&
+      circle__bool_parse(f[P_NORMALIZE].item, &r->cfg.normalize,
+                         "parameters.normalize", "bad_config", err) != 0)
+    return CIRCLE_EINVAL;
   if (f[P_TAG].item &&
       circle__tag_parse(f[P_TAG].item, r->tag, sizeof(r->tag), "parameters.tag", err) != 0)
     return CIRCLE_EINVAL;
-  if (f[P_BINARY_DATA_OUTPUT].item) {
-    if (!cJSON_IsBool(f[P_BINARY_DATA_OUTPUT].item))
-      return circle_error_set(err, 400, "wrong_type",
-                              "parameters.binary_data_output is %s; expected "
-                              "true or false",
-                              circle__json_kind(f[P_BINARY_DATA_OUTPUT].item));
-    *binary_default = cJSON_IsTrue(f[P_BINARY_DATA_OUTPUT].item);
-  }
+  if (f[P_BINARY_DATA_OUTPUT].item &&
+      circle__bool_parse(f[P_BINARY_DATA_OUTPUT].item, binary_default,
+                         "parameters.binary_data_output", "wrong_type", err) != 0)
+    return CIRCLE_EINVAL;
   /* stats: false skips the quality figures (response parameters and
    * /metrics) for a client that wants the loss and gradients alone. */
-  if (f[P_STATS].item) {
-    if (!cJSON_IsBool(f[P_STATS].item))
-      return circle_error_set(err, 400, "wrong_type",
-                              "parameters.stats is %s; expected true or false",
-                              circle__json_kind(f[P_STATS].item));
-    *stats = cJSON_IsTrue(f[P_STATS].item);
-  }
+  if (f[P_STATS].item &&
+      circle__bool_parse(f[P_STATS].item, stats, "parameters.stats", "wrong_type",
+                         err) != 0)
+    return CIRCLE_EINVAL;
   return 0;
 }
 

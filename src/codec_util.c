@@ -573,6 +573,15 @@ bool circle__labels_assign(circle__labels *l) {
 /* Shared request and response pieces                                       */
 /* ------------------------------------------------------------------------ */
 
+int circle__bool_parse(const cJSON *it, bool *out, const char *field,
+                       const char *code, circle_error *err) {
+  if (!cJSON_IsBool(it))
+    return circle_error_set(err, 400, code, "%s is %s; expected true or false",
+                            field, circle__json_kind(it));
+  *out = cJSON_IsTrue(it);
+  return 0;
+}
+
 int circle__tag_parse(const cJSON *it, char *tag, size_t tag_len,
                       const char *field, circle_error *err) {
   if (cJSON_IsNull(it)) {

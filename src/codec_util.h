@@ -120,6 +120,11 @@ bool circle__labels_assign(circle__labels *l);
 int circle__tag_parse(const cJSON *item, char *tag, size_t tag_len,
                       const char *field, circle_error *err);
 
+/* Reads a JSON boolean into *out. Returns 0, or CIRCLE_EINVAL with *err =
+ * 400 `code`: "<field> is <kind>; expected true or false". */
+int circle__bool_parse(const cJSON *item, bool *out, const char *field,
+                       const char *code, circle_error *err);
+
 /* Appends the stats object: {"pos_row_frac": ..., ..., "pos_pairs": N,
  * "neg_pairs": N}, figures as float64 numbers (null if non-finite). */
 void circle__json_stats_write(circle_buf *b, const circle_stats *s);

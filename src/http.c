@@ -95,9 +95,7 @@
 /* Longest URL kept for the log line. */
 #define LOG_URL_MAX 200
 /* libmicrohttpd's memory pool per connection (headers and read buffer). */
-#ifndef CONN_POOL_BYTES
 #define CONN_POOL_BYTES ((size_t)128 << 10)
-#endif
 
 /* ======================================================================== */
 /* Types                                                                    */
@@ -228,16 +226,15 @@ struct exchange {
 /* Small helpers                                                            */
 /* ======================================================================== */
 
-static double ms_since(const struct timespec *t0) {
-  struct timespec t1;
-  clock_gettime(CLOCK_MONOTONIC, &t1);
-  return (double)(t1.tv_sec - t0->tv_sec) * 1e3 +
-         (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
-}
-
 static double ms_between(const struct timespec *t0, const struct timespec *t1) {
   return (double)(t1->tv_sec - t0->tv_sec) * 1e3 +
          (double)(t1->tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+static double ms_since(const struct timespec *t0) {
+  struct timespec t1;
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  return ms_between(t0, &t1);
 }
 
 /* Ends the phase that started at *mark (now the next one starts). */
