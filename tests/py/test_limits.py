@@ -24,6 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "load"))
 from daemon import ROOT, Circled, circled_binary  # noqa: E402
+import long_request  # noqa: E402
 
 OIP = "/v2/models/circle/infer"
 
@@ -229,11 +230,12 @@ def test_memory_in_flight():
 
 def test_compute_queue():
     status, code = promised("--max-queue")
-    n = 16000
-    big = json.dumps({"labels": [i % 50 for i in range(n)],
-                      "embeddings": [[(i * 7919 % 1000) / 1000.0, 0.5, -0.25, 1.0] * 8 for i in range(n)],
-                      "outputs": ["loss"]}).encode()
     with Circled(["--workers", "1", "--max-queue", "1"]) as d:
+        # Requests that compute for about 2 s each on this machine (sized
+        # by long_request.py): with one computing and one queued, the
+        # third and fourth, sent 0.3 s apart, find the queue full.
+        n, _ = long_request.long_n(d.port, 2000, path="/v1/loss")
+        big, headers = long_request.body("/v1/loss", n)
         results = []
 
         def send():
@@ -247,11 +249,17 @@ def test_compute_queue():
             time.sleep(0.3)
         for t in threads:
             t.join()
+        answered = [r for r in results if r[0] == 200]
         refused = [r for r in results if r[0] != 200]
         assert refused, [r[0] for r in results]
         for r in refused:
             expect(r, status, code)
             assert r[1].get("Retry-After"), "503 without Retry-After"
+        # The premise: the answered ones computed for longer than it took
+        # to send the rest.
+        for r in answered:
+            ms = long_request.compute_ms(r[1])
+            assert ms is not None and ms >= 1000, f"computed for {ms} ms: too short to test this"
 
 
 def test_connections():

@@ -21,7 +21,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import urllib.parse
 from pathlib import Path
 
@@ -254,8 +253,12 @@ def grafana_to_promql(expr, tag_regex):
 def test_grafana_dashboard_queries_should_run_against_prometheus(stack):
     _, queries = dashboard_queries()
     assert len(queries) >= 20
-    # Let two rate windows' worth of scrapes arrive after the traffic.
-    time.sleep(2)
+    # Two more scrapes after the traffic, so that every rate() has two
+    # samples of each series (awaited, not slept for: a loaded machine
+    # scrapes late).
+    scrapes = 'count_over_time(up{job="circled"}[10m])'
+    before = stack.value(scrapes)
+    wait_for("two more scrapes", lambda: stack.value(scrapes) >= before + 2, 30)
     empty = []
     for title, expr in queries:
         result = stack.query(grafana_to_promql(expr, "a|b|other"))
