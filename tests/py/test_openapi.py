@@ -47,19 +47,13 @@ SERVED_ROUTES = {
     ("get", "/v2/models/circle/versions/1/config"),
     ("post", "/v2/models/circle/infer"),
     ("post", "/v2/models/circle/versions/1/infer"),
-    ("get", "/metrics"),    # issue 6
-    ("get", "/dashboard"),  # issue 6
+    ("get", "/metrics"),
+    ("get", "/dashboard"),
 }
 # Routes answered without a token even when circled has one.
 OPEN_ROUTES = {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
 # Routes that run on the engine: body limits, overload, compression.
 COMPUTE_ROUTES = {p for m, p in SERVED_ROUTES if m == "post"}
-# Issue 6 routes are required of the live server once their module exists.
-LANDED_WHEN = {
-    "/metrics": lambda: (ROOT / "src" / "metrics.c").is_file(),
-    "/dashboard": lambda: any('"/dashboard"' in f.read_text(errors="replace")
-                              for f in (ROOT / "src").glob("*.c")),
-}
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
@@ -397,15 +391,9 @@ def check_response(spec, method, path, status, headers, body):
             assert name.lower() in headers, f"{method} {path} {status} lacks {name}"
 
 
-def skip_if_not_landed(path, status):
-    if status == 404 and path in LANDED_WHEN and not LANDED_WHEN[path]():
-        pytest.skip(f"{path} belongs to issue 6, not landed yet")
-
-
 @pytest.mark.parametrize("path", sorted(p for m, p in SERVED_ROUTES if m == "get"))
 def test_live_get_routes_should_answer_as_documented(spec, server, path):
     status, headers, body = request(server, "GET", path)
-    skip_if_not_landed(path, status)
     assert status == 200, body[:300]
     check_response(spec, "get", path, status, headers, body)
 
