@@ -253,10 +253,10 @@ START_TEST(codec_json_should_round_trip_its_own_config_json) {
 }
 END_TEST
 
-/* Found by fuzz/fuzz_config: a name that is not UTF-8 used to be accepted
- * and echoed by get_config() with U+FFFD for each bad byte, so the echo
- * was not the name sent, and 127 such bytes came back as 249 that the
- * parser then refused. */
+/* Found by fuzz/fuzz_config: a name that is not UTF-8 is refused, because
+ * get_config() would echo it with U+FFFD for each bad byte: the echo would
+ * not be the name sent, and 127 such bytes would come back as 249 that the
+ * parser then refuses. */
 START_TEST(codec_json_should_reject_a_config_name_that_is_not_utf8) {
   EXPECT_ERROR(strf("%s, \"config\": {\"name\": \"nn\x81nn\"}}", OK2x3), 400,
                "bad_config", "config.name is not valid UTF-8");

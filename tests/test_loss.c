@@ -708,8 +708,8 @@ END_TEST
 /* ------------------------------------------------------------------------ */
 
 /* Labels are exact 64-bit integers (Keras' class form casts them through
- * the loss dtype and int32; see README): relabelling 0..3 as huge values
- * that collide in float32 and in int32 changes nothing. */
+ * the loss dtype and int32; see docs/conformance.md): relabelling 0..3 as
+ * huge values that collide in float32 and in int32 changes nothing. */
 START_TEST(loss_should_treat_labels_as_exact_64_bit_integers) {
   problem p;
   problem_init(&p, 0x64ull, CIRCLE_DTYPE_FLOAT32, 20, 0, 5, 4, false, 1, 1);

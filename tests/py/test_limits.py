@@ -1,4 +1,4 @@
-"""test_limits.py -- README's limits table (section "Hardening") against the
+"""test_limits.py -- the limits table of docs/hardening.md against the
 live server: each row's default is what `circled --help` says, and a request
 just past each limit gets the status and code the row promises, on /v1 and
 (where the limit applies there) on the Open Inference Protocol, while one
@@ -29,11 +29,11 @@ import long_request  # noqa: E402
 OIP = "/v2/models/circle/infer"
 
 
-def readme_rows():
+def table_rows():
     """{flag, or the limit's name for a row without one: (default text,
     when-exceeded text)} from the table."""
-    text = (ROOT / "README.md").read_text()
-    sec = text.split("## Hardening", 1)[1].split("\n## ", 1)[0]
+    text = (ROOT / "docs" / "hardening.md").read_text(encoding="utf-8")
+    sec = text.split("\n## Limits", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in sec.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -44,7 +44,7 @@ def readme_rows():
     return rows
 
 
-ROWS = readme_rows()
+ROWS = table_rows()
 
 
 def promised(flag):
@@ -145,7 +145,7 @@ def test_the_table_names_every_limit_flag():
     out = subprocess.run([circled_binary(), "--help"], capture_output=True, text=True, check=True).stdout
     flags = set(re.findall(r"^  (--(?:max-[a-z-]+|timeout|request-timeout)) ", out, re.M))
     flags.discard("--max-tags")  # a metrics cardinality cap, not a request limit
-    assert flags <= set(ROWS), f"not in README's limits table: {sorted(flags - set(ROWS))}"
+    assert flags <= set(ROWS), f"not in the limits table of docs/hardening.md: {sorted(flags - set(ROWS))}"
 
 
 def test_body_size():

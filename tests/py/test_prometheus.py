@@ -1,9 +1,9 @@
 """test_prometheus.py -- a real Prometheus (Debian's `prometheus` package)
 scrapes a real circled every second; the series it stores must say what the
-test sent. Also: `promtool check metrics` on the exposition, the README's
-PromQL examples and every query of the Grafana dashboard evaluated by that
-Prometheus, and the Grafana provisioning wired to the dashboard and to the
-compose stack's Prometheus.
+test sent. Also: `promtool check metrics` on the exposition, the PromQL
+examples of docs/observability.md and every query of the Grafana dashboard
+evaluated by that Prometheus, and the Grafana provisioning wired to the
+dashboard and to the compose stack's Prometheus.
 
 What the traffic is, so every expected number is known:
   - circled runs with --max-tags 2;
@@ -214,19 +214,19 @@ def test_promtool_should_accept_the_exposition(stack):
 # ---------------------------------------------------------------------------
 
 
-def readme_promql():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"^```promql\n(.*?)^```", readme, re.S | re.M)
+def documented_promql():
+    doc = (ROOT / "docs" / "observability.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```promql\n(.*?)^```", doc, re.S | re.M)
     return [q for b in blocks for q in (x.strip() for x in b.split("\n\n")) if q and not q.startswith("#")]
 
 
-def test_readme_promql_examples_should_run_and_return_data(stack):
-    queries = readme_promql()
-    assert len(queries) >= 5, "README lost its PromQL examples"
+def test_documented_promql_examples_should_run_and_return_data(stack):
+    queries = documented_promql()
+    assert len(queries) >= 5, "docs/observability.md lost its PromQL examples"
     for q in queries:
         # Windows long enough to hold the scrapes of this short test.
         result = stack.query(q.replace("[5m]", "[1m]"))
-        assert result, f"README query returned nothing: {q}"
+        assert result, f"documented query returned nothing: {q}"
 
 
 def dashboard_queries():
