@@ -205,6 +205,15 @@ def oip_seeds():
         {"name": "embeddings", "datatype": "FP32", "shape": [1, 1], "data": [1]}]))
     s["fp16_inf"] = framed(0, len(h16), b16[:len(h16)] + struct.pack("<2i", 1, 2) + struct.pack("<4H", 0x7c00, 0, 0, 0))
     s["too_deep"] = framed(0, 0xffff, b'{"inputs": ' + b"[" * 20 + b"]" * 20 + b"}")
+    s["id_not_utf8"] = framed(0, 0xffff, js.replace(b'{"inputs"', b'{"id": "r\x81\xc0\xaf", "inputs"', 1))
+    s["json_beyond_fp16"] = framed(0, 0xffff, oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [2], "data": [0, 1]},
+        {"name": "embeddings", "datatype": "FP16", "shape": [2, 1], "data": [65504, 65505]}]))
+    s["json_beyond_bf16"] = framed(0, 0xffff, oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [2], "data": [0, 1]},
+        {"name": "embeddings", "datatype": "FP32", "shape": [2, 1], "data": [1, 2]},
+        {"name": "sample_weight", "datatype": "BF16", "shape": [2], "data": [3.3895313892515355e38, 3.4e38]}],
+        parameters={"dtype": "float64"}))
     return s
 
 

@@ -473,17 +473,39 @@ static bool copy_floats_ok(void *dst, const void *src, size_t count,
 }
 #undef COPY_CHECK
 
+/* The largest finite magnitude of a 16-bit datatype; INFINITY for the
+ * others (FP32 and FP64 values are range-checked in the compute dtype). */
+static double half_max(circle_oip_datatype t) {
+  if (t == CIRCLE_OIP_FP16) return 65504.0;       /* (2 - 2^-10) * 2^15 */
+  if (t == CIRCLE_OIP_BF16) return 0x1.fep127;    /* (2 - 2^-7) * 2^127 */
+  return INFINITY;
+}
+
 static bool leaf_float(void *ctx, const cJSON *leaf, size_t i) {
   fill_ctx *c = ctx;
+  char e[96];
   if (!cJSON_IsNumber(leaf)) {
-    char e[96];
     elem_name(e, sizeof(e), c->name, c->in, i);
     circle_error_set(c->dc->err, 400, "wrong_type",
                      "input '%s': element %s is %s; expected a number",
                      c->name, e, circle__json_kind(leaf));
     return false;
   }
-  return put_float(c, i, leaf->valuedouble);
+  /* JSON data for an FP16 or BF16 input must be a value of that datatype:
+   * binary data cannot hold more than its largest finite value, and JSON
+   * data must not mean more than binary data could. */
+  double v = leaf->valuedouble, top = half_max(c->in->type);
+  if (fabs(v) > top) {
+    char vb[40], tb[40];
+    elem_name(e, sizeof(e), c->name, c->in, i);
+    circle_error_set(c->dc->err, 400, "non_finite",
+                     "input '%s': element %s is %s, beyond %s's largest "
+                     "finite value %s; send datatype FP32 or rescale",
+                     c->name, e, circle__short_number(vb, v),
+                     datatypes[c->in->type].name, circle__short_number(tb, top));
+    return false;
+  }
+  return put_float(c, i, v);
 }
 
 static bool leaf_int(void *ctx, const cJSON *leaf, size_t i) {
@@ -854,6 +876,13 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
       circle_error_set(err, 400, "wrong_type",
                        "id must be a string of at most %zu bytes",
                        sizeof(r.id) - 1);
+      goto fail;
+    }
+    /* The id is echoed in the response: it must come back as sent, and
+     * bytes that are not UTF-8 would come back as U+FFFD. */
+    if (!circle__utf8_valid(it->valuestring)) {
+      circle_error_set(err, 400, "wrong_type",
+                       "id is not valid UTF-8; send the id as UTF-8 text");
       goto fail;
     }
     snprintf(r.id, sizeof(r.id), "%s", it->valuestring);

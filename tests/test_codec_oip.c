@@ -242,6 +242,60 @@ START_TEST(codec_oip_should_widen_fp16_and_bf16) {
 }
 END_TEST
 
+/* JSON data for an FP16 or BF16 input must hold values of that datatype:
+ * 70000 used to be accepted for FP16 (binary FP16 cannot say more than
+ * 65504), and 3.4e38 for BF16 (largest 0x1.fep127). */
+START_TEST(codec_oip_should_refuse_json_data_beyond_fp16_and_bf16) {
+  const char *fp16 =
+      "{\"inputs\": [" LABELS_JSON ", {\"name\": \"embeddings\", \"shape\": "
+      "[2, 2], \"datatype\": \"FP16\", \"data\": [1, 0, %s, 1]}]}";
+  EXPECT_JSON_ERROR(strf(fp16, "65505"), 400, "non_finite",
+                    "input 'embeddings': element embeddings[1, 0] is 65505",
+                    "FP16's largest finite value 65504");
+  EXPECT_JSON_ERROR(strf(fp16, "-7e4"), 400, "non_finite", "is -7e+04", "FP16");
+  EXPECT_JSON_ERROR(strf("{\"inputs\": [" LABELS_JSON ", " EMB_JSON ", {\"name\": "
+                         "\"sample_weight\", \"shape\": [2], \"datatype\": "
+                         "\"BF16\", \"data\": [1, 3.4e38]}]}"),
+                    400, "non_finite", "sample_weight[1] is 3.4e+38",
+                    "BF16's largest finite value 3.3895313892515355e+38");
+  /* The largest values themselves are data of those types. */
+  circle_request req;
+  circle_error err;
+  ck_assert_int_eq(decode_json(strf(fp16, "-65504"), &req, &err), 0);
+  ck_assert(((const float *)req.x)[2] == -65504.0f);
+  circle_request_free(&req);
+  ck_assert_int_eq(
+      decode_json(strf("{\"inputs\": [" LABELS_JSON ", {\"name\": \"embeddings\", "
+                       "\"shape\": [2, 2], \"datatype\": \"BF16\", \"data\": "
+                       "[1, 0, 3.3895313892515355e38, 1]}], \"parameters\": "
+                       "{\"dtype\": \"float64\"}}"),
+                  &req, &err),
+      0);
+  ck_assert(((const double *)req.x)[2] == 0x1.fep127);
+  circle_request_free(&req);
+}
+END_TEST
+
+/* The id is echoed in the response: bytes that are not UTF-8 used to come
+ * back as U+FFFD, so the echo was not the id sent. Refused as config.name
+ * is. */
+START_TEST(codec_oip_should_refuse_an_id_that_is_not_utf8) {
+  EXPECT_JSON_ERROR(with(", \"id\": \"req\x81-7\""), 400, "wrong_type",
+                    "id is not valid UTF-8");
+  EXPECT_JSON_ERROR(with(", \"id\": \"\xc0\xaf\""), 400, "wrong_type", "UTF-8");
+  EXPECT_JSON_ERROR(with(", \"id\": \"\xed\xa0\x80\""), 400, "wrong_type", "UTF-8");
+  /* Real UTF-8 comes back byte for byte. */
+  const char *utf8 = "\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80";
+  circle_request req;
+  circle_error err;
+  char extra[64];
+  snprintf(extra, sizeof(extra), ", \"id\": \"%s\"", utf8);
+  ck_assert_int_eq(decode_json(with(extra), &req, &err), 0);
+  ck_assert_str_eq(req.id, utf8);
+  circle_request_free(&req);
+}
+END_TEST
+
 /* Same-width binary floats are copied and checked in blocks of 64: a bad
  * value must be found wherever it lies (a full block, the tail), named as
  * the element loop names it, and good data must arrive bit for bit. */
@@ -986,6 +1040,8 @@ Suite *codec_oip_suite(void) {
   tcase_add_test(tc, codec_oip_should_decode_nested_data_and_n_by_1_labels);
   tcase_add_test(tc, codec_oip_should_decode_binary_tensors_like_tritonclient);
   tcase_add_test(tc, codec_oip_should_widen_fp16_and_bf16);
+  tcase_add_test(tc, codec_oip_should_refuse_json_data_beyond_fp16_and_bf16);
+  tcase_add_test(tc, codec_oip_should_refuse_an_id_that_is_not_utf8);
   tcase_add_test(tc, codec_oip_should_take_binary_n_by_1_labels_and_ref_sets);
   tcase_add_test(tc, codec_oip_should_check_same_width_binary_floats_in_every_block);
   tcase_add_test(tc, codec_oip_should_read_int64_labels_exactly);
