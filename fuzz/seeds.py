@@ -79,6 +79,10 @@ def v1_seeds():
     out["non_finite"] = b'{"labels": [0], "embeddings": [[1e400]]}'
     out["f32_overflow"] = b'{"labels": [0], "embeddings": [[1e39]]}'
     out["negative_weight"] = b'{"labels": [0], "embeddings": [[1]], "sample_weight": [-1]}'
+    out["huge_weight"] = (b'{"labels": [0, 0, 1, 1], "embeddings": [[1, 0], [0.6, 0.8], [0, 1], [-0.6, 0.8]],'
+                          b' "sample_weight": [1, 1e38, 1, 1e30]}')
+    out["huge_weight_f64"] = (b'{"labels": [0, 1], "embeddings": [[1], [2]], "sample_weight": [1e306, 1e300],'
+                              b' "config": {"dtype": "float64", "reduction": "sum"}}')
     out["too_many_rows"] = json.dumps({"labels": list(range(50)), "embeddings": [[1]] * 50}).encode()
     out["too_many_pairs"] = json.dumps({"labels": list(range(40)), "embeddings": [[1]] * 40}).encode()
     out["too_deep"] = b'{"labels": [0], "embeddings": ' + b"[" * 20 + b"1" + b"]" * 20 + b"}"

@@ -203,6 +203,30 @@ def test_duplicate_keys():
         expect_oip(post(d.url, OIP, b'{"inputs": [], "inputs": []}'), status)
 
 
+def test_sample_weights():
+    # 1e38 used to give a 200 with a loss of null (/v1) or inf (OIP).
+    status, code = promised("Sample weights")
+    emb = [[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-0.6, 0.8]]
+    with Circled() as d:
+        for w in (1e38, 3e38):
+            body = json.dumps({"labels": [0, 0, 1, 1], "embeddings": emb,
+                               "sample_weight": [1, w, 1, 1]}).encode()
+            res = post(d.url, "/v1/loss", body)
+            expect(res, status, code)
+            assert "sample_weight[1]" in json.loads(res[2])["error"]["message"], res[2]
+            req = {"inputs": [
+                {"name": "labels", "datatype": "INT64", "shape": [4], "data": [0, 0, 1, 1]},
+                {"name": "embeddings", "datatype": "FP32", "shape": [4, 2],
+                 "data": [v for row in emb for v in row]},
+                {"name": "sample_weight", "datatype": "FP32", "shape": [4], "data": [1, w, 1, 1]}]}
+            expect_oip(post(d.url, OIP, json.dumps(req).encode()), status)
+        # Far below the limit, a weight is a weight.
+        res = post(d.url, "/v1/loss", json.dumps({"labels": [0, 0, 1, 1], "embeddings": emb,
+                                                  "sample_weight": [1, 1e30, 1, 1]}).encode())
+        ok(res)
+        assert json.loads(res[2])["loss"] is not None
+
+
 def get_with_header(url, size):
     """Status of GET /healthz carrying one header of about size bytes."""
     return exchange(url, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * size +
