@@ -892,6 +892,18 @@ static void small_init(small *s) {
                          .ref_embeddings = s->r};
 }
 
+/* small_init's batch in float32 (xf: 8 floats, filled here), without the
+ * reference set, with weights wf (4 floats, or NULL). */
+static void small_init_f32(small *s, float *xf, float *wf) {
+  small_init(s);
+  for (int k = 0; k < 8; k++) xf[k] = (float)s->x[k];
+  s->cfg.dtype = CIRCLE_DTYPE_FLOAT32;
+  s->in.embeddings = xf;
+  s->in.sample_weight = wf;
+  s->in.ref_labels = NULL;
+  s->in.ref_embeddings = NULL;
+}
+
 /* circle_input_check's status, and the sentence it writes. */
 static int check_input(const small *s, char *where, size_t where_len) {
   memset(where, 0, where_len);
@@ -980,14 +992,9 @@ START_TEST(loss_should_reject_non_finite_values_naming_the_row) {
   s.w[3] = NAN;
   expect_check(&s, CIRCLE_ENONFINITE, "sample_weight[3]");
   /* the same in float32 */
-  float xf[8] = {1, 0, 0.6f, 0.8f, 0, 1, -0.6f, 0.8f};
-  small_init(&s);
+  float xf[8];
+  small_init_f32(&s, xf, NULL);
   xf[7] = NAN;
-  s.cfg.dtype = CIRCLE_DTYPE_FLOAT32;
-  s.in.embeddings = xf;
-  s.in.sample_weight = NULL;
-  s.in.ref_labels = NULL;
-  s.in.ref_embeddings = NULL;
   expect_check(&s, CIRCLE_ENONFINITE, "embeddings[3][1]");
 }
 END_TEST
@@ -1083,14 +1090,8 @@ START_TEST(loss_should_refuse_sample_weights_that_could_overflow) {
   circle_engine_free(e);
   /* The report's case: weights of 1e38 at the defaults, float32. */
   small s;
-  small_init(&s);
-  float xf[8] = {1, 0, 0.6f, 0.8f, 0, 1, -0.6f, 0.8f};
-  float wf[4] = {1, 1e38f, 1, 1};
-  s.cfg.dtype = CIRCLE_DTYPE_FLOAT32;
-  s.in.embeddings = xf;
-  s.in.sample_weight = wf;
-  s.in.ref_labels = NULL;
-  s.in.ref_embeddings = NULL;
+  float xf[8], wf[4] = {1, 1e38f, 1, 1};
+  small_init_f32(&s, xf, wf);
   expect_check(&s, CIRCLE_ERANGE, "sample_weight[1] is 1e+38");
   small_init(&s);
   s.w[3] = 1e306;
