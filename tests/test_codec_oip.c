@@ -15,6 +15,7 @@
 #include <cjson/cJSON.h>
 
 #include "codec_oip.h"
+#include "util_mem.h"
 
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                  */
@@ -779,6 +780,58 @@ START_TEST(codec_oip_should_enforce_limits) {
 }
 END_TEST
 
+/* n copies of s appended to b. */
+static void puts_n(circle_buf *b, const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++) circle_buf_puts(b, s);
+}
+
+/* JSON data used to become a cJSON node (about 80 bytes) per element: 40
+ * times the body. Now every input's data is read from the text and the
+ * rest of the header may hold no more values than a request needs. With
+ * the address space capped at 6 bodies above what the test holds, a
+ * decoder that builds a tree of the data runs out of memory (503). */
+START_TEST(codec_oip_should_decode_within_a_small_multiple_of_the_body) {
+  circle_buf data, outputs, longer;
+  circle_buf_init(&data);
+  circle_buf_puts(&data, "{\"inputs\": [{\"name\": \"labels\", \"shape\": [2048], "
+                         "\"datatype\": \"INT64\", \"data\": [");
+  puts_n(&data, "0,", 2047);
+  circle_buf_puts(&data, "0]}, {\"name\": \"embeddings\", \"shape\": [2048, 4096], "
+                         "\"datatype\": \"FP32\", \"data\": [");
+  puts_n(&data, "0,", 2048 * 4096 - 1); /* 16 MiB */
+  circle_buf_puts(&data, "\"x\"]}]}");
+  circle_buf_init(&outputs);
+  circle_buf_puts(&outputs, "{\"inputs\": [" LABELS_JSON ", " EMB_JSON "], \"outputs\": [");
+  puts_n(&outputs, "{\"name\": \"loss\"}, ", 1 << 20);
+  circle_buf_puts(&outputs, "{\"name\": \"loss\"}]}");
+  /* More data than the shape holds is counted, not stored. */
+  circle_buf_init(&longer);
+  circle_buf_puts(&longer, "{\"inputs\": [" LABELS_JSON ", {\"name\": \"embeddings\", "
+                           "\"shape\": [2, 2], \"datatype\": \"FP64\", \"data\": [[");
+  puts_n(&longer, "1,", (size_t)8 << 20);
+  circle_buf_puts(&longer, "1]]}]}");
+  ck_assert(!data.failed && !outputs.failed && !longer.failed);
+  ck_assert(util_cap_address_space(6 * longer.len + ((size_t)64 << 20)));
+  circle_limits l;
+  circle_limits_init(&l);
+  body_t b = {strdup(data.data), data.len, data.len};
+  expect_error_body(b, &l, 400, "wrong_type",
+                    "input 'embeddings': element embeddings[2047, 4095] is a "
+                    "string; expected a number",
+                    (const char *)NULL);
+  b = (body_t){strdup(outputs.data), outputs.len, outputs.len};
+  expect_error_body(b, &l, 413, "limit_exceeded", "JSON values and keys besides",
+                    (const char *)NULL);
+  b = (body_t){strdup(longer.data), longer.len, longer.len};
+  expect_error_body(b, &l, 400, "shape_mismatch",
+                    "data has 8388609 elements but shape [2, 2] holds 4",
+                    (const char *)NULL);
+  circle_buf_free(&data);
+  circle_buf_free(&outputs);
+  circle_buf_free(&longer);
+}
+END_TEST
+
 START_TEST(codec_oip_should_report_invalid_json_with_the_byte_offset) {
   EXPECT_JSON_ERROR("{\"inputs\": [1,]}", 400, "invalid_json", "byte 14");
   EXPECT_JSON_ERROR("{\"inputs\": [{\"name\": \"labels\", \"shape\": [2], "
@@ -1053,6 +1106,7 @@ Suite *codec_oip_suite(void) {
   tcase_add_test(tc, codec_oip_should_check_names_types_and_shapes);
   tcase_add_test(tc, codec_oip_should_enforce_limits);
   tcase_add_test(tc, codec_oip_should_report_invalid_json_with_the_byte_offset);
+  tcase_add_test(tc, codec_oip_should_decode_within_a_small_multiple_of_the_body);
   tcase_add_test(tc, codec_oip_should_refuse_bad_arguments);
   tcase_add_test(tc, codec_oip_should_encode_json_outputs);
   tcase_add_test(tc, codec_oip_should_encode_binary_outputs_after_the_json);
