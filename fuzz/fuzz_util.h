@@ -154,7 +154,9 @@ static inline bool fuzz_output_make(const circle_request *req,
 }
 
 /* Checks that a decoded request keeps the codec's promises: sizes within
- * the limits, every array present, labels and weights as documented. */
+ * the limits, every array present, labels and weights as documented,
+ * echoed strings UTF-8, and an input the engine's check accepts or refuses
+ * only as out of range. */
 static inline void fuzz_check_request(const circle_request *req,
                                       const circle_limits *lim) {
   FUZZ_CHECK(req->n >= 1 && req->n <= lim->max_n, "n = %zu", req->n);
