@@ -154,7 +154,9 @@ static inline bool fuzz_output_make(const circle_request *req,
 }
 
 /* Checks that a decoded request keeps the codec's promises: sizes within
- * the limits, every array present, labels and weights as documented. */
+ * the limits, every array present, labels and weights as documented,
+ * echoed strings UTF-8, and an input the engine's check accepts or refuses
+ * only as out of range. */
 static inline void fuzz_check_request(const circle_request *req,
                                       const circle_limits *lim) {
   FUZZ_CHECK(req->n >= 1 && req->n <= lim->max_n, "n = %zu", req->n);
@@ -186,6 +188,21 @@ static inline void fuzz_check_request(const circle_request *req,
   FUZZ_CHECK(memchr(req->tag, 0, sizeof req->tag), "unterminated tag");
   FUZZ_CHECK(memchr(req->name, 0, sizeof req->name), "unterminated name");
   FUZZ_CHECK(memchr(req->id, 0, sizeof req->id), "unterminated id");
+  /* Echoed strings come back as sent: only UTF-8 is accepted. */
+  FUZZ_CHECK(circle__utf8_valid(req->id), "id is not UTF-8");
+  FUZZ_CHECK(circle__utf8_valid(req->name), "name is not UTF-8");
+  /* What the server checks next: a decoded request is computable, or
+   * refused as out of range (embeddings or sample weights too large for
+   * the dtype) with a sentence saying which. */
+  circle_input in = {.n = req->n, .m = req->has_ref ? req->m : 0, .d = req->d,
+                     .labels = req->labels, .embeddings = req->x,
+                     .sample_weight = req->sw,
+                     .ref_labels = req->has_ref ? req->ref_labels : NULL,
+                     .ref_embeddings = req->has_ref ? req->r : NULL};
+  char where[256] = "";
+  int rc = circle_input_check(&req->cfg, &in, where, sizeof where);
+  FUZZ_CHECK(rc == CIRCLE_OK || (rc == CIRCLE_ERANGE && where[0]),
+             "circle_input_check: %s (%s)", circle_status_name(rc), where);
 }
 
 /* Walks a JSON array (flat or nested) and checks each number against

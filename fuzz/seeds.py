@@ -79,6 +79,10 @@ def v1_seeds():
     out["non_finite"] = b'{"labels": [0], "embeddings": [[1e400]]}'
     out["f32_overflow"] = b'{"labels": [0], "embeddings": [[1e39]]}'
     out["negative_weight"] = b'{"labels": [0], "embeddings": [[1]], "sample_weight": [-1]}'
+    out["huge_weight"] = (b'{"labels": [0, 0, 1, 1], "embeddings": [[1, 0], [0.6, 0.8], [0, 1], [-0.6, 0.8]],'
+                          b' "sample_weight": [1, 1e38, 1, 1e30]}')
+    out["huge_weight_f64"] = (b'{"labels": [0, 1], "embeddings": [[1], [2]], "sample_weight": [1e306, 1e300],'
+                              b' "config": {"dtype": "float64", "reduction": "sum"}}')
     out["too_many_rows"] = json.dumps({"labels": list(range(50)), "embeddings": [[1]] * 50}).encode()
     out["too_many_pairs"] = json.dumps({"labels": list(range(40)), "embeddings": [[1]] * 40}).encode()
     out["too_deep"] = b'{"labels": [0], "embeddings": ' + b"[" * 20 + b"1" + b"]" * 20 + b"}"
@@ -94,6 +98,18 @@ def v1_seeds():
                                  b' "config": {"normalize": false}}')
     out["not_object"] = b"[1, 2, 3]"
     out["empty"] = b""
+    # Refused before a tree is built (the harness' limits: N 48, M 40), and
+    # the slow path that reads the matrices from the text.
+    out["nested_labels_past_values"] = b'{"labels": [[' + b"0," * 1200 + b'0]], "embeddings": [[1]]}'
+    out["weights_past_n"] = json.dumps({"labels": [0], "embeddings": [[1]],
+                                        "sample_weight": [1] * 49}).encode()
+    out["ref_labels_past_m"] = json.dumps({"labels": [0], "embeddings": [[1]], "ref_labels": [0] * 41,
+                                           "ref_embeddings": [[1]] * 41}).encode()
+    out["slow_matrix_string_last"] = b'{"labels": [0, 1], "embeddings": [[1, 2], [3, "x"]]}'
+    out["slow_matrix_escaped_key"] = b'{"labels": [0, 1], "embedd\\u0069ngs": [[1, 2], [3, 4]]}'
+    out["slow_dup_embeddings"] = b'{"labels": [0], "embeddings": [[1]], "embeddings": [[2]]}'
+    out["syntax_in_matrix"] = b'{"labels": [0, 1], "embeddings": [[1] [2]]}'
+    out["lone_low_surrogate"] = b'{"labels": ["\\udc00"], "embeddings": [[1]]}'
     return out
 
 
@@ -205,6 +221,25 @@ def oip_seeds():
         {"name": "embeddings", "datatype": "FP32", "shape": [1, 1], "data": [1]}]))
     s["fp16_inf"] = framed(0, len(h16), b16[:len(h16)] + struct.pack("<2i", 1, 2) + struct.pack("<4H", 0x7c00, 0, 0, 0))
     s["too_deep"] = framed(0, 0xffff, b'{"inputs": ' + b"[" * 20 + b"]" * 20 + b"}")
+    s["header_values_past_cap"] = framed(0, 0xffff, js[:-1] + b', "outputs": [' + b"{}," * 4100 + b"{}]}")
+    s["data_string_leaf"] = framed(0, 0xffff, oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [2], "data": [0, 1]},
+        {"name": "embeddings", "datatype": "FP32", "shape": [2, 1], "data": [[1], ["x"]]}]))
+    s["data_longer_than_shape"] = framed(0, 0xffff, oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [2], "data": [0, 1, 2]},
+        {"name": "embeddings", "datatype": "FP32", "shape": [2, 1], "data": [1, 2]}]))
+    s["data_escaped_key"] = framed(0, 0xffff, b'{"inputs": [{"name": "labels", "datatype": "INT64", "shape": [1], '
+                                              b'"d\\u0061ta": [0]}, {"name": "embeddings", "datatype": "FP32", '
+                                              b'"shape": [1, 1], "data": [1]}]}')
+    s["id_not_utf8"] = framed(0, 0xffff, js.replace(b'{"inputs"', b'{"id": "r\x81\xc0\xaf", "inputs"', 1))
+    s["json_beyond_fp16"] = framed(0, 0xffff, oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [2], "data": [0, 1]},
+        {"name": "embeddings", "datatype": "FP16", "shape": [2, 1], "data": [65504, 65505]}]))
+    s["json_beyond_bf16"] = framed(0, 0xffff, oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [2], "data": [0, 1]},
+        {"name": "embeddings", "datatype": "FP32", "shape": [2, 1], "data": [1, 2]},
+        {"name": "sample_weight", "datatype": "BF16", "shape": [2], "data": [3.3895313892515355e38, 3.4e38]}],
+        parameters={"dtype": "float64"}))
     return s
 
 

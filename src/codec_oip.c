@@ -17,6 +17,12 @@
  * embeddings are FP64, else the server default (float32 unless configured).
  * FP16 and BF16 embeddings are widened to float32. Binary data is
  * little-endian, as the extension specifies.
+ *
+ * JSON data never becomes cJSON nodes (80 bytes each: 40 times a header of
+ * small numbers): parse_header cuts every input's data array out of the
+ * text cJSON parses, and read_input reads it from the header as sent. The
+ * rest may hold at most MAX_HEADER_VALUES values. Decoding so holds at
+ * most the body, a copy of the header and the decoded arrays.
  */
 #include "codec_oip.h"
 
@@ -29,6 +35,7 @@
 
 #include "codec_json.h"
 #include "codec_util.h"
+#include "json_fast.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "codec_oip.c reads binary tensors in host order: little-endian only"
@@ -113,10 +120,15 @@ typedef struct {
   size_t rank;
   uint64_t shape[2];
   uint64_t count;           /* product of the shape */
-  const cJSON *data;        /* JSON data, or NULL */
+  bool json;               /* JSON data, at data_off of the header */
+  size_t data_off;
   const char *bin;          /* binary data, or NULL */
   size_t bin_len;
 } oip_input;
+
+/* JSON data arrays cut from the text cJSON parses, by input position:
+ * more inputs than this can only be an error found before data is read. */
+#define CUT_INPUTS 16
 
 typedef struct {
   const char *body;
@@ -124,6 +136,8 @@ typedef struct {
   const circle_limits *lim;
   circle_error *err;
   oip_input in[IN_COUNT];
+  bool cut[CUT_INPUTS];       /* inputs[i].data was cut ... */
+  size_t cut_off[CUT_INPUTS]; /* ... from here in the header */
 } oip_decoder;
 
 /* "[2, 3]" for an input's shape (rank 1 or 2). */
@@ -297,7 +311,12 @@ static int parse_input(oip_decoder *dc, const cJSON *obj, size_t index,
       return circle_error_set(err, 400, "wrong_type",
                               "input '%s': data is %s; expected an array",
                               name, circle__json_kind(f[4].item));
-    in->data = f[4].item;
+    if (index >= CUT_INPUTS || !dc->cut[index]) /* cannot happen: see cut */
+      return circle_error_set(err, 500, "internal",
+                              "input '%s': its data was not found in the text",
+                              name);
+    in->json = true;
+    in->data_off = dc->cut_off[index];
     return 0;
   }
   size_t esz = datatypes[in->type].size;
@@ -330,49 +349,6 @@ static int parse_input(oip_decoder *dc, const cJSON *obj, size_t index,
 /* ------------------------------------------------------------------------ */
 /* Reading tensor data                                                      */
 /* ------------------------------------------------------------------------ */
-
-/* Walks the (possibly nested) JSON data array in document order with an
- * explicit stack, calling fn on each leaf. Returns the leaf count, or
- * stops early (returning SIZE_MAX) when fn returns false. */
-typedef bool (*leaf_fn)(void *ctx, const cJSON *leaf, size_t i);
-
-static size_t walk_leaves(const cJSON *arr, size_t max_depth, leaf_fn fn,
-                          void *ctx) {
-  const cJSON *stack[64];
-  const cJSON **st = stack;
-  size_t cap = sizeof(stack) / sizeof(stack[0]);
-  if (max_depth + 1 > cap) {
-    st = malloc((max_depth + 1) * sizeof(*st));
-    if (st == NULL) return SIZE_MAX;
-    cap = max_depth + 1;
-  }
-  size_t top = 0, count = 0;
-  const cJSON *cur = arr->child;
-  for (;;) {
-    if (cur == NULL) {
-      if (top == 0) break;
-      cur = st[--top]->next;
-      continue;
-    }
-    if (cJSON_IsArray(cur)) {
-      if (top >= cap) { /* cannot happen: the pre-scan bounds depth */
-        count = SIZE_MAX;
-        break;
-      }
-      st[top++] = cur;
-      cur = cur->child;
-      continue;
-    }
-    if (fn && !fn(ctx, cur, count)) {
-      count = SIZE_MAX;
-      break;
-    }
-    count++;
-    cur = cur->next;
-  }
-  if (st != stack) free((void *)st);
-  return count;
-}
 
 typedef struct {
   oip_decoder *dc;
@@ -473,30 +449,59 @@ static bool copy_floats_ok(void *dst, const void *src, size_t count,
 }
 #undef COPY_CHECK
 
-static bool leaf_float(void *ctx, const cJSON *leaf, size_t i) {
-  fill_ctx *c = ctx;
-  if (!cJSON_IsNumber(leaf)) {
-    char e[96];
-    elem_name(e, sizeof(e), c->name, c->in, i);
-    circle_error_set(c->dc->err, 400, "wrong_type",
-                     "input '%s': element %s is %s; expected a number",
-                     c->name, e, circle__json_kind(leaf));
-    return false;
-  }
-  return put_float(c, i, leaf->valuedouble);
+/* The largest finite magnitude of a 16-bit datatype; INFINITY for the
+ * others (FP32 and FP64 values are range-checked in the compute dtype). */
+static double half_max(circle_oip_datatype t) {
+  if (t == CIRCLE_OIP_FP16) return 65504.0;       /* (2 - 2^-10) * 2^15 */
+  if (t == CIRCLE_OIP_BF16) return 0x1.fep127;    /* (2 - 2^-7) * 2^127 */
+  return INFINITY;
 }
 
-static bool leaf_int(void *ctx, const cJSON *leaf, size_t i) {
+/* Reads the JSON leaf at header offset off as a number into *v; false
+ * (and the error, with want saying what was expected) when it is some
+ * other value. */
+static bool leaf_number(fill_ctx *c, size_t off, size_t i, const char *code,
+                        const char *want, double *v) {
+  const char *t = c->dc->body;
+  size_t tl = c->dc->header_len;
+  /* The pre-scan passed every number: a token that does not read is some
+   * other value. */
+  if (circle__json_fast_number(t + off, t + tl, v) != 0) return true;
+  char e[96];
+  elem_name(e, sizeof(e), c->name, c->in, i);
+  circle_error_set(c->dc->err, 400, code,
+                   "input '%s': element %s is %s; expected %s", c->name, e,
+                   circle__json_text_kind(t, tl, off), want);
+  return false;
+}
+
+static bool leaf_float(void *ctx, size_t off, size_t i) {
   fill_ctx *c = ctx;
-  char e[96], vb[40];
-  if (!cJSON_IsNumber(leaf)) {
+  char e[96];
+  double v;
+  if (!leaf_number(c, off, i, "wrong_type", "a number", &v)) return false;
+  /* JSON data for an FP16 or BF16 input must be a value of that datatype:
+   * binary data cannot hold more than its largest finite value, and JSON
+   * data must not mean more than binary data could. */
+  double top = half_max(c->in->type);
+  if (fabs(v) > top) {
+    char vb[40], tb[40];
     elem_name(e, sizeof(e), c->name, c->in, i);
-    circle_error_set(c->dc->err, 400, "bad_label",
-                     "input '%s': element %s is %s; expected an integer",
-                     c->name, e, circle__json_kind(leaf));
+    circle_error_set(c->dc->err, 400, "non_finite",
+                     "input '%s': element %s is %s, beyond %s's largest "
+                     "finite value %s; send datatype FP32 or rescale",
+                     c->name, e, circle__short_number(vb, v),
+                     datatypes[c->in->type].name, circle__short_number(tb, top));
     return false;
   }
-  double v = leaf->valuedouble;
+  return put_float(c, i, v);
+}
+
+static bool leaf_int(void *ctx, size_t off, size_t i) {
+  fill_ctx *c = ctx;
+  char e[96], vb[40];
+  double v;
+  if (!leaf_number(c, off, i, "bad_label", "an integer", &v)) return false;
   int64_t *out = c->out;
   if (fabs(v) >= EXACT_INT_LIMIT) {
     c->need_raw = true;
@@ -526,8 +531,9 @@ static int read_input(oip_decoder *dc, int k, circle_dtype dt, void **out) {
   fill_ctx c = {dc, name, in, NULL, dt, k == IN_SAMPLE_WEIGHT, false};
 
   /* JSON data: count first, so nothing is allocated for a wrong shape. */
-  if (in->data) {
-    size_t have = walk_leaves(in->data, dc->lim->max_depth, NULL, NULL);
+  if (in->json) {
+    size_t have = circle__json_leaves(dc->body, dc->header_len, in->data_off,
+                                      NULL, NULL);
     if (have != count) {
       char st[64];
       shape_text(st, sizeof(st), in);
@@ -544,9 +550,9 @@ static int read_input(oip_decoder *dc, int k, circle_dtype dt, void **out) {
                             "send a smaller batch",
                             name);
   c.out = buf;
-  if (in->data) {
-    if (walk_leaves(in->data, dc->lim->max_depth,
-                    is_label ? leaf_int : leaf_float, &c) != count) {
+  if (in->json) {
+    if (circle__json_leaves(dc->body, dc->header_len, in->data_off,
+                            is_label ? leaf_int : leaf_float, &c) != count) {
       free(buf);
       return CIRCLE_EINVAL;
     }
@@ -805,6 +811,65 @@ static int parse_outputs(oip_decoder *dc, const cJSON *a, bool binary_default,
 /* Decoding                                                                 */
 /* ------------------------------------------------------------------------ */
 
+/* The most JSON values and keys an inference request has besides its
+ * tensors' data: five inputs and four outputs with their names, shapes and
+ * parameters, and the request's parameters, come to about two hundred. */
+#define MAX_HEADER_VALUES 4096
+
+/* Validates the JSON header, cuts every input's data array out of the text
+ * cJSON parses (noting where each one is: read_input reads it from the
+ * header as sent) and parses the rest, of at most MAX_HEADER_VALUES values.
+ * So no element of the data costs a cJSON node, and the tree is small
+ * whatever the header holds. Returns the tree or NULL with dc->err set. */
+static cJSON *parse_header(oip_decoder *dc) {
+  const char *b = dc->body;
+  size_t hl = dc->header_len;
+  if (circle__json_validate(b, hl, dc->lim->max_depth, NULL, dc->err) != 0)
+    return NULL;
+  size_t spans[2 * CUT_INPUTS], nspans = 0, top = 0, at, in_at, data_at;
+  while (top < hl && (b[top] == ' ' || b[top] == '\t' || b[top] == '\n' ||
+                      b[top] == '\r'))
+    top++;
+  char key[16];
+  bool key_ok;
+  circle__json_iter root, inputs, input;
+  if (top < hl && b[top] == '{') {
+    circle__json_iter_init(&root, b, hl, top);
+    while (circle__json_iter_member(&root, key, sizeof key, &key_ok, &at)) {
+      if (!key_ok || strcmp(key, "inputs") != 0 || b[at] != '[') continue;
+      circle__json_iter_init(&inputs, b, hl, at);
+      for (size_t i = 0; i < CUT_INPUTS && circle__json_iter_next(&inputs, &in_at);
+           i++) {
+        if (b[in_at] != '{') continue;
+        circle__json_iter_init(&input, b, hl, in_at);
+        while (circle__json_iter_member(&input, key, sizeof key, &key_ok,
+                                        &data_at)) {
+          if (!key_ok || strcmp(key, "data") != 0 || b[data_at] != '[' ||
+              dc->cut[i])
+            continue;
+          dc->cut[i] = true;
+          dc->cut_off[i] = data_at;
+          spans[2 * nspans] = data_at;
+          spans[2 * nspans + 1] = circle__json_value_end(b, hl, data_at);
+          nspans++;
+        }
+      }
+      break; /* a second "inputs" is a duplicate key: the tree says so */
+    }
+  }
+  char *copy;
+  size_t copy_len;
+  if (!circle__json_cut(b, hl, spans, nspans, &copy, &copy_len)) {
+    circle_error_set(dc->err, 503, "overloaded",
+                     "out of memory reading the request; retry later");
+    return NULL;
+  }
+  cJSON *tree = circle__json_parse(copy, copy_len, dc->lim->max_depth,
+                                   MAX_HEADER_VALUES, dc->err);
+  free(copy);
+  return tree;
+}
+
 int circle_oip_decode(const char *body, size_t len, size_t header_len,
                       const circle_config *defaults, const circle_limits *lim,
                       circle_request *req, circle_error *err) {
@@ -821,15 +886,14 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
   }
   if (body == NULL) body = "";
   circle_request_free(req);
-  cJSON *root = circle__json_parse(body, header_len, lim->max_depth, err);
-  if (root == NULL) return CIRCLE_EINVAL;
-
   oip_decoder dc;
   memset(&dc, 0, sizeof(dc));
   dc.body = body;
   dc.header_len = header_len;
   dc.lim = lim;
   dc.err = err;
+  cJSON *root = parse_header(&dc);
+  if (root == NULL) return CIRCLE_EINVAL;
   circle_request r;
   circle_request_init(&r);
   r.proto = CIRCLE_PROTO_OIP;
@@ -854,6 +918,13 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
       circle_error_set(err, 400, "wrong_type",
                        "id must be a string of at most %zu bytes",
                        sizeof(r.id) - 1);
+      goto fail;
+    }
+    /* The id is echoed in the response: it must come back as sent, and
+     * bytes that are not UTF-8 would come back as U+FFFD. */
+    if (!circle__utf8_valid(it->valuestring)) {
+      circle_error_set(err, 400, "wrong_type",
+                       "id is not valid UTF-8; send the id as UTF-8 text");
       goto fail;
     }
     snprintf(r.id, sizeof(r.id), "%s", it->valuestring);

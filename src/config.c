@@ -168,6 +168,60 @@ static double max_norm(const void *p, size_t rows, size_t d, circle_dtype dt,
   return best;
 }
 
+/* The largest sample weight for which every weighted quantity the engine
+ * forms is finite, given bounds on what the weights multiply.
+ *
+ * The weights enter the engine linearly, through the row coefficients
+ * c_i = d loss / d v_i of reduce_rows (loss.c): c_i = w_i for "sum", "none"
+ * and null, w_i / kept <= w_i for "sum_over_batch_size" and "mean", and
+ * w_i / sum(w) <= 1 for "mean_with_sample_weight". So every output is at
+ * most W = max(w) times a weight-free bound, derived from these:
+ *
+ *   s    a bound on |s_ij| (|x_i| |r_j| without normalize, 1 with it)
+ *   A =  |margin| + 2 + s, so |z| <= gamma A^2 and |dz/ds| <= 2 gamma A
+ *   V =  2 gamma A^2 + 2 ln(max(n, m)) + 1 >= v_i = softplus(lse_p + lse_n)
+ *   G =  2 gamma A (n + 2) e k >= a gradient element per unit coefficient:
+ *        row i's softmax weights sum to 1 on each side (4 gamma A), the
+ *        transposed term of a self batch adds a column of n (2 gamma A n);
+ *        e bounds an element of the matrices multiplied (the larger row
+ *        norm; 1 normalized) and k the backprop through normalize
+ *        (1e12 (1 + sqrt(d)): inv <= 1e12, g - xn (xn . g) <= (1 + sqrt d) g)
+ *
+ *   dtype outputs:   loss <= n V W, loss values <= V W, gradients <= G W
+ *   double sums:     sum v_i w_i n / kept <= n^2 V W ("sum_over_batch_size",
+ *                    "mean"), sum v_i w_i and sum w_i <= n max(V, 1) W
+ *
+ * The limit keeps each of these at most half the largest finite value of
+ * its type (the half absorbs rounding). It is a sufficient bound, not the
+ * exact point of overflow: for 4 unit-norm rows at the defaults in float32
+ * it refuses weights from 2.3e34, where the outputs first overflow at
+ * 1.3e36 ("sum") to 5.3e36 ("sum_over_batch_size"): far above any weight in
+ * practical use. */
+static double weight_limit(const circle_config *cfg, size_t n, size_t m,
+                           size_t d, double s, double e) {
+  double big = cfg->dtype == CIRCLE_DTYPE_FLOAT32 ? 3.4028234663852886e38
+                                                  : 1.7976931348623157e308;
+  double nd = (double)n, g = cfg->gamma;
+  double a = fabs(cfg->margin) + 2 + s;
+  double v = 2 * g * a * a + 2 * log((double)(n > m ? n : m)) + 1;
+  double k = cfg->normalize ? 1e12 * (1 + sqrt((double)d)) : 1;
+  double grad = 2 * g * a * (nd + 2) * e * k;
+  double sums = nd * (v > 1 ? v : 1); /* the double sums but one */
+  switch (cfg->reduction) {
+    case CIRCLE_REDUCTION_MEAN_WITH_SAMPLE_WEIGHT:
+      return 1.7976931348623157e308 / (2 * sums); /* outputs don't scale */
+    case CIRCLE_REDUCTION_SUM_OVER_BATCH_SIZE:
+    case CIRCLE_REDUCTION_MEAN:
+      sums *= nd;
+      break;
+    default:
+      break;
+  }
+  double out = nd * v > grad ? nd * v : grad;
+  double lt = big / (2 * out), ld = 1.7976931348623157e308 / (2 * sums);
+  return lt < ld ? lt : ld;
+}
+
 int circle_input_check(const circle_config *cfg, const circle_input *in,
                        char *where, size_t where_len) {
   if (cfg == NULL || in == NULL)
@@ -219,6 +273,7 @@ int circle_input_check(const circle_config *cfg, const circle_input *in,
                      "ref_embeddings[%zu][%zu] is not a finite number",
                      k / in->d, k % in->d);
   }
+  double nx = 1, nr = 1; /* row norm bounds (normalized rows: 1) */
   if (!cfg->normalize) {
     /* |s_ij| <= |x_i| |r_j|; keep gamma * (|margin| + 2 + |s|)^2 a million
      * times below the dtype's largest value so no sum or gradient
@@ -227,10 +282,10 @@ int circle_input_check(const circle_config *cfg, const circle_input *in,
                                                     : 1.7976931348623157e308;
     double smax = sqrt(big / 1e6 / cfg->gamma) - fabs(cfg->margin) - 2;
     size_t at_x, at_r = 0;
-    double nx = max_norm(in->embeddings, in->n, in->d, cfg->dtype, &at_x);
-    double nr = has_re ? max_norm(in->ref_embeddings, in->m, in->d,
-                                  cfg->dtype, &at_r)
-                       : nx;
+    nx = max_norm(in->embeddings, in->n, in->d, cfg->dtype, &at_x);
+    nr = has_re ? max_norm(in->ref_embeddings, in->m, in->d, cfg->dtype,
+                           &at_r)
+                : nx;
     if (!(nx * nr <= smax))
       return explain(CIRCLE_ERANGE, where, where_len,
                      "%s[%zu] has norm %.3g, too large for %s at gamma %g "
@@ -245,6 +300,8 @@ int circle_input_check(const circle_config *cfg, const circle_input *in,
     if (k < in->n)
       return explain(CIRCLE_ENONFINITE, where, where_len,
                      "sample_weight[%zu] is not a finite number", k);
+    double wmax = 0;
+    size_t at_w = 0;
     for (k = 0; k < in->n; k++) {
       double w = cfg->dtype == CIRCLE_DTYPE_FLOAT32
                      ? ((const float *)in->sample_weight)[k]
@@ -254,7 +311,21 @@ int circle_input_check(const circle_config *cfg, const circle_input *in,
                        "sample_weight[%zu] is negative (%g); weights must be "
                        ">= 0",
                        k, w);
+      if (w > wmax) {
+        wmax = w;
+        at_w = k;
+      }
     }
+    double lim = weight_limit(cfg, in->n, has_rl ? in->m : in->n, in->d,
+                              nx * nr, nx > nr ? nx : nr);
+    if (!(wmax <= lim))
+      return explain(CIRCLE_ERANGE, where, where_len,
+                     "sample_weight[%zu] is %.3g, too large for %s at gamma "
+                     "%g with %zu rows: weights above %.3g could overflow "
+                     "the loss or its gradients; scale the weights down (the "
+                     "loss and gradients scale with them) or use float64",
+                     at_w, wmax, circle_dtype_name(cfg->dtype), cfg->gamma,
+                     in->n, lim);
   }
   return CIRCLE_OK;
 }

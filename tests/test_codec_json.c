@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 
 #include "codec_json.h"
+#include "util_mem.h"
 
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                  */
@@ -396,6 +397,32 @@ START_TEST(codec_json_should_report_invalid_json_with_the_byte_offset) {
                "invalid_json", "unknown escape");
   EXPECT_ERROR("{\"labels\": [\"ab], \"embeddings\": [[1]]}", 400,
                "invalid_json", "never closed");
+  /* The grammar is checked on the whole body before anything is built,
+   * the embeddings included: the offset is the first byte that cannot
+   * continue the text. */
+  EXPECT_ERROR("{\"labels\": [1], \"embeddings\": [[1], [2],]}", 400,
+               "invalid_json", "byte 40");
+  EXPECT_ERROR("{\"labels\": [1], \"embeddings\": [[1] [2]]}", 400,
+               "invalid_json", "byte 35");
+  EXPECT_ERROR("{\"labels\" [1], \"embeddings\": [[1]]}", 400,
+               "invalid_json", "byte 10");
+  EXPECT_ERROR("{\"labels\": [1], \"embeddings\": [[tru]]}", 400,
+               "invalid_json", "byte 32");
+  EXPECT_ERROR("{\"labels\": [1], \"embeddings\": [[1}]}", 400,
+               "invalid_json", "byte 33");
+  EXPECT_ERROR("{\"labels\": [1], \"embeddings\": [[1]], }", 400,
+               "invalid_json", "byte 37");
+  /* cJSON refuses half a UTF-16 surrogate pair; so does the pre-scan. */
+  EXPECT_ERROR("{\"labels\": [\"\\ud800\"], \"embeddings\": [[1]]}", 400,
+               "invalid_json", "byte 13", "surrogate");
+  EXPECT_ERROR("{\"labels\": [\"\\udc00\\ud800\"], \"embeddings\": [[1]]}",
+               400, "invalid_json", "surrogate");
+  circle_request ok_req;
+  circle_error ok_err;
+  ck_assert_int_eq(decode("{\"labels\": [\"\\ud83d\\ude00\"], \"embeddings\": [[1]]}",
+                          &ok_req, &ok_err),
+                   0);
+  circle_request_free(&ok_req);
   /* A body with an embedded NUL byte. */
   circle_request req;
   circle_error err;
@@ -560,6 +587,77 @@ START_TEST(codec_json_should_check_every_row_before_allocating) {
                    "embeddings[1] has 0 numbers; expected 4096 like embeddings[0]",
                    (const char *)NULL);
   circle_buf_free(&b);
+}
+END_TEST
+
+/* n copies of s appended to b. */
+static void puts_n(circle_buf *b, const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++) circle_buf_puts(b, s);
+}
+
+/* Decoding used to build a cJSON node (about 80 bytes) for every value of
+ * the body before any limit was checked, twice on this route: 40 times the
+ * body. Now nothing is built for the matrices, and labels past N and
+ * values past what a request can need are refused first. With the address
+ * space capped at 6 bodies above what the test holds, a decoder that builds
+ * a tree of the body runs out of memory (503) instead of answering. */
+START_TEST(codec_json_should_decode_within_a_small_multiple_of_the_body) {
+  circle_limits_init(&lim);
+  circle_buf labels, nested, matrix;
+  circle_buf_init(&labels);
+  circle_buf_puts(&labels, "{\"labels\": [");
+  puts_n(&labels, "0,", (size_t)16 << 20); /* 32 MiB */
+  circle_buf_puts(&labels, "0], \"embeddings\": [[1.0]]}");
+  circle_buf_init(&nested);
+  circle_buf_puts(&nested, "{\"labels\": [[");
+  puts_n(&nested, "0,", (size_t)4 << 20);
+  circle_buf_puts(&nested, "0]], \"embeddings\": [[1.0]]}");
+  /* 16 MiB of numbers within the limits, the last one a string: read to
+   * the end the slow way. */
+  circle_buf_init(&matrix);
+  circle_buf_puts(&matrix, "{\"labels\": [");
+  puts_n(&matrix, "0,", 2047);
+  circle_buf_puts(&matrix, "0], \"embeddings\": [");
+  for (int r = 0; r < 2048; r++) {
+    circle_buf_puts(&matrix, r ? ",[" : "[");
+    puts_n(&matrix, "0,", 4095);
+    circle_buf_puts(&matrix, r == 2047 ? "\"x\"]" : "0]");
+  }
+  circle_buf_puts(&matrix, "]}");
+  ck_assert(!labels.failed && !nested.failed && !matrix.failed);
+  ck_assert(util_cap_address_space(6 * labels.len + ((size_t)64 << 20)));
+  expect_error_lim(labels.data, &lim, 413, "limit_exceeded",
+                   "labels has 16777217 rows; the batch limit N is 65536",
+                   (const char *)NULL);
+  expect_error_lim(nested.data, &lim, 413, "limit_exceeded", "4194311 JSON values and keys",
+                   (const char *)NULL);
+  expect_error_lim(matrix.data, &lim, 400, "wrong_type",
+                   "embeddings[2047][4095] is a string; expected a number",
+                   (const char *)NULL);
+  circle_buf_free(&labels);
+  circle_buf_free(&nested);
+  circle_buf_free(&matrix);
+}
+END_TEST
+
+/* The slow path cuts the matrices out of the tree by their decoded key and
+ * reads them from the text: a key written with an escape, and a repeated
+ * key, still mean what they say. */
+START_TEST(codec_json_should_read_matrices_from_the_text_on_the_slow_path) {
+  circle_request req;
+  circle_error err;
+  ck_assert_int_eq(decode("{\"labels\": [0, 1], \"embedd\\u0069ngs\": [[1, 2], "
+                          "[3, 4.5]], \"config\": {\"dtype\": \"float64\"}}",
+                          &req, &err),
+                   0);
+  const double *x = req.x;
+  ck_assert(req.n == 2 && req.d == 2 && x[0] == 1 && x[1] == 2 && x[2] == 3 &&
+            x[3] == 4.5);
+  circle_request_free(&req);
+  EXPECT_ERROR("{\"labels\": [0], \"embeddings\": [[1]], \"embeddings\": [[2]]}",
+               400, "duplicate_key", "\"embeddings\"");
+  EXPECT_ERROR("{\"labels\": [0, 1], \"embeddings\": [[1, 2], [3, [4]]]}", 400,
+               "wrong_type", "embeddings[1][1] is an array; expected a number");
 }
 END_TEST
 
@@ -923,6 +1021,8 @@ Suite *codec_json_suite(void) {
   tcase_add_test(tc, codec_json_should_convert_to_float64_when_asked);
   tcase_add_test(tc, codec_json_should_take_options_outputs_and_tag);
   tcase_add_test(tc, codec_json_should_report_invalid_json_with_the_byte_offset);
+  tcase_add_test(tc, codec_json_should_decode_within_a_small_multiple_of_the_body);
+  tcase_add_test(tc, codec_json_should_read_matrices_from_the_text_on_the_slow_path);
   tcase_add_test(tc, codec_json_should_quote_the_bytes_near_a_syntax_error_printably);
   tcase_add_test(tc, codec_json_should_reject_duplicate_keys);
   tcase_add_test(tc, codec_json_should_reject_unknown_keys);

@@ -15,6 +15,7 @@
 #include <cjson/cJSON.h>
 
 #include "codec_oip.h"
+#include "util_mem.h"
 
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                  */
@@ -239,6 +240,60 @@ START_TEST(codec_oip_should_widen_fp16_and_bf16) {
                               bf, sizeof(bf), NULL),
                     &l, 400, "non_finite", "embeddings[1, 1] is nan",
                     (const char *)NULL);
+}
+END_TEST
+
+/* JSON data for an FP16 or BF16 input must hold values of that datatype:
+ * 70000 used to be accepted for FP16 (binary FP16 cannot say more than
+ * 65504), and 3.4e38 for BF16 (largest 0x1.fep127). */
+START_TEST(codec_oip_should_refuse_json_data_beyond_fp16_and_bf16) {
+  const char *fp16 =
+      "{\"inputs\": [" LABELS_JSON ", {\"name\": \"embeddings\", \"shape\": "
+      "[2, 2], \"datatype\": \"FP16\", \"data\": [1, 0, %s, 1]}]}";
+  EXPECT_JSON_ERROR(strf(fp16, "65505"), 400, "non_finite",
+                    "input 'embeddings': element embeddings[1, 0] is 65505",
+                    "FP16's largest finite value 65504");
+  EXPECT_JSON_ERROR(strf(fp16, "-7e4"), 400, "non_finite", "is -7e+04", "FP16");
+  EXPECT_JSON_ERROR(strf("{\"inputs\": [" LABELS_JSON ", " EMB_JSON ", {\"name\": "
+                         "\"sample_weight\", \"shape\": [2], \"datatype\": "
+                         "\"BF16\", \"data\": [1, 3.4e38]}]}"),
+                    400, "non_finite", "sample_weight[1] is 3.4e+38",
+                    "BF16's largest finite value 3.3895313892515355e+38");
+  /* The largest values themselves are data of those types. */
+  circle_request req;
+  circle_error err;
+  ck_assert_int_eq(decode_json(strf(fp16, "-65504"), &req, &err), 0);
+  ck_assert(((const float *)req.x)[2] == -65504.0f);
+  circle_request_free(&req);
+  ck_assert_int_eq(
+      decode_json(strf("{\"inputs\": [" LABELS_JSON ", {\"name\": \"embeddings\", "
+                       "\"shape\": [2, 2], \"datatype\": \"BF16\", \"data\": "
+                       "[1, 0, 3.3895313892515355e38, 1]}], \"parameters\": "
+                       "{\"dtype\": \"float64\"}}"),
+                  &req, &err),
+      0);
+  ck_assert(((const double *)req.x)[2] == 0x1.fep127);
+  circle_request_free(&req);
+}
+END_TEST
+
+/* The id is echoed in the response: bytes that are not UTF-8 used to come
+ * back as U+FFFD, so the echo was not the id sent. Refused as config.name
+ * is. */
+START_TEST(codec_oip_should_refuse_an_id_that_is_not_utf8) {
+  EXPECT_JSON_ERROR(with(", \"id\": \"req\x81-7\""), 400, "wrong_type",
+                    "id is not valid UTF-8");
+  EXPECT_JSON_ERROR(with(", \"id\": \"\xc0\xaf\""), 400, "wrong_type", "UTF-8");
+  EXPECT_JSON_ERROR(with(", \"id\": \"\xed\xa0\x80\""), 400, "wrong_type", "UTF-8");
+  /* Real UTF-8 comes back byte for byte. */
+  const char *utf8 = "\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80";
+  circle_request req;
+  circle_error err;
+  char extra[64];
+  snprintf(extra, sizeof(extra), ", \"id\": \"%s\"", utf8);
+  ck_assert_int_eq(decode_json(with(extra), &req, &err), 0);
+  ck_assert_str_eq(req.id, utf8);
+  circle_request_free(&req);
 }
 END_TEST
 
@@ -725,6 +780,58 @@ START_TEST(codec_oip_should_enforce_limits) {
 }
 END_TEST
 
+/* n copies of s appended to b. */
+static void puts_n(circle_buf *b, const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++) circle_buf_puts(b, s);
+}
+
+/* JSON data used to become a cJSON node (about 80 bytes) per element: 40
+ * times the body. Now every input's data is read from the text and the
+ * rest of the header may hold no more values than a request needs. With
+ * the address space capped at 6 bodies above what the test holds, a
+ * decoder that builds a tree of the data runs out of memory (503). */
+START_TEST(codec_oip_should_decode_within_a_small_multiple_of_the_body) {
+  circle_buf data, outputs, longer;
+  circle_buf_init(&data);
+  circle_buf_puts(&data, "{\"inputs\": [{\"name\": \"labels\", \"shape\": [2048], "
+                         "\"datatype\": \"INT64\", \"data\": [");
+  puts_n(&data, "0,", 2047);
+  circle_buf_puts(&data, "0]}, {\"name\": \"embeddings\", \"shape\": [2048, 4096], "
+                         "\"datatype\": \"FP32\", \"data\": [");
+  puts_n(&data, "0,", 2048 * 4096 - 1); /* 16 MiB */
+  circle_buf_puts(&data, "\"x\"]}]}");
+  circle_buf_init(&outputs);
+  circle_buf_puts(&outputs, "{\"inputs\": [" LABELS_JSON ", " EMB_JSON "], \"outputs\": [");
+  puts_n(&outputs, "{\"name\": \"loss\"}, ", 1 << 20);
+  circle_buf_puts(&outputs, "{\"name\": \"loss\"}]}");
+  /* More data than the shape holds is counted, not stored. */
+  circle_buf_init(&longer);
+  circle_buf_puts(&longer, "{\"inputs\": [" LABELS_JSON ", {\"name\": \"embeddings\", "
+                           "\"shape\": [2, 2], \"datatype\": \"FP64\", \"data\": [[");
+  puts_n(&longer, "1,", (size_t)8 << 20);
+  circle_buf_puts(&longer, "1]]}]}");
+  ck_assert(!data.failed && !outputs.failed && !longer.failed);
+  ck_assert(util_cap_address_space(6 * longer.len + ((size_t)64 << 20)));
+  circle_limits l;
+  circle_limits_init(&l);
+  body_t b = {strdup(data.data), data.len, data.len};
+  expect_error_body(b, &l, 400, "wrong_type",
+                    "input 'embeddings': element embeddings[2047, 4095] is a "
+                    "string; expected a number",
+                    (const char *)NULL);
+  b = (body_t){strdup(outputs.data), outputs.len, outputs.len};
+  expect_error_body(b, &l, 413, "limit_exceeded", "JSON values and keys besides",
+                    (const char *)NULL);
+  b = (body_t){strdup(longer.data), longer.len, longer.len};
+  expect_error_body(b, &l, 400, "shape_mismatch",
+                    "data has 8388609 elements but shape [2, 2] holds 4",
+                    (const char *)NULL);
+  circle_buf_free(&data);
+  circle_buf_free(&outputs);
+  circle_buf_free(&longer);
+}
+END_TEST
+
 START_TEST(codec_oip_should_report_invalid_json_with_the_byte_offset) {
   EXPECT_JSON_ERROR("{\"inputs\": [1,]}", 400, "invalid_json", "byte 14");
   EXPECT_JSON_ERROR("{\"inputs\": [{\"name\": \"labels\", \"shape\": [2], "
@@ -986,6 +1093,8 @@ Suite *codec_oip_suite(void) {
   tcase_add_test(tc, codec_oip_should_decode_nested_data_and_n_by_1_labels);
   tcase_add_test(tc, codec_oip_should_decode_binary_tensors_like_tritonclient);
   tcase_add_test(tc, codec_oip_should_widen_fp16_and_bf16);
+  tcase_add_test(tc, codec_oip_should_refuse_json_data_beyond_fp16_and_bf16);
+  tcase_add_test(tc, codec_oip_should_refuse_an_id_that_is_not_utf8);
   tcase_add_test(tc, codec_oip_should_take_binary_n_by_1_labels_and_ref_sets);
   tcase_add_test(tc, codec_oip_should_check_same_width_binary_floats_in_every_block);
   tcase_add_test(tc, codec_oip_should_read_int64_labels_exactly);
@@ -997,6 +1106,7 @@ Suite *codec_oip_suite(void) {
   tcase_add_test(tc, codec_oip_should_check_names_types_and_shapes);
   tcase_add_test(tc, codec_oip_should_enforce_limits);
   tcase_add_test(tc, codec_oip_should_report_invalid_json_with_the_byte_offset);
+  tcase_add_test(tc, codec_oip_should_decode_within_a_small_multiple_of_the_body);
   tcase_add_test(tc, codec_oip_should_refuse_bad_arguments);
   tcase_add_test(tc, codec_oip_should_encode_json_outputs);
   tcase_add_test(tc, codec_oip_should_encode_binary_outputs_after_the_json);

@@ -213,7 +213,9 @@ CIRCLE_API size_t circle_engine_queue_depth(circle_engine *engine);
 /* Checks the input's shapes, pointers and values (finite numbers, non-
  * negative finite sample weights) against cfg. Without normalize, it also
  * refuses embeddings whose norms are so large that gamma * (1 - s)^2 could
- * overflow the dtype (CIRCLE_ERANGE); the engine never hands out NaN or
+ * overflow the dtype, and (always) sample weights so large that the
+ * weighted loss or its gradients could (CIRCLE_ERANGE, naming the largest
+ * weight and the limit); the engine never hands out NaN or
  * Inf for input it accepts. Returns CIRCLE_OK, CIRCLE_EINVAL (d == 0, NULL
  * pointers, half a reference set, negative weights, bad config),
  * CIRCLE_EEMPTY (n == 0, or m == 0 with a reference set),

@@ -204,6 +204,92 @@ def test_duplicate_keys():
         expect_oip(post(d.url, OIP, b'{"inputs": [], "inputs": []}'), status)
 
 
+def test_sample_weights():
+    # 1e38 used to give a 200 with a loss of null (/v1) or inf (OIP).
+    status, code = promised("Sample weights")
+    emb = [[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-0.6, 0.8]]
+    with Circled() as d:
+        for w in (1e38, 3e38):
+            body = json.dumps({"labels": [0, 0, 1, 1], "embeddings": emb,
+                               "sample_weight": [1, w, 1, 1]}).encode()
+            res = post(d.url, "/v1/loss", body)
+            expect(res, status, code)
+            assert "sample_weight[1]" in json.loads(res[2])["error"]["message"], res[2]
+            req = {"inputs": [
+                {"name": "labels", "datatype": "INT64", "shape": [4], "data": [0, 0, 1, 1]},
+                {"name": "embeddings", "datatype": "FP32", "shape": [4, 2],
+                 "data": [v for row in emb for v in row]},
+                {"name": "sample_weight", "datatype": "FP32", "shape": [4], "data": [1, w, 1, 1]}]}
+            expect_oip(post(d.url, OIP, json.dumps(req).encode()), status)
+        # Far below the limit, a weight is a weight.
+        res = post(d.url, "/v1/loss", json.dumps({"labels": [0, 0, 1, 1], "embeddings": emb,
+                                                  "sample_weight": [1, 1e30, 1, 1]}).encode())
+        ok(res)
+        assert json.loads(res[2])["loss"] is not None
+
+
+def vm_hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def decoding_bound():
+    """(multiple of the body, constant in MiB) from the limits table's row."""
+    when = ROWS["Memory to decode a request"][0]
+    m = re.search(r"at most (\d+) times .* plus (\d+) MiB", when)
+    return int(m.group(1)), int(m.group(2))
+
+
+def expect_bounded(d, body, headers, status, code, plain_len=None):
+    """Sends body and checks the answer and that circled's peak memory grew
+    by at most the table's bound for a body of plain_len bytes (len(body)
+    unless it is compressed)."""
+    times, const_mib = decoding_bound()
+    before = vm_hwm_kib(d.pid)
+    res = post(d.url, "/v1/loss" if code else OIP, body, headers)
+    grown = (vm_hwm_kib(d.pid) - before) * 1024
+    if code:
+        expect(res, status, code)
+    else:
+        expect_oip(res, status)
+    allowed = times * (plain_len or len(body)) + (const_mib << 20)
+    assert grown <= allowed, f"peak memory grew {grown >> 20} MiB, bound {allowed >> 20} MiB"
+    return res
+
+
+def test_decoding_memory_is_bounded_by_the_body():
+    # Each of these used to build a cJSON node (about 80 B) for every
+    # 2-byte number before the limit was checked (twice on /v1): the first
+    # took VmHWM from 7 to 2,696 MiB.
+    with Circled() as d:
+        zeros = b"0," * (32 << 20)
+        labels = b'{"labels": [' + zeros + b'0], "embeddings": [[1.0]]}'
+        gz = gzip.compress(labels, compresslevel=1, mtime=0)
+        res = expect_bounded(d, gz, {"Content-Encoding": "gzip"}, 413, "limit_exceeded",
+                             plain_len=len(labels))
+        assert "labels has 33554433 rows" in json.loads(res[2])["error"]["message"], res[2]
+        # 16 MB of tiny numbers in a matrix within the limits, with a bad
+        # last element: decoded to the end the slow way.
+        rows = 2048
+        row = b"[" + b"0," * 4095 + b"0]"
+        emb = b"[" + b",".join([row] * (rows - 1)) + b", [" + b"0," * 4095 + b'"x"]]'
+        body = b'{"labels": [' + b"0," * (rows - 1) + b'0], "embeddings": ' + emb + b"}"
+        res = expect_bounded(d, body, None, 400, "wrong_type")
+        assert "embeddings[2047][4095] is a string" in json.loads(res[2])["error"]["message"]
+        # The same numbers as OIP JSON data, and nested labels past the limit.
+        flat = b"[" + b"0," * (rows * 4096 - 1) + b'"x"]'
+        oip_body = (b'{"inputs": [{"name": "labels", "datatype": "INT64", "shape": [2048], "data": ['
+                    + b"0," * (rows - 1) + b'0]}, {"name": "embeddings", "datatype": "FP32", '
+                    b'"shape": [2048, 4096], "data": ' + flat + b"}]}")
+        expect_bounded(d, oip_body, None, 400, None)
+        nested = b'{"labels": [[' + b"0," * (8 << 20) + b'0]], "embeddings": [[1.0]]}'
+        expect_bounded(d, nested, None, 413, "limit_exceeded")
+        assert d.healthy()
+
+
 def get_with_header(url, size):
     """Status of GET /healthz carrying one header of about size bytes."""
     return exchange(url, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * size +
