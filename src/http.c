@@ -971,6 +971,12 @@ static bool job_process(struct exchange *ex) {
     fail(ex, rc, NULL);
     goto done;
   }
+  /* A half-precision dtype: the float32 results rounded to the format. */
+  rc = circle_output_round(&req.cfg, &in, &out, where, sizeof where);
+  if (rc != 0) {
+    fail(ex, rc, where);
+    goto done;
+  }
   circle_metrics_observe_compute(srv->metrics, req.tag, &req.cfg, &in, &out);
   phase_end(ex, PH_COMPUTE, &mark);
 
