@@ -114,8 +114,9 @@ static int parse_dtype(const cJSON *it, circle_config *c, circle_error *err) {
     if (f[k].item && !cJSON_IsNull(f[k].item) && !cJSON_IsString(f[k].item))
       return circle_error_set(err, 400, "bad_config",
                               "config.dtype.%s is %s; expected a string or "
-                              "null",
-                              f[k].name, circle__json_kind(f[k].item));
+                              "null (config.dtype takes %s)",
+                              f[k].name, circle__json_kind(f[k].item),
+                              dtype_list);
   if (!cJSON_IsString(cls) || (strcmp(cls->valuestring, "DTypePolicy") != 0 &&
                                strcmp(cls->valuestring, "FloatDTypePolicy") != 0)) {
     char q[80];
