@@ -357,6 +357,13 @@ int circle_input_check(const circle_config *cfg, const circle_input *in,
       room = 16;
     }
     double smax = sqrt(big / room / cfg->gamma) - fabs(cfg->margin) - 2;
+    if (!(smax > 0))
+      return explain(CIRCLE_ERANGE, where, where_len,
+                     "gamma %g with margin %g is too large for %s: gamma * "
+                     "(|margin| + 2)^2 must stay below %.6g; use a smaller "
+                     "gamma or a wider dtype (float32, bfloat16 or float64)",
+                     cfg->gamma, cfg->margin, circle_config_dtype_name(cfg),
+                     big / room);
     size_t at_x, at_r = 0;
     double nx = max_norm(in->embeddings, in->n, in->d, cfg->dtype, &at_x);
     double nr = has_re ? max_norm(in->ref_embeddings, in->m, in->d,
@@ -410,6 +417,57 @@ static int round_array(const circle_config *cfg, float *p, size_t rows,
                  circle_half_max(cfg->half), circle_half_name(cfg->half));
 }
 
+/* Keras masks the rows whose circle value is 0 in the compute dtype. A
+ * value the engine keeps (v > 0 in float32) can be below half the format's
+ * smallest subnormal, where Keras' own value is 0 and its row masked (at
+ * gamma 80 a row of exact matches has v near 1e-11, 0 in float16): such
+ * rows leave the reduction here as they leave Keras', so the loss and the
+ * gradients take Keras' divisor. The dropped rows' own gradient terms stay
+ * (each is below v_i < 2^-25 times the gradient's scale, far under the
+ * format's resolution). */
+static void half_mask(const circle_config *cfg, const circle_input *in,
+                      circle_output *out) {
+  const float *v = out->per_sample;
+  const float *w = in->sample_weight;
+  double n32 = 0, n16 = 0, s32 = 0, s16 = 0, lost = 0;
+  for (size_t i = 0; i < in->n; i++) {
+    if (!(v[i] > 0)) continue;
+    double wi = w ? w[i] : 1.0;
+    float r = v[i];
+    circle_half_round(cfg->half, &r, 1);
+    n32 += 1;
+    s32 += wi;
+    if (r > 0) {
+      n16 += 1;
+      s16 += wi;
+    } else {
+      lost += wi * v[i];
+      if (circle_reduction_is_elementwise(cfg->reduction) &&
+          (out->want & CIRCLE_OUT_LOSS))
+        ((float *)out->loss_values)[i] = 0;
+    }
+  }
+  if (n32 == n16 || circle_reduction_is_elementwise(cfg->reduction)) return;
+  double d32 = 1, d16 = 1; /* "sum": no divisor */
+  if (cfg->reduction == CIRCLE_REDUCTION_SUM_OVER_BATCH_SIZE ||
+      cfg->reduction == CIRCLE_REDUCTION_MEAN) {
+    d32 = n32;
+    d16 = n16;
+  } else if (cfg->reduction == CIRCLE_REDUCTION_MEAN_WITH_SAMPLE_WEIGHT) {
+    d32 = s32;
+    d16 = s16;
+  }
+  /* divide_no_nan: nothing left means a loss and gradients of 0. */
+  float scale = d16 > 0 ? (float)(d32 / d16) : 0.0f;
+  if (out->want & CIRCLE_OUT_LOSS)
+    out->loss = d16 > 0 ? (out->loss * d32 - lost) / d16 : 0.0;
+  size_t m = in->ref_embeddings != NULL ? in->m : 0;
+  if ((out->want & CIRCLE_OUT_GRAD) && scale != 1)
+    for (size_t k = 0; k < in->n * in->d; k++) ((float *)out->grad)[k] *= scale;
+  if ((out->want & CIRCLE_OUT_REF_GRAD) && scale != 1)
+    for (size_t k = 0; k < m * in->d; k++) ((float *)out->ref_grad)[k] *= scale;
+}
+
 int circle_output_round(const circle_config *cfg, const circle_input *in,
                         circle_output *out, char *where, size_t where_len) {
   if (cfg == NULL || in == NULL || out == NULL ||
@@ -417,6 +475,11 @@ int circle_output_round(const circle_config *cfg, const circle_input *in,
     return explain(CIRCLE_EINVAL, where, where_len,
                    "config, input or output is NULL or invalid");
   if (cfg->half == CIRCLE_HALF_NONE) return CIRCLE_OK;
+  if (!(out->want & CIRCLE_OUT_PER_SAMPLE) || out->per_sample == NULL)
+    return explain(CIRCLE_EINVAL, where, where_len,
+                   "a half-precision dtype needs the per-sample values "
+                   "(CIRCLE_OUT_PER_SAMPLE) to mask rows as Keras does");
+  half_mask(cfg, in, out);
   size_t m = in->ref_embeddings != NULL ? in->m : 0;
   bool elementwise = circle_reduction_is_elementwise(cfg->reduction);
   int rc = CIRCLE_OK;

@@ -197,7 +197,9 @@ START_TEST(config_should_round_outputs_and_name_one_out_of_range) {
   ck_assert_ptr_nonnull(strstr(where, "65504"));
   /* A scalar loss, and the reference gradient. */
   c.reduction = CIRCLE_REDUCTION_SUM;
-  circle_output o2 = {.want = CIRCLE_OUT_LOSS, .loss = 1e6};
+  float ps2[2] = {1, 2};
+  circle_output o2 = {.want = CIRCLE_OUT_LOSS | CIRCLE_OUT_PER_SAMPLE,
+                      .loss = 1e6, .per_sample = ps2};
   ck_assert_int_eq(circle_output_round(&c, &in, &o2, where, sizeof where), CIRCLE_ERANGE);
   ck_assert_ptr_nonnull(strstr(where, "the loss is 1e+06"));
   o2.loss = 1.0 / 3;
@@ -207,10 +209,16 @@ START_TEST(config_should_round_outputs_and_name_one_out_of_range) {
   float rx[2] = {0};
   int64_t rl[1] = {0};
   circle_input in2 = {.n = 1, .m = 1, .d = 2, .ref_labels = rl, .ref_embeddings = rx};
-  circle_output o3 = {.want = CIRCLE_OUT_REF_GRAD, .ref_grad = rg};
+  float ps3[1] = {1};
+  circle_output o3 = {.want = CIRCLE_OUT_REF_GRAD | CIRCLE_OUT_PER_SAMPLE,
+                      .ref_grad = rg, .per_sample = ps3};
   c.half = CIRCLE_HALF_BFLOAT16;
   ck_assert_int_eq(circle_output_round(&c, &in2, &o3, where, sizeof where), CIRCLE_OK);
   ck_assert(rg[0] == 0.10009765625f);
+  /* Without the per-sample values the rows cannot be masked as Keras does. */
+  circle_output o5 = {.want = CIRCLE_OUT_LOSS, .loss = 1};
+  ck_assert_int_eq(circle_output_round(&c, &in, &o5, where, sizeof where), CIRCLE_EINVAL);
+  ck_assert_ptr_nonnull(strstr(where, "per-sample"));
   /* No half format: nothing changes. Bad arguments. */
   c.half = CIRCLE_HALF_NONE;
   float keep[2] = {0.1f, 0.2f};
@@ -223,6 +231,67 @@ START_TEST(config_should_round_outputs_and_name_one_out_of_range) {
   c.dtype = CIRCLE_DTYPE_FLOAT64;
   c.half = CIRCLE_HALF_FLOAT16;
   ck_assert_int_eq(circle_output_round(&c, &in, &o4, NULL, 0), CIRCLE_EINVAL);
+}
+END_TEST
+
+/* Keras masks a row whose value is 0 in float16; the engine's float32 value
+ * 1e-9 is not 0, so the row leaves the reduction here: the divisor of a mean
+ * and the gradients follow Keras'. bfloat16 keeps 1e-9. */
+START_TEST(config_should_mask_rows_whose_value_is_zero_in_the_format) {
+  circle_config c;
+  circle_config_init(&c);
+  c.half = CIRCLE_HALF_FLOAT16;
+  float w[3] = {1, 2, 4};
+  circle_input in = {.n = 3, .d = 1, .sample_weight = w};
+  static const struct {
+    circle_reduction r;
+    double loss, want_loss; /* engine (float32 mask) and Keras' (float16) */
+    float scale;
+  } cases[] = {
+      /* sum_over_batch_size / mean: sum(w v mask) / valid */
+      {CIRCLE_REDUCTION_SUM_OVER_BATCH_SIZE, (2e-9 + 4 + 12) / 3, (4 + 12) / 2.0, 1.5f},
+      {CIRCLE_REDUCTION_MEAN, (2e-9 + 4 + 12) / 3, 8, 1.5f},
+      /* mean_with_sample_weight: over sum(w mask) */
+      {CIRCLE_REDUCTION_MEAN_WITH_SAMPLE_WEIGHT, (2e-9 + 4 + 12) / 7, 16.0 / 6, 7.0f / 6},
+      /* sum: the row's tiny term leaves, nothing else changes */
+      {CIRCLE_REDUCTION_SUM, 2e-9 + 4 + 12, 16, 1},
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+    c.reduction = cases[k].r;
+    float ps[3] = {1e-9f, 2, 3}, g[3] = {0.5f, 1, -2};
+    circle_output out = {.want = CIRCLE_OUT_LOSS | CIRCLE_OUT_PER_SAMPLE | CIRCLE_OUT_GRAD,
+                         .loss = cases[k].loss, .per_sample = ps, .grad = g};
+    ck_assert_int_eq(circle_output_round(&c, &in, &out, NULL, 0), CIRCLE_OK);
+    float want = (float)cases[k].want_loss;
+    ck_assert(circle_half_round(c.half, &want, 1) == 1);
+    ck_assert_msg(out.loss == want, "%d: %.9g vs %.9g", (int)k, out.loss, want);
+    ck_assert(ps[0] == 0);
+    float g1 = 1 * cases[k].scale;
+    circle_half_round(c.half, &g1, 1);
+    ck_assert_msg(g[1] == g1, "%d: %.9g vs %.9g", (int)k, g[1], g1);
+  }
+  /* "none": the masked row's weighted value is 0, even where w v is not. */
+  c.reduction = CIRCLE_REDUCTION_NONE;
+  float ps[3] = {1e-9f, 2, 3}, lv[3] = {4e-8f, 4, 12};
+  circle_output out = {.want = CIRCLE_OUT_LOSS | CIRCLE_OUT_PER_SAMPLE,
+                       .per_sample = ps, .loss_values = lv};
+  ck_assert_int_eq(circle_output_round(&c, &in, &out, NULL, 0), CIRCLE_OK);
+  ck_assert(lv[0] == 0 && lv[1] == 4 && lv[2] == 12);
+  /* Every row masked: divide_no_nan gives 0. */
+  c.reduction = CIRCLE_REDUCTION_MEAN;
+  float tiny[3] = {1e-9f, 1e-10f, 0}, g[3] = {1, 1, 1};
+  circle_output all = {.want = CIRCLE_OUT_LOSS | CIRCLE_OUT_PER_SAMPLE | CIRCLE_OUT_GRAD,
+                       .loss = 1e-9, .per_sample = tiny, .grad = g};
+  ck_assert_int_eq(circle_output_round(&c, &in, &all, NULL, 0), CIRCLE_OK);
+  ck_assert(all.loss == 0 && g[0] == 0);
+  /* bfloat16 reaches far lower: nothing is masked. */
+  c.half = CIRCLE_HALF_BFLOAT16;
+  c.reduction = CIRCLE_REDUCTION_SUM_OVER_BATCH_SIZE;
+  float pb[3] = {1e-9f, 2, 3}, gb[3] = {0.5f, 1, -2};
+  circle_output ob = {.want = CIRCLE_OUT_LOSS | CIRCLE_OUT_PER_SAMPLE | CIRCLE_OUT_GRAD,
+                      .loss = 16.0 / 3, .per_sample = pb, .grad = gb};
+  ck_assert_int_eq(circle_output_round(&c, &in, &ob, NULL, 0), CIRCLE_OK);
+  ck_assert(gb[1] == 1 && pb[0] != 0);
 }
 END_TEST
 
@@ -243,6 +312,12 @@ START_TEST(config_should_bound_embedding_norms_by_float16s_range) {
   ck_assert_ptr_nonnull(strstr(where, "too large for float16 at gamma 256"));
   c.half = CIRCLE_HALF_BFLOAT16; /* float32's range */
   ck_assert_int_eq(circle_input_check(&c, &in, where, sizeof where), CIRCLE_OK);
+  /* A gamma no similarity fits under says so. */
+  c.half = CIRCLE_HALF_FLOAT16;
+  c.gamma = 1024;
+  ck_assert_int_eq(circle_input_check(&c, &in, where, sizeof where), CIRCLE_ERANGE);
+  ck_assert_ptr_nonnull(strstr(where, "gamma 1024 with margin 0.4 is too large "
+                                      "for float16"));
 }
 END_TEST
 
@@ -256,6 +331,7 @@ static Suite *config_suite(void) {
   tcase_add_test(tc, config_should_round_every_bfloat16_value_and_midpoint);
   tcase_add_test(tc, config_should_round_a_double_once_not_through_float);
   tcase_add_test(tc, config_should_round_outputs_and_name_one_out_of_range);
+  tcase_add_test(tc, config_should_mask_rows_whose_value_is_zero_in_the_format);
   tcase_add_test(tc, config_should_bound_embedding_norms_by_float16s_range);
   suite_add_tcase(s, tc);
   return s;

@@ -288,11 +288,14 @@ CIRCLE_API int circle_loss_compute(circle_engine *engine, const circle_config *c
                         const circle_input *in, circle_output *out);
 
 /* Turns the engine's float32 results for a config with a half format into
- * what Keras computing in that format returns: rounds every output array
- * out->want holds (loss_values, per_sample, grad, ref_grad) and out->loss
- * to the format, in place. Returns CIRCLE_OK (also for CIRCLE_HALF_NONE,
- * which changes nothing), CIRCLE_EINVAL for NULL arguments or an invalid
- * config, or CIRCLE_ERANGE when a value rounds past the format's largest
+ * what Keras computing in that format returns: rows whose per-sample value
+ * is 0 in the format leave the reduction (Keras masks them; the loss and
+ * gradients take its divisor), then every output array out->want holds
+ * (loss_values, per_sample, grad, ref_grad) and out->loss is rounded to the
+ * format, in place. out must hold per_sample (CIRCLE_OUT_PER_SAMPLE) for a
+ * half format. Returns CIRCLE_OK (also for CIRCLE_HALF_NONE, which changes
+ * nothing), CIRCLE_EINVAL for NULL arguments, an invalid config or no
+ * per_sample, or CIRCLE_ERANGE when a value rounds past the format's largest
  * finite value (Keras would return inf there); where (when not NULL)
  * receives a sentence naming the output and row. The arrays may be partly
  * rounded on CIRCLE_ERANGE: the caller discards them. */
