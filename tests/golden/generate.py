@@ -397,8 +397,9 @@ def _round_to(a, fmt):
     return np.asarray(a, np.float32).astype(t).astype(np.float64)
 
 
-def row_cond(c, x, rx):
-    """max_j |logit_ij| + 1 per row, float64, on the rounded inputs."""
+def pair_logits(c, x, rx):
+    """Keras' formula in float64: the positive and negative pair masks and
+    the logits -gamma a_p (m - c) and gamma a_n (1 - m - c) of every pair."""
     import numpy as np
     ry = c["labels"] if c["ref_labels"] is None else c["ref_labels"]
     r = x if rx is None else rx
@@ -408,8 +409,17 @@ def row_cond(c, x, rx):
     neg = ~pos
     if c["remove_diagonal"]:
         pos &= ~np.eye(len(x), len(r), dtype=bool)
-    pa = np.where(pos, np.abs(g * np.maximum(mg + cdist, 0) * (mg - cdist)), 0)
-    na = np.where(neg, np.abs(g * np.maximum(1 + mg - cdist, 0) * (1 - mg - cdist)), 0)
+    zp = -g * np.maximum(mg + cdist, 0) * (mg - cdist)
+    zn = g * np.maximum(1 + mg - cdist, 0) * (1 - mg - cdist)
+    return pos, neg, zp, zn
+
+
+def row_cond(c, x, rx):
+    """max_j |logit_ij| + 1 per row, float64, on the rounded inputs."""
+    import numpy as np
+    pos, neg, zp, zn = pair_logits(c, x, rx)
+    pa = np.where(pos, np.abs(zp), 0)
+    na = np.where(neg, np.abs(zn), 0)
     return [float(v) for v in np.maximum(pa.max(1), na.max(1)) + 1]
 
 
@@ -542,18 +552,9 @@ def check_against_numpy(c, x, rx, sw, loss, per):
         x = x / np.sqrt(np.maximum(np.sum(x * x, 1, keepdims=True), 1e-24))
         if rx is not None:
             rx = rx / np.sqrt(np.maximum(np.sum(rx * rx, 1, keepdims=True), 1e-24))
-    ry = c["labels"] if c["ref_labels"] is None else c["ref_labels"]
-    r = x if rx is None else rx
-    g, mg = c["gamma"], c["margin"]
-    cdist = np.maximum(1.0 - x @ r.T, 0.0)
-    pos = c["labels"][:, None] == ry[None, :]
-    neg = ~pos
-    if c["remove_diagonal"]:
-        pos &= ~np.eye(len(x), len(r), dtype=bool)
-    pw = np.maximum((mg + cdist) * pos, 0)
-    nw = np.maximum((1 + mg - cdist) * neg, 0)
-    pa = np.where(pos, -g * pw * (mg - cdist), -np.inf)
-    na = np.where(neg, g * nw * (1 - mg - cdist), -np.inf)
+    pos, neg, zp, zn = pair_logits(c, x, rx)
+    pa = np.where(pos, zp, -np.inf)
+    na = np.where(neg, zn, -np.inf)
 
     def lse(a):
         mx = np.max(a, axis=1, keepdims=True)
