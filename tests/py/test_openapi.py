@@ -555,7 +555,7 @@ def test_readme_curl_examples_should_answer_as_the_readme_says(server):
     if not shutil.which("curl"):
         pytest.skip("curl is not installed")
     blocks = [b for b in readme_blocks("sh") if b.lstrip().startswith("curl -s localhost:8080/v1/loss")]
-    assert len(blocks) == 2, "README lost its curl examples"
+    assert len(blocks) == 3, "README lost its curl examples"
     outs = []
     for code in blocks:
         cmd = code.split("\n# ")[0].replace("localhost:8080", f"127.0.0.1:{server}")
@@ -566,3 +566,6 @@ def test_readme_curl_examples_should_answer_as_the_readme_says(server):
     assert close(outs[0], json.loads(readme_blocks("json")[0]))
     shown_error = re.search(r"^# (\{.*\})$", blocks[1], re.M).group(1)
     assert outs[1] == json.loads(shown_error)
+    # The half-precision example: its response spans the comment lines.
+    shown = " ".join(line[2:] for line in blocks[2].split("\n") if line.startswith("# "))
+    assert outs[2] == json.loads(shown)
