@@ -20,6 +20,15 @@ def v1_seeds():
     s = {}
     base = {"labels": [0, 1, 0, 1], "embeddings": [[1, 0], [0, 1], [0.6, 0.8], [-0.8, 0.6]]}
     s["minimal"] = base
+    s["half_f16"] = {"labels": [0, 1, 0], "embeddings": [[0.1, 65504], [1e-8, -0.3], [65519.9, 2]],
+                     "sample_weight": [0.1, 1, 3], "config": {"dtype": "float16"}}
+    s["half_f16_overflow"] = {"labels": [0, 1], "embeddings": [[65520, 0], [0, 1]],
+                              "config": {"dtype": "mixed_float16"}}
+    s["half_bf16_policy"] = {
+        "labels": [0, 1, 0], "embeddings": [[0.1, 3.3e38], [1e-40, -0.3], [1.5, 2]],
+        "ref_labels": [1], "ref_embeddings": [[0.7, 0.7]],
+        "config": {"dtype": {"module": "keras", "class_name": "DTypePolicy",
+                             "config": {"name": "mixed_bfloat16"}, "registered_name": None}}}
     s["full"] = {
         "labels": ["cat", "dog", "cat"],
         "embeddings": [[0.1, 0.2, 0.3], [0.3, -0.2, 0.1], [1e-3, 2.5e2, -7]],
@@ -170,6 +179,18 @@ def oip_seeds():
         outputs=[{"name": "embeddings_grad", "parameters": {"binary_data": False}}],
         parameters={"dtype": "float64"})
     s["binary_bf16"] = framed(0, len(hb), bb)
+    hh, bh = binary_request([
+        ("labels", "INT64", [3], labels), ("embeddings", "FP32", [3, 2], emb),
+        ("sample_weight", "FP16", [3], struct.pack("<3e", 0.5, 1.0, 2.0))],
+        parameters={"binary_data_output": True, "dtype": "mixed_float16", "reduction": "none"})
+    s["binary_half_out"] = framed(0, len(hh), bh)
+    s["json_bf16_policy"] = framed(0, 0xffff, oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [3], "data": [0, 1, 0]},
+        {"name": "embeddings", "datatype": "FP64", "shape": [3, 2],
+         "data": [1, 0, 0, 1, 0.6, 0.8]}],
+        outputs=[{"name": "loss", "parameters": {"binary_data": True}}, {"name": "embeddings_grad"}],
+        parameters={"dtype": {"module": "keras", "class_name": "DTypePolicy",
+                              "config": {"name": "bfloat16"}, "registered_name": None}}))
     h64, b64 = binary_request([
         ("labels", "INT64", [2], struct.pack("<2q", 2**62, -(2**62))),
         ("embeddings", "FP64", [2, 1], struct.pack("<2d", 0.5, -0.25)),
@@ -257,6 +278,25 @@ def config_seeds():
         "unicode_name": {"name": "\u00e9\u4e2d\U0001F600"},
         "empty": {},
     }
+    # Every dtype spelling Keras takes for a loss, and near misses.
+    def policy(name, cls="DTypePolicy"):
+        return {"module": "keras", "class_name": cls, "config": {"name": name},
+                "registered_name": None}
+    s.update({
+        "dtype_half": {"dtype": "float16", "reduction": "none"},
+        "dtype_mixed": {"dtype": "mixed_bfloat16"},
+        "dtype_null": {"dtype": None},
+        "dtype_policy": {"dtype": policy("mixed_float16")},
+        "dtype_policy_legacy": {"dtype": {"class_name": "FloatDTypePolicy",
+                                          "config": {"name": "bfloat16"}}},
+        "dtype_policy_floatx": {"dtype": {"class_name": "DTypePolicy", "config": {}}},
+        "bad_policy_class": {"dtype": policy("int8_from_float32", "QuantizedDTypePolicy")},
+        "bad_policy_name": {"dtype": policy("int32")},
+        "bad_policy_extra": {"dtype": {"class_name": "DTypePolicy",
+                                       "config": {"name": "float16", "source_name": "x"}}},
+        "bad_policy_module": {"dtype": {"module": 3, "class_name": "DTypePolicy",
+                                        "config": {"name": "float16"}}},
+    })
     out = {k: json.dumps(v).encode() for k, v in s.items()}
     out["gamma_forms"] = b'{"gamma": 1.7976931348623157e308, "margin": 5e-324}'
     out["gamma_zero"] = b'{"gamma": 0}'
@@ -265,7 +305,7 @@ def config_seeds():
     out["dup_key"] = b'{"gamma": 1, "gamma": 1}'
     out["unknown_key"] = b'{"gama": 1}'
     out["bad_reduction"] = b'{"reduction": "SUM"}'
-    out["bad_dtype"] = b'{"dtype": "float16"}'
+    out["bad_dtype"] = b'{"dtype": "float8"}'
     out["bad_fn"] = b'{"fn": {"config": "triplet"}}'
     out["nul_name"] = b'{"name": "a\\u0000b"}'
     out["control_name"] = b'{"name": "\\u0001\\u001f\\"\\\\"}'

@@ -82,6 +82,72 @@ static int parse_fn(const cJSON *fn, circle_error *err) {
                           "the circle loss");
 }
 
+static const char *const dtype_list =
+    "null (Keras' floatx, float32), \"float16\", \"bfloat16\", \"float32\", "
+    "\"float64\", \"mixed_float16\", \"mixed_bfloat16\", or a DTypePolicy "
+    "as keras.saving.serialize_keras_object writes it: {\"module\": \"keras\", "
+    "\"class_name\": \"DTypePolicy\", \"config\": {\"name\": \"float16\"}, "
+    "\"registered_name\": null}";
+
+/* A policy name (string, or null for floatx) into c's dtype and half. */
+static int parse_policy_name(const cJSON *it, const char *field,
+                             circle_config *c, circle_error *err) {
+  if (cJSON_IsNull(it)) {
+    c->dtype = CIRCLE_DTYPE_FLOAT32;
+    c->half = CIRCLE_HALF_NONE;
+    return 0;
+  }
+  if (cJSON_IsString(it) &&
+      circle_dtype_policy_parse(it->valuestring, &c->dtype, &c->half) == 0)
+    return 0;
+  char q[80];
+  describe(it, q, sizeof(q));
+  return circle_error_set(err, 400, "bad_config", "%s is %s; expected %s",
+                          field, q, dtype_list);
+}
+
+/* config.dtype as Keras' Loss takes it: a DTypePolicy name, null, or the
+ * policy serialized. Keras' deserializer ignores module and registered_name
+ * and knows the class by its current name and its Keras 3.0-3.3 one; its
+ * config holds only the name (absent or null: floatx). */
+static int parse_dtype(const cJSON *it, circle_config *c, circle_error *err) {
+  if (!cJSON_IsObject(it))
+    return parse_policy_name(it, "config.dtype", c, err);
+  circle__json_field f[] = {{"module", NULL}, {"class_name", NULL},
+                            {"config", NULL}, {"registered_name", NULL}};
+  if (circle__json_fields(it, "config.dtype", f, 4, err) != 0) return -1;
+  const cJSON *cls = f[1].item, *conf = f[2].item;
+  for (int k = 0; k < 4; k += 3)
+    if (f[k].item && !cJSON_IsNull(f[k].item) && !cJSON_IsString(f[k].item))
+      return circle_error_set(err, 400, "bad_config",
+                              "config.dtype.%s is %s; expected a string or "
+                              "null (config.dtype takes %s)",
+                              f[k].name, circle__json_kind(f[k].item),
+                              dtype_list);
+  if (!cJSON_IsString(cls) || (strcmp(cls->valuestring, "DTypePolicy") != 0 &&
+                               strcmp(cls->valuestring, "FloatDTypePolicy") != 0)) {
+    char q[80];
+    if (cls) describe(cls, q, sizeof(q));
+    else snprintf(q, sizeof(q), "missing");
+    return circle_error_set(err, 400, "bad_config",
+                            "config.dtype.class_name is %s; expected "
+                            "\"DTypePolicy\" (config.dtype takes %s)",
+                            q, dtype_list);
+  }
+  if (!cJSON_IsObject(conf))
+    return circle_error_set(err, 400, "bad_config",
+                            "config.dtype.config is %s; expected an object "
+                            "{\"name\": ...} (config.dtype takes %s)",
+                            conf ? circle__json_kind(conf) : "missing",
+                            dtype_list);
+  circle__json_field nf[] = {{"name", NULL}};
+  if (circle__json_fields(conf, "config.dtype.config", nf, 1, err) != 0)
+    return -1;
+  static const cJSON null_item = {.type = cJSON_NULL};
+  return parse_policy_name(nf[0].item ? nf[0].item : &null_item,
+                           "config.dtype.config.name", c, err);
+}
+
 int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
                              char *name, size_t name_len, circle_error *err) {
   const cJSON *obj = cjson_object;
@@ -166,16 +232,8 @@ int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
       circle__bool_parse(it, &c.remove_diagonal, "config.remove_diagonal",
                          "bad_config", err) != 0)
     return CIRCLE_EINVAL;
-  if ((it = f[CF_DTYPE].item) != NULL && !cJSON_IsNull(it)) {
-    if (!cJSON_IsString(it) || circle_dtype_parse(it->valuestring, &c.dtype) != 0) {
-      char q[80];
-      describe(it, q, sizeof(q));
-      return circle_error_set(err, 400, "bad_config",
-                              "config.dtype is %s; expected \"float32\" or "
-                              "\"float64\"",
-                              q);
-    }
-  }
+  if ((it = f[CF_DTYPE].item) != NULL && parse_dtype(it, &c, err) != 0)
+    return CIRCLE_EINVAL;
   if ((it = f[CF_FN].item) != NULL && parse_fn(it, err) != 0)
     return CIRCLE_EINVAL;
   if ((it = f[CF_NORMALIZE].item) != NULL &&
@@ -358,6 +416,32 @@ static int non_finite(circle_error *err, const char *field, size_t r,
                           "%s overflows to infinity; every number must be "
                           "finite",
                           idx);
+}
+
+/* A half-precision config's arrays are read as float64 and rounded here,
+ * once, straight to the format (held as float32, the engine's dtype). A
+ * value past the format's range is refused, as float32 overflow is. */
+static int narrow_half(circle_error *err, const circle_config *cfg, void **arr,
+                       size_t rows, size_t d, const char *field, bool two_d) {
+  size_t k = 0;
+  int rc = circle__half_narrow_array(cfg->half, arr, rows * d, &k);
+  if (rc == CIRCLE_ENOMEM)
+    return circle_error_set(err, 503, "overloaded",
+                            "out of memory for %s; retry later", field);
+  if (rc != 0) {
+    char idx[64], vb[40];
+    double v = ((const double *)*arr)[k];
+    if (two_d) snprintf(idx, sizeof(idx), "%s[%zu][%zu]", field, k / d, k % d);
+    else snprintf(idx, sizeof(idx), "%s[%zu]", field, k);
+    return circle_error_set(err, 400, "non_finite",
+                            "%s is %s, beyond %s's largest finite value %g; "
+                            "use config dtype \"float32\" or rescale the "
+                            "values",
+                            idx, circle__short_number(vb, v),
+                            circle_half_name(cfg->half),
+                            circle_half_max(cfg->half));
+  }
+  return 0;
 }
 
 /* The number of elements of the array at text[off] (validated JSON). */
@@ -720,6 +804,10 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
   if (f[F_TAG].item &&
       circle__tag_parse(f[F_TAG].item, r.tag, sizeof(r.tag), "tag", err) != 0)
     goto fail;
+  /* The dtype the arrays are read in: float64 for a half format, rounded
+   * to it once read (narrow_half). */
+  circle_dtype adt = r.cfg.half != CIRCLE_HALF_NONE ? CIRCLE_DTYPE_FLOAT64
+                                                    : r.cfg.dtype;
 
   /* Shapes and limits, before anything big is allocated. */
   if (f[F_LABELS].item == NULL) {
@@ -827,14 +915,18 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
 
   /* Embeddings. */
   size_t d = 0;
-  if (fb ? take_fast_matrix(&dc, &fb->emb, n, &d, r.cfg.dtype, &r.x) != 0
+  if (fb ? take_fast_matrix(&dc, &fb->emb, n, &d, adt, &r.x) != 0
          : parse_matrix(&dc, cut->emb_off, "embeddings", n, &d,
-                        "embeddings[0]", r.cfg.dtype, &r.x) != 0)
+                        "embeddings[0]", adt, &r.x) != 0)
     goto fail;
   if (r.has_ref &&
-      (fb ? take_fast_matrix(&dc, &fb->ref, m, &d, r.cfg.dtype, &r.r) != 0
+      (fb ? take_fast_matrix(&dc, &fb->ref, m, &d, adt, &r.r) != 0
           : parse_matrix(&dc, cut->ref_off, "ref_embeddings", m, &d,
-                         "embeddings[0]", r.cfg.dtype, &r.r) != 0))
+                         "embeddings[0]", adt, &r.r) != 0))
+    goto fail;
+  if (narrow_half(err, &r.cfg, &r.x, n, d, "embeddings", true) != 0 ||
+      narrow_half(err, &r.cfg, &r.r, r.has_ref ? m : 0, d, "ref_embeddings",
+                  true) != 0)
     goto fail;
 
   /* Sample weights. */
@@ -850,7 +942,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
                        k, n);
       goto fail;
     }
-    r.sw = malloc(n * circle_dtype_size(r.cfg.dtype));
+    r.sw = malloc(n * circle_dtype_size(adt));
     if (r.sw == NULL) {
       circle_error_set(err, 503, "overloaded", "out of memory; retry later");
       goto fail;
@@ -865,8 +957,8 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
                          circle__json_kind(it));
         goto fail;
       }
-      if (!store(r.sw, i, it->valuedouble, r.cfg.dtype)) {
-        non_finite(err, "sample_weight", i, 0, false, it->valuedouble, r.cfg.dtype);
+      if (!store(r.sw, i, it->valuedouble, adt)) {
+        non_finite(err, "sample_weight", i, 0, false, it->valuedouble, adt);
         goto fail;
       }
       if (it->valuedouble < 0) {
@@ -880,6 +972,8 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
     }
   }
 
+  if (narrow_half(err, &r.cfg, &r.sw, n, 1, "sample_weight", false) != 0)
+    goto fail;
   if (!circle__labels_assign(&dc.strings)) {
     circle_error_set(err, 503, "overloaded", "out of memory for labels; retry later");
     goto fail;
@@ -984,7 +1078,7 @@ int circle_json_encode(const circle_request *req, const circle_output *out,
   circle_buf_puts(b, "\"config\": ");
   circle_json_config_write(b, &req->cfg, req->name);
   circle_buf_puts(b, ", \"dtype\": ");
-  circle_buf_json_string(b, circle_dtype_name(dt));
+  circle_buf_json_string(b, circle_config_dtype_name(&req->cfg));
   circle_buf_puts(b, ", \"n\": ");
   circle_buf_json_uint(b, req->n);
   circle_buf_puts(b, ", \"m\": ");

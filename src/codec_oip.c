@@ -15,8 +15,10 @@
  *
  * The compute dtype is parameters.dtype when given, else float64 when the
  * embeddings are FP64, else the server default (float32 unless configured).
- * FP16 and BF16 embeddings are widened to float32. Binary data is
- * little-endian, as the extension specifies.
+ * FP16 and BF16 embeddings are widened to float32. A half-precision compute
+ * dtype (float16, bfloat16 and their mixed policies) reads the inputs as
+ * float64, rounds them once to the format, and returns FP16 / BF16 outputs.
+ * Binary data is little-endian, as the extension specifies.
  *
  * JSON data never becomes cJSON nodes (80 bytes each: 40 times a header of
  * small numbers): parse_header cuts every input's data array out of the
@@ -100,6 +102,20 @@ static float bf16_to_float(uint16_t h) {
   float f;
   memcpy(&f, &bits, 4);
   return f;
+}
+
+/* The bits of f in the half format; f is a finite value of that format
+ * (circle_half_round made it one), so nothing is rounded here. */
+static uint16_t float_to_half_bits(float f, circle_half half) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if (half == CIRCLE_HALF_BFLOAT16) return (uint16_t)(u >> 16);
+  uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+  float a = fabsf(f);
+  if (a < 0x1p-14f) /* subnormal (or zero): a multiple of 2^-24 */
+    return sign | (uint16_t)(a * 0x1p24f);
+  uint32_t exp = ((u >> 23) & 0xffu) - 112;
+  return sign | (uint16_t)(exp << 10) | (uint16_t)((u >> 13) & 0x3ffu);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -643,6 +659,28 @@ bad: /* the error is set */
   return CIRCLE_EINVAL;
 }
 
+/* Rounds input k (read as float64 into *arr) to the half format, once; a
+ * value past the format's range is refused as float32 overflow is. */
+static int narrow_input(oip_decoder *dc, int k, circle_half half, void **arr) {
+  const oip_input *in = &dc->in[k];
+  size_t bad = 0;
+  int rc = circle__half_narrow_array(half, arr, (size_t)in->count, &bad);
+  if (rc == 0) return 0;
+  if (rc == CIRCLE_ENOMEM)
+    return circle_error_set(dc->err, 503, "overloaded",
+                            "out of memory for input '%s'; retry later",
+                            input_names[k]);
+  char e[96], vb[40];
+  elem_name(e, sizeof(e), input_names[k], in, bad);
+  return circle_error_set(dc->err, 400, "non_finite",
+                          "input '%s': element %s is %s, beyond %s's largest "
+                          "finite value %g; send parameters.dtype \"float32\" "
+                          "or rescale",
+                          input_names[k], e,
+                          circle__short_number(vb, ((const double *)*arr)[bad]),
+                          circle_half_name(half), circle_half_max(half));
+}
+
 /* ------------------------------------------------------------------------ */
 /* Request parameters and outputs                                           */
 /* ------------------------------------------------------------------------ */
@@ -697,7 +735,8 @@ static int parse_params(oip_decoder *dc, const cJSON *p, circle_request *r,
     }
     return CIRCLE_EINVAL;
   }
-  *dtype_given = f[P_DTYPE].item && !cJSON_IsNull(f[P_DTYPE].item);
+  /* null is Keras' floatx (float32), a choice like any other spelling. */
+  *dtype_given = f[P_DTYPE].item != NULL;
   if (f[P_NORMALIZE].item &&
       circle__bool_parse(f[P_NORMALIZE].item, &r->cfg.normalize,
                          "parameters.normalize", "bad_config", err) != 0)
@@ -1064,9 +1103,15 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
     goto fail;
   }
 
-  /* The compute dtype. */
-  if (!dtype_given && E->type == CIRCLE_OIP_FP64) r.cfg.dtype = CIRCLE_DTYPE_FLOAT64;
+  /* The compute dtype, and the one the inputs are read in: float64 for a
+   * half format, rounded to it once read. */
+  if (!dtype_given && E->type == CIRCLE_OIP_FP64) {
+    r.cfg.dtype = CIRCLE_DTYPE_FLOAT64;
+    r.cfg.half = CIRCLE_HALF_NONE;
+  }
   r.emb_datatype = E->type;
+  circle_dtype rdt = r.cfg.half != CIRCLE_HALF_NONE ? CIRCLE_DTYPE_FLOAT64
+                                                    : r.cfg.dtype;
 
   /* Outputs: asked for, or all that apply; stats (as parameters) unless
    * parameters.stats is false. */
@@ -1084,19 +1129,22 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
 
   /* The data. */
   void *p;
-  if (read_input(&dc, IN_LABELS, r.cfg.dtype, &p) != 0) goto fail;
+  if (read_input(&dc, IN_LABELS, rdt, &p) != 0) goto fail;
   r.labels = p;
-  if (read_input(&dc, IN_EMBEDDINGS, r.cfg.dtype, &p) != 0) goto fail;
+  if (read_input(&dc, IN_EMBEDDINGS, rdt, &p) != 0) goto fail;
   r.x = p;
+  if (narrow_input(&dc, IN_EMBEDDINGS, r.cfg.half, &r.x) != 0) goto fail;
   if (W->present) {
-    if (read_input(&dc, IN_SAMPLE_WEIGHT, r.cfg.dtype, &p) != 0) goto fail;
+    if (read_input(&dc, IN_SAMPLE_WEIGHT, rdt, &p) != 0) goto fail;
     r.sw = p;
+    if (narrow_input(&dc, IN_SAMPLE_WEIGHT, r.cfg.half, &r.sw) != 0) goto fail;
   }
   if (r.has_ref) {
-    if (read_input(&dc, IN_REF_LABELS, r.cfg.dtype, &p) != 0) goto fail;
+    if (read_input(&dc, IN_REF_LABELS, rdt, &p) != 0) goto fail;
     r.ref_labels = p;
-    if (read_input(&dc, IN_REF_EMBEDDINGS, r.cfg.dtype, &p) != 0) goto fail;
+    if (read_input(&dc, IN_REF_EMBEDDINGS, rdt, &p) != 0) goto fail;
     r.r = p;
+    if (narrow_input(&dc, IN_REF_EMBEDDINGS, r.cfg.half, &r.r) != 0) goto fail;
   }
   r.n = (size_t)n;
   r.m = (size_t)m;
@@ -1136,13 +1184,25 @@ static void write_flat(circle_buf *b, const void *p, size_t count,
   circle_buf_puts(b, "]");
 }
 
+const char *circle_oip_output_datatype(const circle_config *cfg, size_t *esz) {
+  circle_oip_datatype t = cfg->half == CIRCLE_HALF_FLOAT16    ? CIRCLE_OIP_FP16
+                          : cfg->half == CIRCLE_HALF_BFLOAT16 ? CIRCLE_OIP_BF16
+                          : cfg->dtype == CIRCLE_DTYPE_FLOAT32 ? CIRCLE_OIP_FP32
+                                                               : CIRCLE_OIP_FP64;
+  *esz = datatypes[t].size;
+  return datatypes[t].name;
+}
+
 int circle_oip_encode(const circle_request *req, const circle_output *out,
                       circle_buf *b, size_t *header_len) {
   if (req == NULL || out == NULL || b == NULL || header_len == NULL)
     return CIRCLE_EINVAL;
   circle_dtype dt = req->cfg.dtype;
-  size_t esz = circle_dtype_size(dt);
-  const char *dtn = dt == CIRCLE_DTYPE_FLOAT32 ? "FP32" : "FP64";
+  /* A half format's outputs are float32 arrays of its values (see
+   * circle_output_round), sent as FP16 / BF16. */
+  circle_half half = req->cfg.half;
+  size_t esz;
+  const char *dtn = circle_oip_output_datatype(&req->cfg, &esz);
   unsigned w = req->want & out->want;
   if (!req->has_ref) w &= ~(unsigned)CIRCLE_OUT_REF_GRAD;
 
@@ -1224,9 +1284,20 @@ int circle_oip_encode(const circle_request *req, const circle_output *out,
   }
   circle_buf_puts(b, "}");
   size_t json_end = b->len;
-  for (size_t i = 0; i < norder; i++)
-    if (req->binary_outputs & order[i])
+  for (size_t i = 0; i < norder; i++) {
+    if (!(req->binary_outputs & order[i])) continue;
+    if (half == CIRCLE_HALF_NONE) {
       circle_buf_append(b, data[i], count[i] * esz);
+    } else if (circle_buf_reserve(b, count[i] * 2)) {
+      const float *v = data[i];
+      for (size_t j = 0; j < count[i]; j++) {
+        uint16_t h = float_to_half_bits(v[j], half);
+        memcpy(b->data + b->len + 2 * j, &h, 2);
+      }
+      b->len += count[i] * 2;
+      b->data[b->len] = '\0';
+    }
+  }
   if (b->failed) return CIRCLE_ENOMEM;
   *header_len = json_end - start;
   return 0;
@@ -1308,7 +1379,8 @@ void circle_oip_model_config(circle_buf *b, const circle_config *defaults) {
                defaults->remove_diagonal ? "true" : "false", false);
   const char *red = circle_reduction_name(defaults->reduction);
   config_param(b, "reduction", red ? red : "null", false);
-  config_param(b, "dtype", circle_dtype_name(defaults->dtype), false);
+  const char *dtn = circle_config_dtype_name(defaults);
+  config_param(b, "dtype", dtn ? dtn : "float32", false);
   config_param(b, "normalize", defaults->normalize ? "true" : "false", true);
   circle_buf_puts(b, "}}");
 }

@@ -857,6 +857,22 @@ static void write_stat(circle_buf *b, const char *name, double v, bool first) {
   circle_buf_json_number(b, v, CIRCLE_DTYPE_FLOAT64);
 }
 
+int circle__half_narrow_array(circle_half half, void **arr, size_t count,
+                              size_t *bad) {
+  if (half == CIRCLE_HALF_NONE || *arr == NULL) return 0;
+  float *dst = malloc(count ? count * sizeof(float) : 1);
+  if (dst == NULL) return CIRCLE_ENOMEM;
+  size_t k = circle_half_narrow(half, *arr, dst, count);
+  if (k < count) {
+    free(dst);
+    *bad = k;
+    return CIRCLE_ERANGE;
+  }
+  free(*arr);
+  *arr = dst;
+  return 0;
+}
+
 void circle__json_stats_write(circle_buf *b, const circle_stats *s) {
   circle_buf_puts(b, "{");
   write_stat(b, "pos_row_frac", s->pos_row_frac, true);

@@ -167,6 +167,16 @@ int circle__tag_parse(const cJSON *item, char *tag, size_t tag_len,
 int circle__bool_parse(const cJSON *item, bool *out, const char *field,
                        const char *code, circle_error *err);
 
+/* For a config with a half format, whose arrays the codecs read as
+ * float64: replaces *arr (count doubles, malloc'd) by a new malloc'd float32
+ * array of the values rounded once, straight to the format
+ * (circle_half_narrow), and frees the doubles. Returns 0 (also when there
+ * is no half format or *arr is NULL: nothing changes), CIRCLE_ENOMEM, or
+ * CIRCLE_ERANGE with *bad the index of the first value past the format's
+ * range; *arr is untouched on failure. */
+int circle__half_narrow_array(circle_half half, void **arr, size_t count,
+                              size_t *bad);
+
 /* Appends the stats object: {"pos_row_frac": ..., ..., "pos_pairs": N,
  * "neg_pairs": N}, figures as float64 numbers (null if non-finite). */
 void circle__json_stats_write(circle_buf *b, const circle_stats *s);

@@ -292,6 +292,156 @@ START_TEST(codec_json_should_reject_a_config_name_that_is_not_utf8) {
 }
 END_TEST
 
+/* Every dtype spelling keras.losses.Circle takes: the compute dtype it
+ * names, the "dtype" the response carries, and a config echo that stays
+ * exactly get_config() (which has no dtype key), also against a float64
+ * server default (null is Keras' floatx, float32, not the default). */
+START_TEST(codec_json_should_accept_every_keras_dtype_spelling) {
+#define POLICY(cls, name)                                                     \
+  "{\"module\": \"keras\", \"class_name\": \"" cls "\", \"config\": "         \
+  "{\"name\": " name "}, \"registered_name\": null}"
+  static const struct {
+    const char *json;
+    const char *compute;
+  } cases[] = {
+      {"null", "float32"},
+      {"\"float16\"", "float16"},
+      {"\"bfloat16\"", "bfloat16"},
+      {"\"float32\"", "float32"},
+      {"\"float64\"", "float64"},
+      {"\"mixed_float16\"", "float16"},
+      {"\"mixed_bfloat16\"", "bfloat16"},
+      {POLICY("DTypePolicy", "\"float16\""), "float16"},
+      {POLICY("DTypePolicy", "\"bfloat16\""), "bfloat16"},
+      {POLICY("DTypePolicy", "\"float32\""), "float32"},
+      {POLICY("DTypePolicy", "\"float64\""), "float64"},
+      {POLICY("DTypePolicy", "\"mixed_float16\""), "float16"},
+      {POLICY("DTypePolicy", "\"mixed_bfloat16\""), "bfloat16"},
+      {POLICY("DTypePolicy", "null"), "float32"},
+      {POLICY("FloatDTypePolicy", "\"float16\""), "float16"}, /* Keras 3.0-3.3 */
+      {"{\"class_name\": \"DTypePolicy\", \"config\": {}}", "float32"},
+      {"{\"module\": \"keras.mixed_precision\", \"class_name\": "
+       "\"DTypePolicy\", \"config\": {\"name\": \"float64\"}, "
+       "\"registered_name\": \"DTypePolicy\"}",
+       "float64"},
+  };
+#undef POLICY
+  static const char *const get_config =
+      "\"config\": {\"name\": \"circle\", \"reduction\": "
+      "\"sum_over_batch_size\", \"gamma\": 80.0, \"margin\": 0.4, "
+      "\"remove_diagonal\": true}, \"dtype\": \"";
+  circle_config f64;
+  circle_config_init(&f64);
+  f64.dtype = CIRCLE_DTYPE_FLOAT64;
+  for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+    for (int srv = 0; srv < 2; srv++) {
+      const char *body = strf("%s, \"config\": {\"dtype\": %s}}", OK2x3,
+                              cases[k].json);
+      circle_request req;
+      circle_error err;
+      circle_request_init(&req);
+      circle_limits_init(&lim);
+      int rc = circle_json_decode(body, strlen(body), srv ? &f64 : NULL, NULL,
+                                  &lim, &req, &err);
+      ck_assert_msg(rc == 0, "%s: %s", cases[k].json, err.message);
+      ck_assert_str_eq(circle_config_dtype_name(&req.cfg), cases[k].compute);
+      circle_output out;
+      memset(&out, 0, sizeof out);
+      circle_buf b;
+      circle_buf_init(&b);
+      ck_assert_int_eq(circle_json_encode(&req, &out, &b), 0);
+      char want[512];
+      snprintf(want, sizeof want, "%s%s\"", get_config, cases[k].compute);
+      ck_assert_msg(strstr(b.data, want) != NULL, "%s: %s", cases[k].json,
+                    b.data);
+      circle_buf_free(&b);
+      circle_request_free(&req);
+    }
+  }
+}
+END_TEST
+
+START_TEST(codec_json_should_refuse_other_dtypes_listing_the_accepted_ones) {
+  static const char *const bad[] = {
+      "\"int32\"", "\"half\"", "\"Float16\"", "\"mixed_float32\"",
+      "\"int8_from_float32\"", "16", "true", "[\"float16\"]",
+      "{\"class_name\": \"QuantizedDTypePolicy\", \"config\": {\"name\": "
+      "\"int8_from_float32\"}}",
+      "{\"class_name\": \"DTypePolicy\", \"config\": {\"name\": \"int32\"}}",
+      "{\"class_name\": \"DTypePolicy\", \"config\": {\"name\": 16}}",
+      "{\"class_name\": \"DTypePolicy\", \"config\": \"float16\"}",
+      "{\"class_name\": \"DTypePolicy\"}",
+      "{\"config\": {\"name\": \"float16\"}}",
+      "{\"module\": 3, \"class_name\": \"DTypePolicy\", \"config\": "
+      "{\"name\": \"float16\"}}",
+      "{\"class_name\": \"DTypePolicy\", \"config\": {\"name\": "
+      "\"float16\"}, \"registered_name\": []}",
+  };
+  for (size_t k = 0; k < sizeof bad / sizeof *bad; k++)
+    EXPECT_ERROR(strf("%s, \"config\": {\"dtype\": %s}}", OK2x3, bad[k]), 400,
+                 "bad_config", "config.dtype", "\"mixed_bfloat16\"",
+                 "\"class_name\": \"DTypePolicy\"", "null (Keras' floatx");
+  /* Keys Keras' DTypePolicy does not have are unknown keys, named. */
+  EXPECT_ERROR(strf("%s, \"config\": {\"dtype\": {\"class_name\": "
+                    "\"DTypePolicy\", \"config\": {\"name\": \"float16\", "
+                    "\"source_name\": \"x\"}}}}",
+                    OK2x3),
+               400, "unknown_key", "\"source_name\" in config.dtype.config");
+  EXPECT_ERROR(strf("%s, \"config\": {\"dtype\": {\"class_name\": "
+                    "\"DTypePolicy\", \"config\": {}, \"shared\": 1}}}",
+                    OK2x3),
+               400, "unknown_key", "\"shared\" in config.dtype");
+}
+END_TEST
+
+/* A half-precision dtype rounds every input once, straight from the JSON
+ * number to the format (as Keras converts the arrays), on both the fast
+ * and the cJSON path; a value past the format's range is refused. */
+START_TEST(codec_json_should_round_inputs_to_a_half_dtype) {
+  static const char *const bodies[] = {
+      /* usual shape: json_fast.c reads the matrices */
+      "{\"labels\": [1, 2], \"embeddings\": [[0.1, 65504, 1e-8], [-0.3, "
+      "1.0004882812509095, 3]], \"sample_weight\": [0.1, 3], \"ref_labels\": "
+      "[1], \"ref_embeddings\": [[0.7, 0, 2049]], \"config\": {\"dtype\": "
+      "\"float16\"}}",
+      /* an extra space and a nested config the fast path may not take */
+      "{\"config\": {\"dtype\": {\"class_name\": \"DTypePolicy\", \"config\": "
+      "{\"name\": \"mixed_float16\"}}}, \"labels\": [1, 2], \"embeddings\": "
+      "[[0.1 , 65504, 1e-8], [-0.3, 1.0004882812509095, 3]], "
+      "\"sample_weight\": [0.1, 3], \"ref_labels\": [1], \"ref_embeddings\": "
+      "[[0.7, 0, 2049]]}"};
+  for (size_t k = 0; k < 2; k++) {
+    circle_request req;
+    circle_error err;
+    ck_assert_msg(decode(bodies[k], &req, &err) == 0, "%s", err.message);
+    ck_assert_int_eq(req.cfg.dtype, CIRCLE_DTYPE_FLOAT32);
+    ck_assert_int_eq(req.cfg.half, CIRCLE_HALF_FLOAT16);
+    const float *rx = req.x, *rr = req.r, *sw = req.sw;
+    ck_assert(rx[0] == 0.0999755859375f && rx[1] == 65504);
+    ck_assert(rx[2] == 0); /* 1e-8 is below half float16's smallest subnormal */
+    ck_assert(rx[3] == -0.300048828125f);
+    /* just above the midpoint 1 + 2^-11: up, though a float would be the
+     * midpoint itself and round to 1 */
+    ck_assert(rx[4] == 1.0009765625f && rx[5] == 3);
+    ck_assert(rr[0] == 0.7001953125f && rr[2] == 2048); /* 2049: tie to even */
+    ck_assert(sw[0] == 0.0999755859375f && sw[1] == 3);
+    circle_request_free(&req);
+  }
+  EXPECT_ERROR("{\"labels\": [1, 2], \"embeddings\": [[1, 65520], [0, 1]], "
+               "\"config\": {\"dtype\": \"float16\"}}",
+               400, "non_finite", "embeddings[0][1] is 6.552e+04",
+               "beyond float16's largest finite value 65504",
+               "dtype \"float32\"");
+  EXPECT_ERROR("{\"labels\": [1, 2], \"embeddings\": [[1, 0], [0, 1]], "
+               "\"sample_weight\": [1, 1e5], \"config\": {\"dtype\": "
+               "\"mixed_float16\"}}",
+               400, "non_finite", "sample_weight[1] is 1e+05");
+  EXPECT_ERROR("{\"labels\": [1, 2], \"embeddings\": [[1, 3.4e38], [0, 1]], "
+               "\"config\": {\"dtype\": \"bfloat16\"}}",
+               400, "non_finite", "embeddings[0][1]", "bfloat16");
+}
+END_TEST
+
 START_TEST(codec_json_should_write_config_floats_as_python_does) {
   const struct {
     double v;
@@ -752,8 +902,8 @@ START_TEST(codec_json_should_reject_bad_config_values) {
                "bad_config", "config.reduction is a number");
   EXPECT_ERROR(strf("%s, \"config\": {\"remove_diagonal\": 1}}", OK2x3), 400,
                "bad_config", "config.remove_diagonal is a number");
-  EXPECT_ERROR(strf("%s, \"config\": {\"dtype\": \"float16\"}}", OK2x3), 400,
-               "bad_config", "config.dtype is \"float16\"");
+  EXPECT_ERROR(strf("%s, \"config\": {\"dtype\": \"float8\"}}", OK2x3), 400,
+               "bad_config", "config.dtype is \"float8\"", "\"mixed_bfloat16\"");
   EXPECT_ERROR(strf("%s, \"config\": {\"name\": \"\"}}", OK2x3), 400,
                "bad_config", "config.name has 0 bytes");
   EXPECT_ERROR(strf("%s, \"config\": {\"fn\": \"mse\"}}", OK2x3), 400,
@@ -1018,6 +1168,9 @@ Suite *codec_json_suite(void) {
   tcase_add_test(tc, codec_json_should_round_trip_its_own_config_json);
   tcase_add_test(tc, codec_json_should_reject_a_config_name_that_is_not_utf8);
   tcase_add_test(tc, codec_json_should_write_config_floats_as_python_does);
+  tcase_add_test(tc, codec_json_should_accept_every_keras_dtype_spelling);
+  tcase_add_test(tc, codec_json_should_refuse_other_dtypes_listing_the_accepted_ones);
+  tcase_add_test(tc, codec_json_should_round_inputs_to_a_half_dtype);
   tcase_add_test(tc, codec_json_should_convert_to_float64_when_asked);
   tcase_add_test(tc, codec_json_should_take_options_outputs_and_tag);
   tcase_add_test(tc, codec_json_should_report_invalid_json_with_the_byte_offset);

@@ -940,6 +940,130 @@ START_TEST(codec_oip_should_encode_json_outputs) {
 }
 END_TEST
 
+/* A half-precision dtype, by name or as a serialized DTypePolicy: FP64
+ * inputs are rounded once to the format, and the outputs go out as FP16 /
+ * BF16, JSON or binary (bits as numpy writes them). Without parameters.dtype
+ * FP64 embeddings still compute in float64, whatever the server default. */
+START_TEST(codec_oip_should_compute_a_half_dtype_and_return_its_tensors) {
+  static const char *const dtypes[] = {
+      "\"mixed_float16\"",
+      "{\"module\": \"keras\", \"class_name\": \"DTypePolicy\", \"config\": "
+      "{\"name\": \"bfloat16\"}, \"registered_name\": null}"};
+  for (int k = 0; k < 2; k++) {
+    circle_request req;
+    circle_error err;
+    ck_assert_int_eq(
+        decode_json(strf("{\"inputs\": [" LABELS_JSON ", {\"name\": "
+                         "\"embeddings\", \"shape\": [2, 2], \"datatype\": "
+                         "\"FP64\", \"data\": [0.1, 0, 0, 1]}], \"outputs\": "
+                         "[{\"name\": \"per_sample_loss\", \"parameters\": "
+                         "{\"binary_data\": true}}, {\"name\": \"loss\"}], "
+                         "\"parameters\": {\"dtype\": %s}}",
+                         dtypes[k]),
+                    &req, &err),
+        0);
+    circle_half h = k ? CIRCLE_HALF_BFLOAT16 : CIRCLE_HALF_FLOAT16;
+    ck_assert_int_eq(req.cfg.dtype, CIRCLE_DTYPE_FLOAT32);
+    ck_assert_int_eq(req.cfg.half, h);
+    ck_assert(((float *)req.x)[0] == (k ? 0.10009765625f : 0.0999755859375f));
+    float per[2] = {1.0f / 3, -2};
+    circle_output out;
+    memset(&out, 0, sizeof(out));
+    out.want = req.want;
+    out.loss = 0.375;
+    out.per_sample = per;
+    circle_input in = {.n = 2, .d = 2};
+    ck_assert_int_eq(circle_output_round(&req.cfg, &in, &out, NULL, 0), 0);
+    circle_buf b;
+    circle_buf_init(&b);
+    size_t hl = 0;
+    ck_assert_int_eq(circle_oip_encode(&req, &out, &b, &hl), 0);
+    ck_assert_uint_eq(b.len, hl + 4);
+    cJSON *j = parse_prefix(b.data, hl);
+    const char *type = k ? "BF16" : "FP16";
+    const cJSON *loss = find_output(j, "loss");
+    ck_assert_str_eq(cJSON_GetObjectItem(loss, "datatype")->valuestring, type);
+    ck_assert(cJSON_GetObjectItem(loss, "data")->child->valuedouble == 0.375);
+    const cJSON *ps = find_output(j, "per_sample_loss");
+    ck_assert_str_eq(cJSON_GetObjectItem(ps, "datatype")->valuestring, type);
+    ck_assert_int_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(ps, "parameters"),
+                                         "binary_data_size")->valueint, 4);
+    /* numpy: float16(1/3) is 0x3555, bfloat16(1/3) 0x3eab; -2: 0xc000. */
+    uint16_t bits[2];
+    memcpy(bits, b.data + hl, 4);
+    ck_assert_uint_eq(bits[0], k ? 0x3eab : 0x3555);
+    ck_assert_uint_eq(bits[1], 0xc000);
+    cJSON_Delete(j);
+    circle_buf_free(&b);
+    circle_request_free(&req);
+  }
+  /* float16 subnormal and largest value bits. */
+  circle_request req;
+  circle_error err;
+  ck_assert_int_eq(decode_json(with(", \"outputs\": [{\"name\": "
+                                    "\"per_sample_loss\", \"parameters\": "
+                                    "{\"binary_data\": true}}], \"parameters\": "
+                                    "{\"dtype\": \"float16\"}"),
+                               &req, &err),
+                   0);
+  float per[2] = {0x1p-24f, -65504};
+  circle_output out;
+  memset(&out, 0, sizeof(out));
+  out.want = req.want;
+  out.per_sample = per;
+  circle_buf b;
+  circle_buf_init(&b);
+  size_t hl = 0;
+  ck_assert_int_eq(circle_oip_encode(&req, &out, &b, &hl), 0);
+  uint16_t bits[2];
+  memcpy(bits, b.data + hl, 4);
+  ck_assert_uint_eq(bits[0], 0x0001);
+  ck_assert_uint_eq(bits[1], 0xfbff);
+  circle_buf_free(&b);
+  circle_request_free(&req);
+
+  /* No dtype parameter: FP64 embeddings compute in float64 even when the
+   * server's default is a half format. */
+  circle_config dflt;
+  circle_config_init(&dflt);
+  dflt.half = CIRCLE_HALF_FLOAT16;
+  const char *json = strf("{\"inputs\": [" LABELS_JSON ", {\"name\": "
+                          "\"embeddings\", \"shape\": [2, 2], \"datatype\": "
+                          "\"FP64\", \"data\": [0.1, 0, 0, 1]}]}");
+  circle_limits l;
+  circle_limits_init(&l);
+  circle_request_init(&req);
+  ck_assert_int_eq(circle_oip_decode(json, strlen(json), strlen(json), &dflt,
+                                     &l, &req, &err), 0);
+  ck_assert_int_eq(req.cfg.dtype, CIRCLE_DTYPE_FLOAT64);
+  ck_assert_int_eq(req.cfg.half, CIRCLE_HALF_NONE);
+  ck_assert(((double *)req.x)[0] == 0.1);
+  circle_request_free(&req);
+  /* FP32 embeddings take the half default. */
+  ck_assert_int_eq(circle_oip_decode(with(""), strlen(with("")), strlen(with("")),
+                                     &dflt, &l, &req, &err), 0);
+  ck_assert_int_eq(req.cfg.half, CIRCLE_HALF_FLOAT16);
+  circle_request_free(&req);
+}
+END_TEST
+
+START_TEST(codec_oip_should_refuse_other_dtypes_and_half_overflow) {
+  EXPECT_JSON_ERROR(with(", \"parameters\": {\"dtype\": \"int32\"}"), 400,
+                    "bad_config", "parameters.dtype is \"int32\"",
+                    "\"mixed_bfloat16\"", "DTypePolicy");
+  EXPECT_JSON_ERROR(with(", \"parameters\": {\"dtype\": {\"class_name\": "
+                         "\"DTypePolicy\", \"config\": {\"name\": \"half\"}}}"),
+                    400, "bad_config", "parameters.dtype.config.name is \"half\"");
+  EXPECT_JSON_ERROR(strf("{\"inputs\": [" LABELS_JSON ", {\"name\": "
+                         "\"embeddings\", \"shape\": [2, 2], \"datatype\": "
+                         "\"FP32\", \"data\": [1, 0, 0, 7e4]}], \"parameters\": "
+                         "{\"dtype\": \"float16\"}}"),
+                    400, "non_finite", "input 'embeddings': element "
+                    "embeddings[1, 1] is 7e+04, beyond float16's largest "
+                    "finite value 65504");
+}
+END_TEST
+
 START_TEST(codec_oip_should_encode_binary_outputs_after_the_json) {
   circle_request req;
   circle_error err;
@@ -1110,6 +1234,8 @@ Suite *codec_oip_suite(void) {
   tcase_add_test(tc, codec_oip_should_refuse_bad_arguments);
   tcase_add_test(tc, codec_oip_should_encode_json_outputs);
   tcase_add_test(tc, codec_oip_should_encode_binary_outputs_after_the_json);
+  tcase_add_test(tc, codec_oip_should_compute_a_half_dtype_and_return_its_tensors);
+  tcase_add_test(tc, codec_oip_should_refuse_other_dtypes_and_half_overflow);
   tcase_add_test(tc, codec_oip_should_encode_a_binary_scalar_loss);
   tcase_add_test(tc, codec_oip_should_write_metadata_and_errors);
   suite_add_tcase(s, tc);
