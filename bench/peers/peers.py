@@ -2,7 +2,7 @@
 
     build/peers-triton-venv/bin/python bench/peers/peers.py
         [--circled build/circled] [--mlserver-venv build/peers-mlserver-venv]
-        [--sizes 1024x128,...] [--reps 7] [--duration 8] [--rounds 3]
+        [--sizes 1024x128,...] [--reps R] [--duration 8] [--rounds 3]
         [--connections 1,8,32] [--out build/bench/peers.md]
 
 Starts, one after the other on loopback ports:
@@ -21,7 +21,8 @@ compute jax.jit(jax.value_and_grad(...)) around keras.losses.Circle
    to every contestant, and each loss and gradient must match circled's
    within float32 tolerance (stated in LOSS_RTOL and GRAD_TOL), or the run
    stops.
-2. Large requests, median latency of --reps timed rounds after 2 warm-ups;
+2. Large requests, median latency of --reps timed rounds (15 at N <= 1024,
+   7 above) after 2 warm-ups;
    each round sends one request to every contestant, in an order rotated
    every round, so a change in the machine's load hits all alike.
 3. Small requests (N = 64, D = 128), for every connection count: --rounds
@@ -423,7 +424,11 @@ def main():
     ap.add_argument("--circled", default=os.path.join(ROOT, "build", "circled"))
     ap.add_argument("--mlserver-venv", default=os.path.join(ROOT, "build", "peers-mlserver-venv"))
     ap.add_argument("--sizes", default="1024x128,1024x512,4096x128,4096x512")
-    ap.add_argument("--reps", type=int, default=7)
+    # 15 rounds at N <= 1024, where one request takes tens of ms and the
+    # medians of 7 moved by 1.3-2x between two runs on the loaded machine
+    # (1024 x 512: Triton gRPC / circled 0.95x in one, 2.01x in the next).
+    ap.add_argument("--reps", type=int, default=0,
+                    help="timed rounds (default 15 at N <= 1024, 7 above)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--gap-s", type=float, default=0.5, help="pause before every large request")
     ap.add_argument("--duration", type=int, default=8, help="seconds a small-request run")
@@ -487,12 +492,14 @@ def main():
 
         # 2. large requests.
         large = {}
+        reps = {}
         for n, d in sizes:
             labels, x = make_data(n, d)
             for c in contestants:
                 c.setup(labels, x)
             times = {c.name: [] for c in contestants}
-            for r in range(args.warmup + args.reps):
+            reps[(n, d)] = args.reps or (15 if n <= 1024 else 7)
+            for r in range(args.warmup + reps[(n, d)]):
                 for c in rotated(contestants, r):
                     time.sleep(args.gap_s)
                     t, _, _ = c.run()
@@ -568,9 +575,10 @@ def main():
              "element) before anything was timed; the largest differences seen were %.1e and %.1e."
              % (LOSS_RTOL, GRAD_TOL, max(a for a, _ in seen), max(b for _, b in seen)))
     L.append("")
-    L.append("Large requests: median ms of %d interleaved rounds after %d warm-ups "
+    L.append("Large requests: median ms of %s interleaved rounds after %d warm-ups "
              "(stock tritonclient, one request at a time, loss + embeddings_grad back as "
-             "a numpy array)." % (args.reps, args.warmup))
+             "a numpy array)." % (", ".join("%d at %dx%d" % (r, n, d) for (n, d), r in
+                                            reps.items()), args.warmup))
     L.append("")
     head = ["N", "D"] + [c.title for c in contestants] + [
         "fastest peer / circled"]
