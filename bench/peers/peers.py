@@ -198,6 +198,11 @@ class Server:
             except OSError:
                 pass
         self.proc.wait()
+        # PyTriton names its shared-memory regions after its own pid and
+        # leaves them in /dev/shm (26 MB after a run) when stopped by SIGTERM.
+        for name in os.listdir("/dev/shm"):
+            if name.startswith("pytrtion%d-" % self.proc.pid):
+                os.unlink(os.path.join("/dev/shm", name))
 
 
 def make_servers(args):

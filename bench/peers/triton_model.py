@@ -8,11 +8,13 @@ outputs loss (FP32 [1]) and embeddings_grad (FP32 [N, D]).
 PyTriton starts the tritonserver binary its wheel ships and a Python
 "proxy" stub (one model instance, no dynamic batching) that hands each
 request over shared memory to infer() below, in this process. Binds
-127.0.0.1 only. Prints "READY" on stdout once the model answers.
+127.0.0.1 only. Prints "READY" on stdout once the model answers. Stop it
+with SIGTERM.
 """
 
 import argparse
 import os
+import signal
 import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -46,6 +48,10 @@ def main():
     cfg = TritonConfig(http_address="127.0.0.1", http_port=args.http_port,
                        grpc_address="127.0.0.1", grpc_port=args.grpc_port,
                        metrics_port=args.metrics_port, log_verbose=0)
+    # SIGTERM (how peers.py stops it) leaves through the with block, so
+    # PyTriton stops tritonserver and removes its workspace and /dev/shm
+    # regions; killed outright it leaves them behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with Triton(config=cfg) as triton:
         triton.bind(
             model_name="circle",
