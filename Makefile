@@ -196,6 +196,33 @@ bench-compare: all $(BUILD)/bench/bench_codec deps-bench
 	$(BENCH_VENV)/bin/python bench/compare/codecs_memory.py --circled $(BUILD)/circled \
 	  --bench-codec $(BUILD)/bench/bench_codec
 
+# `make bench-peers`: circled side by side with the servers users would deploy
+# instead, Triton Inference Server (through PyTriton, whose wheel ships
+# tritonserver) and MLServer, each serving model `circle` on loopback
+# (bench/peers/peers.py -> build/bench/peers.md; method in docs/peers.md).
+# Each peer has its own venv. The Triton one, which also runs the driver, is
+# made with Debian's /usr/bin/python3: PyTriton's Python stub links Debian's
+# libpython3.11. wrk and h2load (nghttp2-client) come from apt.
+PEERS_TRITON_VENV   := build/peers-triton-venv
+PEERS_MLSERVER_VENV := build/peers-mlserver-venv
+PEERS_ARGS ?=
+.PHONY: bench-peers deps-peers
+# build/peers-triton-venv from requirements-triton.txt, and so on.
+build/peers-%-venv/.stamp: bench/peers/requirements-%.txt
+	@mkdir -p build
+	/usr/bin/python3 -m venv $(@D)
+	$(@D)/bin/pip install -q --upgrade pip
+	$(@D)/bin/pip install -q -r $<
+	@touch $@
+
+deps-peers:
+	@$(MAKE) --no-print-directory deps-c APT_PKGS="python3-venv wrk nghttp2-client"
+	@$(MAKE) --no-print-directory $(PEERS_TRITON_VENV)/.stamp $(PEERS_MLSERVER_VENV)/.stamp
+
+bench-peers: all deps-peers
+	$(PEERS_TRITON_VENV)/bin/python bench/peers/peers.py --circled $(BUILD)/circled \
+	  --mlserver-venv $(PEERS_MLSERVER_VENV) $(PEERS_ARGS)
+
 # ---- fuzzing ----------------------------------------------------------------
 # libFuzzer harnesses (fuzz/fuzz_*.c) built with Debian's clang under ASan
 # and UBSan. `make fuzz FUZZ_SECONDS=N` runs each for N seconds over its
