@@ -9,6 +9,8 @@
  *     float64:  |engine - keras| <= 1e-9 * max|keras|
  *     float32:  |engine - keras| <= 1e-4 * max|keras|
  *     so an expected array of zeros (every row masked) must come back zero.
+ *   Every golden case runs materialized (default and one thread) and
+ *   streamed (materialize limit 1 byte, blocks of 5 rows, 2 threads).
  *   finite differences (float64, central, step h = 1e-6, every coordinate of
  *   the embeddings and of the reference embeddings):
  *     |fd - grad| <= 1e-6 * max(1, max|grad|) per case.
@@ -331,10 +333,24 @@ START_TEST(loss_should_find_the_keras_golden_cases) {
                 golden_dir());
   ck_assert_msg(g_count >= 40, "%zu golden cases in %s, expected >= 40",
                 g_count, golden_dir());
+  /* The cases on either side of softplus' subnormal flush (generate.py,
+   * section 16): every reduction kept and flushed in both dtypes, the
+   * margin pairs, the 24-row and reference-set mixes and the bug report. */
+  size_t flush = 0;
+  for (size_t k = 0; k < g_count; k++) {
+    const char *base = strrchr(g_paths[k], '/');
+    flush += strncmp(base ? base + 1 : g_paths[k], "flush_", 6) == 0;
+  }
+  ck_assert_msg(flush >= 37, "%zu flush_* golden cases in %s, expected >= 37",
+                flush, golden_dir());
 }
 END_TEST
 
-static void check_golden(const char *path, unsigned threads) {
+/* Runs golden case path on an engine of threads threads, block_rows rows a
+ * block and a materialize limit of materialize_bytes (0: the defaults; 1
+ * byte forces the streamed path), and compares every output with Keras. */
+static void check_golden(const char *path, unsigned threads, size_t block_rows,
+                         size_t materialize_bytes) {
   golden_case c;
   char err[512];
   ck_assert_msg(golden_case_load(path, &c, err, sizeof err) == 0, "%s", err);
@@ -347,7 +363,7 @@ static void check_golden(const char *path, unsigned threads) {
                      .sample_weight = to_dtype(c.sample_weight, c.n, dt),
                      .ref_labels = c.ref_labels,
                      .ref_embeddings = to_dtype(c.ref_embeddings, c.m * c.d, dt)};
-  circle_engine *e = engine_new(threads, 0, 0);
+  circle_engine *e = engine_new(threads, block_rows, materialize_bytes);
   result r;
   run(e, &c.cfg, &in, want_all(&in), &r);
   ck_assert_msg(r.rc == CIRCLE_OK, "%s: circle_loss_compute: %s", c.id,
@@ -373,12 +389,19 @@ static void check_golden(const char *path, unsigned threads) {
 }
 
 START_TEST(loss_should_match_keras_golden_cases) {
-  check_golden(g_paths[_i], 0);
+  check_golden(g_paths[_i], 0, 0, 0);
 }
 END_TEST
 
 START_TEST(loss_should_match_keras_golden_cases_on_one_thread) {
-  check_golden(g_paths[_i], 1);
+  check_golden(g_paths[_i], 1, 0, 0);
+}
+END_TEST
+
+/* The streamed path (similarities recomputed per block, never kept), in
+ * blocks of 5 rows so that most cases span several blocks. */
+START_TEST(loss_should_match_keras_golden_cases_streamed) {
+  check_golden(g_paths[_i], 2, 5, 1);
 }
 END_TEST
 
@@ -1426,6 +1449,8 @@ static Suite *loss_suite(void) {
                       (int)g_count);
   tcase_add_loop_test(golden, loss_should_match_keras_golden_cases_on_one_thread,
                       0, (int)g_count);
+  tcase_add_loop_test(golden, loss_should_match_keras_golden_cases_streamed, 0,
+                      (int)g_count);
   suite_add_tcase(s, golden);
 
   TCase *num = tcase_create("numerics");
