@@ -49,31 +49,30 @@ CIRCLE__HOT static void F(col_classes)(const struct F(ctx) *x, size_t j,
 }
 
 /* z for a pair at similarity s: positive side when same, else negative. */
-static inline T F(pair_z)(T s, int same, struct F(consts) k) {
+static inline T F(pair_z)(T s, int same, T gam, T mg, T opn, T dln) {
   T c = (T)1 - s;
   c = c > 0 ? c : 0;
-  T zp_w = k.mg + c;
+  T zp_w = mg + c;
   zp_w = zp_w > 0 ? zp_w : 0;
-  T zn_w = k.opn - c;
+  T zn_w = opn - c;
   zn_w = zn_w > 0 ? zn_w : 0;
-  T zp = (-k.gam * zp_w) * (k.mg - c);
-  T zn = (k.gam * zn_w) * (k.dln - c);
+  T zp = (-gam * zp_w) * (mg - c);
+  T zn = (gam * zn_w) * (dln - c);
   return same ? zp : zn;
 }
 
 /* d v_i / d s for one pair of class cls, given row i's scalars.
  * Branch-free (selects only) so the loops that call it vectorize; the exp
  * of an unused side may be garbage and is never selected. */
-static inline T F(pair_grad)(T s, T cls, struct F(consts) k, T lse_p,
-                             T lse_n, T sig) {
-  const T gam = k.gam, mg = k.mg;
+static inline T F(pair_grad)(T s, T cls, T gam, T mg, T opn, T dln,
+                             T lse_p, T lse_n, T sig) {
   int same = CLS_SAME(cls);
   T one_minus = (T)1 - s;
   T c = one_minus > 0 ? one_minus : 0;
   T dcds = one_minus > 0 ? (T)-1 : (one_minus == 0 ? (T)-0.5 : (T)0);
-  T wp = mg + c, wn = k.opn - c;
+  T wp = mg + c, wn = opn - c;
   T zp = (-gam * (wp > 0 ? wp : 0)) * (mg - c);
-  T zn = (gam * (wn > 0 ? wn : 0)) * (k.dln - c);
+  T zn = (gam * (wn > 0 ? wn : 0)) * (dln - c);
   T dzp = wp > 0 ? (T)2 * gam * c : 0;
   T dzn = wn > 0 ? (T)-2 * gam * ((T)1 - c) : 0;
   T z = same ? zp : zn, dz = same ? dzp : dzn, lse = same ? lse_p : lse_n;
@@ -191,7 +190,7 @@ CIRCLE__HOT static void F(row_stats)(struct F(ctx) *x, size_t i, const T *s,
  * result does not depend on the machine or the thread. */
 CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
                                        const T *cls, T *ebuf, T *inv_sums) {
-  const struct F(consts) k = x->k;
+  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
   const size_t m = x->m;
   T mp[LANES], mn[LANES], sp[LANES], sn[LANES];
   for (int l = 0; l < LANES; l++) mp[l] = mn[l] = -INFINITY;
@@ -200,7 +199,7 @@ CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
     for (int l = 0; l < LANES; l++) {
       size_t j = j0 + (size_t)l;
       T c = cls[j];
-      T z = F(pair_z)(s[j], CLS_SAME(c), k);
+      T z = F(pair_z)(s[j], CLS_SAME(c), gam, mg, opn, dln);
       T zp = CLS_POS(c) ? z : -INFINITY;
       T zn = CLS_NEG(c) ? z : -INFINITY;
       mp[l] = zp > mp[l] ? zp : mp[l];
@@ -213,7 +212,7 @@ CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
   }
   for (size_t j = jv; j < m; j++) {
     T c = cls[j];
-    T z = F(pair_z)(s[j], CLS_SAME(c), k);
+    T z = F(pair_z)(s[j], CLS_SAME(c), gam, mg, opn, dln);
     if (CLS_POS(c) && z > max_p) max_p = z;
     if (CLS_NEG(c) && z > max_n) max_n = z;
   }
@@ -225,7 +224,7 @@ CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
       size_t j = j0 + (size_t)l;
       T c = cls[j];
       int same = CLS_SAME(c);
-      T z = F(pair_z)(s[j], same, k);
+      T z = F(pair_z)(s[j], same, gam, mg, opn, dln);
       T e = EXPT(z - (same ? base_p : base_n));
       if (ebuf) ebuf[j] = e;
       sp[l] += CLS_POS(c) ? e : 0;
@@ -239,7 +238,7 @@ CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
   for (size_t j = jv; j < m; j++) {
     T c = cls[j];
     int same = CLS_SAME(c);
-    T z = F(pair_z)(s[j], same, k);
+    T z = F(pair_z)(s[j], same, gam, mg, opn, dln);
     T e = EXPT(z - (same ? base_p : base_n));
     if (ebuf) ebuf[j] = e;
     sum_p += CLS_POS(c) ? e : 0;
@@ -460,7 +459,7 @@ CIRCLE__HOT static void F(blk_dx_stream)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
   T *buf = x->S + (size_t)ith * x->bs * x->m;
-  const struct F(consts) k = x->k;
+  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
   GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)x->m,
        (int)x->d, 1, x->X + lo * x->d, (int)x->d, x->R, (int)x->d, 0, buf,
        (int)x->m);
@@ -473,14 +472,15 @@ CIRCLE__HOT static void F(blk_dx_stream)(void *ctx, size_t b, unsigned ith) {
     if (x->self) {
       /* H_ij = c_i G'_ij + c_j G'_ji; G'_ji seen from row j's scalars. */
       for (size_t j = 0; j < x->m; j++) {
-        T hi_ = F(pair_grad)(s[j], cls[j], k, lpi, lni, sgi);
-        T hj_ = F(pair_grad)(s[j], cls[j], k, x->lse_p[j], x->lse_n[j],
-                             x->sig[j]);
+        T hi_ = F(pair_grad)(s[j], cls[j], gam, mg, opn, dln, lpi, lni, sgi);
+        T hj_ = F(pair_grad)(s[j], cls[j], gam, mg, opn, dln, x->lse_p[j],
+                             x->lse_n[j], x->sig[j]);
         s[j] = ci * hi_ + x->cf[j] * hj_;
       }
     } else {
       for (size_t j = 0; j < x->m; j++)
-        s[j] = ci * F(pair_grad)(s[j], cls[j], k, lpi, lni, sgi);
+        s[j] = ci * F(pair_grad)(s[j], cls[j], gam, mg, opn, dln, lpi, lni,
+                                 sgi);
     }
   }
   GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)x->d,
@@ -494,7 +494,7 @@ CIRCLE__HOT static void F(blk_dr_stream)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->m);
   T *buf = x->S + (size_t)ith * x->bs * x->n;
-  const struct F(consts) k = x->k;
+  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
   GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)x->n,
        (int)x->d, 1, x->R + lo * x->d, (int)x->d, x->X, (int)x->d, 0, buf,
        (int)x->n);
@@ -503,8 +503,8 @@ CIRCLE__HOT static void F(blk_dr_stream)(void *ctx, size_t b, unsigned ith) {
     T *s = buf + (j - lo) * x->n;
     F(col_classes)(x, j, cls);
     for (size_t i = 0; i < x->n; i++)
-      s[i] = x->cf[i] * F(pair_grad)(s[i], cls[i], k, x->lse_p[i],
-                                     x->lse_n[i], x->sig[i]);
+      s[i] = x->cf[i] * F(pair_grad)(s[i], cls[i], gam, mg, opn, dln,
+                                     x->lse_p[i], x->lse_n[i], x->sig[i]);
   }
   GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)x->d,
        (int)x->n, 1, buf, (int)x->n, x->X, (int)x->d, 0, x->dR + lo * x->d,
