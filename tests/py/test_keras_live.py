@@ -13,6 +13,9 @@ What must stay true:
     (or, with a reference set, the LossFunctionWrapper around
     keras.losses.circle that Circle is), UnitNormalization first when
     normalize is on, jax.grad of the result (of its sum for "none"/null);
+  * the request of the bug report on softplus underflow (rows whose exp(L)
+    is subnormal), sent as it was, gives Keras' 27.293128967285156 with those
+    rows exactly 0;
   * GET /config is a config keras.losses.Circle.from_config accepts and
     gives back unchanged;
   * the exact JSON of keras.losses.Circle(...).get_config() is accepted as
