@@ -328,6 +328,27 @@ static void problem_free(problem *p) {
 /* Keras golden files                                                       */
 /* ------------------------------------------------------------------------ */
 
+/* The engine input of golden case c, its arrays malloc'd in c's dtype
+ * (labels borrowed from c); golden_input_free releases them. */
+static circle_input golden_input(const golden_case *c) {
+  circle_dtype dt = c->cfg.dtype;
+  return (circle_input){
+      .n = c->n,
+      .m = c->m,
+      .d = c->d,
+      .labels = c->labels,
+      .embeddings = to_dtype(c->embeddings, c->n * c->d, dt),
+      .sample_weight = to_dtype(c->sample_weight, c->n, dt),
+      .ref_labels = c->ref_labels,
+      .ref_embeddings = to_dtype(c->ref_embeddings, c->m * c->d, dt)};
+}
+
+static void golden_input_free(circle_input *in) {
+  free((void *)in->embeddings);
+  free((void *)in->sample_weight);
+  free((void *)in->ref_embeddings);
+}
+
 START_TEST(loss_should_find_the_keras_golden_cases) {
   ck_assert_msg(g_list_rc == 0, "cannot list %s (set CIRCLE_GOLDEN_DIR)",
                 golden_dir());
@@ -355,14 +376,7 @@ static void check_golden(const char *path, unsigned threads, size_t block_rows,
   char err[512];
   ck_assert_msg(golden_case_load(path, &c, err, sizeof err) == 0, "%s", err);
   circle_dtype dt = c.cfg.dtype;
-  circle_input in = {.n = c.n,
-                     .m = c.m,
-                     .d = c.d,
-                     .labels = c.labels,
-                     .embeddings = to_dtype(c.embeddings, c.n * c.d, dt),
-                     .sample_weight = to_dtype(c.sample_weight, c.n, dt),
-                     .ref_labels = c.ref_labels,
-                     .ref_embeddings = to_dtype(c.ref_embeddings, c.m * c.d, dt)};
+  circle_input in = golden_input(&c);
   circle_engine *e = engine_new(threads, block_rows, materialize_bytes);
   result r;
   run(e, &c.cfg, &in, want_all(&in), &r);
@@ -382,9 +396,7 @@ static void check_golden(const char *path, unsigned threads, size_t block_rows,
                  tol);
   result_free(&r);
   circle_engine_free(e);
-  free((void *)in.embeddings);
-  free((void *)in.sample_weight);
-  free((void *)in.ref_embeddings);
+  golden_input_free(&in);
   golden_case_free(&c);
 }
 
@@ -604,6 +616,42 @@ START_TEST(loss_should_agree_streamed_or_materialized) {
   result_free(&c);
   result_free(&d);
   problem_free(&p);
+}
+END_TEST
+
+/* Rows on either side of softplus' subnormal flush (the flush_mixed_* and
+ * flush_ref_* golden cases): which rows are kept must not depend on the
+ * thread count, materialized or streamed, so the outputs are bitwise equal. */
+START_TEST(loss_should_flush_the_same_rows_on_any_thread_count) {
+  size_t seen = 0;
+  for (size_t k = 0; k < g_count; k++) {
+    const char *base = strrchr(g_paths[k], '/');
+    base = base ? base + 1 : g_paths[k];
+    if (strncmp(base, "flush_mixed_", 12) != 0 &&
+        strncmp(base, "flush_ref_", 10) != 0)
+      continue;
+    golden_case c;
+    char err[512];
+    ck_assert_msg(golden_case_load(g_paths[k], &c, err, sizeof err) == 0, "%s",
+                  err);
+    circle_input in = golden_input(&c);
+    for (size_t mat = 0; mat <= 1; mat++) { /* 0: materialized, 1: streamed */
+      result r[3];
+      for (unsigned t = 0; t < 3; t++) {
+        circle_engine *e = engine_new(t + 1, 5, mat);
+        run(e, &c.cfg, &in, want_all(&in), &r[t]);
+        circle_engine_free(e);
+      }
+      expect_identical(c.id, &r[0], &r[1]);
+      expect_identical(c.id, &r[0], &r[2]);
+      for (unsigned t = 0; t < 3; t++) result_free(&r[t]);
+    }
+    golden_input_free(&in);
+    golden_case_free(&c);
+    seen++;
+  }
+  ck_assert_msg(seen >= 6, "%zu flush_mixed_*/flush_ref_* cases in %s", seen,
+                golden_dir());
 }
 END_TEST
 
@@ -1466,6 +1514,7 @@ static Suite *loss_suite(void) {
   tcase_add_loop_test(
       num, loss_should_agree_streamed_or_materialized,
       0, 4);
+  tcase_add_test(num, loss_should_flush_the_same_rows_on_any_thread_count);
   tcase_add_test(num, loss_should_stay_finite_at_large_gamma);
   tcase_add_test(num, loss_should_stay_finite_when_rows_have_no_pairs);
   tcase_add_test(num, loss_should_never_return_nonfinite_values_for_finite_input);
