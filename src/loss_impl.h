@@ -14,6 +14,10 @@
  *   neg: z = ( gamma * max(1 + m - c, 0)) * (1 - m - c)    dz/dc = -2 gamma (1 - c)
  *   lse_p = logsumexp over positives (-inf when there are none), lse_n alike
  *   v_i = softplus(lse_p + lse_n),  sig_i = sigmoid(lse_p + lse_n)
+ *         (both 0 where exp(lse_p + lse_n) is subnormal, as XLA gives)
+ *
+ * 1 + m and 1 - m are the dtype's rounding of the double sums (opn, dln),
+ * as in Keras, not sums of the rounded margin.
  *   G'_ij = d v_i / d s_ij = sig_i * softmax_ij * dz/dc * dc/ds
  *
  * where dc/ds is -1 for s < 1, 0 for s > 1 and -1/2 at s == 1 (JAX splits a
