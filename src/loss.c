@@ -25,6 +25,7 @@
  * loops do not allocate.
  */
 #include <cblas.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,8 +123,15 @@ static inline float exp_f(float x) {
     const T *src;                                                             \
     T *dst, *inv, *grad;                                                      \
   };                                                                          \
+  /* Keras' constants, each rounded to T from the double config as JAX    \
+   * rounds a Python float meeting a T tensor: gamma, optim_pos = delta_pos \
+   * = margin, optim_neg = 1 + margin, delta_neg = 1 - margin (the sums in  \
+   * double first, so 1 + margin is not (T)1 + (T)margin). */              \
+  struct CIRCLE__CAT(consts, SUF) {                                           \
+    T gam, mg, opn, dln;                                                      \
+  };                                                                          \
   struct CIRCLE__CAT(ctx, SUF) {                                              \
-    T gamma, margin;                                                          \
+    struct CIRCLE__CAT(consts, SUF) k;                                        \
     bool rd, self, need_g;                                                    \
     unsigned want;                                                            \
     size_t n, m, d, bs, ld; /* ld: row stride of the materialized S */       \
@@ -152,6 +160,7 @@ DEFINE_CTX(double, d)
 #define LOGT logf
 #define LOG1PT log1pf
 #define SQRTT sqrtf
+#define TMIN FLT_MIN
 #include "loss_impl.h"
 #undef T
 #undef LANES
@@ -162,6 +171,7 @@ DEFINE_CTX(double, d)
 #undef LOGT
 #undef LOG1PT
 #undef SQRTT
+#undef TMIN
 
 #define T double
 #define LANES 8
@@ -172,6 +182,7 @@ DEFINE_CTX(double, d)
 #define LOGT log
 #define LOG1PT log1p
 #define SQRTT sqrt
+#define TMIN DBL_MIN
 #include "loss_impl.h"
 #undef T
 #undef LANES
@@ -182,6 +193,7 @@ DEFINE_CTX(double, d)
 #undef LOGT
 #undef LOG1PT
 #undef SQRTT
+#undef TMIN
 
 /* ---- planning ----------------------------------------------------------- */
 
@@ -398,8 +410,10 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
     struct CIRCLE__CAT(ctx, SUF) x = {0};                                      \
     struct CIRCLE__CAT(norm_job, SUF) nj = {0};                                \
     unsigned want = out->want;                                                 \
-    x.gamma = (T)cfg->gamma;                                                   \
-    x.margin = (T)cfg->margin;                                                 \
+    x.k.gam = (T)cfg->gamma;                                                   \
+    x.k.mg = (T)cfg->margin;                                                   \
+    x.k.opn = (T)(1.0 + cfg->margin);                                          \
+    x.k.dln = (T)(1.0 - cfg->margin);                                          \
     x.rd = cfg->remove_diagonal;                                               \
     x.self = p->self;                                                          \
     x.want = want;                                                             \

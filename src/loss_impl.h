@@ -5,6 +5,7 @@
  *   T       the element type            F(name)  name with a type suffix
  *   GEMM    cblas_sgemm / cblas_dgemm   EXPT     exp for T (vectorizable)
  *   LOG1PT, LOGT, EXPLIB  libm functions for T (per row, not per pair)
+ *   TMIN    the smallest normal T (FLT_MIN / DBL_MIN)
  *
  * For one query row i and reference row j (Keras' circle(), losses.py):
  *
@@ -13,6 +14,10 @@
  *   neg: z = ( gamma * max(1 + m - c, 0)) * (1 - m - c)    dz/dc = -2 gamma (1 - c)
  *   lse_p = logsumexp over positives (-inf when there are none), lse_n alike
  *   v_i = softplus(lse_p + lse_n),  sig_i = sigmoid(lse_p + lse_n)
+ *         (both 0 where exp(lse_p + lse_n) is subnormal, as XLA gives)
+ *
+ * 1 + m and 1 - m are the dtype's rounding of the double sums (opn, dln),
+ * as in Keras, not sums of the rounded margin.
  *   G'_ij = d v_i / d s_ij = sig_i * softmax_ij * dz/dc * dc/ds
  *
  * where dc/ds is -1 for s < 1, 0 for s > 1 and -1/2 at s == 1 (JAX splits a
@@ -48,30 +53,30 @@ CIRCLE__HOT static void F(col_classes)(const struct F(ctx) *x, size_t j,
 }
 
 /* z for a pair at similarity s: positive side when same, else negative. */
-static inline T F(pair_z)(T s, int same, T gam, T mg) {
+static inline T F(pair_z)(T s, int same, T gam, T mg, T opn, T dln) {
   T c = (T)1 - s;
   c = c > 0 ? c : 0;
   T zp_w = mg + c;
   zp_w = zp_w > 0 ? zp_w : 0;
-  T zn_w = (T)1 + mg - c;
+  T zn_w = opn - c;
   zn_w = zn_w > 0 ? zn_w : 0;
   T zp = (-gam * zp_w) * (mg - c);
-  T zn = (gam * zn_w) * ((T)1 - mg - c);
+  T zn = (gam * zn_w) * (dln - c);
   return same ? zp : zn;
 }
 
 /* d v_i / d s for one pair of class cls, given row i's scalars.
  * Branch-free (selects only) so the loops that call it vectorize; the exp
  * of an unused side may be garbage and is never selected. */
-static inline T F(pair_grad)(T s, T cls, T gam, T mg, T lse_p, T lse_n,
-                             T sig) {
+static inline T F(pair_grad)(T s, T cls, T gam, T mg, T opn, T dln,
+                             T lse_p, T lse_n, T sig) {
   int same = CLS_SAME(cls);
   T one_minus = (T)1 - s;
   T c = one_minus > 0 ? one_minus : 0;
   T dcds = one_minus > 0 ? (T)-1 : (one_minus == 0 ? (T)-0.5 : (T)0);
-  T wp = mg + c, wn = (T)1 + mg - c;
+  T wp = mg + c, wn = opn - c;
   T zp = (-gam * (wp > 0 ? wp : 0)) * (mg - c);
-  T zn = (gam * (wn > 0 ? wn : 0)) * ((T)1 - mg - c);
+  T zn = (gam * (wn > 0 ? wn : 0)) * (dln - c);
   T dzp = wp > 0 ? (T)2 * gam * c : 0;
   T dzn = wn > 0 ? (T)-2 * gam * ((T)1 - c) : 0;
   T z = same ? zp : zn, dz = same ? dzp : dzn, lse = same ? lse_p : lse_n;
@@ -189,7 +194,7 @@ CIRCLE__HOT static void F(row_stats)(struct F(ctx) *x, size_t i, const T *s,
  * result does not depend on the machine or the thread. */
 CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
                                        const T *cls, T *ebuf, T *inv_sums) {
-  const T gam = x->gamma, mg = x->margin;
+  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
   const size_t m = x->m;
   T mp[LANES], mn[LANES], sp[LANES], sn[LANES];
   for (int l = 0; l < LANES; l++) mp[l] = mn[l] = -INFINITY;
@@ -198,7 +203,7 @@ CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
     for (int l = 0; l < LANES; l++) {
       size_t j = j0 + (size_t)l;
       T c = cls[j];
-      T z = F(pair_z)(s[j], CLS_SAME(c), gam, mg);
+      T z = F(pair_z)(s[j], CLS_SAME(c), gam, mg, opn, dln);
       T zp = CLS_POS(c) ? z : -INFINITY;
       T zn = CLS_NEG(c) ? z : -INFINITY;
       mp[l] = zp > mp[l] ? zp : mp[l];
@@ -211,7 +216,7 @@ CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
   }
   for (size_t j = jv; j < m; j++) {
     T c = cls[j];
-    T z = F(pair_z)(s[j], CLS_SAME(c), gam, mg);
+    T z = F(pair_z)(s[j], CLS_SAME(c), gam, mg, opn, dln);
     if (CLS_POS(c) && z > max_p) max_p = z;
     if (CLS_NEG(c) && z > max_n) max_n = z;
   }
@@ -223,7 +228,7 @@ CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
       size_t j = j0 + (size_t)l;
       T c = cls[j];
       int same = CLS_SAME(c);
-      T z = F(pair_z)(s[j], same, gam, mg);
+      T z = F(pair_z)(s[j], same, gam, mg, opn, dln);
       T e = EXPT(z - (same ? base_p : base_n));
       if (ebuf) ebuf[j] = e;
       sp[l] += CLS_POS(c) ? e : 0;
@@ -237,7 +242,7 @@ CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
   for (size_t j = jv; j < m; j++) {
     T c = cls[j];
     int same = CLS_SAME(c);
-    T z = F(pair_z)(s[j], same, gam, mg);
+    T z = F(pair_z)(s[j], same, gam, mg, opn, dln);
     T e = EXPT(z - (same ? base_p : base_n));
     if (ebuf) ebuf[j] = e;
     sum_p += CLS_POS(c) ? e : 0;
@@ -250,7 +255,13 @@ CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
   T lse_p = max_p > -INFINITY ? base_p + LOGT(sum_p) : -INFINITY;
   T lse_n = max_n > -INFINITY ? base_n + LOGT(sum_n) : -INFINITY;
   T L = lse_p + lse_n;
-  /* softplus(L) = logaddexp(L, 0) and sigmoid(L), without overflow. */
+  /* softplus(L) = logaddexp(L, 0) and sigmoid(L), without overflow. For
+   * L < ln(TMIN) (about -87.34 in float32, -708.40 in float64) exp(L) is
+   * subnormal; XLA on CPU flushes it to 0, so Keras' row value and its
+   * gradient are exactly 0 and the `loss > 0` mask drops the row. libm
+   * keeps the subnormal, so it is flushed here: the row then gets v = 0
+   * and sig = 0 as in Keras. (Measured against jax: the first L that Keras
+   * keeps is exactly the first whose correctly rounded exp is >= TMIN.) */
   T v, sig;
   if (L > 0) {
     T e = EXPLIB(-L);
@@ -258,6 +269,7 @@ CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
     sig = (T)1 / ((T)1 + e);
   } else {
     T e = EXPLIB(L); /* 0 for L == -inf */
+    e = e >= TMIN ? e : 0;
     v = LOG1PT(e);
     sig = e / ((T)1 + e);
   }
@@ -273,7 +285,7 @@ CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
 CIRCLE__HOT static void F(row_grad)(struct F(ctx) *x, size_t i, T *s,
                                     const T *cls, const T *e,
                                     const T *inv_sums) {
-  const T gam = x->gamma, mg = x->margin, sig = x->sig[i];
+  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, sig = x->sig[i];
   const T isp = inv_sums[0], isn = inv_sums[1];
   const size_t m = x->m;
   if (sig == 0) {
@@ -286,7 +298,7 @@ CIRCLE__HOT static void F(row_grad)(struct F(ctx) *x, size_t i, T *s,
     T one_minus = (T)1 - s[j];
     T cc = one_minus > 0 ? one_minus : 0;
     T dcds = one_minus > 0 ? (T)-1 : (one_minus == 0 ? (T)-0.5 : (T)0);
-    T wp = mg + cc, wn = (T)1 + mg - cc;
+    T wp = mg + cc, wn = opn - cc;
     T dzp = wp > 0 ? (T)2 * gam * cc : 0;
     T dzn = wn > 0 ? (T)-2 * gam * ((T)1 - cc) : 0;
     T g = sig * (e[j] * (same ? isp : isn)) * (same ? dzp : dzn) * dcds;
@@ -451,7 +463,7 @@ CIRCLE__HOT static void F(blk_dx_stream)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
   T *buf = x->S + (size_t)ith * x->bs * x->m;
-  const T gam = x->gamma, mg = x->margin;
+  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
   GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)x->m,
        (int)x->d, 1, x->X + lo * x->d, (int)x->d, x->R, (int)x->d, 0, buf,
        (int)x->m);
@@ -464,14 +476,15 @@ CIRCLE__HOT static void F(blk_dx_stream)(void *ctx, size_t b, unsigned ith) {
     if (x->self) {
       /* H_ij = c_i G'_ij + c_j G'_ji; G'_ji seen from row j's scalars. */
       for (size_t j = 0; j < x->m; j++) {
-        T hi_ = F(pair_grad)(s[j], cls[j], gam, mg, lpi, lni, sgi);
-        T hj_ = F(pair_grad)(s[j], cls[j], gam, mg, x->lse_p[j], x->lse_n[j],
-                             x->sig[j]);
+        T hi_ = F(pair_grad)(s[j], cls[j], gam, mg, opn, dln, lpi, lni, sgi);
+        T hj_ = F(pair_grad)(s[j], cls[j], gam, mg, opn, dln, x->lse_p[j],
+                             x->lse_n[j], x->sig[j]);
         s[j] = ci * hi_ + x->cf[j] * hj_;
       }
     } else {
       for (size_t j = 0; j < x->m; j++)
-        s[j] = ci * F(pair_grad)(s[j], cls[j], gam, mg, lpi, lni, sgi);
+        s[j] = ci * F(pair_grad)(s[j], cls[j], gam, mg, opn, dln, lpi, lni,
+                                 sgi);
     }
   }
   GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)x->d,
@@ -485,7 +498,7 @@ CIRCLE__HOT static void F(blk_dr_stream)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->m);
   T *buf = x->S + (size_t)ith * x->bs * x->n;
-  const T gam = x->gamma, mg = x->margin;
+  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
   GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)x->n,
        (int)x->d, 1, x->R + lo * x->d, (int)x->d, x->X, (int)x->d, 0, buf,
        (int)x->n);
@@ -494,8 +507,8 @@ CIRCLE__HOT static void F(blk_dr_stream)(void *ctx, size_t b, unsigned ith) {
     T *s = buf + (j - lo) * x->n;
     F(col_classes)(x, j, cls);
     for (size_t i = 0; i < x->n; i++)
-      s[i] = x->cf[i] * F(pair_grad)(s[i], cls[i], gam, mg, x->lse_p[i],
-                                     x->lse_n[i], x->sig[i]);
+      s[i] = x->cf[i] * F(pair_grad)(s[i], cls[i], gam, mg, opn, dln,
+                                     x->lse_p[i], x->lse_n[i], x->sig[i]);
   }
   GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)x->d,
        (int)x->n, 1, buf, (int)x->n, x->X, (int)x->d, 0, x->dR + lo * x->d,

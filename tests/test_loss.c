@@ -9,6 +9,8 @@
  *     float64:  |engine - keras| <= 1e-9 * max|keras|
  *     float32:  |engine - keras| <= 1e-4 * max|keras|
  *     so an expected array of zeros (every row masked) must come back zero.
+ *   Every golden case runs materialized (default and one thread) and
+ *   streamed (materialize limit 1 byte, blocks of 5 rows, 2 threads).
  *   finite differences (float64, central, step h = 1e-6, every coordinate of
  *   the embeddings and of the reference embeddings):
  *     |fd - grad| <= 1e-6 * max(1, max|grad|) per case.
@@ -327,28 +329,56 @@ static void problem_free(problem *p) {
 /* Keras golden files                                                       */
 /* ------------------------------------------------------------------------ */
 
+/* The engine input of golden case c, its arrays malloc'd in c's dtype
+ * (labels borrowed from c); golden_input_free releases them. */
+static circle_input golden_input(const golden_case *c) {
+  circle_dtype dt = c->cfg.dtype;
+  return (circle_input){
+      .n = c->n,
+      .m = c->m,
+      .d = c->d,
+      .labels = c->labels,
+      .embeddings = to_dtype(c->embeddings, c->n * c->d, dt),
+      .sample_weight = to_dtype(c->sample_weight, c->n, dt),
+      .ref_labels = c->ref_labels,
+      .ref_embeddings = to_dtype(c->ref_embeddings, c->m * c->d, dt)};
+}
+
+static void golden_input_free(circle_input *in) {
+  free((void *)in->embeddings);
+  free((void *)in->sample_weight);
+  free((void *)in->ref_embeddings);
+}
+
 START_TEST(loss_should_find_the_keras_golden_cases) {
   ck_assert_msg(g_list_rc == 0, "cannot list %s (set CIRCLE_GOLDEN_DIR)",
                 golden_dir());
   ck_assert_msg(g_count >= 40, "%zu golden cases in %s, expected >= 40",
                 g_count, golden_dir());
+  /* The cases on either side of softplus' subnormal flush (generate.py,
+   * section 16): every reduction kept and flushed in both dtypes, the
+   * margin pairs, the 24-row and reference-set mixes and the bug report. */
+  size_t flush = 0;
+  for (size_t k = 0; k < g_count; k++) {
+    const char *base = strrchr(g_paths[k], '/');
+    flush += strncmp(base ? base + 1 : g_paths[k], "flush_", 6) == 0;
+  }
+  ck_assert_msg(flush >= 37, "%zu flush_* golden cases in %s, expected >= 37",
+                flush, golden_dir());
 }
 END_TEST
 
-static void check_golden(const char *path, unsigned threads) {
+/* Runs golden case path on an engine of threads threads, block_rows rows a
+ * block and a materialize limit of materialize_bytes (0: the defaults; 1
+ * byte forces the streamed path), and compares every output with Keras. */
+static void check_golden(const char *path, unsigned threads, size_t block_rows,
+                         size_t materialize_bytes) {
   golden_case c;
   char err[512];
   ck_assert_msg(golden_case_load(path, &c, err, sizeof err) == 0, "%s", err);
   circle_dtype dt = c.cfg.dtype;
-  circle_input in = {.n = c.n,
-                     .m = c.m,
-                     .d = c.d,
-                     .labels = c.labels,
-                     .embeddings = to_dtype(c.embeddings, c.n * c.d, dt),
-                     .sample_weight = to_dtype(c.sample_weight, c.n, dt),
-                     .ref_labels = c.ref_labels,
-                     .ref_embeddings = to_dtype(c.ref_embeddings, c.m * c.d, dt)};
-  circle_engine *e = engine_new(threads, 0, 0);
+  circle_input in = golden_input(&c);
+  circle_engine *e = engine_new(threads, block_rows, materialize_bytes);
   result r;
   run(e, &c.cfg, &in, want_all(&in), &r);
   ck_assert_msg(r.rc == CIRCLE_OK, "%s: circle_loss_compute: %s", c.id,
@@ -367,19 +397,24 @@ static void check_golden(const char *path, unsigned threads) {
                  tol);
   result_free(&r);
   circle_engine_free(e);
-  free((void *)in.embeddings);
-  free((void *)in.sample_weight);
-  free((void *)in.ref_embeddings);
+  golden_input_free(&in);
   golden_case_free(&c);
 }
 
 START_TEST(loss_should_match_keras_golden_cases) {
-  check_golden(g_paths[_i], 0);
+  check_golden(g_paths[_i], 0, 0, 0);
 }
 END_TEST
 
 START_TEST(loss_should_match_keras_golden_cases_on_one_thread) {
-  check_golden(g_paths[_i], 1);
+  check_golden(g_paths[_i], 1, 0, 0);
+}
+END_TEST
+
+/* The streamed path (similarities recomputed per block, never kept), in
+ * blocks of 5 rows so that most cases span several blocks. */
+START_TEST(loss_should_match_keras_golden_cases_streamed) {
+  check_golden(g_paths[_i], 2, 5, 1);
 }
 END_TEST
 
@@ -582,6 +617,42 @@ START_TEST(loss_should_agree_streamed_or_materialized) {
   result_free(&c);
   result_free(&d);
   problem_free(&p);
+}
+END_TEST
+
+/* Rows on either side of softplus' subnormal flush (the flush_mixed_* and
+ * flush_ref_* golden cases): which rows are kept must not depend on the
+ * thread count, materialized or streamed, so the outputs are bitwise equal. */
+START_TEST(loss_should_flush_the_same_rows_on_any_thread_count) {
+  size_t seen = 0;
+  for (size_t k = 0; k < g_count; k++) {
+    const char *base = strrchr(g_paths[k], '/');
+    base = base ? base + 1 : g_paths[k];
+    if (strncmp(base, "flush_mixed_", 12) != 0 &&
+        strncmp(base, "flush_ref_", 10) != 0)
+      continue;
+    golden_case c;
+    char err[512];
+    ck_assert_msg(golden_case_load(g_paths[k], &c, err, sizeof err) == 0, "%s",
+                  err);
+    circle_input in = golden_input(&c);
+    for (size_t mat = 0; mat <= 1; mat++) { /* 0: materialized, 1: streamed */
+      result r[3];
+      for (unsigned t = 0; t < 3; t++) {
+        circle_engine *e = engine_new(t + 1, 5, mat);
+        run(e, &c.cfg, &in, want_all(&in), &r[t]);
+        circle_engine_free(e);
+      }
+      expect_identical(c.id, &r[0], &r[1]);
+      expect_identical(c.id, &r[0], &r[2]);
+      for (unsigned t = 0; t < 3; t++) result_free(&r[t]);
+    }
+    golden_input_free(&in);
+    golden_case_free(&c);
+    seen++;
+  }
+  ck_assert_msg(seen >= 6, "%zu flush_mixed_*/flush_ref_* cases in %s", seen,
+                golden_dir());
 }
 END_TEST
 
@@ -1523,6 +1594,8 @@ static Suite *loss_suite(void) {
                       (int)g_count);
   tcase_add_loop_test(golden, loss_should_match_keras_golden_cases_on_one_thread,
                       0, (int)g_count);
+  tcase_add_loop_test(golden, loss_should_match_keras_golden_cases_streamed, 0,
+                      (int)g_count);
   suite_add_tcase(s, golden);
 
   TCase *num = tcase_create("numerics");
@@ -1538,6 +1611,7 @@ static Suite *loss_suite(void) {
   tcase_add_loop_test(
       num, loss_should_agree_streamed_or_materialized,
       0, 4);
+  tcase_add_test(num, loss_should_flush_the_same_rows_on_any_thread_count);
   tcase_add_test(num, loss_should_stay_finite_at_large_gamma);
   tcase_add_test(num, loss_should_stay_finite_when_rows_have_no_pairs);
   tcase_add_test(num, loss_should_never_return_nonfinite_values_for_finite_input);

@@ -350,7 +350,127 @@ def cases():
                         "sum_over_batch_size",
                         sw=rng.uniform(0.0, 1.0, size=512) if ref else None,
                         **kw))
+    # 16. The subnormal boundary of softplus. A row's value is softplus(L)
+    #     = log1p(exp(L)); XLA on CPU flushes a subnormal exp(L) to 0, so
+    #     Keras gives the row exactly 0 (and masks it) from L < ln(tiny) on:
+    #     about -87.34 in float32, -708.40 in float64. Every coordinate here
+    #     is 0, +-0.5 or 1, so similarities are exact and the inputs are
+    #     exact in FP16 and BF16 too.
+    #     a) The 4-row shape of the bug report: rows 0, 1 (label 0, on e0)
+    #        have L = -2 gamma margin^2 + ln 2 and rows 2, 3 are lossy. At
+    #        margin 0.25 the gammas are adjacent floats (doubles) that
+    #        bisection against Keras 3.15.1 found on either side of the
+    #        flip: Keras keeps rows 0, 1 at the first (v = tiny) and gives 0
+    #        at the second. Every reduction, sample weights given.
+    half = 0.5
+    four = np.array([[1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 1, 0, 0, 0],
+                     [0, half, half, half, half]])
+    boundary = {"float32": (704.2374877929688, 704.237548828125),
+                "float64": (5672.716525702593, 5672.716525702594)}
+    for dtype in ("float32", "float64"):
+        for side, gamma in zip(("kept", "flushed"), boundary[dtype]):
+            for r in REDUCTIONS:
+                rname = "null" if r is None else r
+                out.append(case(
+                    f"flush_{side}_{rname}_{dtype[-2:]}",
+                    f"softplus at the subnormal boundary, rows 0-1 {side}: "
+                    f"gamma {gamma!r} is the {'last' if side == 'kept' else 'first'}"
+                    " gamma (margin 0.25) at which Keras keeps (flushes) them",
+                    0, dtype, [0, 0, 1, 1], four, gamma=gamma, margin=0.25,
+                    reduction=r, sw=[0.5, 2.0, 1.0, 1.5]))
+    #     a') The same rows at fixed gamma, at adjacent double margins that
+    #        bisection found on either side of the flip: they pin down how
+    #        1 + margin and 1 - margin are rounded (in double, then to the
+    #        dtype, as JAX rounds a Python float).
+    margins = {("float32", 256.0): (0.41464802622795094, 0.414648026227951),
+               ("float32", 1024.0): (0.20732399821281425, 0.20732399821281428),
+               ("float64", 4096.0): (0.29420874371278244, 0.2942087437127825)}
+    for (dtype, gamma), pair in margins.items():
+        for side, margin in zip(("kept", "flushed"), pair):
+            out.append(case(
+                f"flush_margin_{side}_g{int(gamma)}_{dtype[-2:]}",
+                f"softplus at the subnormal boundary, rows 0-1 {side}: margin "
+                f"{margin!r} is the {'last' if side == 'kept' else 'first'} "
+                f"margin (gamma {gamma!r}) at which Keras keeps (flushes) them",
+                0, dtype, [0, 0, 1, 1], four, gamma=gamma, margin=margin))
+    #     b) 24 rows, so the engine's vector lanes and several blocks see
+    #        the boundary: labels 0-7 on axes e0..e7 in classes of 2 rows
+    #        (P = 1, N = 22) and 3 rows (P = 2, N = 21), label 9 four lossy
+    #        rows of +-0.5 on the spare axes. L = -2 gamma margin^2 +
+    #        ln(P N) puts the classes of 2 about 0.32 below the flip and
+    #        the classes of 3 about 0.33 above it (float64: 0.45 / 0.19).
+    sizes = [2, 3, 2, 3, 2, 3, 3, 2]
+    good = np.repeat(np.arange(8), sizes)
+    lossy = np.array([[1, 1, 1, 1], [1, 1, 1, -1], [1, -1, 1, 1],
+                      [-1, 1, 1, 1]]) * half
+    x24 = np.zeros((24, 12))
+    x24[np.arange(20), good] = 1.0
+    x24[20:, 8:] = lossy
+    y24 = np.concatenate([good, [9, 9, 9, 9]])
+    for dtype, gamma, margin, r in (
+            ("float32", 1024.0, 0.2105, "sum_over_batch_size"),
+            ("float32", 256.0, 0.421, "mean_with_sample_weight"),
+            ("float64", 4096.0, 0.2948, "sum_over_batch_size"),
+            ("float64", 2048.0, 0.4169, "mean_with_sample_weight")):
+        seed = 5200 + len(out)
+        rng = np.random.default_rng(seed)
+        sw = rng.uniform(0.5, 1.5, size=24) if r != "sum_over_batch_size" else None
+        out.append(case(f"flush_mixed_g{int(gamma)}_{dtype[-2:]}",
+                        "24 rows: classes of 2 just below the subnormal flip "
+                        "(Keras gives 0), classes of 3 just above (tiny > 0)",
+                        seed, dtype, y24, x24, gamma=gamma, margin=margin,
+                        reduction=r, sw=sw))
+    #     c) A reference set: query rows 0-7 one per class on e0..e7, 8-10
+    #        lossy; the reference set holds the lossy rows first (so no
+    #        index-aligned pair shares a label and remove_diagonal drops
+    #        nothing), then classes 0-3 once (P = 1, N = 14) and 4-7 twice
+    #        (P = 2, N = 13): the first below the flip, the second above.
+    qx = np.zeros((11, 12))
+    qx[np.arange(8), np.arange(8)] = 1.0
+    qx[8:, 8:] = lossy[:3]
+    qy = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 8])
+    rlab = np.array([8, 8, 8, 0, 1, 2, 3, 4, 4, 5, 5, 6, 6, 7, 7])
+    rx = np.zeros((15, 12))
+    rx[:3, 8:] = lossy[:3]
+    rx[np.arange(3, 15), rlab[3:]] = 1.0
+    for dtype, gamma, margin, r, with_sw in (
+            ("float32", 1024.0, 0.21, "mean", False),
+            ("float64", 4096.0, 0.29468, "sum_over_batch_size", True)):
+        seed = 5300 + len(out)
+        rng = np.random.default_rng(seed)
+        out.append(case(f"flush_ref_{dtype[-2:]}",
+                        "reference set: classes met once just below the "
+                        "subnormal flip, classes met twice just above",
+                        seed, dtype, qy, qx, gamma=gamma, margin=margin,
+                        reduction=r, ref_labels=rlab, ref_x=rx,
+                        sw=rng.uniform(0.5, 1.5, size=11) if with_sw else None))
+    #     d) The bug report's request itself (float32, gamma 760, margin
+    #        0.25: rows 0-1 far below the flip).
+    out.append(case("flush_report_32", "the request of the bug report: rows "
+                    "0-1 underflow, Keras gives 27.293128967285156",
+                    0, "float32", [0, 0, 1, 1],
+                    [[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0.6, 0.8]],
+                    gamma=760.0, margin=0.25))
     return out
+
+
+# Cases whose rows must straddle the subnormal flip: what Keras must give
+# (rows kept with a tiny value, rows flushed to 0) or the file is not made.
+def check_flush(c, per):
+    import numpy as np
+    if not c["id"].startswith("flush_"):
+        return
+    tiny = np.finfo(np.float32 if c["dtype"] == "float32" else np.float64).tiny
+    kept = (per > 0) & (per < 1e-30)
+    flushed = per == 0
+    if c["id"].startswith(("flush_kept_", "flush_margin_kept_")):
+        ok = kept[:2].all() and (per[2:] > 1e-20).all()
+    elif c["id"].startswith(("flush_flushed_", "flush_margin_flushed_",
+                             "flush_report_")):
+        ok = flushed[:2].all() and (per[2:] > 1e-20).all()
+    else:
+        ok = kept.any() and flushed.any() and np.all(per[kept] >= tiny)
+    assert ok, (c["id"], per)
 
 
 HALF_FORMATS = ("float16", "bfloat16")
@@ -512,6 +632,7 @@ def evaluate(c):
         (c["id"], float(val), eager)
     if dtype == "float64":
         check_against_numpy(c, x, rx, sw, loss, per)
+    check_flush(c, per)
 
     n, d = x.shape
     m = 0 if rx is None else rx.shape[0]
@@ -563,6 +684,7 @@ def check_against_numpy(c, x, rx, sw, loss, per):
             return np.log(np.sum(np.exp(a - mx), axis=1)) + mx[:, 0]
     z = lse(pa) + lse(na)
     v = np.logaddexp(z, 0)
+    v[v < np.finfo(np.float64).tiny] = 0.0   # XLA on CPU flushes subnormals
     assert np.allclose(v, per, rtol=1e-10, atol=1e-300), c["id"]
     mask = v > 0
     w = np.ones(len(v)) if sw is None else sw.astype(np.float64)

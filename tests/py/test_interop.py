@@ -21,7 +21,9 @@ What must stay true, and how it is checked:
         float32: |got - keras| <= 1e-4 * max|keras|
         float64: |got - keras| <= 1e-9 * max|keras|
   * FP16 and BF16 binary inputs compute in float32 on the rounded values:
-    they equal /v1 float32 on those values, bit for bit;
+    they equal /v1 float32 on those values, bit for bit; on the golden cases
+    at softplus' subnormal flush, whose inputs are exact in half precision,
+    they give Keras' float32 numbers;
   * INT64 labels are compared exactly (2**62 + k and 2**62 + k + 1 differ);
   * errors come back as tritonclient's InferenceServerException carrying
     the status and the very message circled puts in {"error": ...}.
@@ -446,6 +448,34 @@ def test_interop_half_inputs_should_compute_in_float32_on_the_rounded_values(
         one, j = v1(circled, v1_body(c, x=rounded))
         assert j["dtype"] == "float32"
         assert_same_bits(got, one, f"{xtype} {case_id} vs /v1 float32 on rounded values")
+
+
+FLUSH_HALF_CASES = sorted(k for k, c in CASES.items()
+                          if k.startswith("flush_") and c["dtype"] == "float32"
+                          and k != "flush_report_32")
+
+
+def test_golden_flush_cases_should_be_there_for_half_inputs():
+    """The subnormal-flush cases below exist (every reduction, kept and
+    flushed, the 24-row and reference-set mixes)."""
+    assert len(FLUSH_HALF_CASES) >= 18, FLUSH_HALF_CASES
+
+
+@pytest.mark.parametrize("xtype,npdt", [("FP16", np.float16), ("BF16", ml_dtypes.bfloat16)])
+@pytest.mark.parametrize("case_id", FLUSH_HALF_CASES)
+def test_interop_half_inputs_should_match_keras_at_the_subnormal_flush(
+        client, circled, xtype, npdt, case_id):
+    """Rows on either side of softplus' subnormal flush, sent as FP16/BF16
+    embeddings whose values (0, +-0.5, 1) are exact in half precision: the
+    float32 compute must give Keras' float32 numbers, masked rows and
+    divisors included, and /v1's bits."""
+    c = CASES[case_id]
+    xh = c["x"].astype(npdt)
+    assert np.array_equal(xh.astype(np.float32), c["x"]), "the case must be exact in half precision"
+    got, resp = v2(client, c, ("INT64", "n", True, True, None), x=xh, xtype=xtype)
+    assert {o["datatype"] for o in resp["outputs"]} == {"FP32"}
+    assert_close_to_keras(c, got, f"/v2 {xtype}")
+    assert_same_bits(got, v1(circled, v1_body(c))[0], f"{xtype} {case_id} vs /v1")
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["bin", "json"])

@@ -13,6 +13,9 @@ What must stay true:
     (or, with a reference set, the LossFunctionWrapper around
     keras.losses.circle that Circle is), UnitNormalization first when
     normalize is on, jax.grad of the result (of its sum for "none"/null);
+  * the request of the bug report on softplus underflow (rows whose exp(L)
+    is subnormal), sent as it was, gives Keras' 27.293128967285156 with those
+    rows exactly 0;
   * GET /config is a config keras.losses.Circle.from_config accepts and
     gives back unchanged;
   * the exact JSON of keras.losses.Circle(...).get_config() is accepted as
@@ -197,6 +200,39 @@ def test_keras_live_v1_should_match_keras_on_random_inputs(circled, k):
         if np.any(np.isnan(diff)) or not np.all(diff <= bound):
             pytest.fail(f"{describe(c)}: {name}[{i}] = {h.flat[i]!r}, Keras {w.flat[i]!r}: "
                         f"|diff| {diff.flat[i]:.3g} > {bound:.3g} ({tol} x max|Keras|)")
+
+
+# The request of the bug report on softplus underflow, as it was sent: rows 0
+# and 1 have L = -2 * 760 * 0.25**2 + ln 2, whose exp is subnormal in float32;
+# XLA flushes it, Keras gives those rows 0 and its `loss > 0` mask divides
+# by the two rows left.
+REPORT_BODY = ('{"labels":[0,0,1,1],"embeddings":[[1,0,0],[1,0,0],[0,1,0],'
+               '[0,0.6000000238418579,0.800000011920929]],"config":{"gamma":760.0,'
+               '"margin":0.25,"reduction":"sum_over_batch_size","dtype":"float32"}}')
+
+
+def test_keras_live_should_mask_rows_whose_loss_underflows_as_keras_does(circled):
+    r = requests.post(circled + "/v1/loss", data=REPORT_BODY, timeout=10,
+                      headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    j = r.json()
+    body = json.loads(REPORT_BODY)
+    cfg = body["config"]
+    c = {"k": "report", "seed": None, "dtype": "float32", "normalize": False,
+         "gamma": cfg["gamma"], "margin": cfg["margin"], "remove_diagonal": True,
+         "reduction": cfg["reduction"], "labels": np.array(body["labels"], dtype=np.int64),
+         "x": np.array(body["embeddings"], dtype=np.float32), "sw": None,
+         "ref_labels": None, "rx": None}
+    want = keras_outputs(c)
+    # What the report says Keras gives, and what Keras gives here.
+    assert float(want["loss"][0]) == 27.293128967285156
+    assert want["per_sample_loss"][0] == want["per_sample_loss"][1] == 0
+    assert j["per_sample_loss"][:2] == [0, 0], j["per_sample_loss"]
+    for name, w in want.items():
+        w = w.astype(np.float64).reshape(-1)
+        h = np.array(j[name], dtype=np.float64).reshape(-1)
+        bound = TOL["float32"] * np.max(np.abs(w))
+        assert np.all(np.abs(h - w) <= bound), f"{name}: circled {h}, Keras {w}"
 
 
 # ---------------------------------------------------------------------------
