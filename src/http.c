@@ -10,10 +10,10 @@
  *   network thread (MHD epoll pool)            engine worker
  *   -------------------------------            -------------
  *   first call: route, auth, method,
- *     Content-Length vs --max-body-mb (413),
- *     reserve the body's bytes (503 if full)
+ *     Content-Length vs --max-body-mb (413)
  *   upload calls: append to ex->body,
- *     counting chunked bodies (413)
+ *     reserving it as it grows (503 if
+ *     full), counting chunked bodies (413)
  *   final call: lock mu; submit job; ------->  job_run: inflate, decode
  *     MHD_suspend_connection; unlock             (codec), admission (bytes
  *                                                in flight), compute, encode
@@ -37,8 +37,11 @@
  *
  * Memory in flight
  * ----------------
- * srv->inflight counts bytes committed to requests: bodies as they arrive
- * (Content-Length up front), inflated bodies, then decoded arrays + outputs
+ * srv->inflight counts bytes committed to requests: body buffers as they
+ * grow with the bytes that arrive (a declared Content-Length reserves
+ * nothing by itself: 32 connections announcing 64 MiB and sending a byte
+ * now and then hold 64 KiB each, not 2 GiB), inflated bodies, then decoded
+ * arrays + outputs
  * + circle_loss_scratch_bytes + the response estimate, finally the response
  * itself until it is sent. A request that would push it past
  * --max-inflight-mb gets 503 "overloaded" with Retry-After; one that could
@@ -92,6 +95,8 @@
 /* A chunked body past the limit is read and dropped so the 413 can be sent;
  * past this many dropped bytes the connection is simply closed. */
 #define DISCARD_FACTOR 2
+/* A body's first buffer (and its first reservation); it doubles from here. */
+#define BODY_FIRST_BYTES ((size_t)64 << 10)
 /* Longest URL kept for the log line. */
 #define LOG_URL_MAX 200
 /* libmicrohttpd's memory pool per connection (headers and read buffer). */
@@ -1106,14 +1111,9 @@ static enum MHD_Result first_call(struct exchange *ex, const char *url) {
                        v, max_body, max_body / 1048576);
       return refuse(ex, &err);
     }
+    /* Nothing is reserved yet: the body's bytes are, as they arrive
+     * (upload_call), so a length declared and never sent holds nothing. */
     ex->expect = v;
-    if (!reserve(ex, v)) {
-      error_from_status(CIRCLE_EBUSY,
-                        "the server has too many requests in flight; retry "
-                        "after a second",
-                        &err);
-      return refuse(ex, &err);
-    }
   }
 
   const char *ce = MHD_lookup_connection_value(
@@ -1186,15 +1186,14 @@ static enum MHD_Result upload_call(struct exchange *ex, const char *data,
     return MHD_YES;
   }
   if (ex->len + size > ex->cap) {
-    /* A Content-Length body (checked and reserved at the first call) is
-     * taken whole, once: doubling from 64 KiB copied an 8 MiB binary
-     * tensor body seven times. Chunked bodies grow by doubling. */
-    size_t cap = ex->cap ? ex->cap : 65536;
+    /* The buffer grows by doubling from 64 KiB (never past the declared
+     * Content-Length), and each growth is reserved before it is made: what
+     * a request holds of the in-flight budget is what it has sent, to
+     * within a factor of two, never what it merely announced. */
+    size_t cap = ex->cap ? ex->cap : BODY_FIRST_BYTES;
     while (cap < ex->len + size) cap = cap > max_body / 2 ? max_body : cap * 2;
-    if (ex->expect != SIZE_MAX) cap = ex->expect;
-    /* Content-Length bytes were reserved up front; chunked bodies reserve
-     * as they grow. */
-    if (ex->expect == SIZE_MAX && !reserve(ex, cap - ex->cap)) {
+    if (cap > ex->expect) cap = ex->expect;
+    if (!reserve(ex, cap - ex->cap)) {
       ex->overloaded = true;
       drop_body(ex, size);
       return MHD_YES;

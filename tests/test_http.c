@@ -1489,6 +1489,72 @@ START_TEST(http_should_answer_503_with_retry_after_when_the_queue_is_full) {
 }
 END_TEST
 
+/* The value of an unlabelled gauge or counter in GET /metrics; -1 when it
+ * is absent. */
+static double metric(const td_daemon *d, const char *name) {
+  td_resp m;
+  req(d, "GET", "/metrics", NULL, &m);
+  char key[128];
+  snprintf(key, sizeof key, "\n%s ", name);
+  const char *p = m.body ? strstr(m.body, key) : NULL;
+  double v = p ? strtod(p + strlen(key), NULL) : -1;
+  td_resp_free(&m);
+  return v;
+}
+
+/* Waits up to timeout_s for metric name to reach at least want; returns
+ * its last value. */
+static double metric_wait(const td_daemon *d, const char *name, double want,
+                          double timeout_s) {
+  double t0 = td_now(), v = metric(d, name);
+  while (v < want && td_now() - t0 < timeout_s) {
+    usleep(20000);
+    v = metric(d, name);
+  }
+  return v;
+}
+
+START_TEST(http_should_reserve_body_bytes_as_they_arrive_not_as_announced) {
+  /* Eight connections announce the largest body (2 MiB each, 16 MiB in
+   * all, twice the budget) and send one byte of it. They hold what they
+   * sent, a first 64 KiB buffer each, so an honest request still fits. */
+  td_daemon d;
+  const char *args[] = {"--max-inflight-mb", "8", "--max-body-mb", "2", NULL};
+  start_or_fail(&d, args, NULL);
+  enum { SLOW = 8 };
+  int socks[SLOW];
+  char head[256];
+  snprintf(head, sizeof head,
+           "POST /v1/loss HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+           "application/json\r\nContent-Length: %d\r\n\r\n{",
+           2 << 20);
+  for (int i = 0; i < SLOW; i++) {
+    socks[i] = td_connect(&d);
+    ck_assert_int_ge(socks[i], 0);
+    ck_assert(send(socks[i], head, strlen(head), MSG_NOSIGNAL) ==
+              (ssize_t)strlen(head));
+  }
+  /* The /metrics request that reads it counts itself. */
+  double active = metric_wait(&d, "circled_requests_in_flight", SLOW + 1, 10);
+  double held = metric_wait(&d, "circled_inflight_bytes", SLOW * 65536.0, 2);
+  char *body = v1_body(8, 4, 1, NULL);
+  td_resp r;
+  req(&d, "POST", "/v1/loss", body, &r);
+  long status = r.status;
+  td_resp_free(&r);
+  free(body);
+  for (int i = 0; i < SLOW; i++) close(socks[i]);
+  ck_assert_msg(active >= SLOW + 1, "only %.0f of %d slow requests were taken",
+                active - 1, SLOW);
+  ck_assert_msg(held <= SLOW * 65536.0,
+                "%d requests that sent a byte each hold %.0f bytes", SLOW,
+                held);
+  ck_assert_msg(status == 200, "an honest request got %ld beside them",
+                status);
+  stop_expect_0(&d);
+}
+END_TEST
+
 START_TEST(http_should_refuse_a_request_that_can_never_fit_in_flight) {
   td_daemon d;
   const char *args[] = {"--max-inflight-mb", "2", "--max-body-mb", "2", NULL};
@@ -1801,6 +1867,11 @@ static Suite *http_suite(void) {
   tcase_add_test(own, http_should_close_idle_connections_after_the_timeout);
   tcase_add_test(own, http_should_answer_a_compute_longer_than_the_idle_timeout);
   suite_add_tcase(s, own);
+  /* Hostile clients: each case starts its own daemon. */
+  TCase *hostile = tcase_create("hostile");
+  tcase_set_timeout(hostile, 120);
+  suite_add_tcase(s, hostile);
+  tcase_add_test(hostile, http_should_reserve_body_bytes_as_they_arrive_not_as_announced);
   return s;
 }
 
