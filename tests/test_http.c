@@ -1555,6 +1555,156 @@ START_TEST(http_should_reserve_body_bytes_as_they_arrive_not_as_announced) {
 }
 END_TEST
 
+/* One hostile request head: sent raw on a fresh connection, with a second
+ * request smuggled after it. */
+typedef struct {
+  const char *what;
+  const char *head; /* %s: the bearer header line */
+  long status;
+  const char *code; /* NULL: the OIP shape */
+} framing_case;
+
+#define SMUGGLED "GET /dashboard HTTP/1.1\r\nHost: x\r\n\r\n"
+
+/* Sends c, asserts one answer with c's status and code, Connection: close,
+ * and the connection closed by the server (long before timeout_s). */
+static void check_framing(const td_daemon *d, const framing_case *c,
+                          const char *bearer) {
+  char req_buf[1024], out[8192];
+  int n = snprintf(req_buf, sizeof req_buf, c->head, bearer);
+  ck_assert_int_lt(n, (int)sizeof req_buf);
+  /* The NUL cases carry a literal "\\0" marker: make it a NUL byte. */
+  for (int i = 0; i + 1 < n; i++)
+    if (req_buf[i] == '\\' && req_buf[i + 1] == '0') {
+      req_buf[i] = '\0';
+      memmove(req_buf + i + 1, req_buf + i + 2, (size_t)(n - i - 2));
+      n--;
+    }
+  double timeout = 10, t0 = td_now();
+  long got = td_raw(d, req_buf, (size_t)n, out, sizeof out, timeout);
+  double took = td_now() - t0;
+  ck_assert_msg(got > 0, "%s: no answer", c->what);
+  long status = strtol(out + 9, NULL, 10);
+  ck_assert_msg(!strncmp(out, "HTTP/1.1 ", 9) && status == c->status,
+                "%s: want %ld, got %.200s", c->what, c->status, out);
+  /* A status line anywhere after the first is a second answer. */
+  const char *second = out + 9;
+  while ((second = strstr(second, "HTTP/1.1 ")) != NULL &&
+         !(second[9] >= '1' && second[9] <= '5' && second[12] == ' '))
+    second += 9;
+  ck_assert_msg(second == NULL, "%s: a second answer came: %.300s", c->what,
+                second ? second : "");
+  ck_assert_msg(strcasestr(out, "\r\nConnection: close\r\n") != NULL,
+                "%s: no Connection: close in %.300s", c->what, out);
+  ck_assert_msg(took < timeout - 1, "%s: the connection stayed open",
+                c->what);
+  const char *body = strstr(out, "\r\n\r\n");
+  ck_assert_ptr_nonnull(body);
+  cJSON *j = cJSON_Parse(body + 4);
+  ck_assert_msg(j != NULL, "%s: the body is not JSON: %.200s", c->what,
+                body + 4);
+  cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+  if (c->code) {
+    cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
+    ck_assert_msg(cJSON_IsString(code) && !strcmp(code->valuestring, c->code),
+                  "%s: want code %s in %.200s", c->what, c->code, body + 4);
+  } else {
+    ck_assert_msg(cJSON_IsString(e), "%s: want Triton's shape: %.200s",
+                  c->what, body + 4);
+  }
+  cJSON_Delete(j);
+}
+
+START_TEST(http_should_refuse_smuggling_primitives_and_close) {
+  char keyfile[] = "/tmp/circled-key-XXXXXX";
+  int fd = mkstemp(keyfile);
+  ck_assert_int_ge(fd, 0);
+  ck_assert(write(fd, "K3y", 3) == 3);
+  close(fd);
+  td_daemon d;
+  const char *args[] = {"--api-key-file", keyfile, NULL};
+  start_or_fail(&d, args, NULL);
+  const char *bearer = "Authorization: Bearer K3y\r\n";
+  /* Each body is the smuggled request: 36 bytes. */
+  static const framing_case cases[] = {
+      {"two Content-Lengths that disagree",
+       "POST /v1/loss HTTP/1.1\r\nHost: x\r\n%sContent-Length: 0\r\n"
+       "Content-Length: 36\r\n\r\n" SMUGGLED,
+       400, "bad_request"},
+      {"two Content-Lengths on a GET",
+       "GET /healthz HTTP/1.1\r\nHost: x\r\n%sContent-Length: 36\r\n"
+       "Content-Length: 0\r\n\r\n" SMUGGLED,
+       400, "bad_request"},
+      {"two Content-Lengths on /v2",
+       "POST /v2/models/circle/infer HTTP/1.1\r\nHost: x\r\n%s"
+       "Content-Length: 0\r\nContent-Length: 36\r\n\r\n" SMUGGLED,
+       400, NULL},
+      {"Content-Length with Transfer-Encoding",
+       "POST /v1/loss HTTP/1.1\r\nHost: x\r\n%sContent-Length: 36\r\n"
+       "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" SMUGGLED,
+       400, "bad_request"},
+      {"a space before the colon",
+       "POST /v1/loss HTTP/1.1\r\nHost: x\r\n%sContent-Length : 36\r\n\r\n"
+       SMUGGLED,
+       400, "bad_request"},
+      {"a folded Content-Length",
+       "POST /v1/loss HTTP/1.1\r\nHost: x\r\n%sContent-Length:\r\n 36\r\n\r\n"
+       SMUGGLED,
+       400, "bad_request"},
+      {"a Content-Length folded into another header",
+       "GET /healthz HTTP/1.1\r\nHost: x\r\n%sX-A: 1\r\n Content-Length: 36"
+       "\r\n\r\n" SMUGGLED,
+       400, "bad_request"},
+      {"Transfer-Encoding: identity",
+       "POST /v1/loss HTTP/1.1\r\nHost: x\r\n%sTransfer-Encoding: identity"
+       "\r\n\r\n" SMUGGLED,
+       501, "not_implemented"},
+      {"Transfer-Encoding: gzip, chunked",
+       "POST /v1/loss HTTP/1.1\r\nHost: x\r\n%sTransfer-Encoding: gzip, "
+       "chunked\r\n\r\n0\r\n\r\n" SMUGGLED,
+       501, "not_implemented"},
+      {"a NUL byte in the bearer token",
+       "GET /config HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer K3y\\0junk"
+       "\r\n%s\r\n",
+       400, "bad_request"},
+      {"a NUL byte in another header",
+       "GET /config HTTP/1.1\r\nHost: x\r\n%sX-A: a\\0b\r\n\r\n",
+       400, "bad_request"},
+      {"an encoded NUL in the path",
+       "POST /v1/loss%%00x HTTP/1.1\r\nHost: x\r\n%sContent-Length: 36\r\n"
+       "\r\n" SMUGGLED,
+       400, "bad_request"},
+      {"HTTP/1.1 without Host",
+       "GET /config HTTP/1.1\r\n%s\r\n", 400, "bad_request"},
+      {"two Host headers",
+       "GET /config HTTP/1.1\r\nHost: a\r\nHost: b\r\n%s\r\n", 400,
+       "bad_request"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    /* The bearer-token case brings its own header: no second one. */
+    check_framing(&d, &cases[i], strstr(cases[i].head, "Bearer") ? "" : bearer);
+  }
+  /* The same daemon still serves well-framed requests, bare-LF lines,
+   * trailing blanks and HTTP/1.0 without Host included. */
+  char out[4096];
+  const char *fine[] = {
+      "GET /config HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer K3y\r\n"
+      "X-A: a \t\r\nConnection: close\r\n\r\n",
+      "GET /config HTTP/1.1\nHost: x\nAuthorization: Bearer K3y\n"
+      "Connection: close\n\n",
+      "GET /config HTTP/1.0\r\nAuthorization: Bearer K3y\r\n\r\n",
+  };
+  for (size_t i = 0; i < 3; i++) {
+    ck_assert_int_gt(
+        td_raw(&d, fine[i], strlen(fine[i]), out, sizeof out, 10), 0);
+    ck_assert_msg(!strncmp(out, "HTTP/1.1 200", 12), "%s: %.200s", fine[i],
+                  out);
+  }
+  stop_expect_0(&d);
+  unlink(keyfile);
+}
+END_TEST
+
 START_TEST(http_should_refuse_a_request_that_can_never_fit_in_flight) {
   td_daemon d;
   const char *args[] = {"--max-inflight-mb", "2", "--max-body-mb", "2", NULL};
@@ -1872,6 +2022,7 @@ static Suite *http_suite(void) {
   tcase_set_timeout(hostile, 120);
   suite_add_tcase(s, hostile);
   tcase_add_test(hostile, http_should_reserve_body_bytes_as_they_arrive_not_as_announced);
+  tcase_add_test(hostile, http_should_refuse_smuggling_primitives_and_close);
   return s;
 }
 
