@@ -198,7 +198,8 @@ struct exchange {
   bool answered;  /* a response is queued */
   bool close;     /* the answer ends the connection (broken framing) */
   unsigned status;
-  size_t bytes;
+  size_t bytes;   /* the answer's body length */
+  size_t sent;    /* of it, bytes written to the socket so far (body_read) */
 
   /* Upload. */
   char *body;
@@ -467,10 +468,36 @@ static const char *route_allow(route_id r) {
   }
 }
 
-static void free_buf_cb(void *cls) {
-  circle_buf *b = cls;
-  circle_buf_free(b);
-  free(b);
+/* A response body handed to libmicrohttpd: the buffer, and the exchange
+ * whose ex->sent body_read keeps (body_read runs on the connection's
+ * thread, only while the answer is being sent: always before the
+ * completed callback frees the exchange). */
+struct body_src {
+  circle_buf buf;
+  struct exchange *ex;
+};
+
+/* Largest block libmicrohttpd copies out of a body per call. */
+#define BODY_BLOCK_BYTES ((size_t)256 << 10)
+
+static void body_free(void *cls) {
+  struct body_src *src = cls;
+  circle_buf_free(&src->buf);
+  free(src);
+}
+
+/* libmicrohttpd asks for the block at pos once everything before pos has
+ * been written to the socket, so pos is what is known to be sent: a send
+ * cut off by the client is logged and counted with it, not with the
+ * body's length. */
+static ssize_t body_read(void *cls, uint64_t pos, char *dst, size_t max) {
+  struct body_src *src = cls;
+  if (pos >= src->buf.len) return MHD_CONTENT_READER_END_OF_STREAM;
+  size_t n = src->buf.len - (size_t)pos;
+  if (n > max) n = max;
+  memcpy(dst, src->buf.data + pos, n);
+  src->ex->sent = (size_t)pos;
+  return (ssize_t)n;
 }
 
 /* Queues status + body (taken: *body is reset), with the headers that
@@ -492,16 +519,18 @@ static enum MHD_Result respond(struct exchange *ex, unsigned status,
     resp = MHD_create_response_from_buffer(0, (void *)"",
                                            MHD_RESPMEM_PERSISTENT);
   } else {
-    circle_buf *held = malloc(sizeof *held);
-    if (!held) {
+    struct body_src *src = malloc(sizeof *src);
+    if (!src) {
       circle_buf_free(body);
       return MHD_NO;
     }
-    *held = *body;
+    src->buf = *body;
+    src->ex = ex;
     circle_buf_init(body);
-    resp = MHD_create_response_from_buffer_with_free_callback_cls(
-        len, held->data, free_buf_cb, held);
-    if (!resp) free_buf_cb(held);
+    resp = MHD_create_response_from_callback(
+        len, len < BODY_BLOCK_BYTES ? len : BODY_BLOCK_BYTES, body_read, src,
+        body_free);
+    if (!resp) body_free(src);
   }
   if (!resp) return MHD_NO;
 
@@ -575,11 +604,12 @@ static enum MHD_Result respond_text(struct exchange *ex, unsigned status,
  * renders it in handle_get, and job_process records each computation's
  * loss and stats). Called exactly once per finished request, on a network
  * thread, from the completed callback, with the route, the status sent (0
- * when none was), the body bytes both ways and the wall time since the
- * request's first byte was handled. Lock-free: never blocks. */
+ * when none was, or when the connection ended before all of it was sent),
+ * the body bytes both ways (sent: those written to the socket) and the
+ * wall time since the request's first byte was handled. Lock-free: never
+ * blocks. */
 static void metrics_observe(const struct exchange *ex, double ms,
                             enum MHD_RequestTerminationCode toe) {
-  (void)toe;
   circle_endpoint ep;
   switch (ex->route) {
   case ROUTE_V1_LOSS:
@@ -619,9 +649,11 @@ static void metrics_observe(const struct exchange *ex, double ms,
     ep = CIRCLE_ENDPOINT_OTHER;
     break;
   }
+  bool delivered = ex->answered && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
   circle_metrics_observe_request(ex->srv->metrics, ep,
-                                 ex->answered ? ex->status : 0, ms / 1e3,
-                                 ex->received, ex->answered ? ex->bytes : 0);
+                                 delivered ? ex->status : 0, ms / 1e3,
+                                 ex->received,
+                                 delivered ? ex->bytes : ex->sent);
 }
 
 /* ======================================================================== */
@@ -1623,16 +1655,25 @@ static void on_completed(void *cls, struct MHD_Connection *conn,
     char phases[160] = "";
     if (ex->submitted && phases_format(ex, phases + 1, sizeof phases - 1, " ", "="))
       phases[0] = ' ';
-    if (ex->answered)
+    const char *why = toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED
+                          ? "timed out"
+                      : toe == MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN
+                          ? "server shutdown"
+                      : ex->answered && toe == MHD_REQUEST_TERMINATED_WITH_ERROR
+                          ? "send failed"
+                          : "client went away";
+    if (ex->answered && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
       fprintf(stderr, "circled: %s %s %u %zu %.3fms%s\n", ex->method, ex->url,
               ex->status, ex->bytes, ms, phases);
+    else if (ex->answered)
+      fprintf(stderr,
+              "circled: %s %s - %zu %.3fms%s (%s: %u cut off after %zu of "
+              "%zu bytes)\n",
+              ex->method, ex->url, ex->sent, ms, phases, why, ex->status,
+              ex->sent, ex->bytes);
     else
       fprintf(stderr, "circled: %s %s - 0 %.3fms (%s)\n", ex->method,
-              ex->url, ms,
-              toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ? "timed out"
-              : toe == MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN
-                  ? "server shutdown"
-                  : "client went away");
+              ex->url, ms, why);
   }
   metrics_observe(ex, ms, toe);
   release(ex, atomic_load(&ex->reserved));

@@ -22,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1489,8 +1491,8 @@ START_TEST(http_should_answer_503_with_retry_after_when_the_queue_is_full) {
 }
 END_TEST
 
-/* The value of an unlabelled gauge or counter in GET /metrics; -1 when it
- * is absent. */
+/* The value of a series in GET /metrics, named with its labels when it has
+ * any ("name{k=\"v\"}"); -1 when it is absent. */
 static double metric(const td_daemon *d, const char *name) {
   td_resp m;
   req(d, "GET", "/metrics", NULL, &m);
@@ -1702,6 +1704,90 @@ START_TEST(http_should_refuse_smuggling_primitives_and_close) {
   }
   stop_expect_0(&d);
   unlink(keyfile);
+}
+END_TEST
+
+START_TEST(http_should_count_a_cut_off_answer_as_none_with_the_bytes_sent) {
+  td_daemon d;
+  const char *args[] = {"--workers", "1", NULL};
+  start_or_fail(&d, args, NULL);
+  /* 65536 x 24 gradients against 4 reference rows: a JSON answer of tens
+   * of MB, far more than the socket buffers of a client that reads 4 KB
+   * of it and resets the connection. */
+  size_t n = 65536, dim = 24, m = 4;
+  sb s = {0};
+  sb_add(&s, "{\"labels\": [", 12);
+  for (size_t i = 0; i < n; i++) sb_printf(&s, i ? ",%zu" : "%zu", i % 3);
+  sb_add(&s, "], \"embeddings\": [", 18);
+  for (size_t i = 0; i < n; i++) {
+    sb_add(&s, i ? ",[" : "[", i ? 2 : 1);
+    for (size_t j = 0; j < dim; j++)
+      sb_printf(&s, j ? ",0.%zu" : "0.%zu", (i * 7 + j * 3) % 9 + 1);
+    sb_add(&s, "]", 1);
+  }
+  sb_printf(&s, "], \"ref_labels\": [0,1,2,0], \"ref_embeddings\": [");
+  for (size_t i = 0; i < m; i++) {
+    sb_add(&s, i ? ",[" : "[", i ? 2 : 1);
+    for (size_t j = 0; j < dim; j++) sb_add(&s, j ? ",0.5" : "0.5", j ? 4 : 3);
+    sb_add(&s, "]", 1);
+  }
+  sb_printf(&s, "], \"outputs\": [\"embeddings_grad\"]}");
+  char head[256];
+  snprintf(head, sizeof head,
+           "POST /v1/loss HTTP/1.1\r\nHost: x\r\nContent-Type: "
+           "application/json\r\nContent-Length: %zu\r\n\r\n",
+           s.len);
+
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  int small = 4096;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_port = htons((uint16_t)d.port)};
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+  ck_assert(send(fd, head, strlen(head), MSG_NOSIGNAL) ==
+            (ssize_t)strlen(head));
+  for (size_t o = 0; o < s.len;) {
+    ssize_t w = send(fd, s.p + o, s.len - o, MSG_NOSIGNAL);
+    ck_assert_int_gt(w, 0);
+    o += (size_t)w;
+  }
+  free(s.p);
+  /* The answer's head, with its Content-Length. */
+  char got[4096];
+  size_t have = 0;
+  while (have < sizeof got - 1) {
+    ssize_t r = recv(fd, got + have, sizeof got - 1 - have, 0);
+    ck_assert_int_gt(r, 0);
+    have += (size_t)r;
+  }
+  got[have] = '\0';
+  ck_assert_msg(!strncmp(got, "HTTP/1.1 200", 12), "%.200s", got);
+  const char *cl = strcasestr(got, "\r\nContent-Length: ");
+  ck_assert_ptr_nonnull(cl);
+  double full = strtod(cl + 18, NULL);
+  struct linger lg = {.l_onoff = 1, .l_linger = 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  close(fd); /* a reset: the rest cannot be sent */
+
+  const char *none =
+      "circled_requests_total{endpoint=\"/v1/loss\",status=\"none\"}";
+  double cut = metric_wait(&d, none, 1, 30);
+  double ok = metric(
+      &d, "circled_requests_total{endpoint=\"/v1/loss\",status=\"200\"}");
+  double bytes = metric(
+      &d, "circled_response_bytes_total{endpoint=\"/v1/loss\"}");
+  ck_assert_msg(cut == 1 && ok < 0, "none: %.0f, 200: %.0f", cut, ok);
+  ck_assert_msg(bytes >= 0 && bytes < full / 2,
+                "%.0f of %.0f bytes counted as sent to a client that read "
+                "4 KB", bytes, full);
+  stop_expect_0(&d);
+  char *log = td_log(&d);
+  ck_assert_ptr_nonnull(log);
+  ck_assert_msg(strstr(log, "POST /v1/loss 200 ") == NULL &&
+                    strstr(log, "cut off after") != NULL,
+                "the log does not say the answer was cut off:\n%s", log);
+  free(log);
 }
 END_TEST
 
@@ -2023,6 +2109,7 @@ static Suite *http_suite(void) {
   suite_add_tcase(s, hostile);
   tcase_add_test(hostile, http_should_reserve_body_bytes_as_they_arrive_not_as_announced);
   tcase_add_test(hostile, http_should_refuse_smuggling_primitives_and_close);
+  tcase_add_test(hostile, http_should_count_a_cut_off_answer_as_none_with_the_bytes_sent);
   return s;
 }
 
