@@ -25,6 +25,20 @@
  * GETs (health, /config, OIP metadata) are answered on the first call, on
  * the network thread: they never wait behind a computation.
  *
+ * Scheduling and abandoned work
+ * -----------------------------
+ * A request with a small identity-encoded body is submitted as a short
+ * job (circle_job_opts): it runs before ordinary jobs, on an idle compute
+ * thread or the engine's short lane, which no ordinary job ever holds.
+ * Stage one (job_decode) decodes it; when its work turns out not to be
+ * short (SHORT_PAIRS, SHORT_WORK), stage two is submitted again as an
+ * ordinary job, so a 4 KB body that asks for 4 billion pairs waits with
+ * the large ones. Each stage first peeks at the socket (client_gone): a
+ * client that has closed or reset the connection gets no computation,
+ * and the engine asks the same question between row blocks, so a
+ * computation whose client leaves stops within a block. Such a request is
+ * closed without an answer and counted with status none.
+ *
  * Locking rules
  * -------------
  * srv->mu guards srv->jobs, srv->stopping and every ex->done. It is held
@@ -95,6 +109,14 @@
 /* A chunked body past the limit is read and dropped so the 413 can be sent;
  * past this many dropped bytes the connection is simply closed. */
 #define DISCARD_FACTOR 2
+/* A request is a short job (circle_job_opts.short_job: it never waits
+ * behind an ordinary one) when its body is at most SHORT_BODY_BYTES, not
+ * compressed, and its work is at most SHORT_PAIRS pairs and SHORT_WORK
+ * pair-dimensions: a few milliseconds on one core, so the short lane
+ * stays short. The body bound keeps decoding short too. */
+#define SHORT_BODY_BYTES ((size_t)256 << 10)
+#define SHORT_PAIRS ((size_t)1 << 20)
+#define SHORT_WORK ((size_t)1 << 26)
 /* A body's first buffer (and its first reservation); it doubles from here. */
 #define BODY_FIRST_BYTES ((size_t)64 << 10)
 /* Longest URL kept for the log line. */
@@ -217,9 +239,16 @@ struct exchange {
   atomic_size_t reserved; /* bytes of srv->inflight held by this request */
 
   /* Job. */
+  MHD_socket fd;    /* the connection's socket, for client_gone */
+  atomic_bool gone; /* the client closed or reset it (client_gone) */
+  bool short_job;   /* submitted as a short job (is_short) */
+  bool decoded;     /* stage one ran: ex->req holds the request */
+  struct timespec t_moved; /* when it was moved off the short lane */
+  circle_request req;
   bool submitted;
   bool done; /* under srv->mu */
   bool ok;
+  bool dropped; /* its client went away: no answer */
   circle_error err;
   circle_buf resp;
   size_t header_len; /* OIP binary responses: JSON part length */
@@ -963,10 +992,16 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
 /* GET endpoints (answered on the network thread)                           */
 /* ======================================================================== */
 
-/* Readiness answers: 200 with ready, or 503 with not_ready while draining. */
+/* Readiness answers: 200 with ready, or 503 with not_ready while draining
+ * and with saturated while the compute queue is full (a new computation
+ * would get 503: a load balancer should send it elsewhere). */
 static enum MHD_Result respond_ready(struct exchange *ex, const char *ready,
-                                     const char *not_ready) {
+                                     const char *not_ready,
+                                     const char *saturated) {
+  circle_engine *e = ex->srv->engine;
   if (atomic_load(&ex->srv->draining)) return respond_text(ex, 503, not_ready);
+  if (circle_engine_queue_depth(e) >= circle_engine_queue_capacity(e))
+    return respond_text(ex, 503, saturated);
   return respond_text(ex, 200, ready);
 }
 
@@ -979,7 +1014,8 @@ static enum MHD_Result handle_get(struct exchange *ex) {
     return respond_text(ex, 200, "{\"status\": \"ok\"}");
   case ROUTE_READYZ:
     return respond_ready(ex, "{\"status\": \"ready\"}",
-                         "{\"status\": \"draining\"}");
+                         "{\"status\": \"draining\"}",
+                         "{\"status\": \"saturated\"}");
   case ROUTE_CONFIG:
     circle_buf_init(&b);
     circle_json_config_write(&b, &srv->opts.defaults, srv->opts.name);
@@ -1011,7 +1047,8 @@ static enum MHD_Result handle_get(struct exchange *ex) {
   case ROUTE_V2_LIVE:
     return respond_text(ex, 200, "{\"live\": true}");
   case ROUTE_V2_READY:
-    return respond_ready(ex, "{\"ready\": true}", "{\"ready\": false}");
+    return respond_ready(ex, "{\"ready\": true}", "{\"ready\": false}",
+                         "{\"ready\": false}");
   case ROUTE_V2_MODEL:
     circle_buf_init(&b);
     circle_oip_model_metadata(&b);
@@ -1022,6 +1059,7 @@ static enum MHD_Result handle_get(struct exchange *ex) {
     return respond(ex, 200, &b, "application/json");
   case ROUTE_V2_MODEL_READY:
     return respond_ready(ex, "{\"name\": \"circle\", \"ready\": true}",
+                         "{\"name\": \"circle\", \"ready\": false}",
                          "{\"name\": \"circle\", \"ready\": false}");
   default:
     circle_error_set(&err, 500, "internal", "route has no GET handler");
@@ -1078,19 +1116,80 @@ static void *alloc_array(size_t count, size_t elt) {
   return malloc(bytes ? bytes : 1);
 }
 
-/* Fills ex->err and returns false, for the job's error paths. */
-static bool fail(struct exchange *ex, int status, const char *what) {
+/* What a job stage did. */
+typedef enum {
+  JOB_OK,     /* ex->resp holds the answer */
+  JOB_FAILED, /* ex->err holds it */
+  JOB_GONE,   /* the client went away: no answer, the connection closes */
+  JOB_MOVED   /* decoded as a short job and too big for one: moved */
+} job_result;
+
+/* Fills ex->err and returns JOB_FAILED, for the job's error paths. */
+static job_result fail(struct exchange *ex, int status, const char *what) {
   error_from_status(status, what, &ex->err);
-  return false;
+  return JOB_FAILED;
 }
 
-/* Inflates, decodes, admits, computes and encodes; on any failure fills
- * ex->err and returns false. Runs on an engine worker. */
-static bool job_process(struct exchange *ex) {
+/* The engine's view of a request. */
+static circle_input input_of(const circle_request *req) {
+  circle_input in = {
+      .n = req->n,
+      .m = req->has_ref ? req->m : 0,
+      .d = req->d,
+      .labels = req->labels,
+      .embeddings = req->x,
+      .sample_weight = req->sw,
+      .ref_labels = req->has_ref ? req->ref_labels : NULL,
+      .ref_embeddings = req->has_ref ? req->r : NULL,
+  };
+  return in;
+}
+
+/* True when the request's computation is small enough for the short lane:
+ * at most SHORT_PAIRS pairs and SHORT_WORK pair-dimensions (a few
+ * milliseconds on one core). */
+static bool work_is_short(const circle_request *req) {
+  size_t m = req->has_ref ? req->m : req->n, pairs, work;
+  if (__builtin_mul_overflow(req->n, m, &pairs) ||
+      __builtin_mul_overflow(pairs, req->d, &work))
+    return false;
+  return pairs <= SHORT_PAIRS && work <= SHORT_WORK;
+}
+
+/* True once the client of ex has closed its end or reset the connection
+ * (a peek reads end-of-stream or an error; data already sent, say a
+ * pipelined request, is left where it is). Sticky. Thread-safe: the
+ * engine asks it from any of its threads while the connection is
+ * suspended, when libmicrohttpd does not touch the socket. */
+static bool client_gone(struct exchange *ex) {
+  if (atomic_load(&ex->gone)) return true;
+  if (ex->fd == MHD_INVALID_SOCKET) return false;
+  char c;
+  ssize_t r = recv(ex->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  bool gone = r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
+                         errno != EINTR);
+  if (gone) atomic_store(&ex->gone, true);
+  return gone;
+}
+
+/* The engine's cancellation hook for a request's job (circle_job_opts). */
+static bool job_cancelled(void *arg) { return client_gone(arg); }
+
+/* True once the drain's deadline has passed: queued work is refused. */
+static bool srv_stopping(circle_http *srv) {
+  pthread_mutex_lock(&srv->mu);
+  bool stopping = srv->stopping;
+  pthread_mutex_unlock(&srv->mu);
+  return stopping;
+}
+
+/* Stage one: inflates, decodes and checks into ex->req. Runs on an engine
+ * thread. JOB_MOVED when it ran as a short job and the work is not short:
+ * the caller moves it to the ordinary queue for stage two. */
+static job_result job_decode(struct exchange *ex, struct timespec *mark) {
   circle_http *srv = ex->srv;
   const circle_http_opts *o = &srv->opts;
-  struct timespec mark = ex->t_body;
-  phase_end(ex, PH_QUEUE, &mark);
+  circle_request *req = &ex->req;
 
   /* 1. Content-Encoding. */
   if (ex->content_encoding[0]) {
@@ -1099,7 +1198,7 @@ static bool job_process(struct exchange *ex) {
     if (circle_inflate(ex->content_encoding, ex->body, ex->len,
                        o->limits.max_inflated, &plain, &plain_len,
                        &ex->err) != 0)
-      return false;
+      return JOB_FAILED;
     size_t compressed = atomic_load(&ex->reserved);
     if (!reserve(ex, plain_len)) {
       free(plain);
@@ -1114,12 +1213,10 @@ static bool job_process(struct exchange *ex) {
   }
 
   /* 2. Decode into a request of its own, seeded from the server defaults. */
-  circle_request req;
-  circle_request_init(&req);
   int rc;
   if (ex->route == ROUTE_V1_LOSS) {
     rc = circle_json_decode(ex->body ? ex->body : "", ex->len, &o->defaults,
-                            o->name, &o->limits, &req, &ex->err);
+                            o->name, &o->limits, req, &ex->err);
   } else {
     size_t header_len = ex->has_ihcl ? ex->ihcl : ex->len;
     if (header_len > ex->len) {
@@ -1127,10 +1224,10 @@ static bool job_process(struct exchange *ex) {
                        "Inference-Header-Content-Length is %zu but the body "
                        "has only %zu bytes",
                        header_len, ex->len);
-      return false;
+      return JOB_FAILED;
     }
     rc = circle_oip_decode(ex->body ? ex->body : "", ex->len, header_len,
-                           &o->defaults, &o->limits, &req, &ex->err);
+                           &o->defaults, &o->limits, req, &ex->err);
   }
   /* The body is gone: so is everything this request held so far. */
   free(ex->body);
@@ -1138,40 +1235,38 @@ static bool job_process(struct exchange *ex) {
   ex->len = ex->cap = 0;
   release(ex, atomic_load(&ex->reserved));
   if (rc != 0) {
-    circle_request_free(&req);
     if (ex->err.http_status < 400) error_from_status(rc, NULL, &ex->err);
-    return false;
+    return JOB_FAILED;
   }
 
-  circle_input in = {
-      .n = req.n,
-      .m = req.has_ref ? req.m : 0,
-      .d = req.d,
-      .labels = req.labels,
-      .embeddings = req.x,
-      .sample_weight = req.sw,
-      .ref_labels = req.has_ref ? req.ref_labels : NULL,
-      .ref_embeddings = req.has_ref ? req.r : NULL,
-  };
-  if (!req.has_ref) req.want &= ~(unsigned)CIRCLE_OUT_REF_GRAD;
-  bool ok = false;
-  circle_output out;
-  memset(&out, 0, sizeof out);
-  out.want = req.want;
+  if (!req->has_ref) req->want &= ~(unsigned)CIRCLE_OUT_REF_GRAD;
 
   /* 3. Check the input the way the engine will, for a precise message. */
+  circle_input in = input_of(req);
   char where[256] = "";
-  rc = circle_input_check(&req.cfg, &in, where, sizeof where);
-  if (rc != 0) {
-    fail(ex, rc, where);
-    goto done;
-  }
-  phase_end(ex, PH_DECODE, &mark);
+  rc = circle_input_check(&req->cfg, &in, where, sizeof where);
+  if (rc != 0) return fail(ex, rc, where);
+  phase_end(ex, PH_DECODE, mark);
+  return ex->short_job && !work_is_short(req) ? JOB_MOVED : JOB_OK;
+}
+
+/* Stage two: admits, computes and encodes ex->req into ex->resp. */
+static job_result job_compute(struct exchange *ex, struct timespec *mark) {
+  circle_http *srv = ex->srv;
+  const circle_http_opts *o = &srv->opts;
+  circle_request *req = &ex->req;
+  circle_input in = input_of(req);
+  bool ok = false, gone = false;
+  int rc;
+  circle_output out;
+  memset(&out, 0, sizeof out);
+  out.want = req->want;
 
   /* 4. Admission: bytes in flight. */
   bool binary_out = ex->route == ROUTE_V2_INFER &&
-                    (req.want & ~req.binary_outputs & ~(unsigned)CIRCLE_OUT_STATS) == 0;
-  size_t need = estimate_bytes(srv, &req, &in, binary_out);
+                    (req->want & ~req->binary_outputs &
+                     ~(unsigned)CIRCLE_OUT_STATS) == 0;
+  size_t need = estimate_bytes(srv, req, &in, binary_out);
   if (need > o->max_inflight) {
     char msg[256];
     snprintf(msg, sizeof msg,
@@ -1179,7 +1274,7 @@ static bool job_process(struct exchange *ex) {
              "d=%zu); this server commits at most %zu MiB to requests "
              "(--max-inflight-mb): send a smaller batch",
              need == SIZE_MAX ? SIZE_MAX / 1048576 : need / 1048576 + 1,
-             req.n, in.m, req.d, o->max_inflight / 1048576);
+             req->n, in.m, req->d, o->max_inflight / 1048576);
     fail(ex, CIRCLE_ELIMIT, msg);
     goto done;
   }
@@ -1190,17 +1285,17 @@ static bool job_process(struct exchange *ex) {
   }
 
   /* 5. Outputs, in the request's dtype. */
-  size_t elt = circle_dtype_size(req.cfg.dtype);
+  size_t elt = circle_dtype_size(req->cfg.dtype);
   bool alloc_ok = true;
-  if ((req.want & CIRCLE_OUT_LOSS) &&
-      circle_reduction_is_elementwise(req.cfg.reduction))
-    alloc_ok &= (out.loss_values = alloc_array(req.n, elt)) != NULL;
-  if (req.want & CIRCLE_OUT_PER_SAMPLE)
-    alloc_ok &= (out.per_sample = alloc_array(req.n, elt)) != NULL;
-  if (req.want & CIRCLE_OUT_GRAD)
-    alloc_ok &= (out.grad = alloc_array(req.n * req.d, elt)) != NULL;
-  if (req.want & CIRCLE_OUT_REF_GRAD)
-    alloc_ok &= (out.ref_grad = alloc_array(in.m * req.d, elt)) != NULL;
+  if ((req->want & CIRCLE_OUT_LOSS) &&
+      circle_reduction_is_elementwise(req->cfg.reduction))
+    alloc_ok &= (out.loss_values = alloc_array(req->n, elt)) != NULL;
+  if (req->want & CIRCLE_OUT_PER_SAMPLE)
+    alloc_ok &= (out.per_sample = alloc_array(req->n, elt)) != NULL;
+  if (req->want & CIRCLE_OUT_GRAD)
+    alloc_ok &= (out.grad = alloc_array(req->n * req->d, elt)) != NULL;
+  if (req->want & CIRCLE_OUT_REF_GRAD)
+    alloc_ok &= (out.ref_grad = alloc_array(in.m * req->d, elt)) != NULL;
   if (!alloc_ok) {
     fail(ex, CIRCLE_ENOMEM,
          "the server is out of memory for this request; retry later or "
@@ -1209,21 +1304,25 @@ static bool job_process(struct exchange *ex) {
   }
 
   /* 6. Compute (the engine parallelises inside this call). */
-  rc = circle_loss_compute(srv->engine, &req.cfg, &in, &out);
+  rc = circle_loss_compute(srv->engine, &req->cfg, &in, &out);
+  if (rc == CIRCLE_ECANCELED) {
+    gone = true; /* the client went away mid-computation */
+    goto done;
+  }
   if (rc != 0) {
     fail(ex, rc, NULL);
     goto done;
   }
-  circle_metrics_observe_compute(srv->metrics, req.tag, &req.cfg, &in, &out);
-  phase_end(ex, PH_COMPUTE, &mark);
+  circle_metrics_observe_compute(srv->metrics, req->tag, &req->cfg, &in, &out);
+  phase_end(ex, PH_COMPUTE, mark);
 
   /* 7. Encode straight into the response buffer. */
   if (ex->route == ROUTE_V1_LOSS) {
-    rc = circle_json_encode(&req, &out, &ex->resp);
+    rc = circle_json_encode(req, &out, &ex->resp);
     ex->binary = false;
   } else {
     size_t header_len = 0;
-    rc = circle_oip_encode(&req, &out, &ex->resp, &header_len);
+    rc = circle_oip_encode(req, &out, &ex->resp, &header_len);
     ex->header_len = header_len;
     ex->binary = header_len < ex->resp.len;
   }
@@ -1236,7 +1335,7 @@ static bool job_process(struct exchange *ex) {
   if (ex->accept != ENC_NONE && ex->resp.len >= COMPRESS_MIN_BYTES &&
       compress_buf(&ex->resp, ex->accept))
     ex->resp_encoding = ex->accept;
-  phase_end(ex, PH_ENCODE, &mark);
+  phase_end(ex, PH_ENCODE, mark);
   ok = true;
 
 done:
@@ -1244,21 +1343,62 @@ done:
   free(out.per_sample);
   free(out.grad);
   free(out.ref_grad);
-  circle_request_free(&req);
+  circle_request_free(req);
   /* From here on only the response is held. */
   size_t held = atomic_load(&ex->reserved);
   if (ok && held > ex->resp.len) release(ex, held - ex->resp.len);
   if (!ok) release(ex, held);
-  return ok;
+  return ok ? JOB_OK : gone ? JOB_GONE : JOB_FAILED;
+}
+
+/* Runs the stages still to run: drops the request if its client has gone
+ * or the drain's deadline has passed, and moves it to the ordinary queue
+ * when stage one finds it too big for the short lane. */
+static job_result job_process(struct exchange *ex) {
+  circle_http *srv = ex->srv;
+  struct timespec mark;
+  clock_gettime(CLOCK_MONOTONIC, &mark);
+  /* Waiting in a queue, once or twice, is the queue phase. */
+  double waited = ms_between(ex->decoded ? &ex->t_moved : &ex->t_body, &mark);
+  ex->phase_ms[PH_QUEUE] = (ex->decoded ? ex->phase_ms[PH_QUEUE] : 0) + waited;
+  if (client_gone(ex)) return JOB_GONE;
+  if (srv_stopping(srv)) {
+    fail(ex, CIRCLE_ESHUTDOWN, NULL);
+    return JOB_FAILED;
+  }
+  if (!ex->decoded) {
+    job_result r = job_decode(ex, &mark);
+    ex->decoded = true;
+    if (r != JOB_OK) {
+      if (r == JOB_MOVED) ex->t_moved = mark;
+      else release(ex, atomic_load(&ex->reserved));
+      return r;
+    }
+  }
+  return job_compute(ex, &mark);
 }
 
 /* Engine job: fn owns arg only in the sense that it must hand it back to
  * the network thread by resuming the connection; the completed callback
- * frees it. */
+ * frees it. A request moved off the short lane is submitted again as an
+ * ordinary job and stays suspended. */
 static void job_run(void *arg) {
   struct exchange *ex = arg;
   circle_http *srv = ex->srv;
-  ex->ok = job_process(ex);
+  job_result r = job_process(ex);
+  if (r == JOB_MOVED) {
+    ex->short_job = false;
+    circle_job_opts jo = {.cancelled = job_cancelled};
+    int rc = circle_engine_submit_job(srv->engine, job_run, ex, &jo);
+    if (rc == CIRCLE_OK) return;
+    fail(ex, rc,
+         rc == CIRCLE_EBUSY ? "the compute queue is full; retry after a second"
+                            : NULL);
+    release(ex, atomic_load(&ex->reserved));
+    r = JOB_FAILED;
+  }
+  ex->ok = r == JOB_OK;
+  ex->dropped = r == JOB_GONE;
   pthread_mutex_lock(&srv->mu);
   ex->done = true;
   MHD_resume_connection(ex->conn);
@@ -1485,7 +1625,15 @@ static enum MHD_Result final_call(struct exchange *ex) {
     ex->submitted = true;
     clock_gettime(CLOCK_MONOTONIC, &ex->t_body);
     ex->phase_ms[PH_RECV] = ms_between(&ex->t0, &ex->t_body);
-    rc = circle_engine_submit(srv->engine, job_run, ex);
+    /* Short: a small identity-encoded body (a compressed one may inflate
+     * to anything); stage one moves it on if its work is not short. */
+    ex->short_job = ex->len <= SHORT_BODY_BYTES && !ex->content_encoding[0];
+    circle_job_opts jo = {.short_job = ex->short_job,
+                          .cancelled = job_cancelled};
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(
+        ex->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci) ex->fd = ci->connect_fd;
+    rc = circle_engine_submit_job(srv->engine, job_run, ex, &jo);
   }
   if (rc == CIRCLE_OK) {
     srv->jobs++;
@@ -1608,6 +1756,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     copy_printable(ex->method, sizeof ex->method, method);
     copy_printable(ex->url, sizeof ex->url, url);
     atomic_init(&ex->reserved, 0);
+    atomic_init(&ex->gone, false);
+    ex->fd = MHD_INVALID_SOCKET;
+    circle_request_init(&ex->req);
     circle_buf_init(&ex->resp);
     *req_cls = ex;
     atomic_fetch_add(&srv->active, 1);
@@ -1633,6 +1784,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     if (!done) MHD_suspend_connection(conn); /* not expected: wait again */
     pthread_mutex_unlock(&srv->mu);
     if (!done) return MHD_YES;
+    if (ex->dropped) return MHD_NO; /* nobody to answer: close */
     if (!ex->ok) return respond_error(ex, &ex->err);
     return respond(ex, 200, &ex->resp,
                    ex->binary ? "application/octet-stream"
@@ -1678,6 +1830,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn,
   metrics_observe(ex, ms, toe);
   release(ex, atomic_load(&ex->reserved));
   free(ex->body);
+  circle_request_free(&ex->req);
   circle_buf_free(&ex->resp);
   free(ex);
   atomic_fetch_sub(&srv->active, 1);
@@ -1886,8 +2039,9 @@ void circle_http_drain(circle_http *srv, double timeout_s) {
     deadline.tv_sec++;
     deadline.tv_nsec -= 1000000000L;
   }
-  /* Requests still uploading get until the deadline; after it, no new job
-   * is taken, and the ones taken are always waited for: a suspended
+  /* Requests still uploading or queued get until the deadline; after it,
+   * no new job is taken, queued ones answer 503 when their turn comes
+   * (job_process), and the ones computing are waited for: a suspended
    * connection must be resumed before the daemon stops. */
   wait_until_idle(srv, &deadline, false);
   pthread_mutex_lock(&srv->mu);

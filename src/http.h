@@ -62,8 +62,10 @@ uint16_t circle_http_port(const circle_http *srv);
 /* Begins a graceful stop: /readyz and /v2/health/ready answer 503, the
  * listening socket is closed, responses ask clients to close their
  * connections, and the call waits up to timeout_s for requests in progress
- * to finish. Requests already handed to the engine are always waited for,
- * whatever the timeout. Safe to call once, from one thread. */
+ * to finish. After it, a request still waiting for a compute thread is
+ * answered 503 shutting_down when its turn comes instead of computed; one
+ * already computing is always waited for. Safe to call once, from one
+ * thread. */
 void circle_http_drain(circle_http *srv, double timeout_s);
 
 /* Drains (if circle_http_drain was not called, with a zero timeout for

@@ -80,7 +80,8 @@ static const flag_spec FLAGS[] = {
      "this long after it opened or got its previous answer: slow clients "
      "and slowloris; 0 means no limit", 0, 86400},
     {"drain-timeout", "CIRCLED_DRAIN_TIMEOUT", K_SECONDS, "SECONDS",
-     "on SIGTERM, how long to wait for requests still uploading; requests "
+     "on SIGTERM, how long requests still uploading or waiting for a "
+     "compute thread may take; after it, waiting ones get 503; requests "
      "already computing are always finished", 0, 86400},
     {"max-connections", "CIRCLED_MAX_CONNECTIONS", K_UINT, "N",
      "simultaneous connections; more are refused", 1, 1000000},
@@ -627,7 +628,7 @@ int main(int argc, char **argv) {
   int sig = sigbyte;
   fprintf(stderr,
           "circled: %s received: draining (new connections refused, "
-          "requests in flight finish; uploads get %gs)\n",
+          "computing requests finish; uploads and queued ones get %gs)\n",
           sig == SIGINT ? "SIGINT" : "SIGTERM", s.drain_timeout_s);
   circle_http_drain(srv, s.drain_timeout_s);
   circle_http_free(srv);

@@ -1707,6 +1707,16 @@ START_TEST(http_should_refuse_smuggling_primitives_and_close) {
 }
 END_TEST
 
+/* Asserts that the daemon's log holds needle (present) or does not. */
+static void assert_log(const td_daemon *d, const char *needle, bool present) {
+  char *log = td_log(d);
+  ck_assert_ptr_nonnull(log);
+  ck_assert_msg((strstr(log, needle) != NULL) == present,
+                "the log %s '%s':\n%s", present ? "lacks" : "has", needle,
+                log);
+  free(log);
+}
+
 START_TEST(http_should_count_a_cut_off_answer_as_none_with_the_bytes_sent) {
   td_daemon d;
   const char *args[] = {"--workers", "1", NULL};
@@ -1782,12 +1792,231 @@ START_TEST(http_should_count_a_cut_off_answer_as_none_with_the_bytes_sent) {
                 "%.0f of %.0f bytes counted as sent to a client that read "
                 "4 KB", bytes, full);
   stop_expect_0(&d);
-  char *log = td_log(&d);
-  ck_assert_ptr_nonnull(log);
-  ck_assert_msg(strstr(log, "POST /v1/loss 200 ") == NULL &&
-                    strstr(log, "cut off after") != NULL,
-                "the log does not say the answer was cut off:\n%s", log);
-  free(log);
+  assert_log(&d, "POST /v1/loss 200 ", false);
+  assert_log(&d, "(send failed: 200 cut off after ", true);
+}
+END_TEST
+
+/* Long computations sized from a measured probe, never from a guess: an
+ * OIP binary job of LONG_PROBE_D dimensions costs n^2 pairs. */
+#define LONG_PROBE_D 16
+#define LONG_PROBE_N 2048
+
+/* The compute phase of a response's Server-Timing, in ms; -1 without. */
+static double compute_ms(const td_resp *r) {
+  char st[256];
+  if (!td_header(r, "Server-Timing", st, sizeof st)) return -1;
+  const char *p = strstr(st, "compute;dur=");
+  return p ? strtod(p + 12, NULL) : -1;
+}
+
+/* The batch size n whose computation should take about target_s on d,
+ * from the fastest of three probes (so the job is at least that long);
+ * fails loudly when --max-n cannot reach it. */
+static size_t long_n_for(const td_daemon *d, double target_s) {
+  double best = -1;
+  for (int i = 0; i < 3; i++) {
+    long_job j;
+    long_prepare_d(&j, d, LONG_PROBE_N, LONG_PROBE_D);
+    const char *h[] = {j.ih, NULL};
+    td_resp r;
+    ck_assert_int_eq(td_request(d, NULL, "POST", "/v2/models/circle/infer",
+                                j.body, j.total, h, NULL, &r),
+                     0);
+    ck_assert_int_eq(r.status, 200);
+    double ms = compute_ms(&r);
+    td_resp_free(&r);
+    free(j.body);
+    if (ms > 0 && (best < 0 || ms < best)) best = ms;
+  }
+  ck_assert_msg(best > 0, "the probe reported no compute time");
+  double n = LONG_PROBE_N * sqrt(target_s * 1e3 / best);
+  ck_assert_msg(n <= 65536,
+                "a %.0f s computation needs n = %.0f here (the probe took "
+                "%.1f ms), past --max-n",
+                target_s, n, best);
+  return (size_t)n;
+}
+
+typedef struct {
+  long_job j;
+  pthread_t t;
+} long_run;
+
+/* Starts a long job of n rows in a thread of its own. */
+static void long_start(long_run *run, const td_daemon *d, size_t n) {
+  long_prepare_d(&run->j, d, n, LONG_PROBE_D);
+  pthread_create(&run->t, NULL, long_worker, &run->j);
+}
+
+/* Waits until the one job sent so far is in (in flight beside the /metrics
+ * request that asks) and, its body being well under a megabyte on
+ * loopback, half a second more for it to be handed to the engine. */
+static void wait_first_job(const td_daemon *d) {
+  ck_assert_double_ge(metric_wait(d, "circled_requests_in_flight", 2, 20), 2);
+  usleep(500000);
+}
+
+static bool long_finished(long_run *run) {
+  return __atomic_load_n(&run->j.finished, __ATOMIC_SEQ_CST);
+}
+
+START_TEST(http_should_answer_a_small_request_while_long_ones_compute) {
+  /* One compute thread: a long job computing, another queued behind it.
+   * A small request must not wait for either. */
+  td_daemon d;
+  const char *args[] = {"--workers", "1", NULL};
+  start_or_fail(&d, args, NULL);
+  size_t n = long_n_for(&d, 3);
+  long_run a, b;
+  long_start(&a, &d, n);
+  wait_first_job(&d);
+  long_start(&b, &d, n);
+  double queued = metric_wait(&d, "circled_engine_queue_depth", 1, 20);
+  char *body = v1_body(8, 4, 1, NULL);
+  td_resp r;
+  req(&d, "POST", "/v1/loss", body, &r);
+  bool a_done = long_finished(&a), b_done = long_finished(&b);
+  long status = r.status;
+  td_resp_free(&r);
+  free(body);
+  pthread_join(a.t, NULL);
+  pthread_join(b.t, NULL);
+  ck_assert_msg(queued >= 1, "the second long job never queued");
+  ck_assert_int_eq(status, 200);
+  ck_assert_msg(!a_done && !b_done,
+                "the small request was answered only after %s",
+                b_done ? "both long jobs" : "the first long job");
+  ck_assert_msg(a.j.status == 200 && b.j.status == 200, "long jobs: %ld %ld",
+                a.j.status, b.j.status);
+  stop_expect_0(&d);
+}
+END_TEST
+
+/* Sends a long OIP job of n rows on a raw connection; returns the socket. */
+static int long_send_raw(const td_daemon *d, size_t n) {
+  size_t total, hl;
+  char *body = oip_binary_body(n, LONG_PROBE_D, 9, &total, &hl);
+  char head[256];
+  snprintf(head, sizeof head,
+           "POST /v2/models/circle/infer HTTP/1.1\r\nHost: x\r\n"
+           "Inference-Header-Content-Length: %zu\r\nContent-Length: %zu\r\n"
+           "\r\n",
+           hl, total);
+  int s = td_connect(d);
+  ck_assert_int_ge(s, 0);
+  ck_assert(send(s, head, strlen(head), MSG_NOSIGNAL) == (ssize_t)strlen(head));
+  for (size_t o = 0; o < total;) {
+    ssize_t w = send(s, body + o, total - o, MSG_NOSIGNAL);
+    ck_assert_int_gt(w, 0);
+    o += (size_t)w;
+  }
+  free(body);
+  return s;
+}
+
+START_TEST(http_should_drop_and_cancel_computations_whose_client_went_away) {
+  td_daemon d;
+  const char *args[] = {"--workers", "1", NULL};
+  start_or_fail(&d, args, NULL);
+  size_t n = long_n_for(&d, 3);
+  double before = metric(&d, "circled_computations_total");
+  /* A computes, B waits behind it; then both clients leave. */
+  int a = long_send_raw(&d, n);
+  wait_first_job(&d);
+  int b = long_send_raw(&d, n);
+  double queued = metric_wait(&d, "circled_engine_queue_depth", 1, 20);
+  close(b);
+  close(a);
+  ck_assert_msg(queued >= 1, "the second job never queued");
+  /* Both end (the /metrics request counts itself). */
+  double t0 = td_now(), left = 3;
+  while (left > 1 && td_now() - t0 < 60) {
+    usleep(50000);
+    left = metric(&d, "circled_requests_in_flight");
+  }
+  double took = td_now() - t0;
+  double after = metric(&d, "circled_computations_total");
+  double none = metric(&d, "circled_requests_total{endpoint="
+                           "\"/v2/models/circle/infer\",status=\"none\"}");
+  double ok = metric(&d, "circled_requests_total{endpoint="
+                         "\"/v2/models/circle/infer\",status=\"200\"}");
+  fprintf(stderr, "two abandoned %zu-row jobs ended %.2f s after their "
+                  "clients left\n", n, took);
+  ck_assert_msg(left == 1, "the abandoned jobs did not end");
+  ck_assert_msg(after == before,
+                "%.0f abandoned computation(s) ran to the end", after - before);
+  ck_assert_msg(none == 2 && ok == 3, "none: %.0f, 200: %.0f (the probes)",
+                none, ok);
+  stop_expect_0(&d);
+  assert_log(&d, "POST /v2/models/circle/infer - 0 ", true);
+}
+END_TEST
+
+START_TEST(http_should_refuse_queued_work_once_the_drain_timeout_passes) {
+  /* One compute thread, a 1 s drain and three 3 s jobs: the one computing
+   * finishes, the two queued get 503 at the deadline instead of 6 s more. */
+  td_daemon d;
+  const char *args[] = {"--workers", "1", "--drain-timeout", "1", NULL};
+  start_or_fail(&d, args, NULL);
+  size_t n = long_n_for(&d, 3);
+  long_run runs[3];
+  long_start(&runs[0], &d, n);
+  wait_first_job(&d);
+  for (int i = 1; i < 3; i++) long_start(&runs[i], &d, n);
+  double queued = metric_wait(&d, "circled_engine_queue_depth", 2, 20);
+  ck_assert_msg(queued >= 2, "the jobs never queued");
+  ck_assert_msg(!long_finished(&runs[0]), "the first job ended too soon");
+  kill(d.pid, SIGTERM);
+  for (int i = 0; i < 3; i++) pthread_join(runs[i].t, NULL);
+  ck_assert_msg(runs[0].j.status == 200, "the computing job got %ld",
+                runs[0].j.status);
+  for (int i = 1; i < 3; i++) {
+    ck_assert_msg(runs[i].j.status == 503, "queued job %d got %ld: %s", i,
+                  runs[i].j.status, runs[i].j.body_head);
+    ck_assert_ptr_nonnull(strstr(runs[i].j.body_head, "shutting down"));
+  }
+  ck_assert_int_eq(td_stop(&d, SIGTERM, 60), 0);
+}
+END_TEST
+
+START_TEST(http_should_turn_readyz_503_while_the_queue_is_full) {
+  td_daemon d;
+  const char *args[] = {"--workers", "1", "--max-queue", "1", NULL};
+  start_or_fail(&d, args, NULL);
+  size_t n = long_n_for(&d, 2);
+  td_resp r;
+  req(&d, "GET", "/readyz", NULL, &r);
+  ck_assert_int_eq(r.status, 200);
+  td_resp_free(&r);
+  long_run a, b;
+  long_start(&a, &d, n);
+  wait_first_job(&d);
+  long_start(&b, &d, n);
+  double queued = metric_wait(&d, "circled_engine_queue_depth", 1, 20);
+  const char *paths[] = {"/readyz", "/v2/health/ready",
+                         "/v2/models/circle/ready", "/healthz"};
+  long got[4];
+  char first[64] = "";
+  for (int i = 0; i < 4; i++) {
+    req(&d, "GET", paths[i], NULL, &r);
+    got[i] = r.status;
+    if (i == 0) snprintf(first, sizeof first, "%s", r.body ? r.body : "");
+    td_resp_free(&r);
+  }
+  bool b_done = long_finished(&b);
+  pthread_join(a.t, NULL);
+  pthread_join(b.t, NULL);
+  ck_assert_msg(queued >= 1 && !b_done, "the queue was never full");
+  ck_assert_msg(got[0] == 503 && got[1] == 503 && got[2] == 503,
+                "readiness while saturated: %ld %ld %ld", got[0], got[1],
+                got[2]);
+  ck_assert_str_eq(first, "{\"status\": \"saturated\"}");
+  ck_assert_int_eq(got[3], 200); /* liveness is not readiness */
+  req(&d, "GET", "/readyz", NULL, &r);
+  ck_assert_int_eq(r.status, 200);
+  td_resp_free(&r);
+  stop_expect_0(&d);
 }
 END_TEST
 
@@ -2110,6 +2339,10 @@ static Suite *http_suite(void) {
   tcase_add_test(hostile, http_should_reserve_body_bytes_as_they_arrive_not_as_announced);
   tcase_add_test(hostile, http_should_refuse_smuggling_primitives_and_close);
   tcase_add_test(hostile, http_should_count_a_cut_off_answer_as_none_with_the_bytes_sent);
+  tcase_add_test(hostile, http_should_answer_a_small_request_while_long_ones_compute);
+  tcase_add_test(hostile, http_should_drop_and_cancel_computations_whose_client_went_away);
+  tcase_add_test(hostile, http_should_refuse_queued_work_once_the_drain_timeout_passes);
+  tcase_add_test(hostile, http_should_turn_readyz_503_while_the_queue_is_full);
   return s;
 }
 
