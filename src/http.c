@@ -161,6 +161,7 @@ struct watch {
   struct watch *prev, *next; /* under srv->watch_mu */
   MHD_socket fd;
   atomic_llong since_ms; /* monotonic ms when a request became owed; 0: none */
+  atomic_bool head_in;   /* the owed request's head has arrived */
   bool cut;              /* shut down by the reaper (under watch_mu) */
   bool nul_in_path;      /* the current request's raw path holds %00 (set by
                             on_uri, read by first_call: the same network
@@ -264,6 +265,14 @@ struct exchange {
 /* ======================================================================== */
 /* Small helpers                                                            */
 /* ======================================================================== */
+
+/* The connection's watch (its socket context); NULL when it has none. */
+static struct watch *watch_of(struct MHD_Connection *conn) {
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  return ci ? ci->socket_context : NULL;
+}
+
 
 static double ms_between(const struct timespec *t0, const struct timespec *t1) {
   return (double)(t1->tv_sec - t0->tv_sec) * 1e3 +
@@ -920,9 +929,7 @@ static bool framing_ok(struct exchange *ex, const char *version,
   memset(&sc, 0, sizeof sc);
   MHD_get_connection_values_n(c, MHD_HEADER_KIND, scan_header, &sc);
   check_prev_end(&sc, NULL);
-  const union MHD_ConnectionInfo *ci =
-      MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-  const struct watch *w = ci ? ci->socket_context : NULL;
+  const struct watch *w = watch_of(c);
   if (sc.folded) {
     circle_error_set(err, 400, "bad_request",
                      "a header line is folded onto the next one (obs-fold, "
@@ -976,9 +983,7 @@ static bool framing_ok(struct exchange *ex, const char *version,
  * context: the access handler makes its own. */
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
   (void)cls;
-  const union MHD_ConnectionInfo *ci =
-      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-  struct watch *w = ci ? ci->socket_context : NULL;
+  struct watch *w = watch_of(conn);
   if (!w) return NULL;
   size_t n = strcspn(uri, "?");
   bool nul = false;
@@ -1663,10 +1668,16 @@ static long long now_ms(void) {
 
 /* Starts (owed) or stops the clock of the connection's next request. */
 static void request_owed(struct MHD_Connection *conn, bool owed) {
-  const union MHD_ConnectionInfo *ci =
-      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-  struct watch *w = ci ? ci->socket_context : NULL;
-  if (w) atomic_store(&w->since_ms, owed ? now_ms() : 0);
+  struct watch *w = watch_of(conn);
+  if (!w) return;
+  if (owed) atomic_store(&w->head_in, false);
+  atomic_store(&w->since_ms, owed ? now_ms() : 0);
+}
+
+/* The owed request's head is in: --header-timeout no longer applies. */
+static void request_head_in(struct MHD_Connection *conn) {
+  struct watch *w = watch_of(conn);
+  if (w) atomic_store(&w->head_in, true);
 }
 
 /* MHD_OPTION_NOTIFY_CONNECTION: links a watch into srv->watches when a
@@ -1684,6 +1695,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn,
     if (!w) return; /* no deadline for this one; --timeout still applies */
     w->fd = ci->connect_fd;
     atomic_init(&w->since_ms, now_ms());
+    atomic_init(&w->head_in, false);
     pthread_mutex_lock(&srv->watch_mu);
     w->next = srv->watches;
     if (srv->watches) srv->watches->prev = w;
@@ -1702,11 +1714,16 @@ static void on_connection(void *cls, struct MHD_Connection *conn,
 }
 
 /* The reaper: four sweeps per deadline (at most one a second), each
- * shutting down the connections whose request is overdue. */
+ * shutting down the connections whose request, or its head, is overdue. */
 static void *reaper_main(void *arg) {
   circle_http *srv = arg;
   long long limit = (long long)srv->opts.request_timeout_s * 1000;
-  long long period = limit / 4 < 1000 ? limit / 4 : 1000;
+  long long head_limit = (long long)srv->opts.header_timeout_s * 1000;
+  long long shortest = !limit                ? head_limit
+                       : !head_limit           ? limit
+                       : limit < head_limit    ? limit
+                                               : head_limit;
+  long long period = shortest / 4 < 1000 ? shortest / 4 : 1000;
   if (period < 50) period = 50;
   pthread_mutex_lock(&srv->watch_mu);
   while (!srv->reaper_stop) {
@@ -1721,14 +1738,23 @@ static void *reaper_main(void *arg) {
     pthread_cond_timedwait(&srv->watch_cv, &srv->watch_mu, &until);
     if (srv->reaper_stop) break;
     long long now = now_ms();
-    size_t cut = 0;
+    size_t cut = 0, cut_head = 0;
     for (struct watch *w = srv->watches; w; w = w->next) {
       long long since = atomic_load(&w->since_ms);
-      if (w->cut || since == 0 || now - since <= limit) continue;
+      if (w->cut || since == 0) continue;
+      bool head = head_limit && !atomic_load(&w->head_in) &&
+                  now - since > head_limit;
+      if (!head && (!limit || now - since <= limit)) continue;
       shutdown(w->fd, SHUT_RDWR);
       w->cut = true;
-      cut++;
+      if (head) cut_head++;
+      else cut++;
     }
+    if (cut_head && !srv->opts.quiet)
+      fprintf(stderr,
+              "circled: closed %zu connection%s that had not sent a request "
+              "head within %us (--header-timeout)\n",
+              cut_head, cut_head == 1 ? "" : "s", srv->opts.header_timeout_s);
     if (cut && !srv->opts.quiet)
       fprintf(stderr,
               "circled: closed %zu connection%s that had not sent a whole "
@@ -1762,6 +1788,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     circle_buf_init(&ex->resp);
     *req_cls = ex;
     atomic_fetch_add(&srv->active, 1);
+    request_head_in(conn);
     return first_call(ex, url, version);
   }
 
@@ -1856,7 +1883,9 @@ void circle_http_opts_init(circle_http_opts *opts) {
   opts->net_threads = 2;
   opts->timeout_s = 30;
   opts->request_timeout_s = 120;
+  opts->header_timeout_s = 10;
   opts->max_connections = 1024;
+  opts->max_connections_per_ip = 256;
   opts->max_body = (size_t)64 << 20;
   opts->max_inflight = (size_t)2048 << 20;
   circle_limits_init(&opts->limits);
@@ -1957,6 +1986,9 @@ int circle_http_init(circle_http **out, const circle_http_opts *opts,
       MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)opts->net_threads,
       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)opts->timeout_s,
       MHD_OPTION_CONNECTION_LIMIT, (unsigned int)opts->max_connections,
+      /* 0 is libmicrohttpd's "no limit" too. */
+      MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+      (unsigned int)opts->max_connections_per_ip,
       /* libmicrohttpd reads a body in chunks of about half this pool (and
        * it bounds the request head: 431). Its default, 32 KiB, made an
        * 8 MiB OIP body 512 reads and callbacks: 128 KiB cut the end-to-end
@@ -1982,8 +2014,8 @@ int circle_http_init(circle_http **out, const circle_http_opts *opts,
     free(srv);
     return CIRCLE_EINVAL;
   }
-  /* Without the reaper (0, or no thread) --timeout alone guards. */
-  if (opts->request_timeout_s > 0)
+  /* Without the reaper (both 0, or no thread) --timeout alone guards. */
+  if (opts->request_timeout_s > 0 || opts->header_timeout_s > 0)
     srv->reaper_started =
         pthread_create(&srv->reaper, NULL, reaper_main, srv) == 0;
   const union MHD_DaemonInfo *info =

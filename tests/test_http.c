@@ -14,6 +14,7 @@
  *    (same engine, same daemon, same numbers).
  */
 #include <check.h>
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1721,32 +1722,26 @@ START_TEST(http_should_count_a_cut_off_answer_as_none_with_the_bytes_sent) {
   td_daemon d;
   const char *args[] = {"--workers", "1", NULL};
   start_or_fail(&d, args, NULL);
-  /* 65536 x 24 gradients against 4 reference rows: a JSON answer of tens
-   * of MB, far more than the socket buffers of a client that reads 4 KB
-   * of it and resets the connection. */
-  size_t n = 65536, dim = 24, m = 4;
-  sb s = {0};
-  sb_add(&s, "{\"labels\": [", 12);
-  for (size_t i = 0; i < n; i++) sb_printf(&s, i ? ",%zu" : "%zu", i % 3);
-  sb_add(&s, "], \"embeddings\": [", 18);
-  for (size_t i = 0; i < n; i++) {
-    sb_add(&s, i ? ",[" : "[", i ? 2 : 1);
-    for (size_t j = 0; j < dim; j++)
-      sb_printf(&s, j ? ",0.%zu" : "0.%zu", (i * 7 + j * 3) % 9 + 1);
-    sb_add(&s, "]", 1);
-  }
-  sb_printf(&s, "], \"ref_labels\": [0,1,2,0], \"ref_embeddings\": [");
-  for (size_t i = 0; i < m; i++) {
-    sb_add(&s, i ? ",[" : "[", i ? 2 : 1);
-    for (size_t j = 0; j < dim; j++) sb_add(&s, j ? ",0.5" : "0.5", j ? 4 : 3);
-    sb_add(&s, "]", 1);
-  }
-  sb_printf(&s, "], \"outputs\": [\"embeddings_grad\"]}");
+  /* 65536 x 32 gradients against 2 reference rows: a JSON answer of about
+   * 27 MB, several times what the socket buffers hold (tcp_wmem's maximum
+   * on the server's side, 4 KB on the client's, which reads 4 KB and then
+   * resets the connection). */
+  char extra[512];
+  int k = snprintf(extra, sizeof extra, "\"ref_labels\": [0, 1], "
+                   "\"ref_embeddings\": [[");
+  for (int r = 0; r < 2; r++)
+    for (int j = 0; j < 32; j++)
+      k += snprintf(extra + k, sizeof extra - (size_t)k, "%s%s",
+                    j ? ", " : r ? "], [" : "", r ? "-0.5" : "0.5");
+  snprintf(extra + k, sizeof extra - (size_t)k,
+           "]], \"outputs\": [\"embeddings_grad\"]");
+  char *text = v1_body(65536, 32, 3, extra);
+  size_t text_len = strlen(text);
   char head[256];
   snprintf(head, sizeof head,
            "POST /v1/loss HTTP/1.1\r\nHost: x\r\nContent-Type: "
            "application/json\r\nContent-Length: %zu\r\n\r\n",
-           s.len);
+           text_len);
 
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   int small = 4096;
@@ -1757,12 +1752,12 @@ START_TEST(http_should_count_a_cut_off_answer_as_none_with_the_bytes_sent) {
   ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
   ck_assert(send(fd, head, strlen(head), MSG_NOSIGNAL) ==
             (ssize_t)strlen(head));
-  for (size_t o = 0; o < s.len;) {
-    ssize_t w = send(fd, s.p + o, s.len - o, MSG_NOSIGNAL);
+  for (size_t o = 0; o < text_len;) {
+    ssize_t w = send(fd, text + o, text_len - o, MSG_NOSIGNAL);
     ck_assert_int_gt(w, 0);
     o += (size_t)w;
   }
-  free(s.p);
+  free(text);
   /* The answer's head, with its Content-Length. */
   char got[4096];
   size_t have = 0;
@@ -1776,6 +1771,15 @@ START_TEST(http_should_count_a_cut_off_answer_as_none_with_the_bytes_sent) {
   const char *cl = strcasestr(got, "\r\nContent-Length: ");
   ck_assert_ptr_nonnull(cl);
   double full = strtod(cl + 18, NULL);
+  long wmem = 0;
+  FILE *f = fopen("/proc/sys/net/ipv4/tcp_wmem", "r");
+  if (f) {
+    if (fscanf(f, "%*d %*d %ld", &wmem) != 1) wmem = 0;
+    fclose(f);
+  }
+  ck_assert_msg(full > 4.0 * (double)wmem,
+                "a %.0f-byte answer is too small beside %ld bytes of socket "
+                "buffer to test this", full, wmem);
   struct linger lg = {.l_onoff = 1, .l_linger = 0};
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
   close(fd); /* a reset: the rest cannot be sent */
@@ -1905,7 +1909,8 @@ static int long_send_raw(const td_daemon *d, size_t n) {
            hl, total);
   int s = td_connect(d);
   ck_assert_int_ge(s, 0);
-  ck_assert(send(s, head, strlen(head), MSG_NOSIGNAL) == (ssize_t)strlen(head));
+  ck_assert(send(s, head, strlen(head), MSG_NOSIGNAL) ==
+            (ssize_t)strlen(head));
   for (size_t o = 0; o < total;) {
     ssize_t w = send(s, body + o, total - o, MSG_NOSIGNAL);
     ck_assert_int_gt(w, 0);
@@ -2017,6 +2022,134 @@ START_TEST(http_should_turn_readyz_503_while_the_queue_is_full) {
   ck_assert_int_eq(r.status, 200);
   td_resp_free(&r);
   stop_expect_0(&d);
+}
+END_TEST
+
+/* A connection to d from the loopback address src ("127.0.0.2"), so that
+ * tests can play clients at other addresses; -1 on failure. */
+static int connect_from(const td_daemon *d, const char *src) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_in a = {.sin_family = AF_INET};
+  inet_pton(AF_INET, src, &a.sin_addr);
+  struct sockaddr_in to = {.sin_family = AF_INET,
+                           .sin_port = htons((uint16_t)d->port)};
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+      connect(fd, (struct sockaddr *)&to, sizeof to) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* True when the server closes fd within timeout_s (reads end of stream);
+ * with 0, whether it has closed it already. */
+static bool closed_within(int fd, double timeout_s) {
+  double t0 = td_now();
+  char c;
+  for (;;) {
+    ssize_t r = recv(fd, &c, 1, MSG_DONTWAIT);
+    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+      return true;
+    if (td_now() - t0 >= timeout_s) return false;
+    usleep(20000);
+  }
+}
+
+static int run_circled(const char *const *args, char **out);
+
+/* The default --help gives for flag. */
+static long help_default(const char *flag) {
+  const char *args[] = {"--help", NULL};
+  char *out = NULL;
+  ck_assert_int_eq(run_circled(args, &out), 0);
+  const char *p = out ? strstr(out, flag) : NULL;
+  ck_assert_msg(p != NULL, "--help lacks %s", flag);
+  const char *def = strstr(p, "default: ");
+  long v = def ? strtol(def + 9, NULL, 10) : -1;
+  free(out);
+  return v;
+}
+
+START_TEST(http_should_limit_connections_per_client_address_at_defaults) {
+  long limit = help_default("--max-connections-per-ip");
+  ck_assert_int_gt(limit, 0);
+  td_daemon d;
+  start_or_fail(&d, NULL, NULL);
+  /* One address opens one connection more than its limit, each with half
+   * a request head: exactly one is closed at once, and a client at
+   * another address is served. */
+  long n = limit + 1, closed = 0;
+  int *socks = calloc((size_t)n, sizeof *socks);
+  for (long i = 0; i < n; i++) {
+    socks[i] = connect_from(&d, "127.0.0.2");
+    ck_assert_int_ge(socks[i], 0);
+    send(socks[i], "GET /hea", 8, MSG_NOSIGNAL);
+  }
+  double t0 = td_now();
+  while (closed == 0 && td_now() - t0 < 10) {
+    for (long i = 0; i < n; i++) closed += closed_within(socks[i], 0);
+    if (closed == 0) usleep(50000);
+  }
+  td_resp r;
+  req(&d, "GET", "/healthz", NULL, &r); /* from 127.0.0.1 */
+  long status = r.status;
+  td_resp_free(&r);
+  usleep(200000);
+  closed = 0;
+  for (long i = 0; i < n; i++) closed += closed_within(socks[i], 0);
+  for (long i = 0; i < n; i++) close(socks[i]);
+  free(socks);
+  ck_assert_msg(closed == 1, "%ld of %ld connections from one address were "
+                "closed (limit %ld)", closed, n, limit);
+  ck_assert_int_eq(status, 200);
+  stop_expect_0(&d);
+}
+END_TEST
+
+START_TEST(http_should_close_a_head_that_trickles_past_the_header_timeout) {
+  /* A 1 s head deadline under a 60 s request deadline: a head trickled a
+   * byte every 0.2 s is cut off by the first; a body trickled for 2 s
+   * after a prompt head is not. */
+  td_daemon d;
+  const char *args[] = {"--header-timeout", "1", "--request-timeout", "60",
+                        NULL};
+  start_or_fail(&d, args, NULL);
+  int s = td_connect(&d);
+  ck_assert_int_ge(s, 0);
+  const char *head = "POST /v1/loss HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+  ck_assert(send(s, head, strlen(head), MSG_NOSIGNAL) ==
+            (ssize_t)strlen(head));
+  double t0 = td_now();
+  bool closed = false;
+  while (!closed && td_now() - t0 < 30)
+    closed = send(s, "a", 1, MSG_NOSIGNAL) != 1 || closed_within(s, 0.2);
+  close(s);
+  ck_assert_msg(closed, "a head trickled for 30 s was not cut off");
+
+  char *body = v1_body(4, 2, 1, NULL);
+  char h2[256];
+  snprintf(h2, sizeof h2,
+           "POST /v1/loss HTTP/1.1\r\nHost: x\r\nContent-Type: "
+           "application/json\r\nContent-Length: %zu\r\n\r\n",
+           strlen(body));
+  s = td_connect(&d);
+  ck_assert(send(s, h2, strlen(h2), MSG_NOSIGNAL) == (ssize_t)strlen(h2));
+  size_t len = strlen(body), piece = len / 10 + 1;
+  for (size_t o = 0; o < len; o += piece) {
+    usleep(200000);
+    size_t k = len - o < piece ? len - o : piece;
+    ck_assert(send(s, body + o, k, MSG_NOSIGNAL) == (ssize_t)k);
+  }
+  char out[64] = "";
+  ssize_t got = recv(s, out, sizeof out - 1, 0);
+  close(s);
+  free(body);
+  ck_assert_msg(got > 12 && !strncmp(out, "HTTP/1.1 200", 12),
+                "a body trickled after a prompt head got %.60s", out);
+  stop_expect_0(&d);
+  assert_log(&d, "within 1s (--header-timeout)", true);
 }
 END_TEST
 
@@ -2343,6 +2476,8 @@ static Suite *http_suite(void) {
   tcase_add_test(hostile, http_should_drop_and_cancel_computations_whose_client_went_away);
   tcase_add_test(hostile, http_should_refuse_queued_work_once_the_drain_timeout_passes);
   tcase_add_test(hostile, http_should_turn_readyz_503_while_the_queue_is_full);
+  tcase_add_test(hostile, http_should_limit_connections_per_client_address_at_defaults);
+  tcase_add_test(hostile, http_should_close_a_head_that_trickles_past_the_header_timeout);
   return s;
 }
 

@@ -27,8 +27,18 @@ TRICKLE_EVERY_S = 0.4
 BODY = json.dumps({"labels": [0, 1, 0, 1], "embeddings": [[1, 0], [0, 1], [0.6, 0.8], [-0.8, 0.6]]}).encode()
 
 
+_SOURCES = [f"127.0.0.{i}" for i in range(2, 12)]
+_next_source = 0
+
+
 def connect(port):
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    """A hostile connection, from one of ten loopback addresses in turn
+    (127.0.0.2-11: 50 of the 500 each, within --max-connections-per-ip);
+    the normal client stays on 127.0.0.1."""
+    global _next_source
+    src = _SOURCES[_next_source % len(_SOURCES)]
+    _next_source += 1
+    s = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(src, 0))
     s.setblocking(False)
     return s
 
