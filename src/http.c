@@ -62,6 +62,17 @@
  * never fit gets 413. Transient codec memory (a cJSON tree while decoding)
  * is not counted; it is bounded by the number of engine workers.
  *
+ * GET /metrics
+ * ------------
+ * Rendering the exposition takes long with many tags (24 MB and hundreds
+ * of ms at 1000), so it never runs on a network thread: the request is
+ * suspended and queued for the renderer thread, which takes every request
+ * waiting, renders once for all of them (each gets a copy) and resumes
+ * them. A request is only ever answered by a render that began after it
+ * arrived, so it sees every request completed before it; pollers that
+ * arrive together share one render. Health checks on the same network
+ * thread are answered meanwhile.
+ *
  * Slow clients
  * ------------
  * libmicrohttpd's --timeout counts inactivity only, so a client that
@@ -146,6 +157,14 @@ struct circle_http {
   pthread_cond_t cv;  /* signalled when jobs drops */
   size_t jobs;        /* submitted jobs that have not resumed yet */
   bool stopping;      /* no more submissions */
+
+  /* GET /metrics (see the essay): requests waiting for the renderer, a
+   * list through ex->next_render, under mu. */
+  pthread_cond_t render_cv; /* wakes the renderer */
+  struct exchange *render_head;
+  bool render_stop;
+  bool renderer_started;
+  pthread_t renderer;
 
   /* Slow clients (see the essay). */
   pthread_mutex_t watch_mu;  /* guards the list and reaper_stop */
@@ -250,6 +269,8 @@ struct exchange {
   bool done; /* under srv->mu */
   bool ok;
   bool dropped; /* its client went away: no answer */
+  struct exchange *next_render; /* waiting for the metrics renderer */
+  bool rendered; /* ex->resp holds the /metrics exposition */
   circle_error err;
   circle_buf resp;
   size_t header_len; /* OIP binary responses: JSON part length */
@@ -994,6 +1015,77 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
 }
 
 /* ======================================================================== */
+/* GET /metrics: the renderer thread                                        */
+/* ======================================================================== */
+
+/* Renders the whole exposition, with the live gauges, into b. */
+static void metrics_render(circle_http *srv, circle_buf *b) {
+  circle_metrics_live live = {
+      .requests_in_flight = atomic_load(&srv->active),
+      .queue_depth = circle_engine_queue_depth(srv->engine),
+      .inflight_bytes = atomic_load(&srv->inflight),
+      .inflight_bytes_max = srv->opts.max_inflight,
+      .engine_threads = circle_engine_threads(srv->engine),
+      .draining = atomic_load(&srv->draining),
+  };
+  circle_buf_init(b);
+  circle_metrics_render(srv->metrics, &live, b);
+}
+
+/* Queues ex for the renderer and suspends its connection. False when the
+ * renderer is not running (the caller renders on its own thread). */
+static bool metrics_queue(struct exchange *ex) {
+  circle_http *srv = ex->srv;
+  pthread_mutex_lock(&srv->mu);
+  bool queued = srv->renderer_started && !srv->render_stop;
+  if (queued) {
+    ex->next_render = srv->render_head;
+    srv->render_head = ex;
+    srv->jobs++; /* the drain waits for it like a computation */
+    MHD_suspend_connection(ex->conn);
+    pthread_cond_signal(&srv->render_cv);
+  }
+  pthread_mutex_unlock(&srv->mu);
+  return queued;
+}
+
+/* The renderer: takes every request waiting, renders once, gives each a
+ * copy and resumes them; on stop, serves those still waiting first. */
+static void *renderer_main(void *arg) {
+  circle_http *srv = arg;
+  pthread_mutex_lock(&srv->mu);
+  for (;;) {
+    struct exchange *batch = srv->render_head;
+    srv->render_head = NULL;
+    if (!batch) {
+      if (srv->render_stop) break;
+      pthread_cond_wait(&srv->render_cv, &srv->mu);
+      continue;
+    }
+    pthread_mutex_unlock(&srv->mu);
+    circle_buf text;
+    metrics_render(srv, &text);
+    for (struct exchange *ex = batch; ex; ex = ex->next_render) {
+      circle_buf_init(&ex->resp);
+      circle_buf_append(&ex->resp, text.data ? text.data : "", text.len);
+      if (text.failed) ex->resp.failed = true;
+      ex->rendered = true;
+    }
+    circle_buf_free(&text);
+    pthread_mutex_lock(&srv->mu);
+    while (batch) {
+      struct exchange *ex = batch;
+      batch = ex->next_render; /* read before the resume: ex may then go */
+      MHD_resume_connection(ex->conn);
+      srv->jobs--;
+    }
+    pthread_cond_broadcast(&srv->cv);
+  }
+  pthread_mutex_unlock(&srv->mu);
+  return NULL;
+}
+
+/* ======================================================================== */
 /* GET endpoints (answered on the network thread)                           */
 /* ======================================================================== */
 
@@ -1025,19 +1117,12 @@ static enum MHD_Result handle_get(struct exchange *ex) {
     circle_buf_init(&b);
     circle_json_config_write(&b, &srv->opts.defaults, srv->opts.name);
     return respond(ex, 200, &b, "application/json");
-  case ROUTE_METRICS: {
-    circle_metrics_live live = {
-        .requests_in_flight = atomic_load(&srv->active),
-        .queue_depth = circle_engine_queue_depth(srv->engine),
-        .inflight_bytes = atomic_load(&srv->inflight),
-        .inflight_bytes_max = srv->opts.max_inflight,
-        .engine_threads = circle_engine_threads(srv->engine),
-        .draining = atomic_load(&srv->draining),
-    };
-    circle_buf_init(&b);
-    circle_metrics_render(srv->metrics, &live, &b);
-    return respond(ex, 200, &b, CIRCLE_METRICS_CONTENT_TYPE);
-  }
+  case ROUTE_METRICS:
+    if (ex->rendered || !metrics_queue(ex)) {
+      if (!ex->rendered) metrics_render(srv, &ex->resp);
+      return respond(ex, 200, &ex->resp, CIRCLE_METRICS_CONTENT_TYPE);
+    }
+    return MHD_YES; /* suspended until the renderer resumes it */
   case ROUTE_DASHBOARD: {
     size_t len;
     const char *page = circle_dashboard_html(&len);
@@ -1977,6 +2062,7 @@ int circle_http_init(circle_http **out, const circle_http_opts *opts,
   pthread_cond_init(&srv->cv, NULL);
   pthread_mutex_init(&srv->watch_mu, NULL);
   pthread_cond_init(&srv->watch_cv, NULL);
+  pthread_cond_init(&srv->render_cv, NULL);
 
   errno = 0;
   srv->mhd = MHD_start_daemon(
@@ -2005,6 +2091,7 @@ int circle_http_init(circle_http **out, const circle_http_opts *opts,
     set_why(why, why_len, "cannot listen on %s port %u: %s", opts->bind,
             (unsigned)opts->port,
             e ? strerror(e) : "libmicrohttpd refused to start");
+    pthread_cond_destroy(&srv->render_cv);
     pthread_cond_destroy(&srv->watch_cv);
     pthread_mutex_destroy(&srv->watch_mu);
     pthread_cond_destroy(&srv->cv);
@@ -2014,6 +2101,10 @@ int circle_http_init(circle_http **out, const circle_http_opts *opts,
     free(srv);
     return CIRCLE_EINVAL;
   }
+  /* Without the renderer (no thread) /metrics renders on the network
+   * thread, as metrics_queue's callers do. */
+  srv->renderer_started =
+      pthread_create(&srv->renderer, NULL, renderer_main, srv) == 0;
   /* Without the reaper (both 0, or no thread) --timeout alone guards. */
   if (opts->request_timeout_s > 0 || opts->header_timeout_s > 0)
     srv->reaper_started =
@@ -2099,8 +2190,16 @@ void circle_http_free(circle_http *srv) {
     pthread_mutex_unlock(&srv->watch_mu);
     pthread_join(srv->reaper, NULL);
   }
+  if (srv->renderer_started) {
+    pthread_mutex_lock(&srv->mu);
+    srv->render_stop = true;
+    pthread_cond_signal(&srv->render_cv);
+    pthread_mutex_unlock(&srv->mu);
+    pthread_join(srv->renderer, NULL);
+  }
   /* Closing the connections frees their watches (on_connection). */
   MHD_stop_daemon(srv->mhd);
+  pthread_cond_destroy(&srv->render_cv);
   pthread_cond_destroy(&srv->watch_cv);
   pthread_mutex_destroy(&srv->watch_mu);
   circle_metrics_free(srv->metrics);

@@ -16,6 +16,7 @@
 #include <check.h>
 #include <errno.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -256,6 +257,24 @@ static void start_or_fail(td_daemon *d, const char *const *args,
 static void stop_expect_0(td_daemon *d) {
   int rc = td_stop(d, SIGTERM, 60);
   ck_assert_msg(rc == 0, "circled exited with %d after SIGTERM", rc);
+}
+
+/* A connection to d from the loopback address src ("127.0.0.2"), so that
+ * tests can play clients at other addresses; -1 on failure. */
+static int connect_from(const td_daemon *d, const char *src) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_in a = {.sin_family = AF_INET};
+  inet_pton(AF_INET, src, &a.sin_addr);
+  struct sockaddr_in to = {.sin_family = AF_INET,
+                           .sin_port = htons((uint16_t)d->port)};
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+      connect(fd, (struct sockaddr *)&to, sizeof to) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
 }
 
 /* The shared daemon of the "shared" case: started once in the parent
@@ -2025,24 +2044,6 @@ START_TEST(http_should_turn_readyz_503_while_the_queue_is_full) {
 }
 END_TEST
 
-/* A connection to d from the loopback address src ("127.0.0.2"), so that
- * tests can play clients at other addresses; -1 on failure. */
-static int connect_from(const td_daemon *d, const char *src) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  struct sockaddr_in a = {.sin_family = AF_INET};
-  inet_pton(AF_INET, src, &a.sin_addr);
-  struct sockaddr_in to = {.sin_family = AF_INET,
-                           .sin_port = htons((uint16_t)d->port)};
-  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-      connect(fd, (struct sockaddr *)&to, sizeof to) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
 /* True when the server closes fd within timeout_s (reads end of stream);
  * with 0, whether it has closed it already. */
 static bool closed_within(int fd, double timeout_s) {
@@ -2150,6 +2151,76 @@ START_TEST(http_should_close_a_head_that_trickles_past_the_header_timeout) {
                 "a body trickled after a prompt head got %.60s", out);
   stop_expect_0(&d);
   assert_log(&d, "within 1s (--header-timeout)", true);
+}
+END_TEST
+
+/* Reads one Content-Length response from blocking socket s into out;
+ * returns its length, or -1 when the connection closed first. */
+static long read_answer(int s, char *out, size_t cap) {
+  size_t got = 0;
+  for (;;) {
+    ssize_t r = recv(s, out + got, cap - 1 - got, 0);
+    if (r <= 0) return -1;
+    got += (size_t)r;
+    out[got] = '\0';
+    const char *end = strstr(out, "\r\n\r\n");
+    const char *cl = strcasestr(out, "\r\nContent-Length: ");
+    if (end && cl &&
+        got >= (size_t)(end + 4 - out) + strtoul(cl + 18, NULL, 10))
+      return (long)got;
+    if (got + 1 >= cap) return -1;
+  }
+}
+
+START_TEST(http_should_answer_healthz_while_metrics_render) {
+  /* One network thread and 1000 tags: a /metrics of many MB, long to
+   * render. A /healthz sent just after it must be answered before the
+   * /metrics answer begins. */
+  td_daemon d;
+  const char *args[] = {"--net-threads", "1", "--max-tags", "1000", NULL};
+  start_or_fail(&d, args, NULL);
+  CURL *keep = curl_easy_init();
+  for (int t = 0; t < 1000; t++) {
+    char body[160];
+    snprintf(body, sizeof body,
+             "{\"labels\": [0, 1, 0], \"embeddings\": [[1, 0], [0, 1], "
+             "[0.6, 0.8]], \"tag\": \"tag-%d\"}",
+             t);
+    const char *h[] = {"Content-Type: application/json", NULL};
+    td_resp r;
+    ck_assert_int_eq(td_request(&d, keep, "POST", "/v1/loss", body,
+                                strlen(body), h, NULL, &r),
+                     0);
+    ck_assert_int_eq(r.status, 200);
+    td_resp_free(&r);
+  }
+  curl_easy_cleanup(keep);
+  int m = td_connect(&d), h = td_connect(&d);
+  ck_assert(m >= 0 && h >= 0);
+  const char *get_m = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+  const char *get_h = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+  double t0 = td_now();
+  ck_assert(send(m, get_m, strlen(get_m), MSG_NOSIGNAL) > 0);
+  usleep(2000); /* /metrics first */
+  ck_assert(send(h, get_h, strlen(get_h), MSG_NOSIGNAL) > 0);
+  char out[512];
+  long got = read_answer(h, out, sizeof out);
+  char c;
+  bool metrics_began = recv(m, &c, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+  /* How long /metrics took to begin: the premise. */
+  struct pollfd pfd = {.fd = m, .events = POLLIN};
+  ck_assert_int_eq(poll(&pfd, 1, 60000), 1);
+  double metrics_ms = (td_now() - t0) * 1e3;
+  close(m);
+  close(h);
+  ck_assert_msg(got > 0 && !strncmp(out, "HTTP/1.1 200", 12), "%.100s", out);
+  ck_assert_msg(metrics_ms > 20 || metrics_began,
+                "the render took only %.1f ms: too short to test this",
+                metrics_ms);
+  ck_assert_msg(!metrics_began,
+                "/healthz waited for /metrics (%.1f ms) to render",
+                metrics_ms);
+  stop_expect_0(&d);
 }
 END_TEST
 
@@ -2380,7 +2451,10 @@ START_TEST(http_should_answer_while_hundreds_of_connections_idle) {
   int socks[300];
   int open_count = 0;
   for (int i = 0; i < 300; i++) {
-    socks[i] = td_connect(&g_d);
+    /* From three addresses: 100 each, within --max-connections-per-ip. */
+    char src[16];
+    snprintf(src, sizeof src, "127.0.0.%d", 2 + i % 3);
+    socks[i] = connect_from(&g_d, src);
     if (socks[i] >= 0) {
       open_count++;
       /* Trickle: a partial request line. */
@@ -2478,6 +2552,7 @@ static Suite *http_suite(void) {
   tcase_add_test(hostile, http_should_turn_readyz_503_while_the_queue_is_full);
   tcase_add_test(hostile, http_should_limit_connections_per_client_address_at_defaults);
   tcase_add_test(hostile, http_should_close_a_head_that_trickles_past_the_header_timeout);
+  tcase_add_test(hostile, http_should_answer_healthz_while_metrics_render);
   return s;
 }
 
