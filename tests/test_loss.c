@@ -1392,7 +1392,7 @@ static void cancel_run(void *arg) {
 }
 
 START_TEST(loss_should_stop_a_cancelled_job_between_row_blocks) {
-  const size_t n = 4096; /* 256 blocks a loop, at least two loops */
+  const size_t n = 1024; /* 64 blocks a loop, at least two loops */
   circle_engine *e = engine_new(2, 16, 0);
   circle_job_opts stop = {.cancelled = cancel_hook};
   cancel_job never = {.e = e, .n = n}, soon = {.e = e, .n = n, .stop_after = 3};
