@@ -185,6 +185,7 @@ struct watch {
   bool nul_in_path;      /* the current request's raw path holds %00 (set by
                             on_uri, read by first_call: the same network
                             thread) */
+  const char *uri_end;   /* where the raw URI's string ends (on_uri) */
 };
 
 typedef enum {
@@ -840,6 +841,8 @@ static bool authorized(struct exchange *ex) {
  *                                          ("Bearer KEY\0junk" read as
  *                                          "Bearer KEY")
  *   %00 in the path                        on_uri sees the raw path
+ *   a NUL byte in the request line         the raw URI ends before the
+ *                                          blank before the version
  *
  * The folding and NUL checks rest on how 0.9.75 parses: in place, in the read
  * buffer, each line's CR and LF overwritten with NUL, the name ending at
@@ -848,8 +851,10 @@ static bool authorized(struct exchange *ex) {
  * the name's end and the value are blanks, and the byte after the value's
  * terminating NUL is the line's LF (now NUL) or, for a bare-LF line, the
  * first byte of the next header's name. Anything else there is either a
- * NUL inside the value or a name that was moved (folded). These checks are
- * compiled only for the version they were verified on. */
+ * NUL inside the value or a name that was moved (folded). Likewise the
+ * version string starts right after the raw URI's terminating NUL (the
+ * blank before it, overwritten). These checks are compiled only for the
+ * version they were verified on. */
 #if MHD_VERSION >= 0x00097500 && MHD_VERSION < 0x00097600
 #define HEAD_LAYOUT_CHECKS 1
 #else
@@ -968,6 +973,14 @@ static bool framing_ok(struct exchange *ex, const char *version,
   } else if (w && w->nul_in_path) {
     circle_error_set(err, 400, "bad_request",
                      "the path holds an encoded NUL byte (%%00); remove it");
+  } else if (HEAD_LAYOUT_CHECKS && w && w->uri_end && version &&
+             w->uri_end + 1 != version) {
+    /* 0.9.75 ends the URI with the blank before the version, overwritten
+     * with NUL, and the version follows: the raw URI's string ended
+     * sooner, at a NUL byte of the request line. */
+    circle_error_set(err, 400, "bad_request",
+                     "the request line holds a NUL byte; send a path "
+                     "without control characters");
   } else if (sc.host > 1) {
     circle_error_set(err, 400, "bad_request",
                      "the request has %u Host headers; send exactly one",
@@ -1006,6 +1019,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
   (void)cls;
   struct watch *w = watch_of(conn);
   if (!w) return NULL;
+  w->uri_end = uri + strlen(uri);
   size_t n = strcspn(uri, "?");
   bool nul = false;
   for (size_t i = 0; i + 2 < n && !nul; i++)

@@ -69,7 +69,8 @@ static const flag_spec FLAGS[] = {
      "network threads (libmicrohttpd epoll pool); they never compute", 1,
      1024},
     {"workers", "CIRCLED_WORKERS", K_UINT, "N",
-     "compute threads of the engine; 0 means one per online core", 0, 4096},
+     "compute threads of the engine; 0 means one per online core (one "
+     "more thread runs only small requests)", 0, 4096},
     {"max-queue", "CIRCLED_MAX_QUEUE", K_SIZE, "N",
      "requests waiting for a compute thread before new ones get 503", 1,
      1e9},

@@ -1692,6 +1692,8 @@ START_TEST(http_should_refuse_smuggling_primitives_and_close) {
       {"a NUL byte in another header",
        "GET /config HTTP/1.1\r\nHost: x\r\n%sX-A: a\\0b\r\n\r\n",
        400, "bad_request"},
+      {"a NUL byte in the path",
+       "GET /config\\0x HTTP/1.1\r\nHost: x\r\n%s\r\n", 400, "bad_request"},
       {"an encoded NUL in the path",
        "POST /v1/loss%%00x HTTP/1.1\r\nHost: x\r\n%sContent-Length: 36\r\n"
        "\r\n" SMUGGLED,
