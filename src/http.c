@@ -81,10 +81,13 @@
  * socket context, made and freed by on_connection): since_ms is when it
  * became ready for its next request (opened, or its previous request
  * completed) and 0 while nothing is owed (the request is computing or its
- * answer is going out). A reaper thread shuts down, once, the socket of
- * every connection that has owed a request for more than
- * --request-timeout; libmicrohttpd then sees the hang-up and closes it as
- * usual. srv->watch_mu guards the list; on_connection unlinks a watch
+ * answer is going out); head_in says whether the owed request's head has
+ * arrived (the first handler call). A reaper thread shuts down, once, the
+ * socket of every connection that has owed a request for more than
+ * --request-timeout, or a request head for more than --header-timeout;
+ * libmicrohttpd then sees the hang-up and closes it as usual. One client
+ * address holds at most --max-connections-per-ip connections
+ * (libmicrohttpd closes the others at once). srv->watch_mu guards the list; on_connection unlinks a watch
  * under it before libmicrohttpd closes the socket, so the reaper never
  * touches a descriptor that has been reused.
  */
@@ -128,6 +131,9 @@
 #define SHORT_BODY_BYTES ((size_t)256 << 10)
 #define SHORT_PAIRS ((size_t)1 << 20)
 #define SHORT_WORK ((size_t)1 << 26)
+/* Between row blocks, how often a computation peeks at its client's
+ * socket (job_cancelled). */
+#define CANCEL_PEEK_MS 5
 /* A body's first buffer (and its first reservation); it doubles from here. */
 #define BODY_FIRST_BYTES ((size_t)64 << 10)
 /* Longest URL kept for the log line. */
@@ -262,6 +268,7 @@ struct exchange {
   /* Job. */
   MHD_socket fd;    /* the connection's socket, for client_gone */
   atomic_bool gone; /* the client closed or reset it (client_gone) */
+  atomic_llong peeked_ms; /* when job_cancelled last peeked */
   bool short_job;   /* submitted as a short job (is_short) */
   bool decoded;     /* stage one ran: ex->req holds the request */
   struct timespec t_moved; /* when it was moved off the short lane */
@@ -299,6 +306,13 @@ static struct watch *watch_of(struct MHD_Connection *conn) {
 static double ms_between(const struct timespec *t0, const struct timespec *t1) {
   return (double)(t1->tv_sec - t0->tv_sec) * 1e3 +
          (double)(t1->tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/* Milliseconds on a monotonic clock. */
+static long long now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
 static double ms_since(const struct timespec *t0) {
@@ -1276,8 +1290,19 @@ static bool client_gone(struct exchange *ex) {
   return gone;
 }
 
-/* The engine's cancellation hook for a request's job (circle_job_opts). */
-static bool job_cancelled(void *arg) { return client_gone(arg); }
+/* The engine's cancellation hook for a request's job (circle_job_opts):
+ * asked before every row block, it peeks at most once per
+ * CANCEL_PEEK_MS, so a computation stops within that of its client
+ * leaving and a small one costs no syscall at all. */
+static bool job_cancelled(void *arg) {
+  struct exchange *ex = arg;
+  if (atomic_load(&ex->gone)) return true;
+  long long now = now_ms(), last = atomic_load(&ex->peeked_ms);
+  if (now - last < CANCEL_PEEK_MS ||
+      !atomic_compare_exchange_strong(&ex->peeked_ms, &last, now))
+    return false;
+  return client_gone(ex);
+}
 
 /* True once the drain's deadline has passed: queued work is refused. */
 static bool srv_stopping(circle_http *srv) {
@@ -1466,6 +1491,7 @@ static job_result job_process(struct exchange *ex) {
   double waited = ms_between(ex->decoded ? &ex->t_moved : &ex->t_body, &mark);
   ex->phase_ms[PH_QUEUE] = (ex->decoded ? ex->phase_ms[PH_QUEUE] : 0) + waited;
   if (client_gone(ex)) return JOB_GONE;
+  atomic_store(&ex->peeked_ms, now_ms());
   if (srv_stopping(srv)) {
     fail(ex, CIRCLE_ESHUTDOWN, NULL);
     return JOB_FAILED;
@@ -1759,12 +1785,6 @@ static enum MHD_Result final_call(struct exchange *ex) {
 /* Slow clients: the request deadline                                       */
 /* ======================================================================== */
 
-static long long now_ms(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
 /* Starts (owed) or stops the clock of the connection's next request. */
 static void request_owed(struct MHD_Connection *conn, bool owed) {
   struct watch *w = watch_of(conn);
@@ -1882,6 +1902,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     copy_printable(ex->url, sizeof ex->url, url);
     atomic_init(&ex->reserved, 0);
     atomic_init(&ex->gone, false);
+    atomic_init(&ex->peeked_ms, 0);
     ex->fd = MHD_INVALID_SOCKET;
     circle_request_init(&ex->req);
     circle_buf_init(&ex->resp);

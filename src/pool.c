@@ -84,6 +84,8 @@ struct circle_engine {
   job *head, *tail;         /* ordinary jobs */
   job *shead, *stail;       /* short jobs */
   size_t queued;            /* both queues */
+  unsigned idle_workers;    /* compute threads waiting on `work` */
+  bool lane_idle;           /* the short lane waits on `lane_work` */
   helper *helpers; /* doubly linked, LIFO is fine: all belong to live loops */
   bool stopping;
   /* One scratch buffer kept between calls (guarded by mu): a fresh large
@@ -150,7 +152,9 @@ static void *lane_main(void *arg) {
       continue;
     }
     if (e->stopping) break;
+    e->lane_idle = true;
     pthread_cond_wait(&e->lane_work, &e->mu);
+    e->lane_idle = false;
   }
   pthread_mutex_unlock(&e->mu);
   return NULL;
@@ -178,7 +182,9 @@ static void *worker_main(void *arg) {
       continue;
     }
     if (e->stopping) break;
+    e->idle_workers++;
     pthread_cond_wait(&e->work, &e->mu);
+    e->idle_workers--;
   }
   pthread_mutex_unlock(&e->mu);
   return NULL;
@@ -333,8 +339,12 @@ int circle_engine_submit_job(circle_engine *e, void (*fn)(void *arg),
     if (*tail) (*tail)->next = j; else *head = j;
     *tail = j;
     e->queued++;
-    pthread_cond_signal(&e->work);
-    if (short_job) pthread_cond_signal(&e->lane_work);
+    /* Wake one thread that can take it: a short job the lane when it is
+     * idle (it is there for them), else a compute thread. */
+    if (short_job && (e->lane_idle || e->idle_workers == 0))
+      pthread_cond_signal(&e->lane_work);
+    else
+      pthread_cond_signal(&e->work);
   }
   pthread_mutex_unlock(&e->mu);
   if (rc != CIRCLE_OK) free(j);
