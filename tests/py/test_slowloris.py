@@ -4,19 +4,24 @@ idle connections are closed after --timeout and trickling ones after
 --request-timeout, while slow computations and uploads that finish in time
 are left alone.
 
-Bounded: about 15 s in all, loopback only, one circled per test.
+At default flags, one address is held to --max-connections-per-ip and
+trickled request heads are cut off at --header-timeout.
+
+Bounded: about 30 s in all, loopback only, one circled per test.
 """
 
 import json
 import random
+import re
 import socket
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "load"))
-from daemon import Circled  # noqa: E402
+from daemon import Circled, circled_binary  # noqa: E402
 
 IDLE_TIMEOUT_S = 3
 REQUEST_TIMEOUT_S = 4
@@ -204,4 +209,63 @@ def test_request_timeout_spares_long_computes_and_timely_uploads():
         s.close()
         assert gone, "a request trickled for 6 s was not cut off"
         assert 1.5 < cut_after < 4.5, f"cut off after {cut_after:.2f} s"
+        assert d.stop() == 0
+
+
+def test_defaults_bound_one_address_and_trickled_heads():
+    """At default flags: one address gets --max-connections-per-ip
+    connections (the next is closed at once), heads trickled a byte every
+    2 s are cut off at --header-timeout, long before --request-timeout, and
+    a client at another address (a kubelet probe, say) is answered
+    throughout."""
+    out = subprocess.run([circled_binary(), "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    per_ip = int(re.search(r"--max-connections-per-ip N\s+\S+\s+default: (\d+)", out).group(1))
+    head_s = int(re.search(r"--header-timeout SECONDS\s+\S+\s+default: (\d+)", out).group(1))
+    request_s = int(re.search(r"--request-timeout SECONDS\s+\S+\s+default: (\d+)", out).group(1))
+    assert head_s * 4 <= request_s, (head_s, request_s)
+    with Circled([]) as d:
+        src = ("127.0.0.2", 0)
+        held = [socket.create_connection(("127.0.0.1", d.port), timeout=5, source_address=src)
+                for _ in range(per_ip)]
+        for s in held:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        t0 = time.monotonic()
+        extra = socket.create_connection(("127.0.0.1", d.port), timeout=5, source_address=src)
+        extra.settimeout(5)
+        try:
+            extra_closed = extra.recv(1) == b""
+        except socket.timeout:
+            extra_closed = False
+        except OSError:
+            extra_closed = True
+        extra.close()
+        assert extra_closed, f"connection {per_ip + 1} from one address was kept"
+        for s in held:
+            s.setblocking(False)
+        cut_at = {}
+        worst = 0.0
+        while len(cut_at) < per_ip and time.monotonic() - t0 < head_s + 10:
+            for i, s in enumerate(held):
+                if i in cut_at:
+                    continue
+                try:
+                    s.send(b"X")
+                except OSError:
+                    cut_at[i] = time.monotonic() - t0
+                    continue
+                if closed_by_peer(s):
+                    cut_at[i] = time.monotonic() - t0
+            status, ms = timed_request(d.port, "GET", "/healthz")
+            assert status == 200
+            worst = max(worst, ms)
+            time.sleep(2)
+        for s in held:
+            s.close()
+        print(f"defaults: {len(cut_at)}/{per_ip} trickled heads cut between "
+              f"{min(cut_at.values(), default=0):.1f} and {max(cut_at.values(), default=0):.1f} s "
+              f"(--header-timeout {head_s}); worst /healthz from another address {worst:.1f} ms")
+        assert len(cut_at) == per_ip, f"{per_ip - len(cut_at)} trickled heads outlived {head_s + 10} s"
+        assert min(cut_at.values()) >= head_s - 1, "a head was cut before --header-timeout"
+        assert worst < LATENCY_LIMIT_MS, worst
         assert d.stop() == 0
