@@ -10,10 +10,10 @@
  *   network thread (MHD epoll pool)            engine worker
  *   -------------------------------            -------------
  *   first call: route, auth, method,
- *     Content-Length vs --max-body-mb (413),
- *     reserve the body's bytes (503 if full)
+ *     Content-Length vs --max-body-mb (413)
  *   upload calls: append to ex->body,
- *     counting chunked bodies (413)
+ *     reserving it as it grows (503 if
+ *     full), counting chunked bodies (413)
  *   final call: lock mu; submit job; ------->  job_run: inflate, decode
  *     MHD_suspend_connection; unlock             (codec), admission (bytes
  *                                                in flight), compute, encode
@@ -24,6 +24,20 @@
  *
  * GETs (health, /config, OIP metadata) are answered on the first call, on
  * the network thread: they never wait behind a computation.
+ *
+ * Scheduling and abandoned work
+ * -----------------------------
+ * A request with a small identity-encoded body is submitted as a short
+ * job (circle_job_opts): it runs before ordinary jobs, on an idle compute
+ * thread or the engine's short lane, which no ordinary job ever holds.
+ * Stage one (job_decode) decodes it; when its work turns out not to be
+ * short (SHORT_PAIRS, SHORT_WORK), stage two is submitted again as an
+ * ordinary job, so a 4 KB body that asks for 4 billion pairs waits with
+ * the large ones. Each stage first peeks at the socket (client_gone): a
+ * client that has closed or reset the connection gets no computation,
+ * and the engine asks the same question between row blocks, so a
+ * computation whose client leaves stops within a block. Such a request is
+ * closed without an answer and counted with status none.
  *
  * Locking rules
  * -------------
@@ -37,13 +51,27 @@
  *
  * Memory in flight
  * ----------------
- * srv->inflight counts bytes committed to requests: bodies as they arrive
- * (Content-Length up front), inflated bodies, then decoded arrays + outputs
+ * srv->inflight counts bytes committed to requests: body buffers as they
+ * grow with the bytes that arrive (a declared Content-Length reserves
+ * nothing by itself: 32 connections announcing 64 MiB and sending a byte
+ * now and then hold 64 KiB each, not 2 GiB), inflated bodies, then decoded
+ * arrays + outputs
  * + circle_loss_scratch_bytes + the response estimate, finally the response
  * itself until it is sent. A request that would push it past
  * --max-inflight-mb gets 503 "overloaded" with Retry-After; one that could
  * never fit gets 413. Transient codec memory (a cJSON tree while decoding)
  * is not counted; it is bounded by the number of engine workers.
+ *
+ * GET /metrics
+ * ------------
+ * Rendering the exposition takes long with many tags (24 MB and hundreds
+ * of ms at 1000), so it never runs on a network thread: the request is
+ * suspended and queued for the renderer thread, which takes every request
+ * waiting, renders once for all of them (each gets a copy) and resumes
+ * them. A request is only ever answered by a render that began after it
+ * arrived, so it sees every request completed before it; pollers that
+ * arrive together share one render. Health checks on the same network
+ * thread are answered meanwhile.
  *
  * Slow clients
  * ------------
@@ -53,10 +81,13 @@
  * socket context, made and freed by on_connection): since_ms is when it
  * became ready for its next request (opened, or its previous request
  * completed) and 0 while nothing is owed (the request is computing or its
- * answer is going out). A reaper thread shuts down, once, the socket of
- * every connection that has owed a request for more than
- * --request-timeout; libmicrohttpd then sees the hang-up and closes it as
- * usual. srv->watch_mu guards the list; on_connection unlinks a watch
+ * answer is going out); head_in says whether the owed request's head has
+ * arrived (the first handler call). A reaper thread shuts down, once, the
+ * socket of every connection that has owed a request for more than
+ * --request-timeout, or a request head for more than --header-timeout;
+ * libmicrohttpd then sees the hang-up and closes it as usual. One client
+ * address holds at most --max-connections-per-ip connections
+ * (libmicrohttpd closes the others at once). srv->watch_mu guards the list; on_connection unlinks a watch
  * under it before libmicrohttpd closes the socket, so the reaper never
  * touches a descriptor that has been reused.
  */
@@ -92,6 +123,19 @@
 /* A chunked body past the limit is read and dropped so the 413 can be sent;
  * past this many dropped bytes the connection is simply closed. */
 #define DISCARD_FACTOR 2
+/* A request is a short job (circle_job_opts.short_job: it never waits
+ * behind an ordinary one) when its body is at most SHORT_BODY_BYTES, not
+ * compressed, and its work is at most SHORT_PAIRS pairs and SHORT_WORK
+ * pair-dimensions: a few milliseconds on one core, so the short lane
+ * stays short. The body bound keeps decoding short too. */
+#define SHORT_BODY_BYTES ((size_t)256 << 10)
+#define SHORT_PAIRS ((size_t)1 << 20)
+#define SHORT_WORK ((size_t)1 << 26)
+/* Between row blocks, how often a computation peeks at its client's
+ * socket (job_cancelled). */
+#define CANCEL_PEEK_MS 5
+/* A body's first buffer (and its first reservation); it doubles from here. */
+#define BODY_FIRST_BYTES ((size_t)64 << 10)
 /* Longest URL kept for the log line. */
 #define LOG_URL_MAX 200
 /* libmicrohttpd's memory pool per connection (headers and read buffer). */
@@ -120,6 +164,14 @@ struct circle_http {
   size_t jobs;        /* submitted jobs that have not resumed yet */
   bool stopping;      /* no more submissions */
 
+  /* GET /metrics (see the essay): requests waiting for the renderer, a
+   * list through ex->next_render, under mu. */
+  pthread_cond_t render_cv; /* wakes the renderer */
+  struct exchange *render_head;
+  bool render_stop;
+  bool renderer_started;
+  pthread_t renderer;
+
   /* Slow clients (see the essay). */
   pthread_mutex_t watch_mu;  /* guards the list and reaper_stop */
   pthread_cond_t watch_cv;   /* wakes the reaper to stop */
@@ -134,7 +186,12 @@ struct watch {
   struct watch *prev, *next; /* under srv->watch_mu */
   MHD_socket fd;
   atomic_llong since_ms; /* monotonic ms when a request became owed; 0: none */
+  atomic_bool head_in;   /* the owed request's head has arrived */
   bool cut;              /* shut down by the reaper (under watch_mu) */
+  bool nul_in_path;      /* the current request's raw path holds %00 (set by
+                            on_uri, read by first_call: the same network
+                            thread) */
+  const char *uri_end;   /* where the raw URI's string ends (on_uri) */
 };
 
 typedef enum {
@@ -188,8 +245,10 @@ struct exchange {
    * connection whose response was queued before the request was read. */
   enum { PENDING_NONE = 0, PENDING_GET, PENDING_ERROR } pending;
   bool answered;  /* a response is queued */
+  bool close;     /* the answer ends the connection (broken framing) */
   unsigned status;
-  size_t bytes;
+  size_t bytes;   /* the answer's body length */
+  size_t sent;    /* of it, bytes written to the socket so far (body_read) */
 
   /* Upload. */
   char *body;
@@ -207,9 +266,19 @@ struct exchange {
   atomic_size_t reserved; /* bytes of srv->inflight held by this request */
 
   /* Job. */
+  MHD_socket fd;    /* the connection's socket, for client_gone */
+  atomic_bool gone; /* the client closed or reset it (client_gone) */
+  atomic_llong peeked_ms; /* when job_cancelled last peeked */
+  bool short_job;   /* submitted as a short job (is_short) */
+  bool decoded;     /* stage one ran: ex->req holds the request */
+  struct timespec t_moved; /* when it was moved off the short lane */
+  circle_request req;
   bool submitted;
   bool done; /* under srv->mu */
   bool ok;
+  bool dropped; /* its client went away: no answer */
+  struct exchange *next_render; /* waiting for the metrics renderer */
+  bool rendered; /* ex->resp holds the /metrics exposition */
   circle_error err;
   circle_buf resp;
   size_t header_len; /* OIP binary responses: JSON part length */
@@ -226,9 +295,24 @@ struct exchange {
 /* Small helpers                                                            */
 /* ======================================================================== */
 
+/* The connection's watch (its socket context); NULL when it has none. */
+static struct watch *watch_of(struct MHD_Connection *conn) {
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  return ci ? ci->socket_context : NULL;
+}
+
+
 static double ms_between(const struct timespec *t0, const struct timespec *t1) {
   return (double)(t1->tv_sec - t0->tv_sec) * 1e3 +
          (double)(t1->tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/* Milliseconds on a monotonic clock. */
+static long long now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
 static double ms_since(const struct timespec *t0) {
@@ -458,10 +542,36 @@ static const char *route_allow(route_id r) {
   }
 }
 
-static void free_buf_cb(void *cls) {
-  circle_buf *b = cls;
-  circle_buf_free(b);
-  free(b);
+/* A response body handed to libmicrohttpd: the buffer, and the exchange
+ * whose ex->sent body_read keeps (body_read runs on the connection's
+ * thread, only while the answer is being sent: always before the
+ * completed callback frees the exchange). */
+struct body_src {
+  circle_buf buf;
+  struct exchange *ex;
+};
+
+/* Largest block libmicrohttpd copies out of a body per call. */
+#define BODY_BLOCK_BYTES ((size_t)256 << 10)
+
+static void body_free(void *cls) {
+  struct body_src *src = cls;
+  circle_buf_free(&src->buf);
+  free(src);
+}
+
+/* libmicrohttpd asks for the block at pos once everything before pos has
+ * been written to the socket, so pos is what is known to be sent: a send
+ * cut off by the client is logged and counted with it, not with the
+ * body's length. */
+static ssize_t body_read(void *cls, uint64_t pos, char *dst, size_t max) {
+  struct body_src *src = cls;
+  if (pos >= src->buf.len) return MHD_CONTENT_READER_END_OF_STREAM;
+  size_t n = src->buf.len - (size_t)pos;
+  if (n > max) n = max;
+  memcpy(dst, src->buf.data + pos, n);
+  src->ex->sent = (size_t)pos;
+  return (ssize_t)n;
 }
 
 /* Queues status + body (taken: *body is reset), with the headers that
@@ -483,16 +593,18 @@ static enum MHD_Result respond(struct exchange *ex, unsigned status,
     resp = MHD_create_response_from_buffer(0, (void *)"",
                                            MHD_RESPMEM_PERSISTENT);
   } else {
-    circle_buf *held = malloc(sizeof *held);
-    if (!held) {
+    struct body_src *src = malloc(sizeof *src);
+    if (!src) {
       circle_buf_free(body);
       return MHD_NO;
     }
-    *held = *body;
+    src->buf = *body;
+    src->ex = ex;
     circle_buf_init(body);
-    resp = MHD_create_response_from_buffer_with_free_callback_cls(
-        len, held->data, free_buf_cb, held);
-    if (!resp) free_buf_cb(held);
+    resp = MHD_create_response_from_callback(
+        len, len < BODY_BLOCK_BYTES ? len : BODY_BLOCK_BYTES, body_read, src,
+        body_free);
+    if (!resp) body_free(src);
   }
   if (!resp) return MHD_NO;
 
@@ -522,7 +634,7 @@ static enum MHD_Result respond(struct exchange *ex, unsigned status,
   }
   if (ex->route == ROUTE_V1_LOSS || ex->route == ROUTE_V2_INFER)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_VARY, "Accept-Encoding");
-  if (atomic_load(&ex->srv->draining))
+  if (ex->close || atomic_load(&ex->srv->draining))
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
 
   enum MHD_Result rc = MHD_queue_response(ex->conn, status, resp);
@@ -566,11 +678,12 @@ static enum MHD_Result respond_text(struct exchange *ex, unsigned status,
  * renders it in handle_get, and job_process records each computation's
  * loss and stats). Called exactly once per finished request, on a network
  * thread, from the completed callback, with the route, the status sent (0
- * when none was), the body bytes both ways and the wall time since the
- * request's first byte was handled. Lock-free: never blocks. */
+ * when none was, or when the connection ended before all of it was sent),
+ * the body bytes both ways (sent: those written to the socket) and the
+ * wall time since the request's first byte was handled. Lock-free: never
+ * blocks. */
 static void metrics_observe(const struct exchange *ex, double ms,
                             enum MHD_RequestTerminationCode toe) {
-  (void)toe;
   circle_endpoint ep;
   switch (ex->route) {
   case ROUTE_V1_LOSS:
@@ -610,9 +723,11 @@ static void metrics_observe(const struct exchange *ex, double ms,
     ep = CIRCLE_ENDPOINT_OTHER;
     break;
   }
+  bool delivered = ex->answered && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
   circle_metrics_observe_request(ex->srv->metrics, ep,
-                                 ex->answered ? ex->status : 0, ms / 1e3,
-                                 ex->received, ex->answered ? ex->bytes : 0);
+                                 delivered ? ex->status : 0, ms / 1e3,
+                                 ex->received,
+                                 delivered ? ex->bytes : ex->sent);
 }
 
 /* ======================================================================== */
@@ -717,13 +832,301 @@ static bool authorized(struct exchange *ex) {
 }
 
 /* ======================================================================== */
+/* Framing: what libmicrohttpd 0.9.75 lets through                          */
+/* ======================================================================== */
+
+/* libmicrohttpd 0.9.75 parses a request head loosely, and where it and a
+ * proxy in front of circled could read the same bytes as different
+ * requests (request smuggling), circled refuses the request, answers 400
+ * (501 for a transfer coding it does not implement) in its own JSON shape
+ * and closes the connection. What it refuses, and how each is seen:
+ *
+ *   Content-Length twice, disagreeing      counted over every header line
+ *   Content-Length with Transfer-Encoding  (MHD_get_connection_values_n
+ *   Transfer-Encoding other than chunked    gives each occurrence)
+ *   Host missing (HTTP/1.1) or repeated
+ *   a space before the colon               the name is not an RFC 9110
+ *                                          token ("Content-Length ")
+ *   a folded line (obs-fold)               0.9.75 glues the continuation
+ *                                          onto the previous NAME (it
+ *                                          strcat's onto the line), moving
+ *                                          the name away from its value
+ *   a NUL byte in a value                  0.9.75 ends the value there
+ *                                          ("Bearer KEY\0junk" read as
+ *                                          "Bearer KEY")
+ *   %00 in the path                        on_uri sees the raw path
+ *   a NUL byte in the request line         the raw URI ends before the
+ *                                          blank before the version
+ *
+ * The folding and NUL checks rest on how 0.9.75 parses: in place, in the read
+ * buffer, each line's CR and LF overwritten with NUL, the name ending at
+ * the colon (overwritten with NUL) and the value after the blanks that
+ * follow it. So for a header parsed from its own line the bytes between
+ * the name's end and the value are blanks, and the byte after the value's
+ * terminating NUL is the line's LF (now NUL) or, for a bare-LF line, the
+ * first byte of the next header's name. Anything else there is either a
+ * NUL inside the value or a name that was moved (folded). Likewise the
+ * version string starts right after the raw URI's terminating NUL (the
+ * blank before it, overwritten). These checks are compiled only for the
+ * version they were verified on. */
+#if MHD_VERSION >= 0x00097500 && MHD_VERSION < 0x00097600
+#define HEAD_LAYOUT_CHECKS 1
+#else
+#define HEAD_LAYOUT_CHECKS 0
+#endif
+
+struct head_scan {
+  unsigned cl, te, host;   /* occurrences */
+  const char *cl_first;    /* the first Content-Length value */
+  bool cl_disagree;
+  const char *te_value;
+  bool bad_name, folded, nul;
+  char name[64];           /* the offending header's name, printable */
+  const char *prev_value;  /* the previous header, for the NUL check */
+  size_t prev_len;
+};
+
+/* RFC 9110 tchar. */
+static bool is_tchar(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c >= '0' && c <= '9') || (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static bool starts_with_ci(const char *s, size_t n, const char *prefix) {
+  size_t k = strlen(prefix);
+  return n >= k && !strncasecmp(s, prefix, k);
+}
+
+/* Flags *sc when the previous header's value did not end its line. */
+static void check_prev_end(struct head_scan *sc, const char *next_name) {
+#if HEAD_LAYOUT_CHECKS
+  if (!sc->prev_value) return;
+  const char *after = sc->prev_value + sc->prev_len + 1;
+  if (*after != '\0' && after != next_name) sc->nul = true;
+#else
+  (void)sc;
+  (void)next_name;
+#endif
+}
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind,
+                                   const char *key, size_t key_len,
+                                   const char *value, size_t value_len) {
+  (void)kind;
+  struct head_scan *sc = cls;
+  if (!key || !value) return MHD_YES;
+  check_prev_end(sc, key);
+  sc->prev_value = value;
+  sc->prev_len = value_len;
+  bool token = key_len > 0;
+  for (size_t i = 0; i < key_len && token; i++)
+    token = is_tchar((unsigned char)key[i]);
+  bool cl = key_len == 14 && !strncasecmp(key, "Content-Length", 14);
+  bool te = key_len == 17 && !strncasecmp(key, "Transfer-Encoding", 17);
+  /* "Content-Length" + a folded "43" is a token, but no header by that
+   * name is anything but a folded or mangled framing header. */
+  bool mangled = !cl && !te &&
+                 (starts_with_ci(key, key_len, "content-length") ||
+                  starts_with_ci(key, key_len, "transfer-encoding"));
+  bool moved = false;
+#if HEAD_LAYOUT_CHECKS
+  const char *gap = key + key_len + 1;
+  if (value < gap || (size_t)(value - gap) > CONN_POOL_BYTES) {
+    moved = true;
+  } else {
+    for (const char *q = gap; q < value && !moved; q++)
+      moved = *q != ' ' && *q != '\t';
+  }
+#endif
+  if ((!token || mangled || moved) && !sc->bad_name && !sc->folded) {
+    copy_printable(sc->name, sizeof sc->name, key);
+    if (!token && !moved) sc->bad_name = true;
+    else sc->folded = true;
+  }
+  if (cl) {
+    if (sc->cl++ == 0) sc->cl_first = value;
+    else if (strcmp(sc->cl_first, value)) sc->cl_disagree = true;
+  }
+  if (te && sc->te++ == 0) sc->te_value = value;
+  if (key_len == 4 && !strncasecmp(key, "Host", 4)) sc->host++;
+  return MHD_YES;
+}
+
+/* True when value, without surrounding blanks, is the token want. */
+static bool value_is(const char *value, const char *want) {
+  while (*value == ' ' || *value == '\t') value++;
+  size_t n = strlen(value), k = strlen(want);
+  while (n && (value[n - 1] == ' ' || value[n - 1] == '\t')) n--;
+  return n == k && !strncasecmp(value, want, k);
+}
+
+/* Fills *err and returns false when the request head is one circled must
+ * not answer as if it were well framed (see the essay above). */
+static bool framing_ok(struct exchange *ex, const char *version,
+                       circle_error *err) {
+  struct MHD_Connection *c = ex->conn;
+  struct head_scan sc;
+  memset(&sc, 0, sizeof sc);
+  MHD_get_connection_values_n(c, MHD_HEADER_KIND, scan_header, &sc);
+  check_prev_end(&sc, NULL);
+  const struct watch *w = watch_of(c);
+  if (sc.folded) {
+    circle_error_set(err, 400, "bad_request",
+                     "a header line is folded onto the next one (obs-fold, "
+                     "seen at '%s'); send every header on one line",
+                     sc.name);
+  } else if (sc.bad_name) {
+    circle_error_set(err, 400, "bad_request",
+                     "the header name '%s' is not a token (RFC 9110): write "
+                     "'Name: value', with no space before the colon",
+                     sc.name);
+  } else if (sc.nul) {
+    circle_error_set(err, 400, "bad_request",
+                     "a header value holds a NUL byte; send header values "
+                     "without control characters");
+  } else if (w && w->nul_in_path) {
+    circle_error_set(err, 400, "bad_request",
+                     "the path holds an encoded NUL byte (%%00); remove it");
+  } else if (HEAD_LAYOUT_CHECKS && w && w->uri_end && version &&
+             w->uri_end + 1 != version) {
+    /* 0.9.75 ends the URI with the blank before the version, overwritten
+     * with NUL, and the version follows: the raw URI's string ended
+     * sooner, at a NUL byte of the request line. */
+    circle_error_set(err, 400, "bad_request",
+                     "the request line holds a NUL byte; send a path "
+                     "without control characters");
+  } else if (sc.host > 1) {
+    circle_error_set(err, 400, "bad_request",
+                     "the request has %u Host headers; send exactly one",
+                     sc.host);
+  } else if (sc.host == 0 && version && !strcmp(version, "HTTP/1.1")) {
+    circle_error_set(err, 400, "bad_request",
+                     "an HTTP/1.1 request needs a Host header (RFC 9112 "
+                     "3.2); send one");
+  } else if (sc.cl_disagree) {
+    circle_error_set(err, 400, "bad_request",
+                     "the request has Content-Length headers that disagree; "
+                     "send exactly one");
+  } else if (sc.cl && sc.te) {
+    circle_error_set(err, 400, "bad_request",
+                     "the request has both Content-Length and "
+                     "Transfer-Encoding (RFC 9112 6.3); send one of them");
+  } else if (sc.te > 1 || (sc.te && !value_is(sc.te_value, "chunked"))) {
+    char te[40];
+    copy_printable(te, sizeof te, sc.te_value);
+    circle_error_set(err, 501, "not_implemented",
+                     "Transfer-Encoding '%s'%s is not supported; send the "
+                     "body with Content-Length or Transfer-Encoding: chunked "
+                     "(compress it with Content-Encoding)",
+                     te, sc.te > 1 ? " (and more)" : "");
+  } else {
+    return true;
+  }
+  return false;
+}
+
+/* MHD_OPTION_URI_LOG_CALLBACK: sees each request's path before
+ * libmicrohttpd decodes it (a decoded %00 would end it), and notes on the
+ * connection's watch whether it holds an encoded NUL. Returns no request
+ * context: the access handler makes its own. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
+  (void)cls;
+  struct watch *w = watch_of(conn);
+  if (!w) return NULL;
+  w->uri_end = uri + strlen(uri);
+  size_t n = strcspn(uri, "?");
+  bool nul = false;
+  for (size_t i = 0; i + 2 < n && !nul; i++)
+    nul = uri[i] == '%' && uri[i + 1] == '0' && uri[i + 2] == '0';
+  w->nul_in_path = nul;
+  return NULL;
+}
+
+/* ======================================================================== */
+/* GET /metrics: the renderer thread                                        */
+/* ======================================================================== */
+
+/* Renders the whole exposition, with the live gauges, into b. */
+static void metrics_render(circle_http *srv, circle_buf *b) {
+  circle_metrics_live live = {
+      .requests_in_flight = atomic_load(&srv->active),
+      .queue_depth = circle_engine_queue_depth(srv->engine),
+      .inflight_bytes = atomic_load(&srv->inflight),
+      .inflight_bytes_max = srv->opts.max_inflight,
+      .engine_threads = circle_engine_threads(srv->engine),
+      .draining = atomic_load(&srv->draining),
+  };
+  circle_buf_init(b);
+  circle_metrics_render(srv->metrics, &live, b);
+}
+
+/* Queues ex for the renderer and suspends its connection. False when the
+ * renderer is not running (the caller renders on its own thread). */
+static bool metrics_queue(struct exchange *ex) {
+  circle_http *srv = ex->srv;
+  pthread_mutex_lock(&srv->mu);
+  bool queued = srv->renderer_started && !srv->render_stop;
+  if (queued) {
+    ex->next_render = srv->render_head;
+    srv->render_head = ex;
+    srv->jobs++; /* the drain waits for it like a computation */
+    MHD_suspend_connection(ex->conn);
+    pthread_cond_signal(&srv->render_cv);
+  }
+  pthread_mutex_unlock(&srv->mu);
+  return queued;
+}
+
+/* The renderer: takes every request waiting, renders once, gives each a
+ * copy and resumes them; on stop, serves those still waiting first. */
+static void *renderer_main(void *arg) {
+  circle_http *srv = arg;
+  pthread_mutex_lock(&srv->mu);
+  for (;;) {
+    struct exchange *batch = srv->render_head;
+    srv->render_head = NULL;
+    if (!batch) {
+      if (srv->render_stop) break;
+      pthread_cond_wait(&srv->render_cv, &srv->mu);
+      continue;
+    }
+    pthread_mutex_unlock(&srv->mu);
+    circle_buf text;
+    metrics_render(srv, &text);
+    for (struct exchange *ex = batch; ex; ex = ex->next_render) {
+      circle_buf_init(&ex->resp);
+      circle_buf_append(&ex->resp, text.data ? text.data : "", text.len);
+      if (text.failed) ex->resp.failed = true;
+      ex->rendered = true;
+    }
+    circle_buf_free(&text);
+    pthread_mutex_lock(&srv->mu);
+    while (batch) {
+      struct exchange *ex = batch;
+      batch = ex->next_render; /* read before the resume: ex may then go */
+      MHD_resume_connection(ex->conn);
+      srv->jobs--;
+    }
+    pthread_cond_broadcast(&srv->cv);
+  }
+  pthread_mutex_unlock(&srv->mu);
+  return NULL;
+}
+
+/* ======================================================================== */
 /* GET endpoints (answered on the network thread)                           */
 /* ======================================================================== */
 
-/* Readiness answers: 200 with ready, or 503 with not_ready while draining. */
+/* Readiness answers: 200 with ready, or 503 with not_ready while draining
+ * and with saturated while the compute queue is full (a new computation
+ * would get 503: a load balancer should send it elsewhere). */
 static enum MHD_Result respond_ready(struct exchange *ex, const char *ready,
-                                     const char *not_ready) {
+                                     const char *not_ready,
+                                     const char *saturated) {
+  circle_engine *e = ex->srv->engine;
   if (atomic_load(&ex->srv->draining)) return respond_text(ex, 503, not_ready);
+  if (circle_engine_queue_depth(e) >= circle_engine_queue_capacity(e))
+    return respond_text(ex, 503, saturated);
   return respond_text(ex, 200, ready);
 }
 
@@ -736,24 +1139,18 @@ static enum MHD_Result handle_get(struct exchange *ex) {
     return respond_text(ex, 200, "{\"status\": \"ok\"}");
   case ROUTE_READYZ:
     return respond_ready(ex, "{\"status\": \"ready\"}",
-                         "{\"status\": \"draining\"}");
+                         "{\"status\": \"draining\"}",
+                         "{\"status\": \"saturated\"}");
   case ROUTE_CONFIG:
     circle_buf_init(&b);
     circle_json_config_write(&b, &srv->opts.defaults, srv->opts.name);
     return respond(ex, 200, &b, "application/json");
-  case ROUTE_METRICS: {
-    circle_metrics_live live = {
-        .requests_in_flight = atomic_load(&srv->active),
-        .queue_depth = circle_engine_queue_depth(srv->engine),
-        .inflight_bytes = atomic_load(&srv->inflight),
-        .inflight_bytes_max = srv->opts.max_inflight,
-        .engine_threads = circle_engine_threads(srv->engine),
-        .draining = atomic_load(&srv->draining),
-    };
-    circle_buf_init(&b);
-    circle_metrics_render(srv->metrics, &live, &b);
-    return respond(ex, 200, &b, CIRCLE_METRICS_CONTENT_TYPE);
-  }
+  case ROUTE_METRICS:
+    if (ex->rendered || !metrics_queue(ex)) {
+      if (!ex->rendered) metrics_render(srv, &ex->resp);
+      return respond(ex, 200, &ex->resp, CIRCLE_METRICS_CONTENT_TYPE);
+    }
+    return MHD_YES; /* suspended until the renderer resumes it */
   case ROUTE_DASHBOARD: {
     size_t len;
     const char *page = circle_dashboard_html(&len);
@@ -768,7 +1165,8 @@ static enum MHD_Result handle_get(struct exchange *ex) {
   case ROUTE_V2_LIVE:
     return respond_text(ex, 200, "{\"live\": true}");
   case ROUTE_V2_READY:
-    return respond_ready(ex, "{\"ready\": true}", "{\"ready\": false}");
+    return respond_ready(ex, "{\"ready\": true}", "{\"ready\": false}",
+                         "{\"ready\": false}");
   case ROUTE_V2_MODEL:
     circle_buf_init(&b);
     circle_oip_model_metadata(&b);
@@ -779,6 +1177,7 @@ static enum MHD_Result handle_get(struct exchange *ex) {
     return respond(ex, 200, &b, "application/json");
   case ROUTE_V2_MODEL_READY:
     return respond_ready(ex, "{\"name\": \"circle\", \"ready\": true}",
+                         "{\"name\": \"circle\", \"ready\": false}",
                          "{\"name\": \"circle\", \"ready\": false}");
   default:
     circle_error_set(&err, 500, "internal", "route has no GET handler");
@@ -836,19 +1235,91 @@ static void *alloc_array(size_t count, size_t elt) {
   return malloc(bytes ? bytes : 1);
 }
 
-/* Fills ex->err and returns false, for the job's error paths. */
-static bool fail(struct exchange *ex, int status, const char *what) {
+/* What a job stage did. */
+typedef enum {
+  JOB_OK,     /* ex->resp holds the answer */
+  JOB_FAILED, /* ex->err holds it */
+  JOB_GONE,   /* the client went away: no answer, the connection closes */
+  JOB_MOVED   /* decoded as a short job and too big for one: moved */
+} job_result;
+
+/* Fills ex->err and returns JOB_FAILED, for the job's error paths. */
+static job_result fail(struct exchange *ex, int status, const char *what) {
   error_from_status(status, what, &ex->err);
-  return false;
+  return JOB_FAILED;
 }
 
-/* Inflates, decodes, admits, computes and encodes; on any failure fills
- * ex->err and returns false. Runs on an engine worker. */
-static bool job_process(struct exchange *ex) {
+/* The engine's view of a request. */
+static circle_input input_of(const circle_request *req) {
+  circle_input in = {
+      .n = req->n,
+      .m = req->has_ref ? req->m : 0,
+      .d = req->d,
+      .labels = req->labels,
+      .embeddings = req->x,
+      .sample_weight = req->sw,
+      .ref_labels = req->has_ref ? req->ref_labels : NULL,
+      .ref_embeddings = req->has_ref ? req->r : NULL,
+  };
+  return in;
+}
+
+/* True when the request's computation is small enough for the short lane:
+ * at most SHORT_PAIRS pairs and SHORT_WORK pair-dimensions (a few
+ * milliseconds on one core). */
+static bool work_is_short(const circle_request *req) {
+  size_t m = req->has_ref ? req->m : req->n, pairs, work;
+  if (__builtin_mul_overflow(req->n, m, &pairs) ||
+      __builtin_mul_overflow(pairs, req->d, &work))
+    return false;
+  return pairs <= SHORT_PAIRS && work <= SHORT_WORK;
+}
+
+/* True once the client of ex has closed its end or reset the connection
+ * (a peek reads end-of-stream or an error; data already sent, say a
+ * pipelined request, is left where it is). Sticky. Thread-safe: the
+ * engine asks it from any of its threads while the connection is
+ * suspended, when libmicrohttpd does not touch the socket. */
+static bool client_gone(struct exchange *ex) {
+  if (atomic_load(&ex->gone)) return true;
+  if (ex->fd == MHD_INVALID_SOCKET) return false;
+  char c;
+  ssize_t r = recv(ex->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  bool gone = r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
+                         errno != EINTR);
+  if (gone) atomic_store(&ex->gone, true);
+  return gone;
+}
+
+/* The engine's cancellation hook for a request's job (circle_job_opts):
+ * asked before every row block, it peeks at most once per
+ * CANCEL_PEEK_MS, so a computation stops within that of its client
+ * leaving and a small one costs no syscall at all. */
+static bool job_cancelled(void *arg) {
+  struct exchange *ex = arg;
+  if (atomic_load(&ex->gone)) return true;
+  long long now = now_ms(), last = atomic_load(&ex->peeked_ms);
+  if (now - last < CANCEL_PEEK_MS ||
+      !atomic_compare_exchange_strong(&ex->peeked_ms, &last, now))
+    return false;
+  return client_gone(ex);
+}
+
+/* True once the drain's deadline has passed: queued work is refused. */
+static bool srv_stopping(circle_http *srv) {
+  pthread_mutex_lock(&srv->mu);
+  bool stopping = srv->stopping;
+  pthread_mutex_unlock(&srv->mu);
+  return stopping;
+}
+
+/* Stage one: inflates, decodes and checks into ex->req. Runs on an engine
+ * thread. JOB_MOVED when it ran as a short job and the work is not short:
+ * the caller moves it to the ordinary queue for stage two. */
+static job_result job_decode(struct exchange *ex, struct timespec *mark) {
   circle_http *srv = ex->srv;
   const circle_http_opts *o = &srv->opts;
-  struct timespec mark = ex->t_body;
-  phase_end(ex, PH_QUEUE, &mark);
+  circle_request *req = &ex->req;
 
   /* 1. Content-Encoding. */
   if (ex->content_encoding[0]) {
@@ -857,7 +1328,7 @@ static bool job_process(struct exchange *ex) {
     if (circle_inflate(ex->content_encoding, ex->body, ex->len,
                        o->limits.max_inflated, &plain, &plain_len,
                        &ex->err) != 0)
-      return false;
+      return JOB_FAILED;
     size_t compressed = atomic_load(&ex->reserved);
     if (!reserve(ex, plain_len)) {
       free(plain);
@@ -872,12 +1343,10 @@ static bool job_process(struct exchange *ex) {
   }
 
   /* 2. Decode into a request of its own, seeded from the server defaults. */
-  circle_request req;
-  circle_request_init(&req);
   int rc;
   if (ex->route == ROUTE_V1_LOSS) {
     rc = circle_json_decode(ex->body ? ex->body : "", ex->len, &o->defaults,
-                            o->name, &o->limits, &req, &ex->err);
+                            o->name, &o->limits, req, &ex->err);
   } else {
     size_t header_len = ex->has_ihcl ? ex->ihcl : ex->len;
     if (header_len > ex->len) {
@@ -885,10 +1354,10 @@ static bool job_process(struct exchange *ex) {
                        "Inference-Header-Content-Length is %zu but the body "
                        "has only %zu bytes",
                        header_len, ex->len);
-      return false;
+      return JOB_FAILED;
     }
     rc = circle_oip_decode(ex->body ? ex->body : "", ex->len, header_len,
-                           &o->defaults, &o->limits, &req, &ex->err);
+                           &o->defaults, &o->limits, req, &ex->err);
   }
   /* The body is gone: so is everything this request held so far. */
   free(ex->body);
@@ -896,40 +1365,39 @@ static bool job_process(struct exchange *ex) {
   ex->len = ex->cap = 0;
   release(ex, atomic_load(&ex->reserved));
   if (rc != 0) {
-    circle_request_free(&req);
     if (ex->err.http_status < 400) error_from_status(rc, NULL, &ex->err);
-    return false;
+    return JOB_FAILED;
   }
 
-  circle_input in = {
-      .n = req.n,
-      .m = req.has_ref ? req.m : 0,
-      .d = req.d,
-      .labels = req.labels,
-      .embeddings = req.x,
-      .sample_weight = req.sw,
-      .ref_labels = req.has_ref ? req.ref_labels : NULL,
-      .ref_embeddings = req.has_ref ? req.r : NULL,
-  };
-  if (!req.has_ref) req.want &= ~(unsigned)CIRCLE_OUT_REF_GRAD;
-  bool ok = false;
-  circle_output out;
-  memset(&out, 0, sizeof out);
-  out.want = req.want;
+  if (!req->has_ref) req->want &= ~(unsigned)CIRCLE_OUT_REF_GRAD;
 
   /* 3. Check the input the way the engine will, for a precise message. */
+  circle_input in = input_of(req);
   char where[256] = "";
-  rc = circle_input_check(&req.cfg, &in, where, sizeof where);
-  if (rc != 0) {
-    fail(ex, rc, where);
-    goto done;
-  }
-  phase_end(ex, PH_DECODE, &mark);
+  rc = circle_input_check(&req->cfg, &in, where, sizeof where);
+  if (rc != 0) return fail(ex, rc, where);
+  phase_end(ex, PH_DECODE, mark);
+  return ex->short_job && !work_is_short(req) ? JOB_MOVED : JOB_OK;
+}
+
+/* Stage two: admits, computes and encodes ex->req into ex->resp. */
+static job_result job_compute(struct exchange *ex, struct timespec *mark) {
+  circle_http *srv = ex->srv;
+  const circle_http_opts *o = &srv->opts;
+  circle_request *req = &ex->req;
+  circle_input in = input_of(req);
+  bool ok = false, gone = false;
+  int rc;
+  char where[256] = "";
+  circle_output out;
+  memset(&out, 0, sizeof out);
+  out.want = req->want;
 
   /* 4. Admission: bytes in flight. */
   bool binary_out = ex->route == ROUTE_V2_INFER &&
-                    (req.want & ~req.binary_outputs & ~(unsigned)CIRCLE_OUT_STATS) == 0;
-  size_t need = estimate_bytes(srv, &req, &in, binary_out);
+                    (req->want & ~req->binary_outputs &
+                     ~(unsigned)CIRCLE_OUT_STATS) == 0;
+  size_t need = estimate_bytes(srv, req, &in, binary_out);
   if (need > o->max_inflight) {
     char msg[256];
     snprintf(msg, sizeof msg,
@@ -937,7 +1405,7 @@ static bool job_process(struct exchange *ex) {
              "d=%zu); this server commits at most %zu MiB to requests "
              "(--max-inflight-mb): send a smaller batch",
              need == SIZE_MAX ? SIZE_MAX / 1048576 : need / 1048576 + 1,
-             req.n, in.m, req.d, o->max_inflight / 1048576);
+             req->n, in.m, req->d, o->max_inflight / 1048576);
     fail(ex, CIRCLE_ELIMIT, msg);
     goto done;
   }
@@ -948,20 +1416,20 @@ static bool job_process(struct exchange *ex) {
   }
 
   /* 5. Outputs, in the request's dtype. */
-  size_t elt = circle_dtype_size(req.cfg.dtype);
+  size_t elt = circle_dtype_size(req->cfg.dtype);
   bool alloc_ok = true;
-  if ((req.want & CIRCLE_OUT_LOSS) &&
-      circle_reduction_is_elementwise(req.cfg.reduction))
-    alloc_ok &= (out.loss_values = alloc_array(req.n, elt)) != NULL;
+  if ((req->want & CIRCLE_OUT_LOSS) &&
+      circle_reduction_is_elementwise(req->cfg.reduction))
+    alloc_ok &= (out.loss_values = alloc_array(req->n, elt)) != NULL;
   /* A half format needs the per-sample values to mask rows as Keras does
    * (circle_output_round); they are returned only when asked for. */
-  if (req.cfg.half != CIRCLE_HALF_NONE) out.want |= CIRCLE_OUT_PER_SAMPLE;
+  if (req->cfg.half != CIRCLE_HALF_NONE) out.want |= CIRCLE_OUT_PER_SAMPLE;
   if (out.want & CIRCLE_OUT_PER_SAMPLE)
-    alloc_ok &= (out.per_sample = alloc_array(req.n, elt)) != NULL;
-  if (req.want & CIRCLE_OUT_GRAD)
-    alloc_ok &= (out.grad = alloc_array(req.n * req.d, elt)) != NULL;
-  if (req.want & CIRCLE_OUT_REF_GRAD)
-    alloc_ok &= (out.ref_grad = alloc_array(in.m * req.d, elt)) != NULL;
+    alloc_ok &= (out.per_sample = alloc_array(req->n, elt)) != NULL;
+  if (req->want & CIRCLE_OUT_GRAD)
+    alloc_ok &= (out.grad = alloc_array(req->n * req->d, elt)) != NULL;
+  if (req->want & CIRCLE_OUT_REF_GRAD)
+    alloc_ok &= (out.ref_grad = alloc_array(in.m * req->d, elt)) != NULL;
   if (!alloc_ok) {
     fail(ex, CIRCLE_ENOMEM,
          "the server is out of memory for this request; retry later or "
@@ -970,27 +1438,31 @@ static bool job_process(struct exchange *ex) {
   }
 
   /* 6. Compute (the engine parallelises inside this call). */
-  rc = circle_loss_compute(srv->engine, &req.cfg, &in, &out);
+  rc = circle_loss_compute(srv->engine, &req->cfg, &in, &out);
+  if (rc == CIRCLE_ECANCELED) {
+    gone = true; /* the client went away mid-computation */
+    goto done;
+  }
   if (rc != 0) {
     fail(ex, rc, NULL);
     goto done;
   }
   /* A half-precision dtype: the float32 results rounded to the format. */
-  rc = circle_output_round(&req.cfg, &in, &out, where, sizeof where);
+  rc = circle_output_round(&req->cfg, &in, &out, where, sizeof where);
   if (rc != 0) {
     fail(ex, rc, where);
     goto done;
   }
-  circle_metrics_observe_compute(srv->metrics, req.tag, &req.cfg, &in, &out);
-  phase_end(ex, PH_COMPUTE, &mark);
+  circle_metrics_observe_compute(srv->metrics, req->tag, &req->cfg, &in, &out);
+  phase_end(ex, PH_COMPUTE, mark);
 
   /* 7. Encode straight into the response buffer. */
   if (ex->route == ROUTE_V1_LOSS) {
-    rc = circle_json_encode(&req, &out, &ex->resp);
+    rc = circle_json_encode(req, &out, &ex->resp);
     ex->binary = false;
   } else {
     size_t header_len = 0;
-    rc = circle_oip_encode(&req, &out, &ex->resp, &header_len);
+    rc = circle_oip_encode(req, &out, &ex->resp, &header_len);
     ex->header_len = header_len;
     ex->binary = header_len < ex->resp.len;
   }
@@ -1003,7 +1475,7 @@ static bool job_process(struct exchange *ex) {
   if (ex->accept != ENC_NONE && ex->resp.len >= COMPRESS_MIN_BYTES &&
       compress_buf(&ex->resp, ex->accept))
     ex->resp_encoding = ex->accept;
-  phase_end(ex, PH_ENCODE, &mark);
+  phase_end(ex, PH_ENCODE, mark);
   ok = true;
 
 done:
@@ -1011,21 +1483,63 @@ done:
   free(out.per_sample);
   free(out.grad);
   free(out.ref_grad);
-  circle_request_free(&req);
+  circle_request_free(req);
   /* From here on only the response is held. */
   size_t held = atomic_load(&ex->reserved);
   if (ok && held > ex->resp.len) release(ex, held - ex->resp.len);
   if (!ok) release(ex, held);
-  return ok;
+  return ok ? JOB_OK : gone ? JOB_GONE : JOB_FAILED;
+}
+
+/* Runs the stages still to run: drops the request if its client has gone
+ * or the drain's deadline has passed, and moves it to the ordinary queue
+ * when stage one finds it too big for the short lane. */
+static job_result job_process(struct exchange *ex) {
+  circle_http *srv = ex->srv;
+  struct timespec mark;
+  clock_gettime(CLOCK_MONOTONIC, &mark);
+  /* Waiting in a queue, once or twice, is the queue phase. */
+  double waited = ms_between(ex->decoded ? &ex->t_moved : &ex->t_body, &mark);
+  ex->phase_ms[PH_QUEUE] = (ex->decoded ? ex->phase_ms[PH_QUEUE] : 0) + waited;
+  if (client_gone(ex)) return JOB_GONE;
+  atomic_store(&ex->peeked_ms, now_ms());
+  if (srv_stopping(srv)) {
+    fail(ex, CIRCLE_ESHUTDOWN, NULL);
+    return JOB_FAILED;
+  }
+  if (!ex->decoded) {
+    job_result r = job_decode(ex, &mark);
+    ex->decoded = true;
+    if (r != JOB_OK) {
+      if (r == JOB_MOVED) ex->t_moved = mark;
+      else release(ex, atomic_load(&ex->reserved));
+      return r;
+    }
+  }
+  return job_compute(ex, &mark);
 }
 
 /* Engine job: fn owns arg only in the sense that it must hand it back to
  * the network thread by resuming the connection; the completed callback
- * frees it. */
+ * frees it. A request moved off the short lane is submitted again as an
+ * ordinary job and stays suspended. */
 static void job_run(void *arg) {
   struct exchange *ex = arg;
   circle_http *srv = ex->srv;
-  ex->ok = job_process(ex);
+  job_result r = job_process(ex);
+  if (r == JOB_MOVED) {
+    ex->short_job = false;
+    circle_job_opts jo = {.cancelled = job_cancelled};
+    int rc = circle_engine_submit_job(srv->engine, job_run, ex, &jo);
+    if (rc == CIRCLE_OK) return;
+    fail(ex, rc,
+         rc == CIRCLE_EBUSY ? "the compute queue is full; retry after a second"
+                            : NULL);
+    release(ex, atomic_load(&ex->reserved));
+    r = JOB_FAILED;
+  }
+  ex->ok = r == JOB_OK;
+  ex->dropped = r == JOB_GONE;
   pthread_mutex_lock(&srv->mu);
   ex->done = true;
   MHD_resume_connection(ex->conn);
@@ -1060,10 +1574,18 @@ static enum MHD_Result refuse(struct exchange *ex, const circle_error *err) {
 
 /* First call: everything decided from the request line and headers. Returns
  * MHD_YES with or without a queued response. */
-static enum MHD_Result first_call(struct exchange *ex, const char *url) {
+static enum MHD_Result first_call(struct exchange *ex, const char *url,
+                                  const char *version) {
   circle_http *srv = ex->srv;
   circle_error err;
   route(ex, url);
+
+  /* Framing comes first: a request whose extent is in doubt is answered
+   * and its connection closed before anything else is read of it. */
+  if (!framing_ok(ex, version, &err)) {
+    ex->close = true;
+    return respond_error(ex, &err);
+  }
 
   /* Auth comes before 404 and 405 so that the routes are not revealed. */
   if (!route_is_open(ex->route) && !authorized(ex)) {
@@ -1116,14 +1638,9 @@ static enum MHD_Result first_call(struct exchange *ex, const char *url) {
                        v, max_body, max_body / 1048576);
       return refuse(ex, &err);
     }
+    /* Nothing is reserved yet: the body's bytes are, as they arrive
+     * (upload_call), so a length declared and never sent holds nothing. */
     ex->expect = v;
-    if (!reserve(ex, v)) {
-      error_from_status(CIRCLE_EBUSY,
-                        "the server has too many requests in flight; retry "
-                        "after a second",
-                        &err);
-      return refuse(ex, &err);
-    }
   }
 
   const char *ce = MHD_lookup_connection_value(
@@ -1196,15 +1713,14 @@ static enum MHD_Result upload_call(struct exchange *ex, const char *data,
     return MHD_YES;
   }
   if (ex->len + size > ex->cap) {
-    /* A Content-Length body (checked and reserved at the first call) is
-     * taken whole, once: doubling from 64 KiB copied an 8 MiB binary
-     * tensor body seven times. Chunked bodies grow by doubling. */
-    size_t cap = ex->cap ? ex->cap : 65536;
+    /* The buffer grows by doubling from 64 KiB (never past the declared
+     * Content-Length), and each growth is reserved before it is made: what
+     * a request holds of the in-flight budget is what it has sent, to
+     * within a factor of two, never what it merely announced. */
+    size_t cap = ex->cap ? ex->cap : BODY_FIRST_BYTES;
     while (cap < ex->len + size) cap = cap > max_body / 2 ? max_body : cap * 2;
-    if (ex->expect != SIZE_MAX) cap = ex->expect;
-    /* Content-Length bytes were reserved up front; chunked bodies reserve
-     * as they grow. */
-    if (ex->expect == SIZE_MAX && !reserve(ex, cap - ex->cap)) {
+    if (cap > ex->expect) cap = ex->expect;
+    if (!reserve(ex, cap - ex->cap)) {
       ex->overloaded = true;
       drop_body(ex, size);
       return MHD_YES;
@@ -1250,7 +1766,15 @@ static enum MHD_Result final_call(struct exchange *ex) {
     ex->submitted = true;
     clock_gettime(CLOCK_MONOTONIC, &ex->t_body);
     ex->phase_ms[PH_RECV] = ms_between(&ex->t0, &ex->t_body);
-    rc = circle_engine_submit(srv->engine, job_run, ex);
+    /* Short: a small identity-encoded body (a compressed one may inflate
+     * to anything); stage one moves it on if its work is not short. */
+    ex->short_job = ex->len <= SHORT_BODY_BYTES && !ex->content_encoding[0];
+    circle_job_opts jo = {.short_job = ex->short_job,
+                          .cancelled = job_cancelled};
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(
+        ex->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci) ex->fd = ci->connect_fd;
+    rc = circle_engine_submit_job(srv->engine, job_run, ex, &jo);
   }
   if (rc == CIRCLE_OK) {
     srv->jobs++;
@@ -1272,18 +1796,18 @@ static enum MHD_Result final_call(struct exchange *ex) {
 /* Slow clients: the request deadline                                       */
 /* ======================================================================== */
 
-static long long now_ms(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
 /* Starts (owed) or stops the clock of the connection's next request. */
 static void request_owed(struct MHD_Connection *conn, bool owed) {
-  const union MHD_ConnectionInfo *ci =
-      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-  struct watch *w = ci ? ci->socket_context : NULL;
-  if (w) atomic_store(&w->since_ms, owed ? now_ms() : 0);
+  struct watch *w = watch_of(conn);
+  if (!w) return;
+  if (owed) atomic_store(&w->head_in, false);
+  atomic_store(&w->since_ms, owed ? now_ms() : 0);
+}
+
+/* The owed request's head is in: --header-timeout no longer applies. */
+static void request_head_in(struct MHD_Connection *conn) {
+  struct watch *w = watch_of(conn);
+  if (w) atomic_store(&w->head_in, true);
 }
 
 /* MHD_OPTION_NOTIFY_CONNECTION: links a watch into srv->watches when a
@@ -1301,6 +1825,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn,
     if (!w) return; /* no deadline for this one; --timeout still applies */
     w->fd = ci->connect_fd;
     atomic_init(&w->since_ms, now_ms());
+    atomic_init(&w->head_in, false);
     pthread_mutex_lock(&srv->watch_mu);
     w->next = srv->watches;
     if (srv->watches) srv->watches->prev = w;
@@ -1319,11 +1844,16 @@ static void on_connection(void *cls, struct MHD_Connection *conn,
 }
 
 /* The reaper: four sweeps per deadline (at most one a second), each
- * shutting down the connections whose request is overdue. */
+ * shutting down the connections whose request, or its head, is overdue. */
 static void *reaper_main(void *arg) {
   circle_http *srv = arg;
   long long limit = (long long)srv->opts.request_timeout_s * 1000;
-  long long period = limit / 4 < 1000 ? limit / 4 : 1000;
+  long long head_limit = (long long)srv->opts.header_timeout_s * 1000;
+  long long shortest = !limit                ? head_limit
+                       : !head_limit           ? limit
+                       : limit < head_limit    ? limit
+                                               : head_limit;
+  long long period = shortest / 4 < 1000 ? shortest / 4 : 1000;
   if (period < 50) period = 50;
   pthread_mutex_lock(&srv->watch_mu);
   while (!srv->reaper_stop) {
@@ -1338,14 +1868,23 @@ static void *reaper_main(void *arg) {
     pthread_cond_timedwait(&srv->watch_cv, &srv->watch_mu, &until);
     if (srv->reaper_stop) break;
     long long now = now_ms();
-    size_t cut = 0;
+    size_t cut = 0, cut_head = 0;
     for (struct watch *w = srv->watches; w; w = w->next) {
       long long since = atomic_load(&w->since_ms);
-      if (w->cut || since == 0 || now - since <= limit) continue;
+      if (w->cut || since == 0) continue;
+      bool head = head_limit && !atomic_load(&w->head_in) &&
+                  now - since > head_limit;
+      if (!head && (!limit || now - since <= limit)) continue;
       shutdown(w->fd, SHUT_RDWR);
       w->cut = true;
-      cut++;
+      if (head) cut_head++;
+      else cut++;
     }
+    if (cut_head && !srv->opts.quiet)
+      fprintf(stderr,
+              "circled: closed %zu connection%s that had not sent a request "
+              "head within %us (--header-timeout)\n",
+              cut_head, cut_head == 1 ? "" : "s", srv->opts.header_timeout_s);
     if (cut && !srv->opts.quiet)
       fprintf(stderr,
               "circled: closed %zu connection%s that had not sent a whole "
@@ -1373,10 +1912,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     copy_printable(ex->method, sizeof ex->method, method);
     copy_printable(ex->url, sizeof ex->url, url);
     atomic_init(&ex->reserved, 0);
+    atomic_init(&ex->gone, false);
+    atomic_init(&ex->peeked_ms, 0);
+    ex->fd = MHD_INVALID_SOCKET;
+    circle_request_init(&ex->req);
     circle_buf_init(&ex->resp);
     *req_cls = ex;
     atomic_fetch_add(&srv->active, 1);
-    return first_call(ex, url);
+    request_head_in(conn);
+    return first_call(ex, url, version);
   }
 
   if (*upload_data_size != 0) {
@@ -1398,6 +1942,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     if (!done) MHD_suspend_connection(conn); /* not expected: wait again */
     pthread_mutex_unlock(&srv->mu);
     if (!done) return MHD_YES;
+    if (ex->dropped) return MHD_NO; /* nobody to answer: close */
     if (!ex->ok) return respond_error(ex, &ex->err);
     return respond(ex, 200, &ex->resp,
                    ex->binary ? "application/octet-stream"
@@ -1420,20 +1965,30 @@ static void on_completed(void *cls, struct MHD_Connection *conn,
     char phases[160] = "";
     if (ex->submitted && phases_format(ex, phases + 1, sizeof phases - 1, " ", "="))
       phases[0] = ' ';
-    if (ex->answered)
+    const char *why = toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED
+                          ? "timed out"
+                      : toe == MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN
+                          ? "server shutdown"
+                      : ex->answered && toe == MHD_REQUEST_TERMINATED_WITH_ERROR
+                          ? "send failed"
+                          : "client went away";
+    if (ex->answered && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
       fprintf(stderr, "circled: %s %s %u %zu %.3fms%s\n", ex->method, ex->url,
               ex->status, ex->bytes, ms, phases);
+    else if (ex->answered)
+      fprintf(stderr,
+              "circled: %s %s - %zu %.3fms%s (%s: %u cut off after %zu of "
+              "%zu bytes)\n",
+              ex->method, ex->url, ex->sent, ms, phases, why, ex->status,
+              ex->sent, ex->bytes);
     else
       fprintf(stderr, "circled: %s %s - 0 %.3fms (%s)\n", ex->method,
-              ex->url, ms,
-              toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ? "timed out"
-              : toe == MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN
-                  ? "server shutdown"
-                  : "client went away");
+              ex->url, ms, why);
   }
   metrics_observe(ex, ms, toe);
   release(ex, atomic_load(&ex->reserved));
   free(ex->body);
+  circle_request_free(&ex->req);
   circle_buf_free(&ex->resp);
   free(ex);
   atomic_fetch_sub(&srv->active, 1);
@@ -1459,7 +2014,9 @@ void circle_http_opts_init(circle_http_opts *opts) {
   opts->net_threads = 2;
   opts->timeout_s = 30;
   opts->request_timeout_s = 120;
+  opts->header_timeout_s = 10;
   opts->max_connections = 1024;
+  opts->max_connections_per_ip = 256;
   opts->max_body = (size_t)64 << 20;
   opts->max_inflight = (size_t)2048 << 20;
   circle_limits_init(&opts->limits);
@@ -1551,6 +2108,7 @@ int circle_http_init(circle_http **out, const circle_http_opts *opts,
   pthread_cond_init(&srv->cv, NULL);
   pthread_mutex_init(&srv->watch_mu, NULL);
   pthread_cond_init(&srv->watch_cv, NULL);
+  pthread_cond_init(&srv->render_cv, NULL);
 
   errno = 0;
   srv->mhd = MHD_start_daemon(
@@ -1560,6 +2118,9 @@ int circle_http_init(circle_http **out, const circle_http_opts *opts,
       MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)opts->net_threads,
       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)opts->timeout_s,
       MHD_OPTION_CONNECTION_LIMIT, (unsigned int)opts->max_connections,
+      /* 0 is libmicrohttpd's "no limit" too. */
+      MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+      (unsigned int)opts->max_connections_per_ip,
       /* libmicrohttpd reads a body in chunks of about half this pool (and
        * it bounds the request head: 431). Its default, 32 KiB, made an
        * 8 MiB OIP body 512 reads and callbacks: 128 KiB cut the end-to-end
@@ -1569,12 +2130,14 @@ int circle_http_init(circle_http **out, const circle_http_opts *opts,
        * Pages are touched only as used (the pool is mmap'd). */
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, CONN_POOL_BYTES,
       MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-      MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_END);
+      MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
+      MHD_OPTION_URI_LOG_CALLBACK, on_uri, srv, MHD_OPTION_END);
   if (!srv->mhd) {
     int e = errno;
     set_why(why, why_len, "cannot listen on %s port %u: %s", opts->bind,
             (unsigned)opts->port,
             e ? strerror(e) : "libmicrohttpd refused to start");
+    pthread_cond_destroy(&srv->render_cv);
     pthread_cond_destroy(&srv->watch_cv);
     pthread_mutex_destroy(&srv->watch_mu);
     pthread_cond_destroy(&srv->cv);
@@ -1584,8 +2147,12 @@ int circle_http_init(circle_http **out, const circle_http_opts *opts,
     free(srv);
     return CIRCLE_EINVAL;
   }
-  /* Without the reaper (0, or no thread) --timeout alone guards. */
-  if (opts->request_timeout_s > 0)
+  /* Without the renderer (no thread) /metrics renders on the network
+   * thread, as metrics_queue's callers do. */
+  srv->renderer_started =
+      pthread_create(&srv->renderer, NULL, renderer_main, srv) == 0;
+  /* Without the reaper (both 0, or no thread) --timeout alone guards. */
+  if (opts->request_timeout_s > 0 || opts->header_timeout_s > 0)
     srv->reaper_started =
         pthread_create(&srv->reaper, NULL, reaper_main, srv) == 0;
   const union MHD_DaemonInfo *info =
@@ -1641,8 +2208,9 @@ void circle_http_drain(circle_http *srv, double timeout_s) {
     deadline.tv_sec++;
     deadline.tv_nsec -= 1000000000L;
   }
-  /* Requests still uploading get until the deadline; after it, no new job
-   * is taken, and the ones taken are always waited for: a suspended
+  /* Requests still uploading or queued get until the deadline; after it,
+   * no new job is taken, queued ones answer 503 when their turn comes
+   * (job_process), and the ones computing are waited for: a suspended
    * connection must be resumed before the daemon stops. */
   wait_until_idle(srv, &deadline, false);
   pthread_mutex_lock(&srv->mu);
@@ -1668,8 +2236,16 @@ void circle_http_free(circle_http *srv) {
     pthread_mutex_unlock(&srv->watch_mu);
     pthread_join(srv->reaper, NULL);
   }
+  if (srv->renderer_started) {
+    pthread_mutex_lock(&srv->mu);
+    srv->render_stop = true;
+    pthread_cond_signal(&srv->render_cv);
+    pthread_mutex_unlock(&srv->mu);
+    pthread_join(srv->renderer, NULL);
+  }
   /* Closing the connections frees their watches (on_connection). */
   MHD_stop_daemon(srv->mhd);
+  pthread_cond_destroy(&srv->render_cv);
   pthread_cond_destroy(&srv->watch_cv);
   pthread_mutex_destroy(&srv->watch_mu);
   circle_metrics_free(srv->metrics);

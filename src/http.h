@@ -27,7 +27,12 @@ typedef struct {
                                  or its previous one answered) must send it
                                  whole, head and body, within this; else it
                                  is closed. 0: no limit */
+  unsigned header_timeout_s;  /* the request head (line and headers) must
+                                 arrive within this of the connection
+                                 opening or its previous answer; else it is
+                                 closed. 0: no limit */
   unsigned max_connections;
+  unsigned max_connections_per_ip; /* from one client address; 0: no limit */
   size_t max_body;        /* request body bytes, as sent (compressed) */
   size_t max_inflight;    /* bytes committed to requests being computed */
   circle_limits limits;   /* handed to the codecs */
@@ -44,7 +49,8 @@ typedef struct {
 typedef struct circle_http circle_http;
 
 /* Fills *opts with the documented defaults: 127.0.0.1:8080, 2 network
- * threads, 30 s idle timeout, 120 s request timeout, 1024 connections,
+ * threads, 30 s idle timeout, 10 s header timeout, 120 s request timeout,
+ * 1024 connections, 256 from one address,
  * 64 MiB bodies, 2048 MiB in flight, circle_limits_init's limits, Keras'
  * default config, name "circle", no auth, logging on, 32 metrics tags. */
 void circle_http_opts_init(circle_http_opts *opts);
@@ -62,8 +68,10 @@ uint16_t circle_http_port(const circle_http *srv);
 /* Begins a graceful stop: /readyz and /v2/health/ready answer 503, the
  * listening socket is closed, responses ask clients to close their
  * connections, and the call waits up to timeout_s for requests in progress
- * to finish. Requests already handed to the engine are always waited for,
- * whatever the timeout. Safe to call once, from one thread. */
+ * to finish. After it, a request still waiting for a compute thread is
+ * answered 503 shutting_down when its turn comes instead of computed; one
+ * already computing is always waited for. Safe to call once, from one
+ * thread. */
 void circle_http_drain(circle_http *srv, double timeout_s);
 
 /* Drains (if circle_http_drain was not called, with a zero timeout for

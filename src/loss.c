@@ -466,6 +466,7 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
     } else {                                                                   \
       circle__parallel(e, nb, CIRCLE__CAT(blk_rows_stream, SUF), &x);          \
     }                                                                          \
+    if (circle__cancelled()) return; /* rows not all done: stop here */       \
     /* Serial reduction in row order, in double. */                            \
     double *vd = (double *)(mem + p->off_vd);                                  \
     double *wd = vd + p->n;                                                    \
@@ -558,5 +559,5 @@ int circle_loss_compute(circle_engine *engine, const circle_config *cfg,
   else
     compute_d(engine, cfg, in, out, &p, mem);
   circle__scratch_give(engine, mem, p.total);
-  return CIRCLE_OK;
+  return circle__cancelled() ? CIRCLE_ECANCELED : CIRCLE_OK;
 }

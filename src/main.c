@@ -72,7 +72,8 @@ static const flag_spec FLAGS[] = {
      "network threads (libmicrohttpd epoll pool); they never compute", 1,
      1024},
     {"workers", "CIRCLED_WORKERS", K_UINT, "N",
-     "compute threads of the engine; 0 means one per online core", 0, 4096},
+     "compute threads of the engine; 0 means one per online core (one "
+     "more thread runs only small requests)", 0, 4096},
     {"max-queue", "CIRCLED_MAX_QUEUE", K_SIZE, "N",
      "requests waiting for a compute thread before new ones get 503", 1,
      1e9},
@@ -82,11 +83,20 @@ static const flag_spec FLAGS[] = {
      "close a connection that has not sent a whole request (head and body) "
      "this long after it opened or got its previous answer: slow clients "
      "and slowloris; 0 means no limit", 0, 86400},
+    {"header-timeout", "CIRCLED_HEADER_TIMEOUT", K_UINT, "SECONDS",
+     "close a connection that has not sent a whole request head (line and "
+     "headers) this long after it opened or got its previous answer; 0 "
+     "means no limit", 0, 86400},
     {"drain-timeout", "CIRCLED_DRAIN_TIMEOUT", K_SECONDS, "SECONDS",
-     "on SIGTERM, how long to wait for requests still uploading; requests "
+     "on SIGTERM, how long requests still uploading or waiting for a "
+     "compute thread may take; after it, waiting ones get 503; requests "
      "already computing are always finished", 0, 86400},
     {"max-connections", "CIRCLED_MAX_CONNECTIONS", K_UINT, "N",
      "simultaneous connections; more are refused", 1, 1000000},
+    {"max-connections-per-ip", "CIRCLED_MAX_CONNECTIONS_PER_IP", K_UINT, "N",
+     "simultaneous connections from one client address; more are closed at "
+     "once. 0 means no limit (behind a proxy every client shares its "
+     "address)", 0, 1000000},
     {"max-body-mb", "CIRCLED_MAX_BODY_MB", K_MB, "MB",
      "largest request body as sent; larger ones get 413 before they are "
      "read", 1, 1 << 20},
@@ -150,8 +160,11 @@ static void *flag_dst(settings *s, size_t i) {
   if (!strcmp(f, "max-queue")) return &s->engine.max_queue;
   if (!strcmp(f, "timeout")) return &h->timeout_s;
   if (!strcmp(f, "request-timeout")) return &h->request_timeout_s;
+  if (!strcmp(f, "header-timeout")) return &h->header_timeout_s;
   if (!strcmp(f, "drain-timeout")) return &s->drain_timeout_s;
   if (!strcmp(f, "max-connections")) return &h->max_connections;
+  if (!strcmp(f, "max-connections-per-ip"))
+    return &h->max_connections_per_ip;
   if (!strcmp(f, "max-body-mb")) return &h->max_body;
   if (!strcmp(f, "max-inflated-mb")) return &h->limits.max_inflated;
   if (!strcmp(f, "max-inflight-mb")) return &h->max_inflight;
@@ -652,7 +665,7 @@ int main(int argc, char **argv) {
   int sig = sigbyte;
   fprintf(stderr,
           "circled: %s received: draining (new connections refused, "
-          "requests in flight finish; uploads get %gs)\n",
+          "computing requests finish; uploads and queued ones get %gs)\n",
           sig == SIGINT ? "SIGINT" : "SIGTERM", s.drain_timeout_s);
   circle_http_drain(srv, s.drain_timeout_s);
   circle_http_free(srv);

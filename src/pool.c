@@ -1,5 +1,21 @@
-/* pool.c -- the engine: a fixed set of compute threads, a bounded FIFO of
+/* pool.c -- the engine: a fixed set of compute threads, bounded FIFOs of
  * jobs, and parallel loops over row blocks with dynamic chunking.
+ *
+ * Scheduling: jobs come in two classes, short (circle_job_opts.short_job:
+ * the submitter knows it is small) and ordinary. A compute thread takes
+ * helper items first (loops in progress finish first), then short jobs,
+ * then ordinary ones. One more thread, the short lane, takes short jobs
+ * only and never helps a loop of another job: however long the ordinary
+ * jobs, a short job waits only for the short jobs ahead of it. A short job
+ * run on the lane still asks the compute threads for help; whichever are
+ * busy do not come, and the lane runs those blocks itself.
+ *
+ * Cancellation: a job may carry a cancelled() hook. Every parallel loop a
+ * job's thread starts asks it before each block (from whichever thread
+ * runs the block); once it says yes, that loop and every later one of the
+ * job run no more blocks, and circle_loss_compute returns
+ * CIRCLE_ECANCELED (circle__cancelled tells it). The job's identity is a
+ * thread-local of the thread running it, set by the worker loop.
  *
  * Locking rules:
  *  - e->mu guards every queue, e->stopping and each helper's `queued` flag.
@@ -25,8 +41,14 @@ extern void openblas_set_num_threads(int num_threads);
 typedef struct job {
   void (*fn)(void *arg);
   void *arg;
+  bool (*cancelled)(void *arg);
   struct job *next;
 } job;
+
+/* The job the calling thread runs (NULL outside a job) and whether a loop
+ * of it was cancelled. Set by run_job only. */
+static _Thread_local const job *tl_job;
+static _Thread_local bool tl_cancelled;
 
 struct loop;
 
@@ -41,6 +63,9 @@ typedef struct loop {
   circle__block_fn body;
   void *ctx;
   size_t nblocks;
+  bool (*cancelled)(void *arg); /* the job's hook, or NULL */
+  void *arg;
+  atomic_bool stop;             /* the hook said yes */
   atomic_size_t next_block;
   atomic_uint next_ith;
   unsigned active;       /* helpers running; guarded by e->mu */
@@ -51,10 +76,16 @@ struct circle_engine {
   circle_engine_opts opts;
   pthread_t *threads;
   unsigned nthreads;
+  pthread_t lane;   /* the short lane's thread */
+  bool lane_started;
   pthread_mutex_t mu;
-  pthread_cond_t work;
-  job *head, *tail;
-  size_t queued;
+  pthread_cond_t work;      /* compute threads wait here */
+  pthread_cond_t lane_work; /* the short lane waits here */
+  job *head, *tail;         /* ordinary jobs */
+  job *shead, *stail;       /* short jobs */
+  size_t queued;            /* both queues */
+  unsigned idle_workers;    /* compute threads waiting on `work` */
+  bool lane_idle;           /* the short lane waits on `lane_work` */
   helper *helpers; /* doubly linked, LIFO is fine: all belong to live loops */
   bool stopping;
   /* One scratch buffer kept between calls (guarded by mu): a fresh large
@@ -71,6 +102,11 @@ struct circle_engine {
 
 static void run_blocks(loop *l, unsigned ith) {
   for (;;) {
+    if (l->cancelled &&
+        (atomic_load(&l->stop) || l->cancelled(l->arg))) {
+      atomic_store(&l->stop, true);
+      break;
+    }
     size_t b = atomic_fetch_add(&l->next_block, 1);
     if (b >= l->nblocks) break;
     l->body(l->ctx, b, ith);
@@ -82,6 +118,46 @@ static void unlink_helper(circle_engine *e, helper *h) {
   if (h->next) h->next->prev = h->prev;
   h->next = h->prev = NULL;
   h->queued = false;
+}
+
+/* Unlinks the first job of *head / *tail; NULL when empty. Under e->mu. */
+static job *pop_job(circle_engine *e, job **head, job **tail) {
+  job *j = *head;
+  if (j == NULL) return NULL;
+  *head = j->next;
+  if (*head == NULL) *tail = NULL;
+  e->queued--;
+  return j;
+}
+
+/* Runs j with e->mu released (held on entry and return), frees it. */
+static void run_job(circle_engine *e, job *j) {
+  pthread_mutex_unlock(&e->mu);
+  tl_job = j;
+  tl_cancelled = false;
+  j->fn(j->arg);
+  tl_job = NULL;
+  free(j);
+  pthread_mutex_lock(&e->mu);
+}
+
+/* The short lane: short jobs only, never a helper item. */
+static void *lane_main(void *arg) {
+  circle_engine *e = arg;
+  pthread_mutex_lock(&e->mu);
+  for (;;) {
+    job *j = pop_job(e, &e->shead, &e->stail);
+    if (j != NULL) {
+      run_job(e, j);
+      continue;
+    }
+    if (e->stopping) break;
+    e->lane_idle = true;
+    pthread_cond_wait(&e->lane_work, &e->mu);
+    e->lane_idle = false;
+  }
+  pthread_mutex_unlock(&e->mu);
+  return NULL;
 }
 
 static void *worker_main(void *arg) {
@@ -99,19 +175,16 @@ static void *worker_main(void *arg) {
       if (--l->active == 0) pthread_cond_broadcast(&l->idle);
       continue;
     }
-    if (e->head != NULL) {
-      job *j = e->head;
-      e->head = j->next;
-      if (e->head == NULL) e->tail = NULL;
-      e->queued--;
-      pthread_mutex_unlock(&e->mu);
-      j->fn(j->arg);
-      free(j);
-      pthread_mutex_lock(&e->mu);
+    job *j = pop_job(e, &e->shead, &e->stail);
+    if (j == NULL) j = pop_job(e, &e->head, &e->tail);
+    if (j != NULL) {
+      run_job(e, j);
       continue;
     }
     if (e->stopping) break;
+    e->idle_workers++;
     pthread_cond_wait(&e->work, &e->mu);
+    e->idle_workers--;
   }
   pthread_mutex_unlock(&e->mu);
   return NULL;
@@ -119,8 +192,13 @@ static void *worker_main(void *arg) {
 
 void circle__parallel(circle_engine *e, size_t nblocks, circle__block_fn body,
                       void *ctx) {
-  if (nblocks == 0) return;
+  if (nblocks == 0 || tl_cancelled) return;
   loop l = {.body = body, .ctx = ctx, .nblocks = nblocks, .active = 0};
+  if (tl_job != NULL && tl_job->cancelled != NULL) {
+    l.cancelled = tl_job->cancelled;
+    l.arg = tl_job->arg;
+  }
+  atomic_init(&l.stop, false);
   atomic_init(&l.next_block, 0);
   atomic_init(&l.next_ith, 1);
   unsigned want = e->nthreads - 1;
@@ -147,7 +225,10 @@ void circle__parallel(circle_engine *e, size_t nblocks, circle__block_fn body,
     pthread_mutex_unlock(&e->mu);
     pthread_cond_destroy(&l.idle);
   }
+  if (atomic_load(&l.stop)) tl_cancelled = true;
 }
+
+bool circle__cancelled(void) { return tl_cancelled; }
 
 int circle_engine_init(circle_engine **out, const circle_engine_opts *opts) {
   if (out == NULL) return CIRCLE_EINVAL;
@@ -172,6 +253,7 @@ int circle_engine_init(circle_engine **out, const circle_engine_opts *opts) {
   openblas_set_num_threads(1);
   pthread_mutex_init(&e->mu, NULL);
   pthread_cond_init(&e->work, NULL);
+  pthread_cond_init(&e->lane_work, NULL);
   for (unsigned k = 0; k < o.threads; k++) {
     if (pthread_create(&e->threads[k], NULL, worker_main, e) != 0) {
       e->nthreads = k;
@@ -179,6 +261,11 @@ int circle_engine_init(circle_engine **out, const circle_engine_opts *opts) {
       return CIRCLE_ENOMEM;
     }
     e->nthreads = k + 1;
+  }
+  e->lane_started = pthread_create(&e->lane, NULL, lane_main, e) == 0;
+  if (!e->lane_started) {
+    circle_engine_free(e);
+    return CIRCLE_ENOMEM;
   }
   *out = e;
   return CIRCLE_OK;
@@ -189,16 +276,21 @@ void circle_engine_free(circle_engine *e) {
   pthread_mutex_lock(&e->mu);
   e->stopping = true;
   pthread_cond_broadcast(&e->work);
+  pthread_cond_broadcast(&e->lane_work);
   pthread_mutex_unlock(&e->mu);
   for (unsigned k = 0; k < e->nthreads; k++) pthread_join(e->threads[k], NULL);
+  if (e->lane_started) pthread_join(e->lane, NULL);
   /* With no threads (a failed init) nothing could run queued jobs. */
-  while (e->head != NULL) {
-    job *j = e->head;
-    e->head = j->next;
-    j->fn(j->arg);
-    free(j);
+  pthread_mutex_lock(&e->mu);
+  for (;;) {
+    job *j = pop_job(e, &e->shead, &e->stail);
+    if (j == NULL) j = pop_job(e, &e->head, &e->tail);
+    if (j == NULL) break;
+    run_job(e, j);
   }
+  pthread_mutex_unlock(&e->mu);
   free(e->cache);
+  pthread_cond_destroy(&e->lane_work);
   pthread_cond_destroy(&e->work);
   pthread_mutex_destroy(&e->mu);
   free(e->threads);
@@ -217,11 +309,24 @@ size_t circle_engine_queue_depth(circle_engine *e) {
   return q;
 }
 
+size_t circle_engine_queue_capacity(const circle_engine *e) {
+  return e != NULL ? e->opts.max_queue : 0;
+}
+
 int circle_engine_submit(circle_engine *e, void (*fn)(void *arg), void *arg) {
+  return circle_engine_submit_job(e, fn, arg, NULL);
+}
+
+int circle_engine_submit_job(circle_engine *e, void (*fn)(void *arg),
+                             void *arg, const circle_job_opts *opts) {
   if (e == NULL || fn == NULL) return CIRCLE_EINVAL;
   job *j = malloc(sizeof *j);
   if (j == NULL) return CIRCLE_ENOMEM;
-  *j = (job){.fn = fn, .arg = arg, .next = NULL};
+  bool short_job = opts != NULL && opts->short_job;
+  *j = (job){.fn = fn,
+             .arg = arg,
+             .cancelled = opts != NULL ? opts->cancelled : NULL,
+             .next = NULL};
   pthread_mutex_lock(&e->mu);
   int rc = CIRCLE_OK;
   if (e->stopping) {
@@ -229,10 +334,17 @@ int circle_engine_submit(circle_engine *e, void (*fn)(void *arg), void *arg) {
   } else if (e->queued >= e->opts.max_queue) {
     rc = CIRCLE_EBUSY;
   } else {
-    if (e->tail) e->tail->next = j; else e->head = j;
-    e->tail = j;
+    job **head = short_job ? &e->shead : &e->head;
+    job **tail = short_job ? &e->stail : &e->tail;
+    if (*tail) (*tail)->next = j; else *head = j;
+    *tail = j;
     e->queued++;
-    pthread_cond_signal(&e->work);
+    /* Wake one thread that can take it: a short job the lane when it is
+     * idle (it is there for them), else a compute thread. */
+    if (short_job && (e->lane_idle || e->idle_workers == 0))
+      pthread_cond_signal(&e->lane_work);
+    else
+      pthread_cond_signal(&e->work);
   }
   pthread_mutex_unlock(&e->mu);
   if (rc != CIRCLE_OK) free(j);

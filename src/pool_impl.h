@@ -3,13 +3,15 @@
  * (config.c).
  *
  * Two kinds of work run on the pool:
- *  - jobs (circle_engine_submit): whole requests, FIFO, bounded queue;
+ *  - jobs (circle_engine_submit_job): whole requests, FIFO in two classes
+ *    (short first; one extra thread takes only short ones), bounded queue;
  *  - helpers of a parallel loop (circle__parallel): short-lived, unbounded,
  *    always taken before jobs so a loop in progress finishes first.
  */
 #ifndef CIRCLE_POOL_IMPL_H
 #define CIRCLE_POOL_IMPL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "circle/circle.h"
@@ -25,6 +27,11 @@ typedef void (*circle__block_fn)(void *ctx, size_t block, unsigned ith);
  * has not started (it withdraws those), so there is no deadlock. */
 void circle__parallel(circle_engine *engine, size_t nblocks,
                       circle__block_fn body, void *ctx);
+
+/* True when a loop of the job the calling thread runs was cancelled by the
+ * job's hook (see pool.c): its later loops run no blocks, and the results
+ * of the computation are not to be used. False outside jobs. */
+bool circle__cancelled(void);
 
 /* Largest scratch buffer the engine keeps between calls. */
 #define CIRCLE__SCRATCH_CACHE_MAX ((size_t)128 << 20)

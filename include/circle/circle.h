@@ -59,7 +59,8 @@ extern "C" {
   X(EBUSY, -7, "queue is full")                                               \
   X(ESHUTDOWN, -8, "shutting down")                                           \
   X(EBLAS, -9, "BLAS library problem")                                       \
-  X(ERANGE, -10, "values too large for the dtype")
+  X(ERANGE, -10, "values too large for the dtype")                           \
+  X(ECANCELED, -11, "computation cancelled")
 
 typedef enum {
 #define CIRCLE__STATUS_ENUM(name, value, msg) CIRCLE_##name = value,
@@ -243,14 +244,16 @@ typedef struct {
                                blocks. 0 = 256 MiB */
 } circle_engine_opts;
 
-/* Creates an engine with its thread pool. opts may be NULL (defaults). Sets
+/* Creates an engine with its thread pool (opts.threads compute threads and
+ * one more for short jobs, see circle_job_opts). opts may be NULL. Sets
  * OpenBLAS to one thread: parallelism comes from the engine's own pool.
  * Returns CIRCLE_EINVAL, CIRCLE_ENOMEM; *out is untouched on failure. */
 CIRCLE_API int circle_engine_init(circle_engine **out, const circle_engine_opts *opts);
 /* Runs every job already submitted, joins the threads and frees. NULL is a
  * no-op. Must not be called from one of the engine's own threads. */
 CIRCLE_API void circle_engine_free(circle_engine *engine);
-/* Number of compute threads; 0 for NULL. */
+/* Number of compute threads (the short lane's thread not counted); 0 for
+ * NULL. */
 CIRCLE_API unsigned circle_engine_threads(const circle_engine *engine);
 /* Jobs submitted and not yet started; 0 for NULL. Thread-safe. */
 CIRCLE_API size_t circle_engine_queue_depth(circle_engine *engine);
@@ -284,8 +287,11 @@ CIRCLE_API size_t circle_loss_scratch_bytes(const circle_engine *engine,
  * streamed path may change the last bits). Returns circle_input_check's
  * errors, CIRCLE_EINVAL for unknown bits in want, a reference gradient
  * without a reference set or a missing output buffer, CIRCLE_ENOMEM, or
- * CIRCLE_OK. On failure *out is untouched. With normalize, the reference
- * embeddings are normalized too. */
+ * CIRCLE_OK. On failure *out is untouched, except after CIRCLE_ECANCELED:
+ * called from a job whose circle_job_opts.cancelled hook said yes between
+ * row blocks, the computation stops early and the output buffers hold no
+ * meaningful values. With normalize, the reference embeddings are
+ * normalized too. */
 CIRCLE_API int circle_loss_compute(circle_engine *engine, const circle_config *cfg,
                         const circle_input *in, circle_output *out);
 
@@ -305,11 +311,33 @@ CIRCLE_API int circle_output_round(const circle_config *cfg, const circle_input 
                                    circle_output *out, char *where,
                                    size_t where_len);
 
-/* Queues fn(arg) to run on one of the engine's threads. Returns CIRCLE_OK,
+/* Queues fn(arg) to run on one of the engine's threads, as an ordinary job
+ * (circle_engine_submit_job with NULL options). Returns CIRCLE_OK,
  * CIRCLE_EBUSY when max_queue jobs are waiting, CIRCLE_ESHUTDOWN once
  * circle_engine_free has begun. fn owns arg. */
 CIRCLE_API int circle_engine_submit(circle_engine *engine, void (*fn)(void *arg),
                          void *arg);
+
+/* How a job is scheduled and stopped. Zeroed: an ordinary job. */
+typedef struct {
+  /* The submitter knows the job to be short. Short jobs are taken before
+   * ordinary ones, and one engine thread beyond `threads` runs only short
+   * jobs, so a short job never waits behind an ordinary one, however
+   * long. */
+  bool short_job;
+  /* NULL, or asked with the job's arg before each row block of every
+   * circle_loss_compute the job makes, from any engine thread (so it must
+   * be thread-safe and cheap). Once it returns true that computation stops
+   * and returns CIRCLE_ECANCELED, as does any later one of the job. */
+  bool (*cancelled)(void *arg);
+} circle_job_opts;
+
+/* circle_engine_submit with options (NULL: an ordinary job); same returns. */
+CIRCLE_API int circle_engine_submit_job(circle_engine *engine,
+                                        void (*fn)(void *arg), void *arg,
+                                        const circle_job_opts *opts);
+/* max_queue as resolved (jobs waiting before CIRCLE_EBUSY); 0 for NULL. */
+CIRCLE_API size_t circle_engine_queue_capacity(const circle_engine *engine);
 
 /* ------------------------------------------------------------------------ */
 /* OpenBLAS kernel selection                                                */

@@ -4,13 +4,16 @@ computation longer than X" (a timeout, a queue slot held).
 
 Such a test never picks a fixed size and hopes the machine is slow enough:
 long_n() measures the daemon the test will use, as that daemon's own
-Server-Timing "compute" phase reports it, and grows n (the work grows as
-n^2 at a fixed d) until one request computes for at least target_ms. The
-largest n is the most the default limits accept (--max-n 65536, --max-pairs
-2^32, a body under --max-body-mb 64); a machine so fast that even that
+Server-Timing "compute" phase reports it, and grows the request until one
+computes for at least target_ms. n grows first (the work grows as n^2; a
+small d keeps the body small while the per-pair work, most of it
+independent of d, keeps a pair costly) up to the most the default limits
+accept (--max-n 65536, --max-pairs 2^32), then d doubles while the body
+stays under --max-body-mb 64. A machine so fast that even the largest
 computes in less than the target fails the test loudly with the figures,
 never skips it. Tests check their premise again on the requests they then
-make, since a later request can run faster than the probe did.
+make, since a later request can run faster than the probe did (the C tests
+do the same: long_n in tests/test_http.c).
 
 Nothing here needs more than the Python standard library.
 """
@@ -21,25 +24,25 @@ import math
 import random
 import struct
 
-D = 128
+D_FIRST = 16
 N_FIRST = 2048
 N_MAX = 65536
+BODY_MAX = 60 << 20  # under --max-body-mb 64
 _BLOCK_ROWS = 1021  # rows of distinct values, repeated to make n rows
 
 
-def _rows():
+def _rows(d):
     rng = random.Random(11)
-    return [[round(rng.uniform(-1, 1), 3) for _ in range(D)] for _ in range(_BLOCK_ROWS)]
+    return [[round(rng.uniform(-1, 1), 3) for _ in range(d)] for _ in range(_BLOCK_ROWS)]
 
 
-_ROWS = _rows()
-
-
-def body(path, n):
-    """(body bytes, extra headers) of a loss-only request of n rows x D on
-    path: /v1/loss (JSON) or an OIP infer route (binary tensors)."""
+def body(path, size):
+    """(body bytes, extra headers) of a loss-only request of size = (n, d)
+    on path: /v1/loss (JSON) or an OIP infer route (binary tensors)."""
+    n, D = size
+    rows_ = _rows(D)
     if path.startswith("/v1"):
-        row_text = [json.dumps(r, separators=(",", ":")) for r in _ROWS]
+        row_text = [json.dumps(r, separators=(",", ":")) for r in rows_]
         rows = ",".join(row_text[i % _BLOCK_ROWS] for i in range(n))
         labels = ",".join(str(i % 50) for i in range(n))
         text = f'{{"labels":[{labels}],"embeddings":[{rows}],"outputs":["loss"]}}'
@@ -52,7 +55,7 @@ def body(path, n):
              "parameters": {"binary_data_size": 4 * n * D}}],
         "outputs": [{"name": "loss", "parameters": {"binary_data": True}}]}).encode()
     labels = struct.pack(f"<{n}q", *(i % 50 for i in range(n)))
-    block = struct.pack(f"<{_BLOCK_ROWS * D}f", *(x for r in _ROWS for x in r))
+    block = struct.pack(f"<{_BLOCK_ROWS * D}f", *(x for r in rows_ for x in r))
     reps, rest = divmod(n, _BLOCK_ROWS)
     emb = block * reps + block[:rest * D * 4]
     return head + labels + emb, {"Inference-Header-Content-Length": str(len(head))}
@@ -79,23 +82,26 @@ def post(port, path, data, headers, timeout=600):
 
 
 def long_n(port, target_ms, path="/v2/models/circle/infer"):
-    """(n, compute ms) of the first probe on path whose loss-only request
-    computes for at least target_ms; every probe must be answered 200.
-    Raises AssertionError when N_MAX is not enough."""
-    n, ms = N_FIRST, 0.0
-    for _ in range(12):
-        data, headers = body(path, n)
+    """((n, d), compute ms) of the first probe on path whose loss-only
+    request computes for at least target_ms; every probe must be answered
+    200. Raises AssertionError when the largest request is not enough."""
+    n, d, ms = N_FIRST, D_FIRST, 0.0
+    for _ in range(16):
+        data, headers = body(path, (n, d))
         status, rh, raw = post(port, path, data, headers)
-        assert status == 200, f"probe n = {n}: {status} {raw[:300]!r}"
+        assert status == 200, f"probe {n} x {d}: {status} {raw[:300]!r}"
         ms = compute_ms(rh)
-        assert ms is not None, f"probe n = {n}: no compute phase in Server-Timing"
+        assert ms is not None, f"probe {n} x {d}: no compute phase in Server-Timing"
         if ms >= target_ms:
-            print(f"long_n: n = {n} x d = {D} computes in {ms:.0f} ms (>= {target_ms:.0f})")
-            return n, ms
-        if n == N_MAX:
+            print(f"long_n: n = {n} x d = {d} computes in {ms:.0f} ms (>= {target_ms:.0f})")
+            return (n, d), ms
+        if n < N_MAX:
+            # Aim a quarter past the target; grow at least 1.25x, at most 4x.
+            f = min(4.0, max(1.25, math.sqrt(target_ms / ms) * 1.25 if ms > 0 else 4.0))
+            n = min(N_MAX, int(n * f))
+        elif len(data) * 2 <= BODY_MAX:
+            d *= 2
+        else:
             break
-        # Aim a quarter past the target; grow at least 1.25x, at most 4x.
-        f = min(4.0, max(1.25, math.sqrt(target_ms / ms) * 1.25 if ms > 0 else 4.0))
-        n = min(N_MAX, int(n * f))
-    raise AssertionError(f"n = {n} x d = {D} computes in {ms:.0f} ms on this machine: no request "
+    raise AssertionError(f"n = {n} x d = {d} computes in {ms:.0f} ms on this machine: no request "
                          f"within the default limits reaches the {target_ms:.0f} ms this test needs")

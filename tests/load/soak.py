@@ -10,14 +10,22 @@ clients busy with a mix of requests over both protocols:
     invalid    bad JSON, wrong types, duplicate keys, ragged rows, unknown
                keys, binary sizes that do not add up, bad Content-Encoding,
                a deflate bomb, N over --max-n, 404 and 405
-    truncated  JSON cut short in a complete HTTP message (400), and bodies
-               cut off mid-upload by a client that hangs up (no answer)
+    truncated  JSON cut short in a complete HTTP message (400), bodies cut
+               off mid-upload by a client that hangs up (no answer), and
+               whole requests whose client hangs up before the answer
+               (dropped or cancelled, no answer)
+    framing    smuggling primitives (Content-Length twice, with
+               Transfer-Encoding, a space before the colon, folded), a
+               NUL in a header or the path, a missing Host (400
+               bad_request), Transfer-Encoding identity (501), each with a
+               request smuggled behind it; circled closes the connection
     oversize   a Content-Length over --max-body-mb (413 before the body)
     auth       with --api-key-file, every request carries the token but a
                few that carry none or a wrong one (401, WWW-Authenticate)
 
 Every answer is checked against what that request must get (status, error
-code, and for 200s the response's shape). The run fails on any 5xx, any
+code, and for 200s the response's shape). The run fails on any 5xx (but
+the 501 a framing request asks for), any
 other unexpected status, a request that hangs, circled dying, RSS growing
 10% or more between the first and last ten seconds (VmRSS peaks of the two
 windows), or circled not exiting 0 on SIGTERM afterwards.
@@ -76,7 +84,7 @@ class Req:
     is announced and never sent)."""
 
     __slots__ = ("kind", "method", "path", "headers", "body", "expect", "code", "check",
-                 "cut", "close", "chunked", "auth")
+                 "cut", "close", "chunked", "auth", "raw")
 
     def __init__(self, kind, method, path, body=b"", headers=None, expect=200, code=None,
                  check=None, cut=None, close=False, chunked=False, auth=True):
@@ -84,8 +92,11 @@ class Req:
         self.headers = headers or {}
         self.expect, self.code, self.check, self.cut, self.close = expect, code, check, cut, close
         self.chunked, self.auth = chunked, auth
+        self.raw = None  # the whole request as bytes, sent as is
 
     def wire(self, send_body=True):
+        if self.raw is not None:
+            return self.raw
         headers = dict(self.headers)
         if TOKEN and self.auth:
             headers["Authorization"] = f"Bearer {TOKEN}"
@@ -305,6 +316,41 @@ def hangup(rng):
     return full
 
 
+def gone(rng):
+    """A whole request whose client hangs up before the answer: circled
+    drops it, or stops it between row blocks; nothing to wait for."""
+    full = rng.choice([v1_valid, oip_binary_valid])(rng)
+    full.kind = "gone"
+    full.cut = len(full.body)
+    return full
+
+
+SMUGGLED = b"GET /dashboard HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+FRAMING = [
+    (b"POST /v1/loss HTTP/1.1\r\nHost: x\r\n%sContent-Length: 0\r\nContent-Length: 45\r\n\r\n",
+     400, "bad_request"),
+    (b"POST /v1/loss HTTP/1.1\r\nHost: x\r\n%sContent-Length: 45\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n", 400, "bad_request"),
+    (b"POST /v1/loss HTTP/1.1\r\nHost: x\r\n%sContent-Length : 45\r\n\r\n", 400, "bad_request"),
+    (b"POST /v1/loss HTTP/1.1\r\nHost: x\r\n%sContent-Length:\r\n 45\r\n\r\n", 400, "bad_request"),
+    (b"GET /config HTTP/1.1\r\nHost: x\r\n%sX-A: a\x00b\r\n\r\n", 400, "bad_request"),
+    (b"GET /config%%00x HTTP/1.1\r\nHost: x\r\n%s\r\n", 400, "bad_request"),
+    (b"GET /config HTTP/1.1\r\n%s\r\n", 400, "bad_request"),
+    (b"POST /v1/loss HTTP/1.1\r\nHost: x\r\n%sTransfer-Encoding: identity\r\n\r\n",
+     501, "not_implemented"),
+]
+
+
+def framing(rng):
+    """A request whose framing a proxy could read otherwise, with a request
+    smuggled behind it: refused, and the connection closed."""
+    head, status, code = rng.choice(FRAMING)
+    auth = f"Authorization: Bearer {TOKEN}\r\n".encode() if TOKEN else b""
+    req = Req("framing", "POST", "/v1/loss", expect=status, code=code, close=True)
+    req.raw = head % auth + SMUGGLED
+    return req
+
+
 def oversize(rng):
     """Content-Length over --max-body-mb: 413 from the headers alone; the
     body is never sent and circled closes the connection."""
@@ -336,7 +382,8 @@ def unauthorized(rng):
 
 
 MIX = [(v1_valid, 40), (oip_json_valid, 12), (oip_binary_valid, 12), (invalid, 20),
-       (truncated, 8), (hangup, 4), (oversize, 4), (chunked, 4), (unauthorized, 3)]
+       (truncated, 8), (hangup, 4), (gone, 2), (framing, 3), (oversize, 4), (chunked, 4),
+       (unauthorized, 3)]
 
 
 # ---------------------------------------------------------------------------
@@ -449,7 +496,7 @@ async def client(ix, port, deadline, seed, stats, allow_503):
         if status == 503 and allow_503 and headers.get("retry-after"):
             stats.retry_after_503 += 1
             continue
-        if status >= 500:
+        if status >= 500 and status != req.expect:
             stats.fail(req.kind, f"{status}: {body[:200]!r}")
             continue
         if status != req.expect:

@@ -143,7 +143,8 @@ def test_every_row_has_its_help_default():
 
 def test_the_table_names_every_limit_flag():
     out = subprocess.run([circled_binary(), "--help"], capture_output=True, text=True, check=True).stdout
-    flags = set(re.findall(r"^  (--(?:max-[a-z-]+|timeout|request-timeout)) ", out, re.M))
+    flags = set(re.findall(r"^  (--(?:max-[a-z-]+|timeout|request-timeout|header-timeout)) ",
+                           out, re.M))
     flags.discard("--max-tags")  # a metrics cardinality cap, not a request limit
     assert flags <= set(ROWS), f"not in the limits table of docs/hardening.md: {sorted(flags - set(ROWS))}"
 
@@ -361,3 +362,45 @@ def test_connections():
         late.settimeout(5)
         assert late.recv(64).startswith(b"HTTP/1.1 200"), "the waiting connection was not served"
         late.close()
+
+
+def peer_closed(s, timeout):
+    """True when the server closes s within timeout seconds."""
+    s.settimeout(timeout)
+    try:
+        return s.recv(64) == b""
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+
+
+def test_connections_per_address():
+    with Circled(["--max-connections-per-ip", "3"]) as d:
+        held = [socket.create_connection(("127.0.0.1", d.port), source_address=("127.0.0.2", 0))
+                for _ in range(3)]
+        extra = socket.create_connection(("127.0.0.1", d.port), source_address=("127.0.0.2", 0))
+        assert peer_closed(extra, 5), "a fourth connection from one address was kept"
+        assert not any(peer_closed(s, 0.1) for s in held), "a connection within the limit was closed"
+        ok_status = exchange(d.url, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")[0]
+        assert ok_status == 200, "another address was not served"
+        for s in held + [extra]:
+            s.close()
+
+
+def test_request_head_deadline():
+    with Circled(["--header-timeout", "1", "--request-timeout", "60"]) as d:
+        s = socket.create_connection(("127.0.0.1", d.port))
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        t0 = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - t0 < 30:
+            try:
+                s.sendall(b"a")
+            except OSError:
+                closed = True
+                break
+            closed = peer_closed(s, 0.2)
+        s.close()
+        assert closed, "a head trickled for 30 s was not cut off"
+        assert time.monotonic() - t0 < 10

@@ -10,18 +10,23 @@ latencies are printed); closing is awaited with a deadline that only
 guards against a hang, while "not before the timeout" is exact; the long
 computation is sized on the machine (tests/load/long_request.py).
 
-Bounded: about 25 s in all, loopback only, one circled per test.
+At default flags, one address is held to --max-connections-per-ip and
+trickled request heads are cut off at --header-timeout.
+
+Bounded: about 40 s in all, loopback only, one circled per test.
 """
 
 import json
+import re
 import socket
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "load"))
-from daemon import Circled  # noqa: E402
+from daemon import Circled, circled_binary  # noqa: E402
 import long_request  # noqa: E402
 
 IDLE_TIMEOUT_S = 3
@@ -37,8 +42,18 @@ TRICKLE_EVERY_S = 0.4
 BODY = json.dumps({"labels": [0, 1, 0, 1], "embeddings": [[1, 0], [0, 1], [0.6, 0.8], [-0.8, 0.6]]}).encode()
 
 
+_SOURCES = [f"127.0.0.{i}" for i in range(2, 12)]
+_next_source = 0
+
+
 def connect(port):
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    """A hostile connection, from one of ten loopback addresses in turn
+    (127.0.0.2-11: 50 of the 500 each, within --max-connections-per-ip);
+    the normal client stays on 127.0.0.1."""
+    global _next_source
+    src = _SOURCES[_next_source % len(_SOURCES)]
+    _next_source += 1
+    s = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(src, 0))
     s.setblocking(False)
     return s
 
@@ -138,8 +153,7 @@ def test_slowloris_does_not_starve_a_normal_client_and_is_closed():
                 worst["loss"] = max(worst["loss"], ms)
                 n += 2
                 time.sleep(0.05)
-            # Every trickler and idle connection is closed, none early.
-            early = time.monotonic() - t_open
+            # Then every idle and trickling connection is closed.
             closed = {}
             while time.monotonic() - t_open < CLOSE_DEADLINE_S:
                 closed = {k: sum(closed_by_peer(s) for s in v)
@@ -148,7 +162,6 @@ def test_slowloris_does_not_starve_a_normal_client_and_is_closed():
                     break
                 time.sleep(0.2)
             idle_closed, head_closed, body_closed = closed["idle"], closed["head"], closed["body"]
-            del early
         finally:
             stop.set()
             t.join()
@@ -216,4 +229,61 @@ def test_request_timeout_spares_long_computes_and_timely_uploads():
         s.close()
         assert gone, f"a request trickled for {cut_after:.0f} s was not cut off"
         assert cut_after > timeout_s - 0.5, f"cut off after {cut_after:.2f} s, before the timeout"
+        assert d.stop() == 0
+
+
+def test_defaults_bound_one_address_and_trickled_heads():
+    """At default flags: one address gets --max-connections-per-ip
+    connections (the next is closed at once), heads trickled a byte every
+    2 s are cut off at --header-timeout, long before --request-timeout, and
+    a client at another address (a kubelet probe, say) is answered
+    throughout."""
+    out = subprocess.run([circled_binary(), "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    per_ip = int(re.search(r"--max-connections-per-ip N\s+\S+\s+default: (\d+)", out).group(1))
+    head_s = int(re.search(r"--header-timeout SECONDS\s+\S+\s+default: (\d+)", out).group(1))
+    request_s = int(re.search(r"--request-timeout SECONDS\s+\S+\s+default: (\d+)", out).group(1))
+    assert head_s * 4 <= request_s, (head_s, request_s)
+    with Circled([]) as d:
+        src = ("127.0.0.2", 0)
+        # One more than the limit: whichever the server accepts last is
+        # closed at once (the others may still wait in the listen backlog).
+        conns = [socket.create_connection(("127.0.0.1", d.port), timeout=5, source_address=src)
+                 for _ in range(per_ip + 1)]
+        for s in conns:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            s.setblocking(False)
+        t0 = time.monotonic()
+        refused = []
+        while not refused and time.monotonic() - t0 < 5:
+            refused = [s for s in conns if closed_by_peer(s)]
+            time.sleep(0.05)
+        assert len(refused) == 1, f"{len(refused)} of {per_ip + 1} connections from one address closed"
+        held = [s for s in conns if s not in refused]
+        refused[0].close()
+        cut_at = {}
+        worst = 0.0
+        while len(cut_at) < per_ip and time.monotonic() - t0 < head_s + 10:
+            for i, s in enumerate(held):
+                if i in cut_at:
+                    continue
+                try:
+                    s.send(b"X")
+                except OSError:
+                    cut_at[i] = time.monotonic() - t0
+                    continue
+                if closed_by_peer(s):
+                    cut_at[i] = time.monotonic() - t0
+            status, ms = timed_request(d.port, "GET", "/healthz")
+            assert status == 200
+            worst = max(worst, ms)
+            time.sleep(2)
+        for s in held:
+            s.close()
+        print(f"defaults: {len(cut_at)}/{per_ip} trickled heads cut between "
+              f"{min(cut_at.values(), default=0):.1f} and {max(cut_at.values(), default=0):.1f} s "
+              f"(--header-timeout {head_s}); worst /healthz from another address {worst:.1f} ms")
+        assert len(cut_at) == per_ip, f"{per_ip - len(cut_at)} trickled heads outlived {head_s + 10} s"
+        assert min(cut_at.values()) >= head_s - 1, "a head was cut before --header-timeout"
+        assert worst < LATENCY_LIMIT_MS, worst
         assert d.stop() == 0
