@@ -672,16 +672,10 @@ static void route(struct exchange *ex, const char *url) {
   }
   route_id tail;
   if (!match_model_tail(p, &tail)) return;
-  if (name_len != 6 || strncmp(name, "circle", 6)) {
+  circle_error merr;
+  if (circle__oip_model_check(name, name_len, ver, ver ? ver_len : 0, &merr)) {
     ex->route = ROUTE_UNKNOWN_MODEL;
-    snprintf(ex->model_msg, sizeof ex->model_msg,
-             "Request for unknown model: '%.*s' is not found",
-             (int)(name_len > 100 ? 100 : name_len), name);
-  } else if (ver && (ver_len != 1 || ver[0] != '1')) {
-    ex->route = ROUTE_UNKNOWN_MODEL;
-    snprintf(ex->model_msg, sizeof ex->model_msg,
-             "Request for unknown model: 'circle' version %.*s is not found",
-             (int)(ver_len > 40 ? 40 : ver_len), ver);
+    snprintf(ex->model_msg, sizeof ex->model_msg, "%.200s", merr.message);
   } else {
     ex->route = tail;
   }
