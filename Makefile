@@ -12,7 +12,8 @@ CFLAGS    ?= -O2 -g
 CFLAGS    += -std=c11 -Wall -Wextra -Wshadow -Wno-unused-parameter \
              -D_GNU_SOURCE -Iinclude -Isrc -pthread -fvisibility=hidden
 LDLIBS_ENGINE := -lopenblas -lm -lpthread
-LDLIBS_SERVER := -lmicrohttpd -lcjson -lz $(LDLIBS_ENGINE)
+LDLIBS_GRPC   := -lgrpc -lgpr -lprotobuf-c
+LDLIBS_SERVER := -lmicrohttpd -lcjson -lz $(LDLIBS_GRPC) $(LDLIBS_ENGINE)
 
 ifeq ($(SAN),1)
 BUILD     := build/san
@@ -35,6 +36,16 @@ ENGINE_OBJS := $(ENGINE_SRCS:src/%.c=$(BUILD)/obj/%.o)
 ENGINE_PIC  := $(ENGINE_SRCS:src/%.c=$(BUILD)/pic/%.o)
 SERVER_OBJS := $(SERVER_SRCS:src/%.c=$(BUILD)/obj/%.o)
 
+# The gRPC messages: C made by protobuf-c-compiler from the committed
+# proto/*.proto at build time (never committed, never edited).
+GEN_DIR   := build/gen
+PROTOS    := $(wildcard proto/*.proto)
+GEN_SRCS  := $(PROTOS:proto/%.proto=$(GEN_DIR)/%.pb-c.c)
+GEN_HDRS  := $(GEN_SRCS:.c=.h)
+GEN_OBJS  := $(GEN_SRCS:$(GEN_DIR)/%.c=$(BUILD)/obj/gen/%.o)
+SERVER_OBJS += $(GEN_OBJS)
+CFLAGS    += -I$(GEN_DIR)
+
 # Engine tests link the engine alone; the others link the service and curl.
 ENGINE_TESTS := $(wildcard tests/test_loss.c tests/test_pool.c tests/test_blas.c tests/test_config.c)
 SERVER_TESTS := $(filter-out $(ENGINE_TESTS),$(wildcard tests/test_*.c))
@@ -56,7 +67,8 @@ all: $(BUILD)/circled $(BUILD)/libcircle.a $(BUILD)/libcircle.so
 # ---- dependencies -----------------------------------------------------------
 # What building and the C tests need (the Docker build stage uses these)...
 APT_PKGS := build-essential pkg-config libopenblas-dev libmicrohttpd-dev \
-            libcjson-dev zlib1g-dev check libcurl4-openssl-dev
+            libcjson-dev zlib1g-dev check libcurl4-openssl-dev \
+            libgrpc-dev libprotobuf-c-dev protobuf-c-compiler
 # ...and what only the Python tests need: the venv, a real Prometheus server
 # scraping /metrics, headless Chromium for /dashboard.
 TEST_APT_PKGS := python3 python3-venv python3-pip curl prometheus chromium
@@ -90,7 +102,15 @@ deps-test:
 deps-py: deps-c deps-test $(VENV)/.stamp
 
 # ---- build ------------------------------------------------------------------
-$(BUILD)/obj/%.o: src/%.c | deps-c
+$(GEN_DIR)/%.pb-c.c $(GEN_DIR)/%.pb-c.h: proto/%.proto | deps-c
+	@mkdir -p $(GEN_DIR)
+	protoc-c --proto_path=proto --c_out=$(GEN_DIR) $<
+
+$(BUILD)/obj/gen/%.o: $(GEN_DIR)/%.c $(GEN_HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: src/%.c | deps-c $(GEN_HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
@@ -209,8 +229,8 @@ FUZZ_CFLAGS  := -std=c11 -g -O1 -D_GNU_SOURCE -Iinclude -Isrc -pthread \
                 -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 # The codecs and what they use: the service minus the server itself.
-FUZZ_SRCS    := $(filter-out src/http.c src/metrics.c src/dashboard.c,$(SERVER_SRCS)) \
-                src/status.c src/config.c
+FUZZ_SRCS    := $(filter-out src/http.c src/grpc_server.c src/metrics.c src/dashboard.c,$(SERVER_SRCS)) \
+                src/status.c src/config.c $(GEN_SRCS)
 FUZZERS      := $(patsubst fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard fuzz/fuzz_*.c))
 
 .PHONY: deps-fuzz
@@ -219,7 +239,7 @@ deps-fuzz:
 
 $(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_util.h $(FUZZ_SRCS) $(wildcard src/*.h) | deps-c deps-fuzz
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_SRCS) -lcjson -lz -lm
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -I$(GEN_DIR) -o $@ $< $(FUZZ_SRCS) -lcjson -lz -lprotobuf-c -lm
 
 fuzz: $(FUZZERS)
 	@set -e; mkdir -p $(FUZZ_BUILD)/crashes; for f in $(FUZZERS); do \
@@ -296,5 +316,5 @@ install: all
 	sed -e 's|@PREFIX@|$(PREFIX)|g' circle.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/circle.pc
 
 clean:
-	rm -rf $(BUILD)/obj $(BUILD)/pic $(BUILD)/tests $(BUILD)/bench $(BUILD)/san \
+	rm -rf $(BUILD)/obj $(BUILD)/pic $(BUILD)/tests $(BUILD)/bench $(BUILD)/san $(GEN_DIR) \
 	       $(BUILD)/circled $(BUILD)/libcircle.a $(BUILD)/libcircle.so

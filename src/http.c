@@ -286,22 +286,31 @@ static bool token_equal(const char *key, size_t key_len, const char *tok,
 
 /* Reserves bytes of the in-flight budget for ex. False when the budget
  * would be exceeded; nothing is reserved then. */
-static bool reserve(struct exchange *ex, size_t bytes) {
-  circle_http *srv = ex->srv;
+bool circle__http_reserve(circle_http *srv, atomic_size_t *held,
+                          size_t bytes) {
   size_t cur = atomic_load(&srv->inflight);
   do {
     if (bytes > srv->opts.max_inflight || cur > srv->opts.max_inflight - bytes)
       return false;
   } while (!atomic_compare_exchange_weak(&srv->inflight, &cur, cur + bytes));
-  atomic_fetch_add(&ex->reserved, bytes);
+  atomic_fetch_add(held, bytes);
   return true;
 }
 
+void circle__http_release(circle_http *srv, atomic_size_t *held,
+                          size_t bytes) {
+  size_t h = atomic_load(held);
+  if (bytes > h) bytes = h;
+  atomic_fetch_sub(held, bytes);
+  atomic_fetch_sub(&srv->inflight, bytes);
+}
+
+static bool reserve(struct exchange *ex, size_t bytes) {
+  return circle__http_reserve(ex->srv, &ex->reserved, bytes);
+}
+
 static void release(struct exchange *ex, size_t bytes) {
-  size_t held = atomic_load(&ex->reserved);
-  if (bytes > held) bytes = held;
-  atomic_fetch_sub(&ex->reserved, bytes);
-  atomic_fetch_sub(&ex->srv->inflight, bytes);
+  circle__http_release(ex->srv, &ex->reserved, bytes);
 }
 
 /* Parses a decimal size with nothing else around it but blanks. */
@@ -835,6 +844,94 @@ static bool fail(struct exchange *ex, int status, const char *what) {
   return false;
 }
 
+int circle__http_check(circle_request *req, circle_input *in,
+                       circle_error *err) {
+  circle_input v = {
+      .n = req->n,
+      .m = req->has_ref ? req->m : 0,
+      .d = req->d,
+      .labels = req->labels,
+      .embeddings = req->x,
+      .sample_weight = req->sw,
+      .ref_labels = req->has_ref ? req->ref_labels : NULL,
+      .ref_embeddings = req->has_ref ? req->r : NULL,
+  };
+  *in = v;
+  if (!req->has_ref) req->want &= ~(unsigned)CIRCLE_OUT_REF_GRAD;
+  char where[256] = "";
+  int rc = circle_input_check(&req->cfg, in, where, sizeof where);
+  if (rc != 0) error_from_status(rc, where, err);
+  return rc;
+}
+
+int circle__http_compute(circle_http *srv, circle_request *req,
+                         const circle_input *in, circle_output *out,
+                         bool binary_out, atomic_size_t *held,
+                         circle_error *err) {
+  const circle_http_opts *o = &srv->opts;
+  memset(out, 0, sizeof *out);
+  out->want = req->want;
+
+  /* 4. Admission: bytes in flight. */
+  size_t need = estimate_bytes(srv, req, in, binary_out);
+  if (need > o->max_inflight) {
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "this request needs about %zu MiB to compute (n=%zu, m=%zu, "
+             "d=%zu); this server commits at most %zu MiB to requests "
+             "(--max-inflight-mb): send a smaller batch",
+             need == SIZE_MAX ? SIZE_MAX / 1048576 : need / 1048576 + 1,
+             req->n, in->m, req->d, o->max_inflight / 1048576);
+    error_from_status(CIRCLE_ELIMIT, msg, err);
+    return CIRCLE_ELIMIT;
+  }
+  if (!circle__http_reserve(srv, held, need)) {
+    error_from_status(CIRCLE_EBUSY,
+                      "the server has too many requests in flight; retry "
+                      "after a second",
+                      err);
+    return CIRCLE_EBUSY;
+  }
+
+  /* 5. Outputs, in the request's dtype. */
+  size_t elt = circle_dtype_size(req->cfg.dtype);
+  bool alloc_ok = true;
+  if ((req->want & CIRCLE_OUT_LOSS) &&
+      circle_reduction_is_elementwise(req->cfg.reduction))
+    alloc_ok &= (out->loss_values = alloc_array(req->n, elt)) != NULL;
+  if (req->want & CIRCLE_OUT_PER_SAMPLE)
+    alloc_ok &= (out->per_sample = alloc_array(req->n, elt)) != NULL;
+  if (req->want & CIRCLE_OUT_GRAD)
+    alloc_ok &= (out->grad = alloc_array(req->n * req->d, elt)) != NULL;
+  if (req->want & CIRCLE_OUT_REF_GRAD)
+    alloc_ok &= (out->ref_grad = alloc_array(in->m * req->d, elt)) != NULL;
+  if (!alloc_ok) {
+    error_from_status(CIRCLE_ENOMEM,
+                      "the server is out of memory for this request; retry "
+                      "later or send a smaller batch",
+                      err);
+    return CIRCLE_ENOMEM;
+  }
+
+  /* 6. Compute (the engine parallelises inside this call). */
+  int rc = circle_loss_compute(srv->engine, &req->cfg, in, out);
+  if (rc != 0) {
+    error_from_status(rc, NULL, err);
+    return rc;
+  }
+  circle_metrics_observe_compute(srv->metrics, req->tag, &req->cfg, in, out);
+  return 0;
+}
+
+void circle__http_output_free(circle_output *out) {
+  if (!out) return;
+  free(out->loss_values);
+  free(out->per_sample);
+  free(out->grad);
+  free(out->ref_grad);
+  memset(out, 0, sizeof *out);
+}
+
 /* Inflates, decodes, admits, computes and encodes; on any failure fills
  * ex->err and returns false. Runs on an engine worker. */
 static bool job_process(struct exchange *ex) {
@@ -894,78 +991,21 @@ static bool job_process(struct exchange *ex) {
     return false;
   }
 
-  circle_input in = {
-      .n = req.n,
-      .m = req.has_ref ? req.m : 0,
-      .d = req.d,
-      .labels = req.labels,
-      .embeddings = req.x,
-      .sample_weight = req.sw,
-      .ref_labels = req.has_ref ? req.ref_labels : NULL,
-      .ref_embeddings = req.has_ref ? req.r : NULL,
-  };
-  if (!req.has_ref) req.want &= ~(unsigned)CIRCLE_OUT_REF_GRAD;
-  bool ok = false;
   circle_output out;
   memset(&out, 0, sizeof out);
-  out.want = req.want;
+  bool ok = false;
 
   /* 3. Check the input the way the engine will, for a precise message. */
-  char where[256] = "";
-  rc = circle_input_check(&req.cfg, &in, where, sizeof where);
-  if (rc != 0) {
-    fail(ex, rc, where);
-    goto done;
-  }
+  circle_input in;
+  if (circle__http_check(&req, &in, &ex->err) != 0) goto done;
   phase_end(ex, PH_DECODE, &mark);
 
-  /* 4. Admission: bytes in flight. */
+  /* 4.-6. Admission, outputs, compute. */
   bool binary_out = ex->route == ROUTE_V2_INFER &&
                     (req.want & ~req.binary_outputs & ~(unsigned)CIRCLE_OUT_STATS) == 0;
-  size_t need = estimate_bytes(srv, &req, &in, binary_out);
-  if (need > o->max_inflight) {
-    char msg[256];
-    snprintf(msg, sizeof msg,
-             "this request needs about %zu MiB to compute (n=%zu, m=%zu, "
-             "d=%zu); this server commits at most %zu MiB to requests "
-             "(--max-inflight-mb): send a smaller batch",
-             need == SIZE_MAX ? SIZE_MAX / 1048576 : need / 1048576 + 1,
-             req.n, in.m, req.d, o->max_inflight / 1048576);
-    fail(ex, CIRCLE_ELIMIT, msg);
+  if (circle__http_compute(srv, &req, &in, &out, binary_out, &ex->reserved,
+                           &ex->err) != 0)
     goto done;
-  }
-  if (!reserve(ex, need)) {
-    fail(ex, CIRCLE_EBUSY,
-         "the server has too many requests in flight; retry after a second");
-    goto done;
-  }
-
-  /* 5. Outputs, in the request's dtype. */
-  size_t elt = circle_dtype_size(req.cfg.dtype);
-  bool alloc_ok = true;
-  if ((req.want & CIRCLE_OUT_LOSS) &&
-      circle_reduction_is_elementwise(req.cfg.reduction))
-    alloc_ok &= (out.loss_values = alloc_array(req.n, elt)) != NULL;
-  if (req.want & CIRCLE_OUT_PER_SAMPLE)
-    alloc_ok &= (out.per_sample = alloc_array(req.n, elt)) != NULL;
-  if (req.want & CIRCLE_OUT_GRAD)
-    alloc_ok &= (out.grad = alloc_array(req.n * req.d, elt)) != NULL;
-  if (req.want & CIRCLE_OUT_REF_GRAD)
-    alloc_ok &= (out.ref_grad = alloc_array(in.m * req.d, elt)) != NULL;
-  if (!alloc_ok) {
-    fail(ex, CIRCLE_ENOMEM,
-         "the server is out of memory for this request; retry later or "
-         "send a smaller batch");
-    goto done;
-  }
-
-  /* 6. Compute (the engine parallelises inside this call). */
-  rc = circle_loss_compute(srv->engine, &req.cfg, &in, &out);
-  if (rc != 0) {
-    fail(ex, rc, NULL);
-    goto done;
-  }
-  circle_metrics_observe_compute(srv->metrics, req.tag, &req.cfg, &in, &out);
   phase_end(ex, PH_COMPUTE, &mark);
 
   /* 7. Encode straight into the response buffer. */
@@ -991,10 +1031,7 @@ static bool job_process(struct exchange *ex) {
   ok = true;
 
 done:
-  free(out.loss_values);
-  free(out.per_sample);
-  free(out.grad);
-  free(out.ref_grad);
+  circle__http_output_free(&out);
   circle_request_free(&req);
   /* From here on only the response is held. */
   size_t held = atomic_load(&ex->reserved);
@@ -1666,4 +1703,37 @@ void circle_http_free(circle_http *srv) {
     free(srv->api_key);
   }
   free(srv);
+}
+
+/* ======================================================================== */
+/* What the gRPC listener shares (see http.h)                               */
+/* ======================================================================== */
+
+circle_engine *circle__http_engine(circle_http *srv) { return srv->engine; }
+
+const circle_http_opts *circle__http_opts(const circle_http *srv) {
+  return &srv->opts;
+}
+
+circle_metrics *circle__http_metrics(circle_http *srv) { return srv->metrics; }
+
+bool circle__http_draining(circle_http *srv) {
+  return atomic_load(&srv->draining);
+}
+
+void circle__http_set_draining(circle_http *srv) {
+  atomic_store(&srv->draining, true);
+}
+
+bool circle__http_token_ok(const circle_http *srv, const char *token,
+                           size_t len) {
+  if (!srv->api_key) return true;
+  return token && token_equal(srv->api_key, srv->api_key_len, token, len);
+}
+
+void circle__http_active_add(circle_http *srv, int delta) {
+  if (delta > 0)
+    atomic_fetch_add(&srv->active, (size_t)delta);
+  else
+    atomic_fetch_sub(&srv->active, (size_t)-delta);
 }

@@ -132,7 +132,7 @@ class Worker:
 
 
 def start_circled(binary, workers=None):
-    args = [binary, "--port", "0", "--quiet", "--max-body-mb", "2048",
+    args = [binary, "--port", "0", "--grpc-port", "0", "--quiet", "--max-body-mb", "2048",
             "--max-inflated-mb", "4096", "--max-inflight-mb", "16384",
             "--timeout", "600"]
     if workers:

@@ -35,7 +35,8 @@ class Circled:
 
     def __init__(self, args=(), binary=None, wrapper=None, start_timeout=30.0):
         self.cmd = (shlex.split(wrapper) if wrapper else []) + [
-            circled_binary(binary), "--bind", "127.0.0.1", "--port", "0", "--quiet", *args]
+            circled_binary(binary), "--bind", "127.0.0.1", "--port", "0",
+            "--grpc-port", "0", "--quiet", *args]
         self.start_timeout = start_timeout
         self.proc = None
         self.port = None

@@ -41,14 +41,22 @@ def _healthy(url):
         return False
 
 
+class DaemonURL(str):
+    """A base URL ("http://127.0.0.1:PORT") that also carries the gRPC
+    listener's "127.0.0.1:PORT" as .grpc (None when gRPC is off)."""
+    grpc = None
+
+
 @contextlib.contextmanager
 def run_circled(*args, env=None, log_prefix="circled-"):
-    """circled on 127.0.0.1 with --port 0, --quiet and the given flags;
-    yields its base URL once /healthz answers. At the end it sends SIGTERM
-    and fails unless circled exits 0 within the drain time, with its log."""
+    """circled on 127.0.0.1 with --port 0, --grpc-port 0, --quiet and the
+    given flags; yields its base URL (a DaemonURL) once /healthz answers. At
+    the end it sends SIGTERM and fails unless circled exits 0 within the
+    drain time, with its log."""
     log = tempfile.NamedTemporaryFile(prefix=log_prefix, suffix=".log", delete=False)
     proc = subprocess.Popen(
-        [circled_binary(), "--bind", "127.0.0.1", "--port", "0", "--quiet", *args],
+        [circled_binary(), "--bind", "127.0.0.1", "--port", "0", "--grpc-port", "0",
+         "--quiet", *args],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def log_text():
@@ -66,6 +74,9 @@ def run_circled(*args, env=None, log_prefix="circled-"):
                 if m:
                     url = f"http://127.0.0.1:{m.group(1)}"
             if url is not None and _healthy(url):
+                url = DaemonURL(url)
+                g = re.search(r"grpc listening on 127\.0\.0\.1:(\d+)", log_text())
+                url.grpc = f"127.0.0.1:{g.group(1)}" if g else None
                 break
             time.sleep(0.05)
         else:

@@ -345,7 +345,7 @@ def running_circled(*extra):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIRCLED_")}
     proc = subprocess.Popen([circled_bin(), "--bind", "127.0.0.1", "--port", str(port),
-                             "--workers", "2", "--quiet", *extra],
+                             "--grpc-port", "0", "--workers", "2", "--quiet", *extra],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 15
     while True:
