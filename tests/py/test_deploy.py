@@ -32,13 +32,15 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
 PORT = 8080
+GRPC_PORT = 8081
 LIVENESS_PATH = "/healthz"
 READINESS_PATH = "/readyz"
 METRICS_PATH = "/metrics"
 BUILD_IMAGE = "debian:bookworm"
 RUNTIME_IMAGE = "debian:bookworm-slim"
 # The libraries build/circled links against, by Debian package.
-RUNTIME_PACKAGES = {"libmicrohttpd12", "libcjson1", "libopenblas0-pthread", "zlib1g"}
+RUNTIME_PACKAGES = {"libmicrohttpd12", "libcjson1", "libopenblas0-pthread", "zlib1g",
+                    "libgrpc29", "libprotobuf-c1"}
 # Kubernetes releases the manifests must validate against (oldest first).
 K8S_VERSIONS = ["1.27.0", "1.33.0"]
 MANIFESTS = ["deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml"]
@@ -172,6 +174,7 @@ class Circled:
         # The image binds 0.0.0.0:8080; the test binds loopback and a free
         # port, keeping every other flag as the image and manifests pass it.
         argv = replace_flag(argv, "--port", str(self.port))
+        argv = replace_flag(argv, "--grpc-port", "0")
         argv = replace_flag(argv, "--bind", "127.0.0.1")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("CIRCLED_")}
         full_env.update(env or {})
@@ -252,11 +255,12 @@ def test_dockerfile_should_run_as_a_numeric_non_root_user_matching_the_deploymen
 def test_dockerfile_should_expose_the_port_circled_listens_on():
     runtime = dockerfile_stages()[-1]
     exposed = " ".join(stage_values(runtime, "EXPOSE")).split()
-    assert exposed == [str(PORT)]
+    assert exposed == [str(PORT), str(GRPC_PORT)]
     (entry,) = stage_values(runtime, "ENTRYPOINT")
     argv = json.loads(entry)
     assert Path(argv[0]).name == "circled"
     assert argv[argv.index("--port") + 1] == str(PORT)
+    assert argv[argv.index("--grpc-port") + 1] == str(GRPC_PORT)
     assert argv[argv.index("--bind") + 1] == "0.0.0.0"
     assert stage_values(runtime, "STOPSIGNAL") == ["SIGTERM"]
 

@@ -26,6 +26,11 @@ What must stay true, and how it is checked:
 """
 
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
@@ -352,3 +357,15 @@ def test_grpc_port_off_should_not_listen():
         assert url.grpc is None
     with run_circled("--no-grpc") as url:
         assert url.grpc is None
+
+
+def test_readme_grpc_example_should_run_against_circled(clients):
+    url, _, _ = clients
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"^```python\n(.*?)^```", readme, re.S | re.M)
+              if "tritonclient.grpc" in b]
+    assert len(blocks) == 1, "README lost its tritonclient.grpc example"
+    code = blocks[0].replace("localhost:8081", url.grpc)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"README example failed:\n{code}\n{r.stderr}"
+    assert r.stdout.strip() and "None" not in r.stdout, r.stdout
