@@ -166,6 +166,8 @@ static const char *const typed_names[] = {
 static bool typed_field(const infer_input *in, int *which, input_bytes *bytes,
                         size_t *values, circle_error *err) {
   const Inference__InferTensorContents *c = in->contents;
+  char q[72];
+  circle__json_quote(q, sizeof q, in->name, 64);
   *which = -1;
   *values = 0;
   bytes->data = NULL;
@@ -187,9 +189,9 @@ static bool typed_field(const infer_input *in, int *which, input_bytes *bytes,
     if (f[k].n == 0) continue;
     if (*which >= 0) {
       circle_error_set(err, 400, "wrong_type",
-                       "input '%.64s' has values in both %s and %s; send "
+                       "input '%s' has values in both %s and %s; send "
                        "them in one field",
-                       in->name, typed_names[*which], typed_names[k]);
+                       q, typed_names[*which], typed_names[k]);
       return false;
     }
     *which = k;
@@ -223,8 +225,9 @@ static int input_data(const infer_req *m, size_t i, input_bytes *out,
   size_t esz = circle__oip_datatype_size(t);
   uint64_t count = 0;
   bool sized = t != CIRCLE_OIP_UNKNOWN && esz > 0 && shape_count(in, &count);
-  char st[96];
+  char st[96], q[72];
   shape_text(st, sizeof st, in->shape, in->n_shape);
+  circle__json_quote(q, sizeof q, in->name, 64);
 
   if (m->n_raw_input_contents) {
     const ProtobufCBinaryData *raw = &m->raw_input_contents[i];
@@ -235,16 +238,16 @@ static int input_data(const infer_req *m, size_t i, input_bytes *out,
       if (!typed_field(in, &which, &ignored, &values, err)) return CIRCLE_EINVAL;
       if (which >= 0)
         return circle_error_set(err, 400, "wrong_type",
-                                "input '%.64s' has both %s and "
+                                "input '%s' has both %s and "
                                 "raw_input_contents[%zu]; send one",
-                                in->name, typed_names[which], i);
+                                q, typed_names[which], i);
     }
     uint64_t want;
     if (sized && (!circle__mul_u64(count, esz, &want) || want != raw->len))
       return circle_error_set(err, 400, "shape_mismatch",
-                              "input '%.64s': raw_input_contents[%zu] has %zu "
+                              "input '%s': raw_input_contents[%zu] has %zu "
                               "bytes but shape %s of %s needs %llu",
-                              in->name, i, raw->len, st,
+                              q, i, raw->len, st,
                               circle__oip_datatype_name(t),
                               (unsigned long long)(count * esz));
     out->data = raw->data;
@@ -259,21 +262,21 @@ static int input_data(const infer_req *m, size_t i, input_bytes *out,
   int expect = typed_field_for(t);
   if (expect < 0 && (which >= 0 || !sized || count > 0))
     return circle_error_set(err, 400, "wrong_type",
-                            "input '%.64s' has datatype %s, which has no "
+                            "input '%s' has datatype %s, which has no "
                             "typed contents field; send it in "
                             "raw_input_contents",
-                            in->name, circle__oip_datatype_name(t));
+                            q, circle__oip_datatype_name(t));
   if (which >= 0 && which != expect)
     return circle_error_set(err, 400, "wrong_type",
-                            "input '%.64s' has datatype %s: send its values "
+                            "input '%s' has datatype %s: send its values "
                             "in %s (or raw_input_contents), not %s",
-                            in->name, circle__oip_datatype_name(t),
+                            q, circle__oip_datatype_name(t),
                             typed_names[expect], typed_names[which]);
   if (sized && values != count)
     return circle_error_set(err, 400, "shape_mismatch",
-                            "input '%.64s': %s has %zu values but shape %s "
+                            "input '%s': %s has %zu values but shape %s "
                             "holds %llu",
-                            in->name, typed_names[expect], values, st,
+                            q, typed_names[expect], values, st,
                             (unsigned long long)count);
   return 0;
 }

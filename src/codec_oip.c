@@ -1296,15 +1296,23 @@ void circle_oip_model_config(circle_buf *b, const circle_config *defaults) {
 int circle__oip_model_check(const char *name, size_t name_len,
                             const char *version, size_t version_len,
                             circle_error *err) {
-  if (name_len != 6 || strncmp(name, "circle", 6))
+  /* The client's bytes, cut and with non-printable bytes as '?'. */
+  char raw[104], q[112];
+  if (name_len != 6 || strncmp(name, "circle", 6)) {
+    snprintf(raw, sizeof raw, "%.*s", (int)(name_len > 100 ? 100 : name_len), name);
+    circle__json_quote(q, sizeof q, raw, 100);
     return circle_error_set(err, 404, "not_found",
-                            "Request for unknown model: '%.*s' is not found",
-                            (int)(name_len > 100 ? 100 : name_len), name);
-  if (version_len && (version_len != 1 || version[0] != '1'))
+                            "Request for unknown model: '%s' is not found", q);
+  }
+  if (version_len && (version_len != 1 || version[0] != '1')) {
+    snprintf(raw, sizeof raw, "%.*s", (int)(version_len > 40 ? 40 : version_len),
+             version);
+    circle__json_quote(q, sizeof q, raw, 40);
     return circle_error_set(err, 404, "not_found",
-                            "Request for unknown model: 'circle' version %.*s "
+                            "Request for unknown model: 'circle' version %s "
                             "is not found",
-                            (int)(version_len > 40 ? 40 : version_len), version);
+                            q);
+  }
   return 0;
 }
 
