@@ -193,7 +193,8 @@ bench: all $(BUILD)/bench/bench_loss
 
 # `make bench-compare`: circled against Keras 3 + JAX and PyTorch on this
 # machine (bench/compare/compare.py -> build/bench/compare.md), small
-# requests under wrk (small.md), JSON against binary (codecs.md). The
+# requests under wrk (small.md), gRPC against OIP binary at 64 x 128 and
+# 4096 x 512 (grpc.md), JSON against binary (codecs.md). The
 # frameworks live in their own venv, never in the test venv; torch from PyPI
 # is the CUDA-bundled wheel (the venv is about 6 GB), run on the CPU only.
 BENCH_VENV   := build/bench-venv
@@ -212,6 +213,9 @@ deps-bench: $(BENCH_VENV)/.stamp
 bench-compare: all $(BUILD)/bench/bench_codec deps-bench
 	$(BENCH_VENV)/bin/python bench/compare/compare.py --circled $(BUILD)/circled \
 	  --lib $(BUILD)/libcircle.so $(COMPARE_ARGS)
+	$(BENCH_VENV)/bin/python bench/compare/compare.py --circled $(BUILD)/circled \
+	  --lib $(BUILD)/libcircle.so --only engine,circled_oip,circled_grpc \
+	  --sizes 64x128,4096x512 --out build/bench/grpc.md
 	$(BENCH_VENV)/bin/python bench/compare/small_requests.py --circled $(BUILD)/circled
 	$(BENCH_VENV)/bin/python bench/compare/codecs_memory.py --circled $(BUILD)/circled \
 	  --bench-codec $(BUILD)/bench/bench_codec
