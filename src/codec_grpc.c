@@ -385,7 +385,7 @@ int circle_grpc_infer_decode(const uint8_t *msg, size_t len,
                              const circle_limits *lim, circle_request *req,
                              circle_error *err) {
   if (err == NULL) return CIRCLE_EINVAL;
-  if (defaults == NULL || lim == NULL || req == NULL || (msg == NULL && len))
+  if (lim == NULL || req == NULL || (msg == NULL && len))
     return circle_error_set(err, 500, "internal", "missing argument");
   circle_request_free(req);
   infer_req *m = inference__model_infer_request__unpack(NULL, len, msg);

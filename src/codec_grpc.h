@@ -24,7 +24,7 @@
 #include "request.h"
 
 /* Decodes a ModelInferRequest. The model must be "circle" (version "" or
- * "1"). defaults seeds req->cfg; lim is enforced exactly as for the HTTP
+ * "1"). defaults (NULL: Keras's) seeds req->cfg; lim is enforced as for the HTTP
  * route, and the compute dtype is chosen the same way. A parameter
  * "binary_data_output" and an input's "binary_data_size" are ignored (over
  * gRPC every tensor is binary). Returns 0, or CIRCLE_EINVAL with *err
