@@ -114,6 +114,7 @@ struct circle_grpc {
   pthread_mutex_t mu; /* guards what follows */
   pthread_cond_t cv;  /* signalled when live drops or shutdown_done */
   size_t live;        /* calls posted or in progress */
+  size_t active;      /* calls matched and not yet over */
   bool shutting;      /* shutdown begun: post no more request_calls */
   bool shutdown_done; /* the server's shutdown event arrived */
   bool drained;
@@ -312,6 +313,13 @@ done:
 
 static void post_request(circle_grpc *g);
 
+/* What a ModelInfer gets once a drain has begun, or when the engine is
+ * stopping: UNAVAILABLE, so clients retry elsewhere. */
+static void refuse_shutting_down(gcall *c) {
+  finish_error(c, 503, "shutting_down",
+               "the server is shutting down; retry on another instance");
+}
+
 /* ModelInfer: the message is kept whole, its bytes reserved, and the call
  * handed to the engine. */
 static void submit_infer(gcall *c) {
@@ -346,8 +354,7 @@ static void submit_infer(gcall *c) {
     finish_error(c, 503, "overloaded",
                  "the compute queue is full; retry after a second");
   else
-    finish_error(c, 503, "shutting_down",
-                 "the server is shutting down; retry on another instance");
+    refuse_shutting_down(c);
 }
 
 /* The message of a call has arrived (or not): answer it or hand it on. */
@@ -392,7 +399,10 @@ static void on_read(gcall *c, bool success) {
     }
   }
   if (c->rpc == RPC_MODEL_INFER) {
-    submit_infer(c);
+    if (circle__http_draining(http))
+      refuse_shutting_down(c);
+    else
+      submit_infer(c);
     return;
   }
 
@@ -463,6 +473,9 @@ static void on_new(gcall *c, bool success) {
     return;
   }
   post_request(g);
+  pthread_mutex_lock(&g->mu);
+  g->active++;
+  pthread_mutex_unlock(&g->mu);
   clock_gettime(CLOCK_MONOTONIC, &c->t0);
   circle__http_active_add(g->http, 1);
   c->rpc = RPC_UNKNOWN;
@@ -507,6 +520,7 @@ static void on_done(gcall *c) {
   free(c);
   pthread_mutex_lock(&g->mu);
   g->live--;
+  g->active--;
   pthread_cond_broadcast(&g->cv);
   pthread_mutex_unlock(&g->mu);
 }
@@ -661,7 +675,12 @@ int circle_grpc_init(circle_grpc **out, const circle_grpc_opts *opts,
 uint16_t circle_grpc_port(const circle_grpc *g) { return g ? g->port : 0; }
 
 void circle_grpc_drain_begin(circle_grpc *g) {
-  if (!g) return;
+  if (g) circle__http_set_draining(g->http);
+}
+
+/* Stops the server: no more request_calls, the listener closed, GOAWAY on
+ * every connection; calls in progress go on. Once. */
+static void server_shutdown(circle_grpc *g) {
   pthread_mutex_lock(&g->mu);
   bool first = !g->shutting;
   g->shutting = true;
@@ -669,39 +688,51 @@ void circle_grpc_drain_begin(circle_grpc *g) {
   if (first) grpc_server_shutdown_and_notify(g->server, g->cq, &g->shutdown_tag);
 }
 
-/* Waits on g->cv until the server's shutdown event arrived and no call is
- * left, or the deadline passes (NULL: never). True when done. */
-static bool wait_done(circle_grpc *g, const struct timespec *deadline) {
+static bool no_call_active(const circle_grpc *g) { return g->active == 0; }
+static bool all_gone(const circle_grpc *g) {
+  return g->shutdown_done && g->live == 0;
+}
+
+/* Waits on g->cv until done(g) holds or the deadline passes (NULL: never).
+ * Returns done(g). */
+static bool wait_for(circle_grpc *g, const struct timespec *deadline,
+                     bool (*done)(const circle_grpc *)) {
   pthread_mutex_lock(&g->mu);
-  bool done;
-  while (!(done = g->shutdown_done && g->live == 0)) {
-    if (!deadline) {
+  while (!done(g)) {
+    if (!deadline)
       pthread_cond_wait(&g->cv, &g->mu);
-    } else if (pthread_cond_timedwait(&g->cv, &g->mu, deadline) != 0) {
-      done = g->shutdown_done && g->live == 0;
+    else if (pthread_cond_timedwait(&g->cv, &g->mu, deadline) != 0)
       break;
-    }
   }
+  bool ok = done(g);
   pthread_mutex_unlock(&g->mu);
-  return done;
+  return ok;
 }
 
 void circle_grpc_drain(circle_grpc *g, double timeout_s) {
   if (!g || g->drained) return;
   g->drained = true;
   circle_grpc_drain_begin(g);
-  if (!g->thread_started) return;
+  if (!g->thread_started) {
+    server_shutdown(g);
+    return;
+  }
   double secs = timeout_s < 0 ? 0 : (timeout_s > 86400 ? 86400 : timeout_s);
   struct timespec deadline;
   clock_gettime(CLOCK_REALTIME, &deadline);
   long long ns = (long long)deadline.tv_nsec + (long long)(secs * 1e9);
   deadline.tv_sec += (time_t)(ns / 1000000000LL);
   deadline.tv_nsec = (long)(ns % 1000000000LL);
-  if (wait_done(g, &deadline)) return;
+  /* Until the calls in progress are over, the listener stays up and new
+   * ModelInfer calls get UNAVAILABLE from circled itself (gRPC core would
+   * answer a call arriving after its shutdown with CANCELLED). */
+  wait_for(g, &deadline, no_call_active);
+  server_shutdown(g);
+  if (wait_for(g, &deadline, all_gone)) return;
   /* Calls still waiting for their message are cancelled; those on the
    * engine finish (their final batch then completes, failed or not). */
   grpc_server_cancel_all_calls(g->server);
-  wait_done(g, NULL);
+  wait_for(g, NULL, all_gone);
 }
 
 void circle_grpc_free(circle_grpc *g) {

@@ -35,15 +35,18 @@ int circle_grpc_init(circle_grpc **out, const circle_grpc_opts *opts,
 /* The port actually bound (useful with port 0); 0 for NULL. */
 uint16_t circle_grpc_port(const circle_grpc *g);
 
-/* Begins a graceful stop without waiting: no new calls are accepted
- * (clients get UNAVAILABLE), calls in progress go on. Safe to call more
+/* Begins a graceful stop without waiting: from now on new ModelInfer
+ * calls get UNAVAILABLE ("the server is shutting down"), ServerReady,
+ * ModelReady and the health check say not ready (on HTTP too: it raises the
+ * HTTP server's draining flag); calls in progress go on. Safe to call more
  * than once; NULL is a no-op. */
 void circle_grpc_drain_begin(circle_grpc *g);
 
-/* Begins the stop if need be, then waits up to timeout_s for the calls in
- * progress to finish, then cancels those still waiting for their request
- * message. Calls already handed to the engine are always waited for,
- * whatever the timeout. Safe to call once, from one thread. */
+/* Begins the stop if need be and waits up to timeout_s for the calls in
+ * progress to finish (answering new ones as above), then stops the
+ * listener (GOAWAY), then cancels the calls still waiting for their
+ * request message. Calls already handed to the engine are always waited
+ * for, whatever the timeout. Safe to call once, from one thread. */
 void circle_grpc_drain(circle_grpc *g, double timeout_s);
 
 /* Drains (with a zero timeout if circle_grpc_drain was not called), stops

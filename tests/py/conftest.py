@@ -43,8 +43,10 @@ def _healthy(url):
 
 class DaemonURL(str):
     """A base URL ("http://127.0.0.1:PORT") that also carries the gRPC
-    listener's "127.0.0.1:PORT" as .grpc (None when gRPC is off)."""
+    listener's "127.0.0.1:PORT" as .grpc (None when gRPC is off) and the
+    process id as .pid."""
     grpc = None
+    pid = None
 
 
 @contextlib.contextmanager
@@ -77,6 +79,7 @@ def run_circled(*args, env=None, log_prefix="circled-"):
                 url = DaemonURL(url)
                 g = re.search(r"grpc listening on 127\.0\.0\.1:(\d+)", log_text())
                 url.grpc = f"127.0.0.1:{g.group(1)}" if g else None
+                url.pid = proc.pid
                 break
             time.sleep(0.05)
         else:

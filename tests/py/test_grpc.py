@@ -26,9 +26,12 @@ What must stay true, and how it is checked:
 """
 
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -369,3 +372,66 @@ def test_readme_grpc_example_should_run_against_circled(clients):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"README example failed:\n{code}\n{r.stderr}"
     assert r.stdout.strip() and "None" not in r.stdout, r.stdout
+
+
+def test_grpc_inflight_budget_should_be_resource_exhausted_with_the_http_message():
+    with run_circled("--max-body-mb", "1", "--max-inflight-mb", "1") as url:
+        g = grpcclient.InferenceServerClient(url.grpc)
+        h = httpclient.InferenceServerClient(url.split("//", 1)[1])
+        # 200 x 512 float32: 400 KiB in, the same out, and the engine's
+        # scratch: more than the 1 MiB this server commits to requests.
+        code, msg = grpc_error(lambda: g.infer("circle", small_inputs(grpcclient, n=200, d=512)))
+        outs = [httpclient.InferRequestedOutput(o, binary_data=True)
+                for o in ("loss", "per_sample_loss", "embeddings_grad")]
+        _, hmsg = grpc_error(lambda: h.infer("circle", small_inputs(httpclient, n=200, d=512),
+                                             outputs=outs))
+        assert code == "StatusCode.RESOURCE_EXHAUSTED"
+        assert msg == hmsg and "--max-inflight-mb" in msg
+        g.close()
+        h.close()
+
+
+def test_grpc_drain_should_finish_calls_in_flight_and_refuse_new_ones():
+    """SIGTERM while a ModelInfer computes: that call still gets its answer,
+    a new call gets UNAVAILABLE, circled exits 0 (run_circled checks). The
+    computation is sized from this machine's own speed to take >= 2 s, and
+    the test fails (not skips) if it was over before the new call."""
+    with run_circled("--drain-timeout", "30") as url:
+        g = grpcclient.InferenceServerClient(url.grpc)
+        t0 = time.monotonic()
+        g.infer("circle", small_inputs(grpcclient, n=1024, d=256))
+        once = time.monotonic() - t0
+        # Pairs grow as n^2: scale n for >= 2 s (the default pair limit,
+        # 2^32, allows n = 65536).
+        n = min(65536, int(1024 * max(1.0, (2.0 / max(once, 1e-3)) ** 0.5)) + 1)
+        done = []
+        g.async_infer("circle", small_inputs(grpcclient, n=n, d=256),
+                      callback=lambda result, error: done.append((result, error)))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # wait until it is computing
+            text = requests.get(url + "/metrics").text
+            m = re.search(r"^circled_requests_in_flight (\d+)", text, re.M)
+            if m and int(m.group(1)) >= 2:  # the call and this scrape
+                break
+            time.sleep(0.01)
+        os.kill(url.pid, signal.SIGTERM)
+        fresh = grpcclient.InferenceServerClient(url.grpc)
+        code = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and code is None:
+            try:
+                fresh.infer("circle", small_inputs(grpcclient))
+                time.sleep(0.01)  # the listener may not have closed yet
+            except InferenceServerException as e:
+                code = e.status()
+        assert code == "StatusCode.UNAVAILABLE"
+        assert not done, f"premise failed: the {n}-row call was over before the new call"
+        deadline = time.monotonic() + 120
+        while not done and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert done, "the call in flight never got its answer"
+        result, error = done[0]
+        assert error is None, error
+        assert result.as_numpy("embeddings_grad").shape == (n, 256)
+        g.close()
+        fresh.close()
