@@ -262,11 +262,13 @@ fuzz: $(FUZZERS)
 
 # ---- soak and valgrind ------------------------------------------------------
 # `make soak`: SOAK_SECONDS of mixed valid, invalid and truncated requests
-# over both protocols at 64 connections against a fresh circled; fails on a
+# over both protocols at 64 connections and 8 gRPC clients against a fresh
+# circled; fails on a
 # 5xx, a wrong answer, a crash or 10% RSS growth (tests/load/soak.py).
 SOAK_SECONDS ?= 60
-soak: all
-	$(PYTHON) tests/load/soak.py --duration $(SOAK_SECONDS) --circled $(BUILD)/circled \
+# The gRPC clients of the soak need grpcio: it runs in the test venv.
+soak: all deps-py
+	$(VENV_PY) tests/load/soak.py --duration $(SOAK_SECONDS) --circled $(BUILD)/circled \
 	  --json-out $(BUILD)/soak.json
 
 # `make valgrind`: memcheck over every check binary (normal build; check
@@ -280,19 +282,24 @@ VALGRIND_SECONDS ?= 20
 # `make tsan`: the suites that run threads against each other -- the engine
 # pool (test_loss), the metrics registry (test_metrics) and the daemon
 # itself (test_http: concurrent requests, suspend/resume, the reaper,
-# drains) -- built with ThreadSanitizer, circled included, then a 20 s soak
-# of the TSan circled at 64 connections. Any report fails.
+# drains) -- built with ThreadSanitizer, circled included, then the gRPC
+# tests (tests/py/test_grpc.py) against the TSan circled and a 20 s soak of
+# it at 64 connections and 8 gRPC clients. Any report fails; reports inside
+# gRPC core and abseil, which are not built with TSan, are suppressed
+# (tests/tsan.supp says why).
 TSAN_TESTS := test_loss test_metrics test_http
 .PHONY: tsan
-tsan: deps-c
+tsan: deps-c deps-py
 	$(MAKE) SAN=thread all $(TSAN_TESTS:%=build/tsan/tests/%)
 	@rm -rf build/tsan/reports && mkdir -p build/tsan/reports
 	@set -e; export CIRCLED_BIN=$(CURDIR)/build/tsan/circled \
 	  CIRCLE_GOLDEN_DIR=$(CURDIR)/tests/golden \
-	  TSAN_OPTIONS="log_path=$(CURDIR)/build/tsan/reports/race"; \
+	  TSAN_OPTIONS="log_path=$(CURDIR)/build/tsan/reports/race suppressions=$(CURDIR)/tests/tsan.supp history_size=7"; \
 	for t in $(TSAN_TESTS); do echo "== build/tsan/tests/$$t (TSan)"; build/tsan/tests/$$t; done; \
+	echo "== tests/py/test_grpc.py, build/tsan/circled"; \
+	$(VENV_PY) -m pytest -q tests/py/test_grpc.py; \
 	echo "== soak, 20 s, build/tsan/circled"; \
-	$(PYTHON) tests/load/soak.py --duration 20 --no-rss --circled build/tsan/circled
+	$(VENV_PY) tests/load/soak.py --duration 20 --no-rss --circled build/tsan/circled
 	@if ls build/tsan/reports/race* >/dev/null 2>&1; then \
 	  cat build/tsan/reports/race*; echo "tsan: data races reported (above)"; exit 1; fi; \
 	echo "tsan: no data race reported"
@@ -301,12 +308,12 @@ tsan: deps-c
 deps-valgrind:
 	@$(MAKE) --no-print-directory deps-c APT_PKGS="valgrind"
 
-valgrind: all $(TEST_BINS) | deps-valgrind
+valgrind: all $(TEST_BINS) deps-py | deps-valgrind
 	@set -e; export CIRCLED_BIN=$(CURDIR)/$(BUILD)/circled CIRCLE_GOLDEN_DIR=$(CURDIR)/tests/golden \
 	  CK_TIMEOUT_MULTIPLIER=30; \
 	for t in $(filter-out %/test_http,$(TEST_BINS)); do echo "== valgrind $$t"; $(VALGRIND) $$t; done
 	@echo "valgrind-soak-token" > $(BUILD)/valgrind-soak.key
-	$(PYTHON) tests/load/soak.py --duration $(VALGRIND_SECONDS) --connections 8 --no-rss \
+	$(VENV_PY) tests/load/soak.py --duration $(VALGRIND_SECONDS) --connections 8 --no-rss \
 	  --circled $(BUILD)/circled --wrapper "$(VALGRIND)" --api-key-file $(BUILD)/valgrind-soak.key \
 	  --json-out $(BUILD)/valgrind-soak.json
 

@@ -126,7 +126,11 @@ typedef enum { CALL_NEW, CALL_READ, CALL_DONE } call_state;
  * alone frees it). */
 typedef struct {
   circle_grpc *g;
-  call_state state;
+  /* Written last before every batch is started, read first when its event
+   * arrives: the hand-over between the thread that started the batch (a
+   * worker, for ModelInfer's answer) and the queue thread, made visible to
+   * ThreadSanitizer, which does not see gRPC core's own synchronization. */
+  _Atomic int state; /* call_state */
   grpc_call *call;
   grpc_call_details details;
   grpc_metadata_array md;
@@ -137,6 +141,7 @@ typedef struct {
   int cancelled;
   rpc_id rpc;
   size_t rpc_index; /* into rpcs; N_RPCS when unknown */
+  bool late;        /* began after a drain had begun: refused */
   struct timespec t0;
   size_t bytes_in, bytes_out;
   unsigned http_status; /* what HTTP would have said: the metrics label */
@@ -200,7 +205,6 @@ static bool take_response(gcall *c, circle_buf *b) {
  * details and err's HTTP status the metrics label. Thread-safe (runs on
  * the queue thread or a worker); c is not touched after it. */
 static void finish(gcall *c, const circle_error *err) {
-  c->state = CALL_DONE;
   if (err) {
     c->code = (grpc_status_code)circle_grpc_status_of(err);
     c->http_status = (unsigned)err->http_status;
@@ -235,11 +239,15 @@ static void finish(gcall *c, const circle_error *err) {
   ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
   ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
   n++;
-  grpc_call_error e = grpc_call_start_batch(c->call, ops, n, c, NULL);
+  /* From the store on, the queue thread may free c: nothing of c is read
+   * after it. */
+  grpc_call *call = c->call;
+  atomic_store(&c->state, CALL_DONE);
+  grpc_call_error e = grpc_call_start_batch(call, ops, n, c, NULL);
   if (e != GRPC_CALL_OK) {
     /* Cannot happen with a well-formed batch; without a completion event
      * the call would leak, so cancel it and let the event come. */
-    grpc_call_cancel(c->call, NULL);
+    grpc_call_cancel(call, NULL);
   }
 }
 
@@ -399,7 +407,9 @@ static void on_read(gcall *c, bool success) {
     }
   }
   if (c->rpc == RPC_MODEL_INFER) {
-    if (circle__http_draining(http))
+    /* A call begun before the drain is served, as an HTTP request still
+     * uploading is; one begun after it is refused. */
+    if (c->late)
       refuse_shutting_down(c);
     else
       submit_infer(c);
@@ -477,6 +487,7 @@ static void on_new(gcall *c, bool success) {
   g->active++;
   pthread_mutex_unlock(&g->mu);
   clock_gettime(CLOCK_MONOTONIC, &c->t0);
+  c->late = circle__http_draining(g->http);
   circle__http_active_add(g->http, 1);
   c->rpc = RPC_UNKNOWN;
   c->rpc_index = N_RPCS;
@@ -485,7 +496,7 @@ static void on_new(gcall *c, bool success) {
       c->rpc = rpcs[i].id;
       c->rpc_index = i;
     }
-  c->state = CALL_READ;
+  atomic_store(&c->state, CALL_READ);
   grpc_op op;
   memset(&op, 0, sizeof op);
   op.op = GRPC_OP_RECV_MESSAGE;
@@ -538,7 +549,7 @@ static void post_request(circle_grpc *g) {
     return;
   }
   c->g = g;
-  c->state = CALL_NEW;
+  atomic_init(&c->state, CALL_NEW);
   atomic_init(&c->held, 0);
   grpc_call_details_init(&c->details);
   grpc_metadata_array_init(&c->md);
@@ -569,7 +580,7 @@ static void *queue_main(void *arg) {
       continue;
     }
     gcall *c = ev.tag;
-    switch (c->state) {
+    switch ((call_state)atomic_load(&c->state)) {
     case CALL_NEW:
       on_new(c, ev.success != 0);
       break;

@@ -35,8 +35,8 @@ int circle_grpc_init(circle_grpc **out, const circle_grpc_opts *opts,
 /* The port actually bound (useful with port 0); 0 for NULL. */
 uint16_t circle_grpc_port(const circle_grpc *g);
 
-/* Begins a graceful stop without waiting: from now on new ModelInfer
- * calls get UNAVAILABLE ("the server is shutting down"), ServerReady,
+/* Begins a graceful stop without waiting: from now on ModelInfer calls
+ * that begin get UNAVAILABLE ("the server is shutting down"), ServerReady,
  * ModelReady and the health check say not ready (on HTTP too: it raises the
  * HTTP server's draining flag); calls in progress go on. Safe to call more
  * than once; NULL is a no-op. */

@@ -647,18 +647,16 @@ int main(int argc, char **argv) {
           s.http.defaults.remove_diagonal ? "true" : "false",
           red ? red : "null", circle_dtype_name(s.http.defaults.dtype),
           s.api_key_file ? "bearer token required" : "off");
-  bool v6 = strchr(s.http.bind, ':') != NULL;
-  fprintf(stderr, "circled: listening on %s%s%s:%u\n", v6 ? "[" : "",
-          s.http.bind, v6 ? "]" : "", (unsigned)circle_http_port(srv));
-
+  /* Both listeners are up before either is announced: a harness that
+   * waits for the first line finds the second right after it. */
   circle_grpc *grpc = NULL;
+  circle_grpc_opts go = {
+      .bind = s.grpc_bind ? s.grpc_bind : s.http.bind,
+      .port = (uint16_t)(s.grpc_port < 0 ? 0 : s.grpc_port),
+      .max_message = s.http.max_body,
+      .quiet = s.http.quiet,
+  };
   if (s.grpc && s.grpc_port >= 0) {
-    circle_grpc_opts go = {
-        .bind = s.grpc_bind ? s.grpc_bind : s.http.bind,
-        .port = (uint16_t)s.grpc_port,
-        .max_message = s.http.max_body,
-        .quiet = s.http.quiet,
-    };
     rc = circle_grpc_init(&grpc, &go, srv, why, sizeof why);
     if (rc != CIRCLE_OK) {
       fprintf(stderr, "circled: %s\n", why[0] ? why : circle_status_str(rc));
@@ -666,6 +664,11 @@ int main(int argc, char **argv) {
       circle_engine_free(engine);
       return 1;
     }
+  }
+  bool v6 = strchr(s.http.bind, ':') != NULL;
+  fprintf(stderr, "circled: listening on %s%s%s:%u\n", v6 ? "[" : "",
+          s.http.bind, v6 ? "]" : "", (unsigned)circle_http_port(srv));
+  if (grpc) {
     bool gv6 = strchr(go.bind, ':') != NULL;
     fprintf(stderr, "circled: grpc listening on %s%s%s:%u\n", gv6 ? "[" : "",
             go.bind, gv6 ? "]" : "", (unsigned)circle_grpc_port(grpc));

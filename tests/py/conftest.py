@@ -66,6 +66,9 @@ def run_circled(*args, env=None, log_prefix="circled-"):
         return Path(log.name).read_text(errors="replace")
 
     url = None
+    flags = [a for a in args if a.startswith("--")]
+    grpc_on = not ({"--no-grpc", "--grpc=false", "--grpc-port=off"} & set(flags)) and not any(
+        a == "--grpc-port" and b == "off" for a, b in zip(args, args[1:]))
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
         while time.monotonic() < deadline:
@@ -75,9 +78,12 @@ def run_circled(*args, env=None, log_prefix="circled-"):
                 m = re.search(r"listening on 127\.0\.0\.1:(\d+)", log_text())
                 if m:
                     url = f"http://127.0.0.1:{m.group(1)}"
+            g = re.search(r"grpc listening on 127\.0\.0\.1:(\d+)", log_text())
+            if g is None and grpc_on:  # the line follows the HTTP one
+                time.sleep(0.05)
+                continue
             if url is not None and _healthy(url):
                 url = DaemonURL(url)
-                g = re.search(r"grpc listening on 127\.0\.0\.1:(\d+)", log_text())
                 url.grpc = f"127.0.0.1:{g.group(1)}" if g else None
                 url.pid = proc.pid
                 break

@@ -398,12 +398,17 @@ def test_grpc_drain_should_finish_calls_in_flight_and_refuse_new_ones():
     the test fails (not skips) if it was over before the new call."""
     with run_circled("--drain-timeout", "30") as url:
         g = grpcclient.InferenceServerClient(url.grpc)
-        t0 = time.monotonic()
-        g.infer("circle", small_inputs(grpcclient, n=1024, d=256))
-        once = time.monotonic() - t0
-        # Pairs grow as n^2: scale n for >= 2 s (the default pair limit,
-        # 2^32, allows n = 65536).
-        n = min(65536, int(1024 * max(1.0, (2.0 / max(once, 1e-3)) ** 0.5)) + 1)
+        # Double n until one call takes >= 1 s here, then take twice that n
+        # (about 4x the time: pairs grow as n^2). The default pair limit,
+        # 2^32, allows n = 65536.
+        n = 512
+        while n < 32768:
+            t0 = time.monotonic()
+            g.infer("circle", small_inputs(grpcclient, n=n, d=256))
+            if time.monotonic() - t0 >= 1.0:
+                break
+            n *= 2
+        n *= 2
         done = []
         g.async_infer("circle", small_inputs(grpcclient, n=n, d=256),
                       callback=lambda result, error: done.append((result, error)))
@@ -431,7 +436,7 @@ def test_grpc_drain_should_finish_calls_in_flight_and_refuse_new_ones():
             time.sleep(0.05)
         assert done, "the call in flight never got its answer"
         result, error = done[0]
-        assert error is None, error
+        assert error is None, f"{error.status()}: {error.message()} (n={n})"
         assert result.as_numpy("embeddings_grad").shape == (n, 256)
         g.close()
         fresh.close()
