@@ -391,6 +391,61 @@ def test_grpc_inflight_budget_should_be_resource_exhausted_with_the_http_message
         h.close()
 
 
+def long_call_rows(g):
+    """Rows n (d = 256) of a ModelInfer that takes about 4 s or more on this
+    machine: n is doubled until one call takes >= 1 s here, then doubled once
+    more (pairs grow as n^2). The default pair limit, 2^32, allows 65536."""
+    n = 512
+    while n < 32768:
+        t0 = time.monotonic()
+        g.infer("circle", small_inputs(grpcclient, n=n, d=256))
+        if time.monotonic() - t0 >= 1.0:
+            break
+        n *= 2
+    return n * 2
+
+
+def wait_computing(url, calls):
+    """Waits until /metrics shows calls requests in flight besides the
+    scrape itself."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = requests.get(url + "/metrics").text
+        m = re.search(r"^circled_requests_in_flight (\d+)", text, re.M)
+        if m and int(m.group(1)) >= calls + 1:
+            return
+        time.sleep(0.01)
+    pytest.fail(f"{calls} calls never showed as in flight")
+
+
+def test_grpc_full_queue_should_be_resource_exhausted_with_the_http_message():
+    """One compute thread, a queue of one: with a long call computing and
+    another waiting, a third gets RESOURCE_EXHAUSTED and the message HTTP
+    gives for a full queue. The long call is sized from this machine's
+    speed; the test fails (not skips) if it was over too soon."""
+    with run_circled("--workers", "1", "--max-queue", "1") as url:
+        g = grpcclient.InferenceServerClient(url.grpc)
+        n = long_call_rows(g)
+        done = []
+        for k in range(2):  # one computing, then one waiting
+            g.async_infer("circle", small_inputs(grpcclient, n=n, d=256),
+                          callback=lambda result, error: done.append(error))
+            wait_computing(url, k + 1)
+        code, msg = grpc_error(lambda: g.infer("circle", small_inputs(grpcclient)))
+        assert not done, "premise failed: the long calls were over before the third"
+        assert code == "StatusCode.RESOURCE_EXHAUSTED"
+        assert msg == "the compute queue is full; retry after a second"
+        h = httpclient.InferenceServerClient(url.split("//", 1)[1])
+        _, hmsg = grpc_error(lambda: h.infer("circle", small_inputs(httpclient)))
+        assert hmsg == msg
+        deadline = time.monotonic() + 300
+        while len(done) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert done == [None, None]
+        g.close()
+        h.close()
+
+
 def test_grpc_drain_should_finish_calls_in_flight_and_refuse_new_ones():
     """SIGTERM while a ModelInfer computes: that call still gets its answer,
     a new call gets UNAVAILABLE, circled exits 0 (run_circled checks). The
@@ -398,27 +453,11 @@ def test_grpc_drain_should_finish_calls_in_flight_and_refuse_new_ones():
     the test fails (not skips) if it was over before the new call."""
     with run_circled("--drain-timeout", "30") as url:
         g = grpcclient.InferenceServerClient(url.grpc)
-        # Double n until one call takes >= 1 s here, then take twice that n
-        # (about 4x the time: pairs grow as n^2). The default pair limit,
-        # 2^32, allows n = 65536.
-        n = 512
-        while n < 32768:
-            t0 = time.monotonic()
-            g.infer("circle", small_inputs(grpcclient, n=n, d=256))
-            if time.monotonic() - t0 >= 1.0:
-                break
-            n *= 2
-        n *= 2
+        n = long_call_rows(g)
         done = []
         g.async_infer("circle", small_inputs(grpcclient, n=n, d=256),
                       callback=lambda result, error: done.append((result, error)))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # wait until it is computing
-            text = requests.get(url + "/metrics").text
-            m = re.search(r"^circled_requests_in_flight (\d+)", text, re.M)
-            if m and int(m.group(1)) >= 2:  # the call and this scrape
-                break
-            time.sleep(0.01)
+        wait_computing(url, 1)
         os.kill(url.pid, signal.SIGTERM)
         fresh = grpcclient.InferenceServerClient(url.grpc)
         code = None
