@@ -45,6 +45,9 @@ GEN_HDRS  := $(GEN_SRCS:.c=.h)
 GEN_OBJS  := $(GEN_SRCS:$(GEN_DIR)/%.c=$(BUILD)/obj/gen/%.o)
 SERVER_OBJS += $(GEN_OBJS)
 CFLAGS    += -I$(GEN_DIR)
+# Kept after the build (make would delete them as intermediates, then make
+# them again next time).
+.SECONDARY: $(GEN_SRCS) $(GEN_HDRS)
 
 # Engine tests link the engine alone; the others link the service and curl.
 ENGINE_TESTS := $(wildcard tests/test_loss.c tests/test_pool.c tests/test_blas.c tests/test_config.c)
