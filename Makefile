@@ -219,6 +219,7 @@ bench-compare: all $(BUILD)/bench/bench_codec deps-bench
 	$(BENCH_VENV)/bin/python bench/compare/compare.py --circled $(BUILD)/circled \
 	  --lib $(BUILD)/libcircle.so --only engine,circled_oip,circled_grpc \
 	  --sizes 64x128,4096x512 --out build/bench/grpc.md
+	$(BENCH_VENV)/bin/python bench/compare/grpc_vs_http.py --circled $(BUILD)/circled
 	$(BENCH_VENV)/bin/python bench/compare/small_requests.py --circled $(BUILD)/circled
 	$(BENCH_VENV)/bin/python bench/compare/codecs_memory.py --circled $(BUILD)/circled \
 	  --bench-codec $(BUILD)/bench/bench_codec
