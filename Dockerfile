@@ -1,6 +1,6 @@
 # Dockerfile -- circled in a container: built with the make targets CI runs,
 # shipped on debian:bookworm-slim with only its runtime libraries, run as a
-# non-root user on port 8080.
+# non-root user on port 8080 (HTTP) and 8081 (gRPC).
 #
 #   docker build -t circled:0.1.0 .
 #   docker run --rm -p 8080:8080 circled:0.1.0
@@ -48,7 +48,7 @@ FROM debian:bookworm-slim
 # the HEALTHCHECK speaks HTTP through bash's /dev/tcp, which costs nothing.
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      libmicrohttpd12 libcjson1 libopenblas0-pthread zlib1g \
+      libmicrohttpd12 libcjson1 libopenblas0-pthread zlib1g libgrpc29 libprotobuf-c1 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 circled \
  && useradd --system --uid 10001 --gid 10001 --no-create-home \
@@ -67,7 +67,7 @@ ENV OPENBLAS_NUM_THREADS=1
 
 # Numeric, so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
 USER 10001:10001
-EXPOSE 8080
+EXPOSE 8080 8081
 # circled drains on SIGTERM: stops accepting, finishes in-flight requests,
 # exits 0.
 STOPSIGNAL SIGTERM
@@ -75,4 +75,4 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
   CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /healthz HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && read -r -t 2 _ status _ <&3 && [ \"$status\" = 200 ]"]
 
-ENTRYPOINT ["circled", "--bind", "0.0.0.0", "--port", "8080"]
+ENTRYPOINT ["circled", "--bind", "0.0.0.0", "--port", "8080", "--grpc-port", "8081"]

@@ -12,7 +12,8 @@ CFLAGS    ?= -O2 -g
 CFLAGS    += -std=c11 -Wall -Wextra -Wshadow -Wno-unused-parameter \
              -D_GNU_SOURCE -Iinclude -Isrc -pthread -fvisibility=hidden
 LDLIBS_ENGINE := -lopenblas -lm -lpthread
-LDLIBS_SERVER := -lmicrohttpd -lcjson -lz $(LDLIBS_ENGINE)
+LDLIBS_GRPC   := -lgrpc -lgpr -lprotobuf-c
+LDLIBS_SERVER := -lmicrohttpd -lcjson -lz $(LDLIBS_GRPC) $(LDLIBS_ENGINE)
 
 ifeq ($(SAN),1)
 BUILD     := build/san
@@ -35,6 +36,19 @@ ENGINE_OBJS := $(ENGINE_SRCS:src/%.c=$(BUILD)/obj/%.o)
 ENGINE_PIC  := $(ENGINE_SRCS:src/%.c=$(BUILD)/pic/%.o)
 SERVER_OBJS := $(SERVER_SRCS:src/%.c=$(BUILD)/obj/%.o)
 
+# The gRPC messages: C made by protobuf-c-compiler from the committed
+# proto/*.proto at build time (never committed, never edited).
+GEN_DIR   := build/gen
+PROTOS    := $(wildcard proto/*.proto)
+GEN_SRCS  := $(PROTOS:proto/%.proto=$(GEN_DIR)/%.pb-c.c)
+GEN_HDRS  := $(GEN_SRCS:.c=.h)
+GEN_OBJS  := $(GEN_SRCS:$(GEN_DIR)/%.c=$(BUILD)/obj/gen/%.o)
+SERVER_OBJS += $(GEN_OBJS)
+CFLAGS    += -I$(GEN_DIR)
+# Kept after the build (make would delete them as intermediates, then make
+# them again next time).
+.SECONDARY: $(GEN_SRCS) $(GEN_HDRS)
+
 # Engine tests link the engine alone; the others link the service and curl.
 ENGINE_TESTS := $(wildcard tests/test_loss.c tests/test_pool.c tests/test_blas.c tests/test_config.c)
 SERVER_TESTS := $(filter-out $(ENGINE_TESTS),$(wildcard tests/test_*.c))
@@ -56,7 +70,8 @@ all: $(BUILD)/circled $(BUILD)/libcircle.a $(BUILD)/libcircle.so
 # ---- dependencies -----------------------------------------------------------
 # What building and the C tests need (the Docker build stage uses these)...
 APT_PKGS := build-essential pkg-config libopenblas-dev libmicrohttpd-dev \
-            libcjson-dev zlib1g-dev check libcurl4-openssl-dev
+            libcjson-dev zlib1g-dev check libcurl4-openssl-dev \
+            libgrpc-dev libprotobuf-c-dev protobuf-c-compiler
 # ...and what only the Python tests need: the venv, a real Prometheus server
 # scraping /metrics, headless Chromium for /dashboard.
 TEST_APT_PKGS := python3 python3-venv python3-pip curl prometheus chromium
@@ -90,7 +105,15 @@ deps-test:
 deps-py: deps-c deps-test $(VENV)/.stamp
 
 # ---- build ------------------------------------------------------------------
-$(BUILD)/obj/%.o: src/%.c | deps-c
+$(GEN_DIR)/%.pb-c.c $(GEN_DIR)/%.pb-c.h: proto/%.proto | deps-c
+	@mkdir -p $(GEN_DIR)
+	protoc-c --proto_path=proto --c_out=$(GEN_DIR) $<
+
+$(BUILD)/obj/gen/%.o: $(GEN_DIR)/%.c $(GEN_HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: src/%.c | deps-c $(GEN_HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
@@ -173,7 +196,8 @@ bench: all $(BUILD)/bench/bench_loss
 
 # `make bench-compare`: circled against Keras 3 + JAX and PyTorch on this
 # machine (bench/compare/compare.py -> build/bench/compare.md), small
-# requests under wrk (small.md), JSON against binary (codecs.md). The
+# requests under wrk (small.md), gRPC against OIP binary at 64 x 128 and
+# 4096 x 512 (grpc.md), JSON against binary (codecs.md). The
 # frameworks live in their own venv, never in the test venv; torch from PyPI
 # is the CUDA-bundled wheel (the venv is about 6 GB), run on the CPU only.
 BENCH_VENV   := build/bench-venv
@@ -192,6 +216,10 @@ deps-bench: $(BENCH_VENV)/.stamp
 bench-compare: all $(BUILD)/bench/bench_codec deps-bench
 	$(BENCH_VENV)/bin/python bench/compare/compare.py --circled $(BUILD)/circled \
 	  --lib $(BUILD)/libcircle.so $(COMPARE_ARGS)
+	$(BENCH_VENV)/bin/python bench/compare/compare.py --circled $(BUILD)/circled \
+	  --lib $(BUILD)/libcircle.so --only engine,circled_oip,circled_grpc \
+	  --sizes 64x128,4096x512 --out build/bench/grpc.md
+	$(BENCH_VENV)/bin/python bench/compare/grpc_vs_http.py --circled $(BUILD)/circled
 	$(BENCH_VENV)/bin/python bench/compare/small_requests.py --circled $(BUILD)/circled
 	$(BENCH_VENV)/bin/python bench/compare/codecs_memory.py --circled $(BUILD)/circled \
 	  --bench-codec $(BUILD)/bench/bench_codec
@@ -236,8 +264,8 @@ FUZZ_CFLAGS  := -std=c11 -g -O1 -D_GNU_SOURCE -Iinclude -Isrc -pthread \
                 -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 # The codecs and what they use: the service minus the server itself.
-FUZZ_SRCS    := $(filter-out src/http.c src/metrics.c src/dashboard.c,$(SERVER_SRCS)) \
-                src/status.c src/config.c
+FUZZ_SRCS    := $(filter-out src/http.c src/grpc_server.c src/metrics.c src/dashboard.c,$(SERVER_SRCS)) \
+                src/status.c src/config.c $(GEN_SRCS)
 FUZZERS      := $(patsubst fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard fuzz/fuzz_*.c))
 
 .PHONY: deps-fuzz
@@ -246,7 +274,7 @@ deps-fuzz:
 
 $(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_util.h $(FUZZ_SRCS) $(wildcard src/*.h) | deps-c deps-fuzz
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_SRCS) -lcjson -lz -lm
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -I$(GEN_DIR) -o $@ $< $(FUZZ_SRCS) -lcjson -lz -lprotobuf-c -lm
 
 fuzz: $(FUZZERS)
 	@set -e; mkdir -p $(FUZZ_BUILD)/crashes; for f in $(FUZZERS); do \
@@ -265,11 +293,13 @@ fuzz: $(FUZZERS)
 
 # ---- soak and valgrind ------------------------------------------------------
 # `make soak`: SOAK_SECONDS of mixed valid, invalid and truncated requests
-# over both protocols at 64 connections against a fresh circled; fails on a
+# over both protocols at 64 connections and 8 gRPC clients against a fresh
+# circled; fails on a
 # 5xx, a wrong answer, a crash or 10% RSS growth (tests/load/soak.py).
 SOAK_SECONDS ?= 60
-soak: all
-	$(PYTHON) tests/load/soak.py --duration $(SOAK_SECONDS) --circled $(BUILD)/circled \
+# The gRPC clients of the soak need grpcio: it runs in the test venv.
+soak: all deps-py
+	$(VENV_PY) tests/load/soak.py --duration $(SOAK_SECONDS) --circled $(BUILD)/circled \
 	  --json-out $(BUILD)/soak.json
 
 # `make valgrind`: memcheck over every check binary (normal build; check
@@ -283,19 +313,24 @@ VALGRIND_SECONDS ?= 20
 # `make tsan`: the suites that run threads against each other -- the engine
 # pool (test_loss), the metrics registry (test_metrics) and the daemon
 # itself (test_http: concurrent requests, suspend/resume, the reaper,
-# drains) -- built with ThreadSanitizer, circled included, then a 20 s soak
-# of the TSan circled at 64 connections. Any report fails.
+# drains) -- built with ThreadSanitizer, circled included, then the gRPC
+# tests (tests/py/test_grpc.py) against the TSan circled and a 20 s soak of
+# it at 64 connections and 8 gRPC clients. Any report fails; reports inside
+# gRPC core and abseil, which are not built with TSan, are suppressed
+# (tests/tsan.supp says why).
 TSAN_TESTS := test_loss test_metrics test_http
 .PHONY: tsan
-tsan: deps-c
+tsan: deps-c deps-py
 	$(MAKE) SAN=thread all $(TSAN_TESTS:%=build/tsan/tests/%)
 	@rm -rf build/tsan/reports && mkdir -p build/tsan/reports
 	@set -e; export CIRCLED_BIN=$(CURDIR)/build/tsan/circled \
 	  CIRCLE_GOLDEN_DIR=$(CURDIR)/tests/golden \
-	  TSAN_OPTIONS="log_path=$(CURDIR)/build/tsan/reports/race"; \
+	  TSAN_OPTIONS="log_path=$(CURDIR)/build/tsan/reports/race suppressions=$(CURDIR)/tests/tsan.supp history_size=7"; \
 	for t in $(TSAN_TESTS); do echo "== build/tsan/tests/$$t (TSan)"; build/tsan/tests/$$t; done; \
+	echo "== tests/py/test_grpc.py, build/tsan/circled"; \
+	$(VENV_PY) -m pytest -q tests/py/test_grpc.py; \
 	echo "== soak, 20 s, build/tsan/circled"; \
-	$(PYTHON) tests/load/soak.py --duration 20 --no-rss --circled build/tsan/circled
+	$(VENV_PY) tests/load/soak.py --duration 20 --no-rss --circled build/tsan/circled
 	@if ls build/tsan/reports/race* >/dev/null 2>&1; then \
 	  cat build/tsan/reports/race*; echo "tsan: data races reported (above)"; exit 1; fi; \
 	echo "tsan: no data race reported"
@@ -304,12 +339,12 @@ tsan: deps-c
 deps-valgrind:
 	@$(MAKE) --no-print-directory deps-c APT_PKGS="valgrind"
 
-valgrind: all $(TEST_BINS) | deps-valgrind
+valgrind: all $(TEST_BINS) deps-py | deps-valgrind
 	@set -e; export CIRCLED_BIN=$(CURDIR)/$(BUILD)/circled CIRCLE_GOLDEN_DIR=$(CURDIR)/tests/golden \
 	  CK_TIMEOUT_MULTIPLIER=30; \
 	for t in $(filter-out %/test_http,$(TEST_BINS)); do echo "== valgrind $$t"; $(VALGRIND) $$t; done
 	@echo "valgrind-soak-token" > $(BUILD)/valgrind-soak.key
-	$(PYTHON) tests/load/soak.py --duration $(VALGRIND_SECONDS) --connections 8 --no-rss \
+	$(VENV_PY) tests/load/soak.py --duration $(VALGRIND_SECONDS) --connections 8 --no-rss \
 	  --circled $(BUILD)/circled --wrapper "$(VALGRIND)" --api-key-file $(BUILD)/valgrind-soak.key \
 	  --json-out $(BUILD)/valgrind-soak.json
 
@@ -323,5 +358,5 @@ install: all
 	sed -e 's|@PREFIX@|$(PREFIX)|g' circle.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/circle.pc
 
 clean:
-	rm -rf $(BUILD)/obj $(BUILD)/pic $(BUILD)/tests $(BUILD)/bench $(BUILD)/san \
+	rm -rf $(BUILD)/obj $(BUILD)/pic $(BUILD)/tests $(BUILD)/bench $(BUILD)/san $(GEN_DIR) \
 	       $(BUILD)/circled $(BUILD)/libcircle.a $(BUILD)/libcircle.so

@@ -313,11 +313,98 @@ def config_seeds():
     out["number"] = b"80.0"
     return out
 
+# ---- gRPC: ModelInferRequest bytes (proto/circle_grpc.proto), written with
+# the protobuf wire format by hand so this script needs nothing installed.
+
+def pb_varint(v):
+    v &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def pb_len(field, payload):
+    """A length-delimited field (strings, bytes, messages, packed)."""
+    return pb_varint(field << 3 | 2) + pb_varint(len(payload)) + payload
+
+
+def pb_str(field, text):
+    return pb_len(field, text.encode())
+
+
+def pb_packed(field, fmt, values):
+    if fmt == "varint":
+        return pb_len(field, b"".join(pb_varint(v) for v in values))
+    return pb_len(field, b"".join(struct.pack("<" + fmt, v) for v in values))
+
+
+def pb_param(field, key, value):
+    """A map<string, InferParameter> entry; value None leaves it unset."""
+    if value is None:
+        v = b""
+    elif isinstance(value, bool):
+        v = pb_varint(1 << 3) + pb_varint(int(value))
+    elif isinstance(value, int):
+        v = pb_varint(2 << 3) + pb_varint(value)
+    elif isinstance(value, float):
+        v = pb_varint(4 << 3 | 1) + struct.pack("<d", value)
+    else:
+        v = pb_str(3, value)
+    return pb_len(field, pb_str(1, key) + pb_len(2, v))
+
+
+def pb_input(name, datatype, shape, contents=b""):
+    """InferInputTensor: name 1, datatype 2, shape 3, contents 5."""
+    msg = pb_str(1, name) + pb_str(2, datatype) + pb_packed(3, "varint", shape)
+    return pb_len(5, msg + (pb_len(5, contents) if contents else b""))
+
+
+def grpc_request(inputs, raw=(), params=None, outputs=(), model="circle", rid="seed"):
+    """ModelInferRequest: model_name 1, id 3, parameters 4, inputs 5,
+    outputs 6, raw_input_contents 7."""
+    msg = pb_str(1, model) + pb_str(3, rid)
+    for k, v in (params or {}).items():
+        msg += pb_param(4, k, v)
+    msg += b"".join(inputs)
+    msg += b"".join(pb_len(6, pb_str(1, o)) for o in outputs)
+    msg += b"".join(pb_len(7, r) for r in raw)
+    return msg
+
+
+def grpc_seeds():
+    lab = struct.pack("<4q", 0, 1, 0, 1)
+    two = [pb_input("labels", "INT64", [4]), pb_input("embeddings", "FP32", [4, 3])]
+    s = {}
+    s["raw_fp32"] = grpc_request(two, raw=[lab, struct.pack("<12f", *range(12))])
+    s["raw_fp64"] = grpc_request([two[0], pb_input("embeddings", "FP64", [4, 3])],
+                                 raw=[lab, struct.pack("<12d", *range(12))])
+    s["raw_fp16"] = grpc_request([two[0], pb_input("embeddings", "FP16", [4, 3])],
+                                 raw=[lab, struct.pack("<12e", *range(12))])
+    # Typed contents: int_contents 2, int64_contents 3, fp32_contents 6.
+    s["typed_params"] = grpc_request(
+        [pb_input("labels", "INT32", [4], pb_packed(2, "varint", [0, 1, 0, 1])),
+         pb_input("embeddings", "FP32", [4, 3], pb_packed(6, "f", range(12)))],
+        params={"gamma": 64.0, "reduction": "none", "normalize": True, "tag": "t"})
+    s["typed_ref_outputs"] = grpc_request(
+        [pb_input("labels", "INT64", [4], pb_packed(3, "varint", [0, 1, 0, 1])),
+         pb_input("embeddings", "FP32", [4, 3], pb_packed(6, "f", range(12))),
+         pb_input("ref_labels", "INT64", [2], pb_packed(3, "varint", [0, 1])),
+         pb_input("ref_embeddings", "FP32", [2, 3], pb_packed(6, "f", range(6)))],
+        outputs=["ref_embeddings_grad", "loss"], params={"reduction": None})
+    s["raw_count_mismatch"] = grpc_request(two, raw=[b"\0" * 32])
+    s["raw_size_mismatch"] = grpc_request(two, raw=[lab, b"\0" * 44])
+    s["unknown_model"] = grpc_request(two, raw=[lab, b"\0" * 48], model="other")
+    return s
+
 
 def main():
     root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "corpus")
     for harness, seeds in (("fuzz_json", v1_seeds()), ("fuzz_oip", oip_seeds()),
-                           ("fuzz_config", config_seeds())):
+                           ("fuzz_config", config_seeds()), ("fuzz_grpc", grpc_seeds())):
         d = os.path.join(root, harness)
         os.makedirs(d, exist_ok=True)
         for name, data in seeds.items():

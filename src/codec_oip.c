@@ -68,6 +68,14 @@ static circle_oip_datatype datatype_parse(const char *s) {
   return CIRCLE_OIP_UNKNOWN;
 }
 
+circle_oip_datatype circle__oip_datatype_parse(const char *s) {
+  return s ? datatype_parse(s) : CIRCLE_OIP_UNKNOWN;
+}
+
+size_t circle__oip_datatype_size(circle_oip_datatype t) {
+  return t >= 0 && t < CIRCLE_OIP_UNKNOWN ? datatypes[t].size : 0;
+}
+
 static bool is_float_type(circle_oip_datatype t) {
   return t == CIRCLE_OIP_FP16 || t == CIRCLE_OIP_FP32 ||
          t == CIRCLE_OIP_FP64 || t == CIRCLE_OIP_BF16;
@@ -1193,18 +1201,12 @@ const char *circle_oip_output_datatype(const circle_config *cfg, size_t *esz) {
   return datatypes[t].name;
 }
 
-int circle_oip_encode(const circle_request *req, const circle_output *out,
-                      circle_buf *b, size_t *header_len) {
-  if (req == NULL || out == NULL || b == NULL || header_len == NULL)
-    return CIRCLE_EINVAL;
+void circle__oip_outputs(const circle_request *req, const circle_output *out,
+                         circle_oip_outputs *o) {
   circle_dtype dt = req->cfg.dtype;
-  /* A half format's outputs are float32 arrays of its values (see
-   * circle_output_round), sent as FP16 / BF16. */
-  circle_half half = req->cfg.half;
-  size_t esz;
-  const char *dtn = circle_oip_output_datatype(&req->cfg, &esz);
   unsigned w = req->want & out->want;
   if (!req->has_ref) w &= ~(unsigned)CIRCLE_OUT_REF_GRAD;
+  o->stats = (w & CIRCLE_OUT_STATS) != 0;
 
   /* Output order: as requested, else the canonical order. */
   unsigned order[N_OUTPUTS];
@@ -1217,10 +1219,58 @@ int circle_oip_encode(const circle_request *req, const circle_output *out,
       if (w & output_names[k].bit) order[norder++] = output_names[k].bit;
   }
 
-  /* The scalar loss, in the output dtype, for binary or JSON. */
-  float loss32 = (float)out->loss;
-  double loss64 = out->loss;
+  /* The scalar loss, in the output dtype. */
+  o->loss32 = (float)out->loss;
+  o->loss64 = out->loss;
   bool elementwise = circle_reduction_is_elementwise(req->cfg.reduction);
+  o->count = norder;
+  for (size_t i = 0; i < norder; i++) {
+    unsigned bit = order[i];
+    circle_oip_out_tensor *t = &o->t[i];
+    t->bit = bit;
+    t->name = "";
+    for (size_t k = 0; k < N_OUTPUTS; k++)
+      if (output_names[k].bit == bit) t->name = output_names[k].name;
+    t->rows = t->cols = 0;
+    t->data = NULL;
+    switch (bit) {
+      case CIRCLE_OUT_LOSS:
+        t->rows = elementwise ? req->n : 1;
+        t->data = elementwise ? out->loss_values
+                              : (dt == CIRCLE_DTYPE_FLOAT32 ? (const void *)&o->loss32
+                                                            : (const void *)&o->loss64);
+        break;
+      case CIRCLE_OUT_PER_SAMPLE:
+        t->rows = req->n;
+        t->data = out->per_sample;
+        break;
+      case CIRCLE_OUT_GRAD:
+        t->rows = req->n;
+        t->cols = req->d;
+        t->data = out->grad;
+        break;
+      case CIRCLE_OUT_REF_GRAD:
+        t->rows = req->m;
+        t->cols = req->d;
+        t->data = out->ref_grad;
+        break;
+    }
+    t->elems = t->cols ? t->rows * t->cols : t->rows;
+  }
+}
+
+int circle_oip_encode(const circle_request *req, const circle_output *out,
+                      circle_buf *b, size_t *header_len) {
+  if (req == NULL || out == NULL || b == NULL || header_len == NULL)
+    return CIRCLE_EINVAL;
+  circle_dtype dt = req->cfg.dtype;
+  /* A half format's outputs are float32 arrays of its values (see
+   * circle_output_round), sent as FP16 / BF16. */
+  circle_half half = req->cfg.half;
+  size_t esz;
+  const char *dtn = circle_oip_output_datatype(&req->cfg, &esz);
+  circle_oip_outputs o;
+  circle__oip_outputs(req, out, &o);
 
   size_t start = b->len;
   circle_buf_puts(b, "{\"model_name\": \"circle\", \"model_version\": \"1\"");
@@ -1229,72 +1279,42 @@ int circle_oip_encode(const circle_request *req, const circle_output *out,
     circle_buf_json_string(b, req->id);
   }
   circle_buf_puts(b, ", \"outputs\": [");
-  const void *data[N_OUTPUTS];
-  size_t count[N_OUTPUTS];
-  for (size_t i = 0; i < norder; i++) {
-    unsigned bit = order[i];
-    const char *name = "";
-    for (size_t k = 0; k < N_OUTPUTS; k++)
-      if (output_names[k].bit == bit) name = output_names[k].name;
-    size_t rows = 0, cols = 0; /* cols 0: rank 1 */
-    const void *p = NULL;
-    switch (bit) {
-      case CIRCLE_OUT_LOSS:
-        rows = elementwise ? req->n : 1;
-        p = elementwise ? out->loss_values
-                        : (dt == CIRCLE_DTYPE_FLOAT32 ? (const void *)&loss32
-                                                      : (const void *)&loss64);
-        break;
-      case CIRCLE_OUT_PER_SAMPLE:
-        rows = req->n;
-        p = out->per_sample;
-        break;
-      case CIRCLE_OUT_GRAD:
-        rows = req->n;
-        cols = req->d;
-        p = out->grad;
-        break;
-      case CIRCLE_OUT_REF_GRAD:
-        rows = req->m;
-        cols = req->d;
-        p = out->ref_grad;
-        break;
-    }
-    data[i] = p;
-    count[i] = cols ? rows * cols : rows;
+  for (size_t i = 0; i < o.count; i++) {
+    const circle_oip_out_tensor *t = &o.t[i];
     if (i) circle_buf_puts(b, ", ");
     circle_buf_puts(b, "{\"name\": ");
-    circle_buf_json_string(b, name);
-    circle_buf_printf(b, ", \"datatype\": \"%s\", \"shape\": [%zu", dtn, rows);
-    if (cols) circle_buf_printf(b, ", %zu", cols);
+    circle_buf_json_string(b, t->name);
+    circle_buf_printf(b, ", \"datatype\": \"%s\", \"shape\": [%zu", dtn, t->rows);
+    if (t->cols) circle_buf_printf(b, ", %zu", t->cols);
     circle_buf_puts(b, "]");
-    if (req->binary_outputs & bit) {
+    if (req->binary_outputs & t->bit) {
       circle_buf_printf(b, ", \"parameters\": {\"binary_data_size\": %zu}}",
-                        count[i] * esz);
+                        t->elems * esz);
     } else {
       circle_buf_puts(b, ", \"data\": ");
-      write_flat(b, p, count[i], dt);
+      write_flat(b, t->data, t->elems, dt);
       circle_buf_puts(b, "}");
     }
   }
   circle_buf_puts(b, "]");
-  if (w & CIRCLE_OUT_STATS) {
+  if (o.stats) {
     circle_buf_puts(b, ", \"parameters\": ");
     circle__json_stats_write(b, &out->stats);
   }
   circle_buf_puts(b, "}");
   size_t json_end = b->len;
-  for (size_t i = 0; i < norder; i++) {
-    if (!(req->binary_outputs & order[i])) continue;
+  for (size_t i = 0; i < o.count; i++) {
+    const circle_oip_out_tensor *t = &o.t[i];
+    if (!(req->binary_outputs & t->bit)) continue;
     if (half == CIRCLE_HALF_NONE) {
-      circle_buf_append(b, data[i], count[i] * esz);
-    } else if (circle_buf_reserve(b, count[i] * 2)) {
-      const float *v = data[i];
-      for (size_t j = 0; j < count[i]; j++) {
+      circle_buf_append(b, t->data, t->elems * esz);
+    } else if (circle_buf_reserve(b, t->elems * 2)) {
+      const float *v = t->data;
+      for (size_t j = 0; j < t->elems; j++) {
         uint16_t h = float_to_half_bits(v[j], half);
         memcpy(b->data + b->len + 2 * j, &h, 2);
       }
-      b->len += count[i] * 2;
+      b->len += t->elems * 2;
       b->data[b->len] = '\0';
     }
   }
@@ -1310,33 +1330,91 @@ void circle_oip_error(const circle_error *err, circle_buf *b) {
   circle_buf_puts(b, "}");
 }
 
-void circle_oip_model_metadata(circle_buf *b) {
-  if (b == NULL) return;
-  circle_buf_puts(
-      b,
-      "{\"name\": \"circle\", \"versions\": [\"1\"], \"platform\": "
-      "\"circled\", \"inputs\": ["
-      "{\"name\": \"labels\", \"datatype\": \"INT64\", \"shape\": [-1]}, "
-      "{\"name\": \"embeddings\", \"datatype\": \"FP32\", \"shape\": [-1, -1]}, "
-      "{\"name\": \"sample_weight\", \"datatype\": \"FP32\", \"shape\": [-1]}, "
-      "{\"name\": \"ref_labels\", \"datatype\": \"INT64\", \"shape\": [-1]}, "
-      "{\"name\": \"ref_embeddings\", \"datatype\": \"FP32\", \"shape\": "
-      "[-1, -1]}], \"outputs\": ["
-      "{\"name\": \"loss\", \"datatype\": \"FP32\", \"shape\": [-1]}, "
-      "{\"name\": \"per_sample_loss\", \"datatype\": \"FP32\", \"shape\": [-1]}, "
-      "{\"name\": \"embeddings_grad\", \"datatype\": \"FP32\", \"shape\": "
-      "[-1, -1]}, "
-      "{\"name\": \"ref_embeddings_grad\", \"datatype\": \"FP32\", \"shape\": "
-      "[-1, -1]}]}");
+/* ------------------------------------------------------------------------ */
+/* Metadata                                                                 */
+/* ------------------------------------------------------------------------ */
+
+const circle_oip_tensor_spec circle__oip_input_specs[CIRCLE_OIP_N_INPUTS] = {
+    {"labels", CIRCLE_OIP_INT64, 1, false},
+    {"embeddings", CIRCLE_OIP_FP32, 2, false},
+    {"sample_weight", CIRCLE_OIP_FP32, 1, true},
+    {"ref_labels", CIRCLE_OIP_INT64, 1, true},
+    {"ref_embeddings", CIRCLE_OIP_FP32, 2, true}};
+const circle_oip_tensor_spec circle__oip_output_specs[CIRCLE_OIP_N_OUTPUTS] = {
+    {"loss", CIRCLE_OIP_FP32, 1, false},
+    {"per_sample_loss", CIRCLE_OIP_FP32, 1, false},
+    {"embeddings_grad", CIRCLE_OIP_FP32, 2, false},
+    {"ref_embeddings_grad", CIRCLE_OIP_FP32, 2, false}};
+
+const char *circle__oip_datatype_name(circle_oip_datatype t) {
+  return t >= 0 && t < CIRCLE_OIP_UNKNOWN ? datatypes[t].name : "";
 }
 
-/* A Triton model-configuration "parameters" entry: {"string_value": s}. */
-static void config_param(circle_buf *b, const char *key, const char *value,
-                         bool last) {
-  circle_buf_json_string(b, key);
-  circle_buf_puts(b, ": {\"string_value\": ");
-  circle_buf_json_string(b, value);
-  circle_buf_puts(b, last ? "}" : "}, ");
+/* Appends a list of tensors as metadata ({"name", "datatype", "shape"}) or,
+ * with config, as Triton model configuration ({"name", "data_type",
+ * "dims"}, and "optional" where it applies). */
+static void write_tensors(circle_buf *b, const circle_oip_tensor_spec *t,
+                          size_t count, bool config) {
+  circle_buf_puts(b, "[");
+  for (size_t i = 0; i < count; i++) {
+    if (i) circle_buf_puts(b, ", ");
+    circle_buf_puts(b, "{\"name\": ");
+    circle_buf_json_string(b, t[i].name);
+    circle_buf_printf(b, config ? ", \"data_type\": \"TYPE_%s\", \"dims\": "
+                                : ", \"datatype\": \"%s\", \"shape\": ",
+                      circle__oip_datatype_name(t[i].type));
+    circle_buf_puts(b, t[i].rank == 2 ? "[-1, -1]" : "[-1]");
+    if (config && t[i].optional) circle_buf_puts(b, ", \"optional\": true");
+    circle_buf_puts(b, "}");
+  }
+  circle_buf_puts(b, "]");
+}
+
+void circle_oip_model_metadata(circle_buf *b) {
+  if (b == NULL) return;
+  circle_buf_puts(b, "{\"name\": \"circle\", \"versions\": [\"1\"], "
+                     "\"platform\": \"circled\", \"inputs\": ");
+  write_tensors(b, circle__oip_input_specs, CIRCLE_OIP_N_INPUTS, false);
+  circle_buf_puts(b, ", \"outputs\": ");
+  write_tensors(b, circle__oip_output_specs, CIRCLE_OIP_N_OUTPUTS, false);
+  circle_buf_puts(b, "}");
+}
+
+void circle__oip_config_params(const circle_config *defaults,
+                               void (*fn)(void *ctx, const char *key,
+                                          const char *value),
+                               void *ctx) {
+  circle_buf num;
+  circle_buf_init(&num);
+  circle_buf_python_float(&num, defaults->gamma);
+  fn(ctx, "gamma", num.failed ? "" : num.data);
+  num.len = 0;
+  circle_buf_python_float(&num, defaults->margin);
+  fn(ctx, "margin", num.failed ? "" : num.data);
+  circle_buf_free(&num);
+  fn(ctx, "remove_diagonal", defaults->remove_diagonal ? "true" : "false");
+  const char *red = circle_reduction_name(defaults->reduction);
+  fn(ctx, "reduction", red ? red : "null");
+  const char *dtn = circle_config_dtype_name(defaults);
+  fn(ctx, "dtype", dtn ? dtn : "float32");
+  fn(ctx, "normalize", defaults->normalize ? "true" : "false");
+}
+
+/* A Triton model-configuration "parameters" entry: {"string_value": s},
+ * after a ", " for every entry but the first. */
+typedef struct {
+  circle_buf *b;
+  bool first;
+} param_writer;
+
+static void config_param(void *ctx, const char *key, const char *value) {
+  param_writer *w = ctx;
+  if (!w->first) circle_buf_puts(w->b, ", ");
+  w->first = false;
+  circle_buf_json_string(w->b, key);
+  circle_buf_puts(w->b, ": {\"string_value\": ");
+  circle_buf_json_string(w->b, value);
+  circle_buf_puts(w->b, "}");
 }
 
 void circle_oip_model_config(circle_buf *b, const circle_config *defaults) {
@@ -1346,43 +1424,40 @@ void circle_oip_model_config(circle_buf *b, const circle_config *defaults) {
    * metadata; optional inputs say so; the loss defaults a request gets when
    * its parameters leave them out are string parameters, the values spelt
    * as GET /config spells them. */
-  circle_buf_puts(
-      b,
-      "{\"name\": \"circle\", \"platform\": \"circled\", \"backend\": "
-      "\"circled\", \"version_policy\": {\"latest\": {\"num_versions\": 1}}, "
-      "\"max_batch_size\": 0, \"input\": ["
-      "{\"name\": \"labels\", \"data_type\": \"TYPE_INT64\", \"dims\": [-1]}, "
-      "{\"name\": \"embeddings\", \"data_type\": \"TYPE_FP32\", \"dims\": "
-      "[-1, -1]}, "
-      "{\"name\": \"sample_weight\", \"data_type\": \"TYPE_FP32\", \"dims\": "
-      "[-1], \"optional\": true}, "
-      "{\"name\": \"ref_labels\", \"data_type\": \"TYPE_INT64\", \"dims\": "
-      "[-1], \"optional\": true}, "
-      "{\"name\": \"ref_embeddings\", \"data_type\": \"TYPE_FP32\", \"dims\": "
-      "[-1, -1], \"optional\": true}], \"output\": ["
-      "{\"name\": \"loss\", \"data_type\": \"TYPE_FP32\", \"dims\": [-1]}, "
-      "{\"name\": \"per_sample_loss\", \"data_type\": \"TYPE_FP32\", \"dims\": "
-      "[-1]}, "
-      "{\"name\": \"embeddings_grad\", \"data_type\": \"TYPE_FP32\", \"dims\": "
-      "[-1, -1]}, "
-      "{\"name\": \"ref_embeddings_grad\", \"data_type\": \"TYPE_FP32\", "
-      "\"dims\": [-1, -1]}], \"parameters\": {");
-  circle_buf num;
-  circle_buf_init(&num);
-  circle_buf_python_float(&num, defaults->gamma);
-  config_param(b, "gamma", num.failed ? "" : num.data, false);
-  num.len = 0;
-  circle_buf_python_float(&num, defaults->margin);
-  config_param(b, "margin", num.failed ? "" : num.data, false);
-  circle_buf_free(&num);
-  config_param(b, "remove_diagonal",
-               defaults->remove_diagonal ? "true" : "false", false);
-  const char *red = circle_reduction_name(defaults->reduction);
-  config_param(b, "reduction", red ? red : "null", false);
-  const char *dtn = circle_config_dtype_name(defaults);
-  config_param(b, "dtype", dtn ? dtn : "float32", false);
-  config_param(b, "normalize", defaults->normalize ? "true" : "false", true);
+  circle_buf_puts(b, "{\"name\": \"circle\", \"platform\": \"circled\", "
+                     "\"backend\": \"circled\", \"version_policy\": "
+                     "{\"latest\": {\"num_versions\": 1}}, "
+                     "\"max_batch_size\": 0, \"input\": ");
+  write_tensors(b, circle__oip_input_specs, CIRCLE_OIP_N_INPUTS, true);
+  circle_buf_puts(b, ", \"output\": ");
+  write_tensors(b, circle__oip_output_specs, CIRCLE_OIP_N_OUTPUTS, true);
+  circle_buf_puts(b, ", \"parameters\": {");
+  param_writer w = {b, true};
+  circle__oip_config_params(defaults, config_param, &w);
   circle_buf_puts(b, "}}");
+}
+
+int circle__oip_model_check(const char *name, size_t name_len,
+                            const char *version, size_t version_len,
+                            circle_error *err) {
+  /* The client's bytes, cut and with non-printable bytes as '?'. */
+  char raw[104], q[112];
+  if (name_len != 6 || strncmp(name, "circle", 6)) {
+    snprintf(raw, sizeof raw, "%.*s", (int)(name_len > 100 ? 100 : name_len), name);
+    circle__json_quote(q, sizeof q, raw, 100);
+    return circle_error_set(err, 404, "not_found",
+                            "Request for unknown model: '%s' is not found", q);
+  }
+  if (version_len && (version_len != 1 || version[0] != '1')) {
+    snprintf(raw, sizeof raw, "%.*s", (int)(version_len > 40 ? 40 : version_len),
+             version);
+    circle__json_quote(q, sizeof q, raw, 40);
+    return circle_error_set(err, 404, "not_found",
+                            "Request for unknown model: 'circle' version %s "
+                            "is not found",
+                            q);
+  }
+  return 0;
 }
 
 void circle_oip_server_metadata(circle_buf *b, const char *version) {

@@ -65,4 +65,69 @@ void circle_oip_model_config(circle_buf *b, const circle_config *defaults);
 /* Server metadata JSON for GET /v2. */
 void circle_oip_server_metadata(circle_buf *b, const char *version);
 
+/* ---- Shared with the gRPC codec (codec_grpc.c) ---------------------------
+ * The pieces of the protocol that do not depend on its encoding, so that
+ * both encodings describe the same model and return the same outputs. */
+
+/* The datatype named s ("FP32"), CIRCLE_OIP_UNKNOWN for others or NULL. */
+circle_oip_datatype circle__oip_datatype_parse(const char *s);
+/* Bytes per element of t (0 for BYTES and out-of-range values). */
+size_t circle__oip_datatype_size(circle_oip_datatype t);
+/* The protocol's name of t ("FP32"); "" for out-of-range values. */
+const char *circle__oip_datatype_name(circle_oip_datatype t);
+
+/* One tensor of the model's signature, as metadata and config describe it:
+ * rank 1 is [-1], rank 2 is [-1, -1]. */
+typedef struct {
+  const char *name;
+  circle_oip_datatype type;
+  int rank;
+  bool optional;
+} circle_oip_tensor_spec;
+#define CIRCLE_OIP_N_INPUTS 5
+#define CIRCLE_OIP_N_OUTPUTS 4
+extern const circle_oip_tensor_spec circle__oip_input_specs[CIRCLE_OIP_N_INPUTS];
+extern const circle_oip_tensor_spec circle__oip_output_specs[CIRCLE_OIP_N_OUTPUTS];
+
+/* Calls fn(ctx, key, value) for each model-configuration parameter: the
+ * server's default loss config as strings (gamma, margin, remove_diagonal,
+ * reduction, dtype, normalize), spelt as GET /config spells them. */
+void circle__oip_config_params(const circle_config *defaults,
+                               void (*fn)(void *ctx, const char *key,
+                                          const char *value),
+                               void *ctx);
+
+/* 0 when name (and version, when version_len > 0) is model "circle"
+ * version "1"; else CIRCLE_EINVAL with *err 404 "not_found" and Triton's
+ * message ("Request for unknown model: 'x' is not found"). */
+int circle__oip_model_check(const char *name, size_t name_len,
+                            const char *version, size_t version_len,
+                            circle_error *err);
+
+/* One output of a computed request, ready to encode. */
+typedef struct {
+  const char *name;  /* "loss", ... */
+  unsigned bit;      /* CIRCLE_OUT_* */
+  size_t rows, cols; /* cols 0: shape [rows] */
+  size_t elems;      /* rows, or rows * cols */
+  const void *data;  /* elems values in req->cfg.dtype */
+} circle_oip_out_tensor;
+
+/* The outputs a response returns, in response order. loss32 / loss64 hold
+ * the scalar loss that a "loss" tensor of a scalar reduction points at, so
+ * the struct must not be copied while its tensors are in use. */
+typedef struct {
+  size_t count;
+  circle_oip_out_tensor t[CIRCLE_OIP_N_OUTPUTS];
+  bool stats; /* the response carries the stats as its parameters */
+  float loss32;
+  double loss64;
+} circle_oip_outputs;
+
+/* Fills *o from a computed request: the outputs asked for (in request
+ * order) or all that apply (in the canonical order), with their shapes and
+ * data. Pure; never fails. */
+void circle__oip_outputs(const circle_request *req, const circle_output *out,
+                         circle_oip_outputs *o);
+
 #endif /* CIRCLE_CODEC_OIP_H */

@@ -874,21 +874,18 @@ int circle__half_narrow_array(circle_half half, void **arr, size_t count,
 }
 
 void circle__json_stats_write(circle_buf *b, const circle_stats *s) {
+  bool first = true;
   circle_buf_puts(b, "{");
-  write_stat(b, "pos_row_frac", s->pos_row_frac, true);
-  write_stat(b, "mean_pos_sim", s->mean_pos_sim, false);
-  write_stat(b, "min_pos_sim", s->min_pos_sim, false);
-  write_stat(b, "mean_neg_sim", s->mean_neg_sim, false);
-  write_stat(b, "max_neg_sim", s->max_neg_sim, false);
-  write_stat(b, "sim_gap", s->sim_gap, false);
-  write_stat(b, "hard_neg_frac", s->hard_neg_frac, false);
-  write_stat(b, "recall_at_1", s->recall_at_1, false);
-  write_stat(b, "norm_dev_mean", s->norm_dev_mean, false);
-  write_stat(b, "norm_dev_max", s->norm_dev_max, false);
-  circle_buf_puts(b, ", \"pos_pairs\": ");
-  circle_buf_json_uint(b, s->pos_pairs);
-  circle_buf_puts(b, ", \"neg_pairs\": ");
-  circle_buf_json_uint(b, s->neg_pairs);
+#define WRITE_FIGURE(f)                         \
+  write_stat(b, #f, s->f, first);               \
+  first = false;
+  CIRCLE__STATS_FIGURES(WRITE_FIGURE)
+#undef WRITE_FIGURE
+#define WRITE_COUNT(f)                          \
+  circle_buf_puts(b, ", \"" #f "\": ");         \
+  circle_buf_json_uint(b, s->f);
+  CIRCLE__STATS_COUNTS(WRITE_COUNT)
+#undef WRITE_COUNT
   circle_buf_puts(b, "}");
 }
 

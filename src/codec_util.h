@@ -177,6 +177,15 @@ int circle__bool_parse(const cJSON *item, bool *out, const char *field,
 int circle__half_narrow_array(circle_half half, void **arr, size_t count,
                               size_t *bad);
 
+/* The circle_stats members a response reports, in response order: the
+ * figures (double) and then the counts (uint64_t). X(member). Every
+ * protocol's encoder walks these, so the names agree everywhere. */
+#define CIRCLE__STATS_FIGURES(X)                                           \
+  X(pos_row_frac) X(mean_pos_sim) X(min_pos_sim) X(mean_neg_sim)           \
+  X(max_neg_sim) X(sim_gap) X(hard_neg_frac) X(recall_at_1)                \
+  X(norm_dev_mean) X(norm_dev_max)
+#define CIRCLE__STATS_COUNTS(X) X(pos_pairs) X(neg_pairs)
+
 /* Appends the stats object: {"pos_row_frac": ..., ..., "pos_pairs": N,
  * "neg_pairs": N}, figures as float64 numbers (null if non-finite). */
 void circle__json_stats_write(circle_buf *b, const circle_stats *s);

@@ -370,22 +370,31 @@ static bool token_equal(const char *key, size_t key_len, const char *tok,
 
 /* Reserves bytes of the in-flight budget for ex. False when the budget
  * would be exceeded; nothing is reserved then. */
-static bool reserve(struct exchange *ex, size_t bytes) {
-  circle_http *srv = ex->srv;
+bool circle__http_reserve(circle_http *srv, atomic_size_t *held,
+                          size_t bytes) {
   size_t cur = atomic_load(&srv->inflight);
   do {
     if (bytes > srv->opts.max_inflight || cur > srv->opts.max_inflight - bytes)
       return false;
   } while (!atomic_compare_exchange_weak(&srv->inflight, &cur, cur + bytes));
-  atomic_fetch_add(&ex->reserved, bytes);
+  atomic_fetch_add(held, bytes);
   return true;
 }
 
+void circle__http_release(circle_http *srv, atomic_size_t *held,
+                          size_t bytes) {
+  size_t h = atomic_load(held);
+  if (bytes > h) bytes = h;
+  atomic_fetch_sub(held, bytes);
+  atomic_fetch_sub(&srv->inflight, bytes);
+}
+
+static bool reserve(struct exchange *ex, size_t bytes) {
+  return circle__http_reserve(ex->srv, &ex->reserved, bytes);
+}
+
 static void release(struct exchange *ex, size_t bytes) {
-  size_t held = atomic_load(&ex->reserved);
-  if (bytes > held) bytes = held;
-  atomic_fetch_sub(&ex->reserved, bytes);
-  atomic_fetch_sub(&ex->srv->inflight, bytes);
+  circle__http_release(ex->srv, &ex->reserved, bytes);
 }
 
 /* Parses a decimal size with nothing else around it but blanks. */
@@ -787,16 +796,10 @@ static void route(struct exchange *ex, const char *url) {
   }
   route_id tail;
   if (!match_model_tail(p, &tail)) return;
-  if (name_len != 6 || strncmp(name, "circle", 6)) {
+  circle_error merr;
+  if (circle__oip_model_check(name, name_len, ver, ver ? ver_len : 0, &merr)) {
     ex->route = ROUTE_UNKNOWN_MODEL;
-    snprintf(ex->model_msg, sizeof ex->model_msg,
-             "Request for unknown model: '%.*s' is not found",
-             (int)(name_len > 100 ? 100 : name_len), name);
-  } else if (ver && (ver_len != 1 || ver[0] != '1')) {
-    ex->route = ROUTE_UNKNOWN_MODEL;
-    snprintf(ex->model_msg, sizeof ex->model_msg,
-             "Request for unknown model: 'circle' version %.*s is not found",
-             (int)(ver_len > 40 ? 40 : ver_len), ver);
+    snprintf(ex->model_msg, sizeof ex->model_msg, "%.200s", merr.message);
   } else {
     ex->route = tail;
   }
@@ -1264,6 +1267,96 @@ static circle_input input_of(const circle_request *req) {
   return in;
 }
 
+int circle__http_check(circle_request *req, circle_input *in,
+                       circle_error *err) {
+  if (!req->has_ref) req->want &= ~(unsigned)CIRCLE_OUT_REF_GRAD;
+  *in = input_of(req);
+  char where[256] = "";
+  int rc = circle_input_check(&req->cfg, in, where, sizeof where);
+  if (rc != 0) error_from_status(rc, where, err);
+  return rc;
+}
+
+int circle__http_compute(circle_http *srv, circle_request *req,
+                         const circle_input *in, circle_output *out,
+                         bool binary_out, atomic_size_t *held,
+                         circle_error *err) {
+  const circle_http_opts *o = &srv->opts;
+  memset(out, 0, sizeof *out);
+  out->want = req->want;
+
+  /* 4. Admission: bytes in flight. */
+  size_t need = estimate_bytes(srv, req, in, binary_out);
+  if (need > o->max_inflight) {
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "this request needs about %zu MiB to compute (n=%zu, m=%zu, "
+             "d=%zu); this server commits at most %zu MiB to requests "
+             "(--max-inflight-mb): send a smaller batch",
+             need == SIZE_MAX ? SIZE_MAX / 1048576 : need / 1048576 + 1,
+             req->n, in->m, req->d, o->max_inflight / 1048576);
+    error_from_status(CIRCLE_ELIMIT, msg, err);
+    return CIRCLE_ELIMIT;
+  }
+  if (!circle__http_reserve(srv, held, need)) {
+    error_from_status(CIRCLE_EBUSY,
+                      "the server has too many requests in flight; retry "
+                      "after a second",
+                      err);
+    return CIRCLE_EBUSY;
+  }
+
+  /* 5. Outputs, in the request's dtype. */
+  size_t elt = circle_dtype_size(req->cfg.dtype);
+  bool alloc_ok = true;
+  if ((req->want & CIRCLE_OUT_LOSS) &&
+      circle_reduction_is_elementwise(req->cfg.reduction))
+    alloc_ok &= (out->loss_values = alloc_array(req->n, elt)) != NULL;
+  /* A half format needs the per-sample values to mask rows as Keras does
+   * (circle_output_round); they are returned only when asked for. */
+  if (req->cfg.half != CIRCLE_HALF_NONE) out->want |= CIRCLE_OUT_PER_SAMPLE;
+  if (out->want & CIRCLE_OUT_PER_SAMPLE)
+    alloc_ok &= (out->per_sample = alloc_array(req->n, elt)) != NULL;
+  if (req->want & CIRCLE_OUT_GRAD)
+    alloc_ok &= (out->grad = alloc_array(req->n * req->d, elt)) != NULL;
+  if (req->want & CIRCLE_OUT_REF_GRAD)
+    alloc_ok &= (out->ref_grad = alloc_array(in->m * req->d, elt)) != NULL;
+  if (!alloc_ok) {
+    error_from_status(CIRCLE_ENOMEM,
+                      "the server is out of memory for this request; retry "
+                      "later or send a smaller batch",
+                      err);
+    return CIRCLE_ENOMEM;
+  }
+
+  /* 6. Compute. A job whose client has gone comes back CIRCLE_ECANCELED,
+   * with *err untouched: there is no one to answer. */
+  int rc = circle_loss_compute(srv->engine, &req->cfg, in, out);
+  if (rc == CIRCLE_ECANCELED) return rc;
+  if (rc != 0) {
+    error_from_status(rc, NULL, err);
+    return rc;
+  }
+  /* A half-precision dtype: the float32 results rounded to the format. */
+  char where[256] = "";
+  rc = circle_output_round(&req->cfg, in, out, where, sizeof where);
+  if (rc != 0) {
+    error_from_status(rc, where, err);
+    return rc;
+  }
+  circle_metrics_observe_compute(srv->metrics, req->tag, &req->cfg, in, out);
+  return 0;
+}
+
+void circle__http_output_free(circle_output *out) {
+  if (!out) return;
+  free(out->loss_values);
+  free(out->per_sample);
+  free(out->grad);
+  free(out->ref_grad);
+  memset(out, 0, sizeof *out);
+}
+
 /* True when the request's computation is small enough for the short lane:
  * at most SHORT_PAIRS pairs and SHORT_WORK pair-dimensions (a few
  * milliseconds on one core). */
@@ -1369,13 +1462,9 @@ static job_result job_decode(struct exchange *ex, struct timespec *mark) {
     return JOB_FAILED;
   }
 
-  if (!req->has_ref) req->want &= ~(unsigned)CIRCLE_OUT_REF_GRAD;
-
   /* 3. Check the input the way the engine will, for a precise message. */
-  circle_input in = input_of(req);
-  char where[256] = "";
-  rc = circle_input_check(&req->cfg, &in, where, sizeof where);
-  if (rc != 0) return fail(ex, rc, where);
+  circle_input in;
+  if (circle__http_check(req, &in, &ex->err) != 0) return JOB_FAILED;
   phase_end(ex, PH_DECODE, mark);
   return ex->short_job && !work_is_short(req) ? JOB_MOVED : JOB_OK;
 }
@@ -1383,77 +1472,22 @@ static job_result job_decode(struct exchange *ex, struct timespec *mark) {
 /* Stage two: admits, computes and encodes ex->req into ex->resp. */
 static job_result job_compute(struct exchange *ex, struct timespec *mark) {
   circle_http *srv = ex->srv;
-  const circle_http_opts *o = &srv->opts;
   circle_request *req = &ex->req;
   circle_input in = input_of(req);
   bool ok = false, gone = false;
-  int rc;
-  char where[256] = "";
   circle_output out;
-  memset(&out, 0, sizeof out);
-  out.want = req->want;
 
-  /* 4. Admission: bytes in flight. */
+  /* 4.-6. Admission, outputs, compute (the engine parallelises inside). */
   bool binary_out = ex->route == ROUTE_V2_INFER &&
                     (req->want & ~req->binary_outputs &
                      ~(unsigned)CIRCLE_OUT_STATS) == 0;
-  size_t need = estimate_bytes(srv, req, &in, binary_out);
-  if (need > o->max_inflight) {
-    char msg[256];
-    snprintf(msg, sizeof msg,
-             "this request needs about %zu MiB to compute (n=%zu, m=%zu, "
-             "d=%zu); this server commits at most %zu MiB to requests "
-             "(--max-inflight-mb): send a smaller batch",
-             need == SIZE_MAX ? SIZE_MAX / 1048576 : need / 1048576 + 1,
-             req->n, in.m, req->d, o->max_inflight / 1048576);
-    fail(ex, CIRCLE_ELIMIT, msg);
-    goto done;
-  }
-  if (!reserve(ex, need)) {
-    fail(ex, CIRCLE_EBUSY,
-         "the server has too many requests in flight; retry after a second");
-    goto done;
-  }
-
-  /* 5. Outputs, in the request's dtype. */
-  size_t elt = circle_dtype_size(req->cfg.dtype);
-  bool alloc_ok = true;
-  if ((req->want & CIRCLE_OUT_LOSS) &&
-      circle_reduction_is_elementwise(req->cfg.reduction))
-    alloc_ok &= (out.loss_values = alloc_array(req->n, elt)) != NULL;
-  /* A half format needs the per-sample values to mask rows as Keras does
-   * (circle_output_round); they are returned only when asked for. */
-  if (req->cfg.half != CIRCLE_HALF_NONE) out.want |= CIRCLE_OUT_PER_SAMPLE;
-  if (out.want & CIRCLE_OUT_PER_SAMPLE)
-    alloc_ok &= (out.per_sample = alloc_array(req->n, elt)) != NULL;
-  if (req->want & CIRCLE_OUT_GRAD)
-    alloc_ok &= (out.grad = alloc_array(req->n * req->d, elt)) != NULL;
-  if (req->want & CIRCLE_OUT_REF_GRAD)
-    alloc_ok &= (out.ref_grad = alloc_array(in.m * req->d, elt)) != NULL;
-  if (!alloc_ok) {
-    fail(ex, CIRCLE_ENOMEM,
-         "the server is out of memory for this request; retry later or "
-         "send a smaller batch");
-    goto done;
-  }
-
-  /* 6. Compute (the engine parallelises inside this call). */
-  rc = circle_loss_compute(srv->engine, &req->cfg, &in, &out);
+  int rc = circle__http_compute(srv, req, &in, &out, binary_out, &ex->reserved,
+                                &ex->err);
   if (rc == CIRCLE_ECANCELED) {
     gone = true; /* the client went away mid-computation */
     goto done;
   }
-  if (rc != 0) {
-    fail(ex, rc, NULL);
-    goto done;
-  }
-  /* A half-precision dtype: the float32 results rounded to the format. */
-  rc = circle_output_round(&req->cfg, &in, &out, where, sizeof where);
-  if (rc != 0) {
-    fail(ex, rc, where);
-    goto done;
-  }
-  circle_metrics_observe_compute(srv->metrics, req->tag, &req->cfg, &in, &out);
+  if (rc != 0) goto done;
   phase_end(ex, PH_COMPUTE, mark);
 
   /* 7. Encode straight into the response buffer. */
@@ -1479,10 +1513,7 @@ static job_result job_compute(struct exchange *ex, struct timespec *mark) {
   ok = true;
 
 done:
-  free(out.loss_values);
-  free(out.per_sample);
-  free(out.grad);
-  free(out.ref_grad);
+  circle__http_output_free(&out);
   circle_request_free(req);
   /* From here on only the response is held. */
   size_t held = atomic_load(&ex->reserved);
@@ -2258,4 +2289,37 @@ void circle_http_free(circle_http *srv) {
     free(srv->api_key);
   }
   free(srv);
+}
+
+/* ======================================================================== */
+/* What the gRPC listener shares (see http.h)                               */
+/* ======================================================================== */
+
+circle_engine *circle__http_engine(circle_http *srv) { return srv->engine; }
+
+const circle_http_opts *circle__http_opts(const circle_http *srv) {
+  return &srv->opts;
+}
+
+circle_metrics *circle__http_metrics(circle_http *srv) { return srv->metrics; }
+
+bool circle__http_draining(circle_http *srv) {
+  return atomic_load(&srv->draining);
+}
+
+void circle__http_set_draining(circle_http *srv) {
+  atomic_store(&srv->draining, true);
+}
+
+bool circle__http_token_ok(const circle_http *srv, const char *token,
+                           size_t len) {
+  if (!srv->api_key) return true;
+  return token && token_equal(srv->api_key, srv->api_key_len, token, len);
+}
+
+void circle__http_active_add(circle_http *srv, int delta) {
+  if (delta > 0)
+    atomic_fetch_add(&srv->active, (size_t)delta);
+  else
+    atomic_fetch_sub(&srv->active, (size_t)-delta);
 }

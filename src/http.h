@@ -8,6 +8,7 @@
 #ifndef CIRCLE_HTTP_H
 #define CIRCLE_HTTP_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -77,5 +78,51 @@ void circle_http_drain(circle_http *srv, double timeout_s);
 /* Drains (if circle_http_drain was not called, with a zero timeout for
  * uploads), stops the daemon and frees. NULL is a no-op. */
 void circle_http_free(circle_http *srv);
+
+/* ---- Shared with the gRPC listener (grpc_server.c) ------------------------
+ * The gRPC listener serves the same model from the same engine, under the
+ * same limits, memory budget, bearer token and metrics registry: it uses
+ * these. All are thread-safe; srv must outlive every call. */
+
+struct circle_metrics;
+circle_engine *circle__http_engine(circle_http *srv);
+const circle_http_opts *circle__http_opts(const circle_http *srv);
+struct circle_metrics *circle__http_metrics(circle_http *srv);
+/* True once a drain has begun (circle_http_drain or the setter below,
+ * which only raises the flag: readiness turns false on both protocols). */
+bool circle__http_draining(circle_http *srv);
+void circle__http_set_draining(circle_http *srv);
+/* True when auth is off, or token (len bytes, not NUL-terminated) is the
+ * bearer token, compared in constant time. */
+bool circle__http_token_ok(const circle_http *srv, const char *token,
+                           size_t len);
+/* Adds delta to the requests-in-flight gauge of /metrics. */
+void circle__http_active_add(circle_http *srv, int delta);
+
+/* Takes bytes of the shared in-flight budget (--max-inflight-mb) and adds
+ * them to *held; false, taking nothing, when they do not fit. Release
+ * gives back up to bytes of *held. */
+bool circle__http_reserve(circle_http *srv, atomic_size_t *held,
+                          size_t bytes);
+void circle__http_release(circle_http *srv, atomic_size_t *held,
+                          size_t bytes);
+
+/* Fills *in from a decoded request (dropping a reference gradient without
+ * a reference set from req->want) and checks it as the engine will.
+ * Returns 0, or a circle status with *err filled (400/413). */
+int circle__http_check(circle_request *req, circle_input *in,
+                       circle_error *err);
+/* Admits (the bytes it will hold, into *held), allocates the outputs *out
+ * asks for, computes and records the computation's metrics. Runs on an
+ * engine worker. Returns 0, or a circle status with *err filled (413 over
+ * --max-inflight-mb, 503 "overloaded" when the budget or memory is short,
+ * the engine's errors). Either way the caller frees *out with
+ * circle__http_output_free and releases *held. */
+int circle__http_compute(circle_http *srv, circle_request *req,
+                         const circle_input *in, circle_output *out,
+                         bool binary_out, atomic_size_t *held,
+                         circle_error *err);
+/* Frees the output arrays and zeroes *out. NULL is a no-op. */
+void circle__http_output_free(circle_output *out);
 
 #endif /* CIRCLE_HTTP_H */

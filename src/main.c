@@ -21,6 +21,7 @@
 
 #include "circle/circle.h"
 #include "codec_json.h"
+#include "grpc_server.h"
 #include "http.h"
 #include "metrics.h"
 
@@ -33,6 +34,9 @@ typedef struct {
   circle_engine_opts engine;
   double drain_timeout_s;
   const char *api_key_file;
+  int grpc_port;         /* -1: off */
+  const char *grpc_bind; /* NULL: --bind */
+  bool grpc;
   bool show_help;
   bool show_version;
 } settings;
@@ -49,7 +53,8 @@ typedef enum {
   K_BOOL,      /* bool */
   K_REDUCTION, /* circle_reduction */
   K_DTYPE,     /* circle_config: its dtype and half, as config.dtype */
-  K_NAME       /* char[128] */
+  K_NAME,      /* char[128] */
+  K_OPT_PORT   /* int: a port 0..65535, or -1 for "off" */
 } kind;
 
 typedef struct {
@@ -68,6 +73,13 @@ static const flag_spec FLAGS[] = {
      "all interfaces)", 0, 0},
     {"port", "CIRCLED_PORT", K_PORT, "N",
      "TCP port; 0 picks a free one (the start-up log says which)", 0, 65535},
+    {"grpc-port", "CIRCLED_GRPC_PORT", K_OPT_PORT, "N|off",
+     "gRPC port (the Open Inference Protocol over gRPC and "
+     "grpc.health.v1); 0 picks a free one, off disables gRPC", 0, 65535},
+    {"grpc-bind", "CIRCLED_GRPC_BIND", K_STR, "ADDR",
+     "address the gRPC listener binds; unset, it follows --bind", 0, 0},
+    {"grpc", "CIRCLED_GRPC", K_BOOL, "BOOL",
+     "serve gRPC; --no-grpc disables it (as --grpc-port off does)", 0, 0},
     {"net-threads", "CIRCLED_NET_THREADS", K_UINT, "N",
      "network threads (libmicrohttpd epoll pool); they never compute", 1,
      1024},
@@ -155,6 +167,9 @@ static void *flag_dst(settings *s, size_t i) {
   circle_http_opts *h = &s->http;
   if (!strcmp(f, "bind")) return &h->bind;
   if (!strcmp(f, "port")) return &h->port;
+  if (!strcmp(f, "grpc-port")) return &s->grpc_port;
+  if (!strcmp(f, "grpc-bind")) return &s->grpc_bind;
+  if (!strcmp(f, "grpc")) return &s->grpc;
   if (!strcmp(f, "net-threads")) return &h->net_threads;
   if (!strcmp(f, "workers")) return &s->engine.threads;
   if (!strcmp(f, "max-queue")) return &s->engine.max_queue;
@@ -197,6 +212,9 @@ static void settings_init(settings *s) {
   s->engine.materialize_bytes = 0;
   s->drain_timeout_s = 30;
   s->api_key_file = NULL;
+  s->grpc_port = 8081;
+  s->grpc_bind = NULL;
+  s->grpc = true;
 }
 
 static bool parse_bool(const char *v, bool *out) {
@@ -241,6 +259,18 @@ static bool set_value(settings *s, size_t i, const char *v, char *why,
       return false;
     }
     snprintf((char *)dst, 128, "%s", v);
+    return true;
+  case K_OPT_PORT:
+    if (!strcasecmp(v, "off")) {
+      *(int *)dst = -1;
+      return true;
+    }
+    if (!parse_u64(v, f->lo, f->hi, &u)) {
+      snprintf(why, why_len, "must be off or a whole number from %.0f to %.0f",
+               f->lo, f->hi);
+      return false;
+    }
+    *(int *)dst = (int)u;
     return true;
   case K_PORT:
   case K_UINT:
@@ -339,6 +369,12 @@ static void format_value(settings *s, size_t i, char *buf, size_t len) {
   case K_PORT:
     snprintf(buf, len, "%u", (unsigned)*(uint16_t *)dst);
     break;
+  case K_OPT_PORT:
+    if (*(int *)dst < 0)
+      snprintf(buf, len, "off");
+    else
+      snprintf(buf, len, "%d", *(int *)dst);
+    break;
   case K_UINT:
     snprintf(buf, len, "%u", *(unsigned *)dst);
     break;
@@ -381,7 +417,9 @@ static void print_help(settings *defaults) {
       "(model\n"
       "\"circle\", JSON and binary tensors), GET /config, /healthz, "
       "/readyz,\n"
-      "/metrics (Prometheus) and /dashboard (live charts).\n"
+      "/metrics (Prometheus) and /dashboard (live charts); and the Open "
+      "Inference\nProtocol over gRPC (inference.GRPCInferenceService, "
+      "grpc.health.v1) on --grpc-port.\n"
       "\n"
       "Every flag can also be set through the environment variable shown "
       "with it;\n"
@@ -647,9 +685,32 @@ int main(int argc, char **argv) {
           s.http.defaults.remove_diagonal ? "true" : "false",
           red ? red : "null", circle_config_dtype_name(&s.http.defaults),
           s.api_key_file ? "bearer token required" : "off");
+  /* Both listeners are up before either is announced: a harness that
+   * waits for the first line finds the second right after it. */
+  circle_grpc *grpc = NULL;
+  circle_grpc_opts go = {
+      .bind = s.grpc_bind ? s.grpc_bind : s.http.bind,
+      .port = (uint16_t)(s.grpc_port < 0 ? 0 : s.grpc_port),
+      .max_message = s.http.max_body,
+      .quiet = s.http.quiet,
+  };
+  if (s.grpc && s.grpc_port >= 0) {
+    rc = circle_grpc_init(&grpc, &go, srv, why, sizeof why);
+    if (rc != CIRCLE_OK) {
+      fprintf(stderr, "circled: %s\n", why[0] ? why : circle_status_str(rc));
+      circle_http_free(srv);
+      circle_engine_free(engine);
+      return 1;
+    }
+  }
   bool v6 = strchr(s.http.bind, ':') != NULL;
   fprintf(stderr, "circled: listening on %s%s%s:%u\n", v6 ? "[" : "",
           s.http.bind, v6 ? "]" : "", (unsigned)circle_http_port(srv));
+  if (grpc) {
+    bool gv6 = strchr(go.bind, ':') != NULL;
+    fprintf(stderr, "circled: grpc listening on %s%s%s:%u\n", gv6 ? "[" : "",
+            go.bind, gv6 ? "]" : "", (unsigned)circle_grpc_port(grpc));
+  }
   fflush(stderr);
 
   /* poll with a timeout rather than one blocking read: under
@@ -667,7 +728,13 @@ int main(int argc, char **argv) {
           "circled: %s received: draining (new connections refused, "
           "computing requests finish; uploads and queued ones get %gs)\n",
           sig == SIGINT ? "SIGINT" : "SIGTERM", s.drain_timeout_s);
+  /* Both protocols stop taking new work at once; then each finishes what
+   * it has. */
+  circle__http_set_draining(srv);
+  circle_grpc_drain_begin(grpc);
   circle_http_drain(srv, s.drain_timeout_s);
+  circle_grpc_drain(grpc, s.drain_timeout_s);
+  circle_grpc_free(grpc);
   circle_http_free(srv);
   circle_engine_free(engine);
   fprintf(stderr, "circled: stopped\n");

@@ -49,6 +49,10 @@
   X(READYZ, "/readyz")                                                        \
   X(METRICS, "/metrics")                                                      \
   X(DASHBOARD, "/dashboard")                                                  \
+  X(GRPC_INFER, "grpc:ModelInfer")                                            \
+  X(GRPC_METADATA, "grpc:metadata")                                           \
+  X(GRPC_HEALTH, "grpc:health")                                               \
+  X(GRPC_OTHER, "grpc:other")                                                 \
   X(OTHER, "other")
 
 typedef enum {

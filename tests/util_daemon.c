@@ -70,6 +70,8 @@ int td_start(td_daemon *d, const char *const *args, const char *const *env) {
   argv[n++] = "127.0.0.1";
   argv[n++] = "--port";
   argv[n++] = "0";
+  argv[n++] = "--grpc-port";
+  argv[n++] = "0";
   for (size_t i = 0; args && args[i] && n < 63; i++) argv[n++] = args[i];
   argv[n] = NULL;
 

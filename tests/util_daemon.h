@@ -19,7 +19,7 @@ typedef struct {
   char base[64];      /* "http://127.0.0.1:PORT" */
 } td_daemon;
 
-/* Starts $CIRCLED_BIN --bind 127.0.0.1 --port 0 followed by args (a NULL-
+/* Starts $CIRCLED_BIN --bind 127.0.0.1 --port 0 --grpc-port 0 followed by args (a NULL-
  * terminated list, or NULL), with env (NULL-terminated "K=V" strings, or
  * NULL) added to the environment. Waits up to 30 s for the
  * "circled: listening on 127.0.0.1:PORT" line. Returns 0, or -1 with the

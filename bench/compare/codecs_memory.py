@@ -102,7 +102,7 @@ def one_request_memory(circled, proto, labels, x):
 
 def start_circled_plain(circled):
     """circled with its default flags (the limits a user gets), quiet."""
-    proc = subprocess.Popen([circled, "--port", "0", "--quiet"], stderr=subprocess.PIPE,
+    proc = subprocess.Popen([circled, "--port", "0", "--grpc-port", "0", "--quiet"], stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

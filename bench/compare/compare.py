@@ -41,11 +41,12 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
-ALL = ["engine", "circled_oip", "circled_json", "keras_jax", "torch_keras",
-       "torch_pml"]
+ALL = ["engine", "circled_oip", "circled_grpc", "circled_json", "keras_jax",
+       "torch_keras", "torch_pml"]
 TITLES = {
     "engine": "engine in-process (ctypes)",
     "circled_oip": "circled OIP binary (tritonclient)",
+    "circled_grpc": "circled OIP gRPC (tritonclient)",
     "circled_json": "circled /v1 JSON (requests)",
     "keras_jax": "Keras 3 + JAX jit",
     "torch_keras": "PyTorch, Keras formula",
@@ -132,7 +133,7 @@ class Worker:
 
 
 def start_circled(binary, workers=None):
-    args = [binary, "--port", "0", "--quiet", "--max-body-mb", "2048",
+    args = [binary, "--port", "0", "--grpc-port", "0", "--quiet", "--max-body-mb", "2048",
             "--max-inflated-mb", "4096", "--max-inflight-mb", "16384",
             "--timeout", "600"]
     if workers:
@@ -146,9 +147,10 @@ def start_circled(binary, workers=None):
         if not line:
             break
         lines.append(line)
-        m = re.search(r"listening on .*:(\d+)", line)
+        m = re.search(r"circled: listening on .*:(\d+)", line)
         if m:
             port = int(m.group(1))
+        if port is not None and "grpc listening on" in line:
             break
     if port is None:
         proc.kill()
@@ -161,6 +163,15 @@ def start_circled(binary, workers=None):
             lines.append(line)
     threading.Thread(target=drain, daemon=True).start()
     return proc, "127.0.0.1:%d" % port, lines
+
+
+def grpc_address(lines):
+    """The "127.0.0.1:PORT" of the gRPC listener start_circled's log names."""
+    for line in lines:
+        m = re.search(r"grpc listening on .*:(\d+)", line)
+        if m:
+            return "127.0.0.1:%s" % m.group(1)
+    return None
 
 
 def make_data(n, d, path, seed=0):
@@ -224,12 +235,13 @@ def main():
     # (--workers 1 and 2 here); each end-to-end contestant, like the engine
     # and torch, runs against the faster one at each size.
     servers = []
-    urls = {}
+    urls, grpc_urls = {}, {}
     if any(k.startswith("circled") for k in kinds):
         for th in sorted({1, os.cpu_count() or 1}):
-            proc, u, _ = start_circled(args.circled, th)
+            proc, u, lines = start_circled(args.circled, th)
             servers.append(proc)
             urls[str(th)] = u
+            grpc_urls[str(th)] = grpc_address(lines)
     workers = {k: Worker(k, env, args.limit_s, int(args.mem_gb * 2**30)) for k in kinds}
     versions = {}
     for k, w in workers.items():
@@ -255,7 +267,8 @@ def main():
                 cell[k] = skipped_from[(k, d)]
                 continue
             try:
-                ans = workers[k].ask({"cmd": "setup", "data": path, "urls": urls},
+                ans = workers[k].ask({"cmd": "setup", "data": path, "urls": urls,
+                                      "grpc_urls": grpc_urls},
                                      4 * args.limit_s + 120, "skipped (set-up >%d s)")
                 if ans.get("note"):
                     notes.setdefault((n, d), {})[k] = ans["note"]
@@ -293,7 +306,7 @@ def main():
         print(line, flush=True)
         # The same loss from everyone computing Keras' numbers.
         ref = loss.get("engine")
-        for k in ("keras_jax", "torch_keras", "circled_oip", "circled_json"):
+        for k in ("keras_jax", "torch_keras", "circled_oip", "circled_grpc", "circled_json"):
             if ref is not None and k in loss:
                 rel = abs(loss[k] - ref) / max(abs(ref), 1e-30)
                 if rel > 1e-4:
@@ -323,18 +336,23 @@ def main():
     head = ["N", "D"] + [TITLES[k] for k in cols]
     ratio_cols = []
     if "engine" in cols:
-        for k in ("keras_jax", "torch_keras", "torch_pml", "circled_oip"):
+        for k in ("keras_jax", "torch_keras", "torch_pml", "circled_oip", "circled_grpc"):
             if k in cols:
                 ratio_cols.append(k)
     head += ["%s / engine" % {"keras_jax": "JAX", "torch_keras": "torch (Keras)",
-                              "torch_pml": "torch (PML)",
-                              "circled_oip": "OIP"}[k] for k in ratio_cols]
+                              "torch_pml": "torch (PML)", "circled_oip": "OIP",
+                              "circled_grpc": "gRPC"}[k] for k in ratio_cols]
+    grpc_vs_http = "circled_oip" in cols and "circled_grpc" in cols
+    if grpc_vs_http:
+        head.append("gRPC / OIP binary")
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "|".join(["---:"] * len(head)) + "|")
     for (n, d) in sizes:
         cell = results[(n, d)]
         row = [str(n), str(d)] + [fmt_ms(cell.get(k, "-")) for k in cols]
         row += [fmt_ratio(cell.get(k, "-"), cell.get("engine")) for k in ratio_cols]
+        if grpc_vs_http:
+            row.append(fmt_ratio(cell.get("circled_grpc", "-"), cell.get("circled_oip")))
         out.append("| " + " | ".join(row) + " |")
     out.append("")
     th = []

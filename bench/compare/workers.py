@@ -3,7 +3,7 @@
     python workers.py KIND
 
 KIND is one of: keras_jax, torch_keras, torch_pml, engine, circled_oip,
-circled_json. The worker reads commands as JSON lines on stdin and answers
+circled_grpc, circled_json. The worker reads commands as JSON lines on stdin and answers
 each with one JSON line on the protocol stream (the original stdout; the
 frameworks' own chatter goes to stderr):
 
@@ -26,6 +26,9 @@ embeddings, returned to the caller as host arrays. What a run includes:
     engine        circle_loss_compute through ctypes, grad buffer reused.
     circled_oip   tritonclient.http infer() with binary FP32/INT64 tensors and
                   binary outputs, until as_numpy() returned the gradient.
+    circled_grpc  tritonclient.grpc infer() with the same tensors (raw
+                  contents both ways: gRPC's only binary form), until
+                  as_numpy() returned the gradient.
     circled_json  requests (keep-alive session): json.dumps of the body,
                   POST /v1/loss, response json() and np.asarray of the
                   gradient: what a Python client pays end to end.
@@ -222,12 +225,29 @@ class EngineC:
 
 
 class CircledOIP:
+    URLS = "urls"  # the setup key naming this protocol's servers
+
     def __init__(self):
         import tritonclient
         import tritonclient.http as httpclient
         self.tc, self.http = tritonclient, httpclient
         self.client = None
         self.clients = {}  # "host:port" -> client, one keep-alive each
+
+    def connect(self, url):
+        return self.http.InferenceServerClient(
+            url, connection_timeout=600.0, network_timeout=600.0)
+
+    def tensors(self):
+        """The request's inputs and outputs, binary both ways."""
+        http = self.http
+        inputs = [http.InferInput("labels", list(self.y.shape), "INT64"),
+                  http.InferInput("embeddings", list(self.x.shape), "FP32")]
+        inputs[0].set_data_from_numpy(self.y, binary_data=True)
+        inputs[1].set_data_from_numpy(self.x, binary_data=True)
+        outputs = [http.InferRequestedOutput("loss", binary_data=True),
+                   http.InferRequestedOutput("embeddings_grad", binary_data=True)]
+        return inputs, outputs
 
     def versions(self):
         try:
@@ -240,27 +260,21 @@ class CircledOIP:
     def set_threads(self, th):
         url = self.urls[th]
         if url not in self.clients:
-            self.clients[url] = self.http.InferenceServerClient(
-                url, connection_timeout=600.0, network_timeout=600.0)
+            self.clients[url] = self.connect(url)
         self.client = self.clients[url]
 
-    def setup(self, labels, x, urls=None, **_):
-        """urls: {compute threads: "host:port"} of circled servers started
-        with that --workers; the faster one at this size is used."""
-        self.urls = {int(k): v for k, v in urls.items()}
+    def setup(self, labels, x, **opts):
+        """opts[self.URLS]: {compute threads: "host:port"} of circled
+        servers started with that --workers; the faster one at this size is
+        used."""
+        self.urls = {int(k): v for k, v in opts[self.URLS].items()}
         self.y, self.x = labels.astype(np.int64), x
         th = best_threads(self, sorted(self.urls), self.set_threads)
         return "threads %d" % th
 
     def run(self):
-        http = self.http
         t0 = time.perf_counter()
-        inputs = [http.InferInput("labels", list(self.y.shape), "INT64"),
-                  http.InferInput("embeddings", list(self.x.shape), "FP32")]
-        inputs[0].set_data_from_numpy(self.y, binary_data=True)
-        inputs[1].set_data_from_numpy(self.x, binary_data=True)
-        outputs = [http.InferRequestedOutput("loss", binary_data=True),
-                   http.InferRequestedOutput("embeddings_grad", binary_data=True)]
+        inputs, outputs = self.tensors()
         r = self.client.infer("circle", inputs, outputs=outputs,
                               parameters={"gamma": GAMMA, "margin": MARGIN,
                                           "stats": False})
@@ -269,6 +283,27 @@ class CircledOIP:
         t = time.perf_counter() - t0
         assert g.shape == self.x.shape
         return t, float(loss.reshape(-1)[0])
+
+
+class CircledGRPC(CircledOIP):
+    URLS = "grpc_urls"
+
+    def __init__(self):
+        super().__init__()
+        import tritonclient.grpc as grpcclient
+        self.grpc = grpcclient
+
+    def connect(self, url):
+        return self.grpc.InferenceServerClient(url)
+
+    def tensors(self):
+        g = self.grpc
+        inputs = [g.InferInput("labels", list(self.y.shape), "INT64"),
+                  g.InferInput("embeddings", list(self.x.shape), "FP32")]
+        inputs[0].set_data_from_numpy(self.y)
+        inputs[1].set_data_from_numpy(self.x)
+        return inputs, [g.InferRequestedOutput("loss"),
+                        g.InferRequestedOutput("embeddings_grad")]
 
 
 class CircledJSON:
@@ -308,6 +343,7 @@ class CircledJSON:
 
 KINDS = {"keras_jax": KerasJax, "torch_keras": TorchKeras,
          "torch_pml": TorchPML, "engine": EngineC, "circled_oip": CircledOIP,
+         "circled_grpc": CircledGRPC,
          "circled_json": CircledJSON}
 
 
@@ -334,7 +370,8 @@ def main():
                 say({"ok": True, "versions": impl.versions()})
             elif cmd == "setup":
                 labels, x = load(msg["data"])
-                note = impl.setup(labels, x, urls=msg.get("urls"))
+                note = impl.setup(labels, x, urls=msg.get("urls"),
+                                  grpc_urls=msg.get("grpc_urls"))
                 say({"ok": True, "note": note or ""})
             elif cmd == "run":
                 t, loss = impl.run()

@@ -35,10 +35,12 @@ class Circled:
 
     def __init__(self, args=(), binary=None, wrapper=None, start_timeout=30.0):
         self.cmd = (shlex.split(wrapper) if wrapper else []) + [
-            circled_binary(binary), "--bind", "127.0.0.1", "--port", "0", "--quiet", *args]
+            circled_binary(binary), "--bind", "127.0.0.1", "--port", "0",
+            "--grpc-port", "0", "--quiet", *args]
         self.start_timeout = start_timeout
         self.proc = None
         self.port = None
+        self.grpc_port = None  # None when gRPC is off (--grpc-port off)
         self._log = tempfile.NamedTemporaryFile(prefix="circled-load-", suffix=".log", delete=False)
 
     @property
@@ -65,6 +67,8 @@ class Circled:
                 if m:
                     self.port = int(m.group(1))
             if self.port is not None and self.healthy():
+                g = re.search(r"grpc listening on 127\.0\.0\.1:(\d+)", self.log())
+                self.grpc_port = int(g.group(1)) if g else None
                 return self
             time.sleep(0.05)
         self.kill()

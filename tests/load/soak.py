@@ -22,11 +22,16 @@ clients busy with a mix of requests over both protocols:
     oversize   a Content-Length over --max-body-mb (413 before the body)
     auth       with --api-key-file, every request carries the token but a
                few that carry none or a wrong one (401, WWW-Authenticate)
+    gRPC       --grpc-clients more clients (grpc.aio, one channel each) send
+               ModelInfer with raw and typed contents, requests that must get
+               INVALID_ARGUMENT (wrong datatype, raw size short) and
+               RESOURCE_EXHAUSTED (N over --max-n), the health check, and
+               with a token, a few calls without it (UNAUTHENTICATED)
 
 Every answer is checked against what that request must get (status, error
 code, and for 200s the response's shape). The run fails on any 5xx (but
-the 501 a framing request asks for), any
-other unexpected status, a request that hangs, circled dying, RSS growing
+the 501 a framing request asks for), any other unexpected status (for
+gRPC: status code), a request that hangs, circled dying, RSS growing
 10% or more between the first and last ten seconds (VmRSS peaks of the two
 windows), or circled not exiting 0 on SIGTERM afterwards.
 
@@ -35,9 +40,12 @@ most a few hundred KiB, 64 connections) circled has no reason to shed load,
 so a 503 is a failure. --allow-503 accepts 503 "overloaded" when it carries
 Retry-After (for runs with tighter limits); a 503 without it always fails.
 
-    python3 tests/load/soak.py [--duration 60] [--connections 64]
-        [--circled build/circled] [--wrapper "valgrind ..."] [--no-rss]
+    build/venv/bin/python tests/load/soak.py [--duration 60] [--connections 64]
+        [--grpc-clients 8] [--circled build/circled] [--wrapper "valgrind ..."] [--no-rss]
         [--api-key-file key.txt] [--json-out figures.json] [--seed 1]
+
+The gRPC clients need grpcio and tritonclient's messages (the test venv
+has both); --grpc-clients 0 runs HTTP only.
 
 Bounded: every loop ends at the deadline, every request has a timeout, and
 nothing leaves 127.0.0.1.
@@ -387,6 +395,101 @@ MIX = [(v1_valid, 40), (oip_json_valid, 12), (oip_binary_valid, 12), (invalid, 2
 
 
 # ---------------------------------------------------------------------------
+# gRPC requests (ModelInferRequest and the health check), each with the
+# status code it must get
+# ---------------------------------------------------------------------------
+
+def grpc_infer_request(rng, typed=False, n=None):
+    from tritonclient.grpc import service_pb2
+    p = rand_problem(rng, n=n)
+    n, d = len(p["labels"]), len(p["embeddings"][0])
+    flat = [x for row in p["embeddings"] for x in row]
+    r = service_pb2.ModelInferRequest(model_name="circle", id=f"soak-{rng.randrange(1 << 30)}")
+    lab = r.inputs.add(name="labels", datatype="INT64", shape=[n])
+    emb = r.inputs.add(name="embeddings", datatype="FP32", shape=[n, d])
+    if typed:
+        lab.contents.int64_contents.extend(p["labels"])
+        emb.contents.fp32_contents.extend(flat)
+    else:
+        r.raw_input_contents.extend([struct.pack(f"<{n}q", *p["labels"]),
+                                     struct.pack(f"<{n * d}f", *flat)])
+    for o in ("loss", "embeddings_grad"):
+        r.outputs.add(name=o)
+    return r, n, d
+
+
+def check_grpc_infer(n, d):
+    def check(resp):
+        from tritonclient.grpc import service_pb2
+        r = service_pb2.ModelInferResponse.FromString(resp)
+        if [o.name for o in r.outputs] != ["loss", "embeddings_grad"]:
+            return f"outputs {[o.name for o in r.outputs]}"
+        if [len(b) for b in r.raw_output_contents] != [4, n * d * 4]:
+            return f"raw output sizes {[len(b) for b in r.raw_output_contents]} for n={n} d={d}"
+        return None
+    return check
+
+
+def grpc_pick(rng):
+    """(kind, method, request bytes, expected code name, check, send token)."""
+    infer = "/inference.GRPCInferenceService/ModelInfer"
+    x = rng.random()
+    if x < 0.45:
+        r, n, d = grpc_infer_request(rng)
+        return "grpc_raw", infer, r.SerializeToString(), "OK", check_grpc_infer(n, d), True
+    if x < 0.6:
+        r, n, d = grpc_infer_request(rng, typed=True)
+        return "grpc_typed", infer, r.SerializeToString(), "OK", check_grpc_infer(n, d), True
+    if x < 0.7:
+        r, _, _ = grpc_infer_request(rng)
+        r.inputs[0].datatype = "FP32"
+        return "grpc_invalid", infer, r.SerializeToString(), "INVALID_ARGUMENT", None, True
+    if x < 0.78:
+        r, _, _ = grpc_infer_request(rng)
+        r.raw_input_contents[1] = r.raw_input_contents[1][:-4]
+        return "grpc_invalid", infer, r.SerializeToString(), "INVALID_ARGUMENT", None, True
+    if x < 0.84:
+        r, _, _ = grpc_infer_request(rng, n=MAX_N + 1)
+        return "grpc_limit", infer, r.SerializeToString(), "RESOURCE_EXHAUSTED", None, True
+    if x < 0.96 or TOKEN is None:
+        return ("grpc_health", "/grpc.health.v1.Health/Check", b"", "OK",
+                lambda resp: None if resp == b"\x08\x01" else f"health {resp!r}", False)
+    r, _, _ = grpc_infer_request(rng)
+    return "grpc_unauth", infer, r.SerializeToString(), "UNAUTHENTICATED", None, False
+
+
+async def grpc_client(ix, port, deadline, seed, stats, allow_503):
+    import grpc
+    rng = random.Random(seed * 7919 + ix)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        calls = {}
+        while time.monotonic() < deadline:
+            kind, method, body, want, check, auth = grpc_pick(rng)
+            if method not in calls:
+                calls[method] = ch.unary_unary(method, request_serializer=lambda b: b,
+                                               response_deserializer=lambda b: b)
+            md = (("authorization", f"Bearer {TOKEN}"),) if auth and TOKEN else None
+            stats.count[kind] += 1
+            t0 = time.perf_counter()
+            try:
+                resp = await calls[method](body, metadata=md, timeout=REQUEST_TIMEOUT_S)
+                code = "OK"
+            except grpc.aio.AioRpcError as e:
+                resp, code = None, e.code().name
+            stats.status[f"grpc:{code}"] += 1
+            stats.latency[kind].append((time.perf_counter() - t0) * 1e3)
+            if code == "RESOURCE_EXHAUSTED" and allow_503 and want == "OK":
+                stats.retry_after_503 += 1
+                continue
+            if code != want:
+                stats.fail(kind, f"status {code}, expected {want}")
+            elif check is not None and resp is not None:
+                why = check(resp)
+                if why:
+                    stats.fail(kind, why)
+
+
+# ---------------------------------------------------------------------------
 # A minimal HTTP/1.1 client (keep-alive, Content-Length answers)
 # ---------------------------------------------------------------------------
 
@@ -527,12 +630,14 @@ async def sample_rss(daemon, t_start, deadline, samples, dead):
         await asyncio.sleep(0.25)
 
 
-async def run_load(daemon, duration, connections, seed, allow_503, measure_rss):
+async def run_load(daemon, duration, connections, seed, allow_503, measure_rss, grpc_clients):
     stats = Stats()
     samples, dead = [], []
     t_start = time.monotonic()
     deadline = t_start + duration
     tasks = [client(i, daemon.port, deadline, seed, stats, allow_503) for i in range(connections)]
+    tasks += [grpc_client(i, daemon.grpc_port, deadline, seed, stats, allow_503)
+              for i in range(grpc_clients)]
     if measure_rss:
         tasks.append(sample_rss(daemon, t_start, deadline, samples, dead))
     await asyncio.gather(*tasks)
@@ -550,6 +655,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--grpc-clients", type=int, default=8,
+                    help="gRPC clients besides the HTTP connections (0: HTTP only)")
     ap.add_argument("--circled", default=None, help="binary (default $CIRCLED_BIN or build/circled)")
     ap.add_argument("--wrapper", default=None, help='command to run circled under, e.g. "valgrind -q"')
     ap.add_argument("--no-rss", action="store_true", help="do not check RSS growth (under a wrapper)")
@@ -565,6 +672,14 @@ def main():
     if a.duration < 2 * RSS_WINDOW_S and not a.no_rss:
         ap.error(f"--duration must be at least {2 * RSS_WINDOW_S:.0f} s to compare RSS windows")
 
+    if a.grpc_clients:
+        try:
+            import grpc  # noqa: F401
+            from tritonclient.grpc import service_pb2  # noqa: F401
+        except ImportError as e:
+            ap.error(f"the gRPC clients need grpcio and tritonclient[grpc] ({e}); run with "
+                     "the test venv's python (make deps-py), or --grpc-clients 0")
+
     global TOKEN
     args = ["--max-n", str(MAX_N), "--max-body-mb", str(MAX_BODY_MB),
             "--max-inflated-mb", str(MAX_INFLATED_MB), *a.circled_args]
@@ -576,10 +691,14 @@ def main():
     ok = True
     try:
         daemon.start()
-        print(f"soak: circled pid {daemon.pid} on {daemon.url}; {a.connections} connections for "
+        print(f"soak: circled pid {daemon.pid} on {daemon.url} (gRPC {daemon.grpc_port}); "
+              f"{a.connections} connections and {a.grpc_clients} gRPC clients for "
               f"{a.duration:.0f} s (seed {a.seed})", flush=True)
+        if a.grpc_clients and daemon.grpc_port is None:
+            raise RuntimeError("circled did not log 'grpc listening on'")
         stats, samples, dead, elapsed = asyncio.run(
-            run_load(daemon, a.duration, a.connections, a.seed, a.allow_503, not a.no_rss))
+            run_load(daemon, a.duration, a.connections, a.seed, a.allow_503, not a.no_rss,
+                     a.grpc_clients))
         alive_after = daemon.alive() and daemon.healthy(timeout=10)
         rc = daemon.stop(timeout=120 if a.wrapper else 30)
         log = daemon.log()
@@ -589,19 +708,21 @@ def main():
     answered = sum(stats.status.values())
     sent = sum(stats.count.values())
     fig = {
-        "duration_s": round(elapsed, 1), "connections": a.connections, "requests": sent,
+        "duration_s": round(elapsed, 1), "connections": a.connections,
+        "grpc_clients": a.grpc_clients, "requests": sent,
         "answered": answered, "req_per_s": round(answered / elapsed, 1),
-        "by_kind": dict(stats.count), "by_status": {str(k): v for k, v in sorted(stats.status.items())},
+        "by_kind": dict(stats.count), "by_status": {str(k): v for k, v in sorted(stats.status.items(), key=lambda kv: str(kv[0]))},
         "failures": len(stats.failures), "reconnects": dict(stats.conn_errors),
         "exit_code": rc,
     }
-    lat = [x for k in ("v1", "v1_gzip", "v1_chunked", "oip_json", "oip_binary")
+    lat = [x for k in ("v1", "v1_gzip", "v1_chunked", "oip_json", "oip_binary", "grpc_raw",
+                       "grpc_typed")
            for x in stats.latency[k]]
     fig["valid_latency_ms"] = {"p50": round(pct(lat, 50), 2), "p99": round(pct(lat, 99), 2),
                                "max": round(max(lat), 2) if lat else None}
     print(f"soak: {sent} requests ({answered} answered, {answered / elapsed:.0f}/s) in {elapsed:.1f} s")
     print(f"soak: by kind {dict(sorted(stats.count.items()))}")
-    print(f"soak: by status {dict(sorted(stats.status.items()))}")
+    print(f"soak: by status {dict(sorted(stats.status.items(), key=lambda kv: str(kv[0])))}")
     print(f"soak: valid requests p50 {fig['valid_latency_ms']['p50']} ms, "
           f"p99 {fig['valid_latency_ms']['p99']} ms, max {fig['valid_latency_ms']['max']} ms")
     if stats.conn_errors:

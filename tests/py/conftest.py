@@ -41,14 +41,24 @@ def _healthy(url):
         return False
 
 
+class DaemonURL(str):
+    """A base URL ("http://127.0.0.1:PORT") that also carries the gRPC
+    listener's "127.0.0.1:PORT" as .grpc (None when gRPC is off) and the
+    process id as .pid."""
+    grpc = None
+    pid = None
+
+
 @contextlib.contextmanager
 def run_circled(*args, env=None, log_prefix="circled-"):
-    """circled on 127.0.0.1 with --port 0, --quiet and the given flags;
-    yields its base URL once /healthz answers. At the end it sends SIGTERM
-    and fails unless circled exits 0 within the drain time, with its log."""
+    """circled on 127.0.0.1 with --port 0, --grpc-port 0, --quiet and the
+    given flags; yields its base URL (a DaemonURL) once /healthz answers. At
+    the end it sends SIGTERM and fails unless circled exits 0 within the
+    drain time, with its log."""
     log = tempfile.NamedTemporaryFile(prefix=log_prefix, suffix=".log", delete=False)
     proc = subprocess.Popen(
-        [circled_binary(), "--bind", "127.0.0.1", "--port", "0", "--quiet", *args],
+        [circled_binary(), "--bind", "127.0.0.1", "--port", "0", "--grpc-port", "0",
+         "--quiet", *args],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def log_text():
@@ -56,6 +66,9 @@ def run_circled(*args, env=None, log_prefix="circled-"):
         return Path(log.name).read_text(errors="replace")
 
     url = None
+    flags = [a for a in args if a.startswith("--")]
+    grpc_on = not ({"--no-grpc", "--grpc=false", "--grpc-port=off"} & set(flags)) and not any(
+        a == "--grpc-port" and b == "off" for a, b in zip(args, args[1:]))
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
         while time.monotonic() < deadline:
@@ -65,7 +78,14 @@ def run_circled(*args, env=None, log_prefix="circled-"):
                 m = re.search(r"listening on 127\.0\.0\.1:(\d+)", log_text())
                 if m:
                     url = f"http://127.0.0.1:{m.group(1)}"
+            g = re.search(r"grpc listening on 127\.0\.0\.1:(\d+)", log_text())
+            if g is None and grpc_on:  # the line follows the HTTP one
+                time.sleep(0.05)
+                continue
             if url is not None and _healthy(url):
+                url = DaemonURL(url)
+                url.grpc = f"127.0.0.1:{g.group(1)}" if g else None
+                url.pid = proc.pid
                 break
             time.sleep(0.05)
         else:

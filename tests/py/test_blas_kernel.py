@@ -22,7 +22,8 @@ def cpu_flags():
 def start_log(extra_env, drop=("OPENBLAS_CORETYPE", "CIRCLE_BLAS_REEXEC")):
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(extra_env)
-    proc = subprocess.Popen([circled_binary(), "--bind", "127.0.0.1", "--port", "0"],
+    proc = subprocess.Popen([circled_binary(), "--bind", "127.0.0.1", "--port", "0",
+                             "--grpc-port", "0"],
                             env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []

@@ -3,8 +3,8 @@ stack agree with each other and with what circled serves.
 
 No Docker engine or Kubernetes cluster runs here, so these tests check
 structure: the files parse, carry the required fields, validate against the
-Kubernetes and Compose schemas, and name the same port (8080), probe paths
-(/healthz, /readyz) and user. Where build/circled exists they also start it
+Kubernetes and Compose schemas, and name the same ports (8080 HTTP, 8081
+gRPC), probes (/healthz, /readyz, the gRPC health check) and user. Where build/circled exists they also start it
 with the flags the image and the Deployment pass, probe it the way Kubernetes
 and Docker would, and check that the runtime image installs every library it
 links against.
@@ -32,13 +32,15 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
 PORT = 8080
+GRPC_PORT = 8081
 LIVENESS_PATH = "/healthz"
 READINESS_PATH = "/readyz"
 METRICS_PATH = "/metrics"
 BUILD_IMAGE = "debian:bookworm"
 RUNTIME_IMAGE = "debian:bookworm-slim"
 # The libraries build/circled links against, by Debian package.
-RUNTIME_PACKAGES = {"libmicrohttpd12", "libcjson1", "libopenblas0-pthread", "zlib1g"}
+RUNTIME_PACKAGES = {"libmicrohttpd12", "libcjson1", "libopenblas0-pthread", "zlib1g",
+                    "libgrpc29", "libprotobuf-c1"}
 # Kubernetes releases the manifests must validate against (oldest first).
 K8S_VERSIONS = ["1.27.0", "1.33.0"]
 MANIFESTS = ["deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml"]
@@ -163,6 +165,17 @@ def http_status(port, path, timeout=5):
         return e.code
 
 
+def grpc_serving(port):
+    """True when grpc.health.v1.Health/Check (service "") answers SERVING,
+    as the kubelet's gRPC probe asks: HealthCheckResponse{status = 1}."""
+    import grpc
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        check = ch.unary_unary("/grpc.health.v1.Health/Check",
+                               request_serializer=lambda b: b,
+                               response_deserializer=lambda b: b)
+        return check(b"", timeout=5) == b"\x08\x01"
+
+
 class Circled:
     """circled started with the given arguments on an ephemeral port."""
 
@@ -172,6 +185,8 @@ class Circled:
         # The image binds 0.0.0.0:8080; the test binds loopback and a free
         # port, keeping every other flag as the image and manifests pass it.
         argv = replace_flag(argv, "--port", str(self.port))
+        self.grpc_port = free_port()
+        argv = replace_flag(argv, "--grpc-port", str(self.grpc_port))
         argv = replace_flag(argv, "--bind", "127.0.0.1")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("CIRCLED_")}
         full_env.update(env or {})
@@ -252,11 +267,12 @@ def test_dockerfile_should_run_as_a_numeric_non_root_user_matching_the_deploymen
 def test_dockerfile_should_expose_the_port_circled_listens_on():
     runtime = dockerfile_stages()[-1]
     exposed = " ".join(stage_values(runtime, "EXPOSE")).split()
-    assert exposed == [str(PORT)]
+    assert exposed == [str(PORT), str(GRPC_PORT)]
     (entry,) = stage_values(runtime, "ENTRYPOINT")
     argv = json.loads(entry)
     assert Path(argv[0]).name == "circled"
     assert argv[argv.index("--port") + 1] == str(PORT)
+    assert argv[argv.index("--grpc-port") + 1] == str(GRPC_PORT)
     assert argv[argv.index("--bind") + 1] == "0.0.0.0"
     assert stage_values(runtime, "STOPSIGNAL") == ["SIGTERM"]
 
@@ -382,12 +398,13 @@ def named_port(c, port):
     return p["containerPort"]
 
 
-def test_deployment_should_probe_healthz_and_readyz_on_8080():
+def test_deployment_should_probe_healthz_on_8080_and_grpc_health_on_8081():
     c = container()
-    assert [p["containerPort"] for p in c["ports"]] == [PORT]
-    live, ready = c["livenessProbe"]["httpGet"], c["readinessProbe"]["httpGet"]
+    assert [p["containerPort"] for p in c["ports"]] == [PORT, GRPC_PORT]
+    live, ready = c["livenessProbe"]["httpGet"], c["readinessProbe"]["grpc"]
     assert live["path"] == LIVENESS_PATH and named_port(c, live["port"]) == PORT
-    assert ready["path"] == READINESS_PATH and named_port(c, ready["port"]) == PORT
+    # The standard health service, service "" (circled's own).
+    assert ready["port"] == GRPC_PORT and ready.get("service", "") == ""
     for probe in (c["livenessProbe"], c["readinessProbe"]):
         assert probe.get("timeoutSeconds", 1) >= 1 and probe.get("periodSeconds", 10) >= 1
 
@@ -465,12 +482,14 @@ def test_deployment_should_select_its_own_pods_and_leave_replicas_to_the_hpa():
     assert ann["prometheus.io/port"] == str(PORT) and ann["prometheus.io/path"] == METRICS_PATH
 
 
-def test_service_should_route_port_8080_to_the_pods():
+def test_service_should_route_ports_8080_and_8081_to_the_pods():
     svc, dep = manifest("service.yaml"), manifest("deployment.yaml")
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= labels.items()
-    (port,) = svc["spec"]["ports"]
-    assert port["port"] == PORT and named_port(container(), port["targetPort"]) == PORT
+    http, grpc = svc["spec"]["ports"]
+    assert http["port"] == PORT and named_port(container(), http["targetPort"]) == PORT
+    assert grpc["port"] == GRPC_PORT
+    assert named_port(container(), grpc["targetPort"]) == GRPC_PORT
 
 
 def test_hpa_should_scale_the_deployment_on_cpu():
@@ -539,7 +558,7 @@ def test_compose_should_build_circled_from_this_repository_like_kubernetes_runs_
     svc = compose()["services"]["circled"]
     context = (DEPLOY / svc["build"]["context"]).resolve()
     assert context == ROOT and (context / svc["build"]["dockerfile"]).is_file()
-    assert f"{PORT}:{PORT}" in svc["ports"]
+    assert f"{PORT}:{PORT}" in svc["ports"] and f"{GRPC_PORT}:{GRPC_PORT}" in svc["ports"]
     assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"]
     assert "no-new-privileges:true" in svc["security_opt"]
     # The same probe as the image's HEALTHCHECK ($$ is Compose's escaped $).
@@ -604,6 +623,7 @@ def test_circled_should_accept_the_image_flags_and_deployment_env_and_answer_the
     try:
         assert http_status(server.port, LIVENESS_PATH) == 200
         assert http_status(server.port, READINESS_PATH) == 200
+        assert grpc_serving(server.grpc_port)
     finally:
         assert server.stop() == 0, "circled must exit 0 after SIGTERM"
 

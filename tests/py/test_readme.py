@@ -12,7 +12,7 @@ What counts as an example, read from the fenced code blocks:
     there).
 Other ```sh blocks (make, docker, kubectl) are commands, not examples
 against the service, and are not run. localhost:8080 becomes the test
-daemon's address.
+daemon's address, and localhost:8081 its gRPC listener's.
 """
 
 import json
@@ -55,7 +55,14 @@ def address():
     caller's environment, so GET /config shows the documented defaults)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIRCLED_")}
     with run_circled(env=env) as url:
-        yield url.removeprefix("http://")
+        yield url
+
+
+def localize(code, url):
+    """code with README's localhost:8080 (HTTP) and localhost:8081 (gRPC)
+    turned into the test daemon's addresses."""
+    code = code.replace("localhost:8080", url.removeprefix("http://"))
+    return code.replace("localhost:8081", url.grpc) if url.grpc else code
 
 
 def close(a, b, rel=1e-6):
@@ -81,7 +88,7 @@ def test_readme_curl_example_should_answer_as_shown(address, code, shown):
     assert shutil.which("curl"), "curl is not installed (make deps-test installs it)"
     assert "localhost:8080" in code, f"a curl example must talk to localhost:8080:\n{code}"
     assert shown is not None, f"a curl example must show its one answer:\n{code}"
-    run = subprocess.run(["bash", "-c", code.replace("localhost:8080", address)],
+    run = subprocess.run(["bash", "-c", localize(code, address)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     got = json.loads(run.stdout)
@@ -90,7 +97,7 @@ def test_readme_curl_example_should_answer_as_shown(address, code, shown):
 
 @pytest.mark.parametrize("code", PYTHON, ids=[f"python{k}" for k in range(len(PYTHON))])
 def test_readme_python_example_should_run(address, code, tmp_path):
-    run = subprocess.run([sys.executable, "-c", code.replace("localhost:8080", address)],
+    run = subprocess.run([sys.executable, "-c", localize(code, address)],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, f"README example failed:\n{code}\n{run.stderr}"
     assert run.stdout.strip() and "None" not in run.stdout, run.stdout
