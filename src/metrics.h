@@ -27,7 +27,7 @@
 #include <stddef.h>
 
 #include "circle/circle.h"
-#include "request.h"
+#include "buf.h"
 
 /* Media type of the exposition (Prometheus text format 0.0.4). */
 #define CIRCLE_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"

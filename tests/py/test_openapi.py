@@ -182,19 +182,19 @@ def v1_codes(spec):
 
 
 def test_v1_error_codes_should_be_those_the_sources_define_and_use(spec):
-    """The code enum equals the codes request.h documents plus every code a
+    """The code enum equals the codes error.h documents plus every code a
     circle_error_set call in src/ passes (but the gRPC listener and codec,
     whose errors travel as gRPC status codes and never reach /v1)."""
-    header = (ROOT / "src" / "request.h").read_text(encoding="utf-8")
+    header = (ROOT / "src" / "error.h").read_text(encoding="utf-8")
     block = re.search(r"machine-readable code \(for /v1:(.*?)\) and a message", header, re.S)
-    assert block, "request.h no longer lists the /v1 error codes where expected"
+    assert block, "error.h no longer lists the /v1 error codes where expected"
     documented = set(re.findall(r'"([a-z_]+)"', block.group(1)))
     used = set()
     for name, text in src_text("*.c").items():
         if name in ("codec_grpc.c", "grpc_server.c"):
             continue
         used |= set(re.findall(r'circle_error_set\(\s*[^,]+,\s*[^,]+,\s*"([a-z_]+)"', text))
-    assert documented, "no code found in request.h"
+    assert documented, "no code found in error.h"
     codes = v1_codes(spec)
     assert documented | used <= codes, f"undocumented codes: {(documented | used) - codes}"
     assert codes <= documented | used, f"codes nothing sends: {codes - (documented | used)}"
