@@ -639,7 +639,7 @@ int circle_grpc_init(circle_grpc **out, const circle_grpc_opts *opts,
   pthread_cond_init(&g->cv, NULL);
   grpc_init();
 
-  grpc_arg args[3];
+  grpc_arg args[5];
   memset(args, 0, sizeof args);
   args[0].type = GRPC_ARG_INTEGER;
   args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
@@ -652,6 +652,19 @@ int circle_grpc_init(circle_grpc **out, const circle_grpc_opts *opts,
   args[2].type = GRPC_ARG_INTEGER;
   args[2].key = GRPC_ARG_ALLOW_REUSEPORT;
   args[2].value.integer = 0;
+  /* --timeout: a connection with no call in progress for this long is
+   * closed (GOAWAY), as libmicrohttpd closes an idle HTTP connection. */
+  args[3].type = GRPC_ARG_INTEGER;
+  args[3].key = GRPC_ARG_MAX_CONNECTION_IDLE_MS;
+  args[3].value.integer = opts->idle_timeout_s == 0 ? INT_MAX
+                          : opts->idle_timeout_s > INT_MAX / 1000
+                              ? INT_MAX
+                              : (int)opts->idle_timeout_s * 1000;
+  /* Calls at once on one connection (gRPC core's default is unbounded):
+   * each may hold a message of up to --max-body-mb before circled sees it. */
+  args[4].type = GRPC_ARG_INTEGER;
+  args[4].key = GRPC_ARG_MAX_CONCURRENT_STREAMS;
+  args[4].value.integer = 100;
   grpc_channel_args ca = {sizeof args / sizeof args[0], args};
   g->server = grpc_server_create(&ca, NULL);
   g->cq = grpc_completion_queue_create_for_next(NULL);

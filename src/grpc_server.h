@@ -20,6 +20,8 @@ typedef struct {
   uint16_t port;      /* 0 picks a free port (see circle_grpc_port) */
   size_t max_message; /* largest request message accepted, bytes; larger
                          ones get RESOURCE_EXHAUSTED before they are kept */
+  unsigned idle_timeout_s; /* close a connection with no call for this
+                              long (--timeout); 0: never */
   bool quiet;         /* no per-call log lines */
 } circle_grpc_opts;
 

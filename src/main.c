@@ -692,6 +692,7 @@ int main(int argc, char **argv) {
       .bind = s.grpc_bind ? s.grpc_bind : s.http.bind,
       .port = (uint16_t)(s.grpc_port < 0 ? 0 : s.grpc_port),
       .max_message = s.http.max_body,
+      .idle_timeout_s = s.http.timeout_s,
       .quiet = s.http.quiet,
   };
   if (s.grpc && s.grpc_port >= 0) {

@@ -479,3 +479,26 @@ def test_grpc_drain_should_finish_calls_in_flight_and_refuse_new_ones():
         assert result.as_numpy("embeddings_grad").shape == (n, 256)
         g.close()
         fresh.close()
+
+
+def test_grpc_idle_connection_should_be_closed_after_timeout():
+    """--timeout closes a gRPC connection with no call in progress (gRPC's
+    max_connection_idle), as it closes an idle HTTP connection; the client
+    reconnects on its next call."""
+    with run_circled("--timeout", "1") as url:
+        port = url.grpc.rsplit(":", 1)[1]
+
+        def connections():
+            out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                                 capture_output=True, text=True, check=True).stdout
+            return len(out.strip().splitlines())
+        with grpc.insecure_channel(url.grpc) as ch:
+            check = ch.unary_unary("/grpc.health.v1.Health/Check",
+                                   request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            assert check(b"") == b"\x08\x01"
+            assert connections() == 1
+            deadline = time.monotonic() + 30
+            while connections() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert connections() == 0, "the idle connection is still open after 30 s"
+            assert check(b"") == b"\x08\x01" and connections() == 1
