@@ -184,71 +184,12 @@ CIRCLE__HOT static void F(row_stats)(struct F(ctx) *x, size_t i, const T *s,
   }
 }
 
-/* Row scalars for row i from its similarities s[0..m) and classes: fills
- * lse_p, lse_n, v, sig and, when asked, the row's statistics. Two sweeps,
- * one exp per pair. Reductions run in LANES independent lanes combined in a
- * fixed order: the compiler vectorizes them without reassociating, and the
- * result does not depend on the machine or the thread. */
-CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
-                                       const T *cls, T *ebuf, T *inv_sums) {
-  const struct F(consts) k = x->k;
-  const size_t m = x->m;
-  T mp[LANES], mn[LANES], sp[LANES], sn[LANES];
-  for (int l = 0; l < LANES; l++) mp[l] = mn[l] = -INFINITY;
-  size_t jv = m - m % LANES;
-  for (size_t j0 = 0; j0 < jv; j0 += LANES)
-    for (int l = 0; l < LANES; l++) {
-      size_t j = j0 + (size_t)l;
-      T c = cls[j];
-      T z = F(pair_z)(s[j], CLS_SAME(c), k);
-      T zp = CLS_POS(c) ? z : -INFINITY;
-      T zn = CLS_NEG(c) ? z : -INFINITY;
-      mp[l] = zp > mp[l] ? zp : mp[l];
-      mn[l] = zn > mn[l] ? zn : mn[l];
-    }
-  T max_p = -INFINITY, max_n = -INFINITY;
-  for (int l = 0; l < LANES; l++) {
-    max_p = mp[l] > max_p ? mp[l] : max_p;
-    max_n = mn[l] > max_n ? mn[l] : max_n;
-  }
-  for (size_t j = jv; j < m; j++) {
-    T c = cls[j];
-    T z = F(pair_z)(s[j], CLS_SAME(c), k);
-    if (CLS_POS(c) && z > max_p) max_p = z;
-    if (CLS_NEG(c) && z > max_n) max_n = z;
-  }
+/* Row i's lse_p, lse_n, v and sig from the maxima of its positive and
+ * negative z and the sums of exp(z - max) (max -inf: no such pairs). */
+static inline void F(row_finish)(struct F(ctx) *x, size_t i, T max_p, T sum_p,
+                                 T max_n, T sum_n) {
   T base_p = max_p > -INFINITY ? max_p : 0;
   T base_n = max_n > -INFINITY ? max_n : 0;
-  for (int l = 0; l < LANES; l++) sp[l] = sn[l] = 0;
-  for (size_t j0 = 0; j0 < jv; j0 += LANES)
-    for (int l = 0; l < LANES; l++) {
-      size_t j = j0 + (size_t)l;
-      T c = cls[j];
-      int same = CLS_SAME(c);
-      T z = F(pair_z)(s[j], same, k);
-      T e = EXPT(z - (same ? base_p : base_n));
-      if (ebuf) ebuf[j] = e;
-      sp[l] += CLS_POS(c) ? e : 0;
-      sn[l] += CLS_NEG(c) ? e : 0;
-    }
-  T sum_p = 0, sum_n = 0;
-  for (int l = 0; l < LANES; l++) {
-    sum_p += sp[l];
-    sum_n += sn[l];
-  }
-  for (size_t j = jv; j < m; j++) {
-    T c = cls[j];
-    int same = CLS_SAME(c);
-    T z = F(pair_z)(s[j], same, k);
-    T e = EXPT(z - (same ? base_p : base_n));
-    if (ebuf) ebuf[j] = e;
-    sum_p += CLS_POS(c) ? e : 0;
-    sum_n += CLS_NEG(c) ? e : 0;
-  }
-  if (inv_sums) {
-    inv_sums[0] = sum_p > 0 ? (T)1 / sum_p : 0;
-    inv_sums[1] = sum_n > 0 ? (T)1 / sum_n : 0;
-  }
   T lse_p = max_p > -INFINITY ? base_p + LOGT(sum_p) : -INFINITY;
   T lse_n = max_n > -INFINITY ? base_n + LOGT(sum_n) : -INFINITY;
   T L = lse_p + lse_n;
@@ -274,14 +215,86 @@ CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
   x->lse_n[i] = lse_n;
   x->v[i] = v;
   x->sig[i] = sig;
+}
+
+/* Row scalars for row i from its similarities s[0..m) and classes: fills
+ * lse_p, lse_n, v, sig and, when asked, the row's statistics; leaves
+ * ebuf[j] = exp(z_ij - max) for row_grad. Two sweeps, one z and one exp per
+ * pair. Reductions run in LANES independent lanes combined in a fixed
+ * order: the compiler vectorizes them without reassociating, and the result
+ * does not depend on the thread. (loss.o is built with FMA contraction, so
+ * the AVX2/AVX-512 clones and the baseline clone may differ in the last
+ * bits; one machine always runs the same clone.) */
+CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i,
+                                       const T *restrict s,
+                                       const T *restrict cls,
+                                       T *restrict ebuf, T *inv_sums) {
+  const struct F(consts) k = x->k;
+  const size_t m = x->m;
+  T mp[LANES], mn[LANES], sp[LANES], sn[LANES];
+  for (int l = 0; l < LANES; l++) mp[l] = mn[l] = -INFINITY;
+  size_t jv = m - m % LANES;
+  /* Sweep 1 keeps z in ebuf for sweep 2, which overwrites it with e. */
+  for (size_t j0 = 0; j0 < jv; j0 += LANES)
+    for (int l = 0; l < LANES; l++) {
+      size_t j = j0 + (size_t)l;
+      T c = cls[j];
+      T z = F(pair_z)(s[j], CLS_SAME(c), k);
+      ebuf[j] = z;
+      T zp = CLS_POS(c) ? z : -INFINITY;
+      T zn = CLS_NEG(c) ? z : -INFINITY;
+      mp[l] = zp > mp[l] ? zp : mp[l];
+      mn[l] = zn > mn[l] ? zn : mn[l];
+    }
+  T max_p = -INFINITY, max_n = -INFINITY;
+  for (int l = 0; l < LANES; l++) {
+    max_p = mp[l] > max_p ? mp[l] : max_p;
+    max_n = mn[l] > max_n ? mn[l] : max_n;
+  }
+  for (size_t j = jv; j < m; j++) {
+    T c = cls[j];
+    T z = F(pair_z)(s[j], CLS_SAME(c), k);
+    ebuf[j] = z;
+    if (CLS_POS(c) && z > max_p) max_p = z;
+    if (CLS_NEG(c) && z > max_n) max_n = z;
+  }
+  T base_p = max_p > -INFINITY ? max_p : 0;
+  T base_n = max_n > -INFINITY ? max_n : 0;
+  for (int l = 0; l < LANES; l++) sp[l] = sn[l] = 0;
+  for (size_t j0 = 0; j0 < jv; j0 += LANES)
+    for (int l = 0; l < LANES; l++) {
+      size_t j = j0 + (size_t)l;
+      T c = cls[j];
+      T e = EXPT(ebuf[j] - (CLS_SAME(c) ? base_p : base_n));
+      ebuf[j] = e;
+      sp[l] += CLS_POS(c) ? e : 0;
+      sn[l] += CLS_NEG(c) ? e : 0;
+    }
+  T sum_p = 0, sum_n = 0;
+  for (int l = 0; l < LANES; l++) {
+    sum_p += sp[l];
+    sum_n += sn[l];
+  }
+  for (size_t j = jv; j < m; j++) {
+    T c = cls[j];
+    T e = EXPT(ebuf[j] - (CLS_SAME(c) ? base_p : base_n));
+    ebuf[j] = e;
+    sum_p += CLS_POS(c) ? e : 0;
+    sum_n += CLS_NEG(c) ? e : 0;
+  }
+  if (inv_sums) {
+    inv_sums[0] = sum_p > 0 ? (T)1 / sum_p : 0;
+    inv_sums[1] = sum_n > 0 ? (T)1 / sum_n : 0;
+  }
+  F(row_finish)(x, i, max_p, sum_p, max_n, sum_n);
   if (x->want & CIRCLE_OUT_STATS) F(row_stats)(x, i, s, cls);
 }
 
 /* Overwrites s[0..m) (row i's similarities) with G'_ij = d v_i / d s_ij,
  * reusing e[j] = exp(z_ij - max) from row_scalars: softmax = e * 1/sum. */
-CIRCLE__HOT static void F(row_grad)(struct F(ctx) *x, size_t i, T *s,
-                                    const T *cls, const T *e,
-                                    const T *inv_sums) {
+CIRCLE__HOT static void F(row_grad)(struct F(ctx) *x, size_t i,
+                                    T *restrict s, const T *restrict cls,
+                                    const T *restrict e, const T *inv_sums) {
   const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, sig = x->sig[i];
   const T isp = inv_sums[0], isn = inv_sums[1];
   const size_t m = x->m;
@@ -386,7 +399,7 @@ static void F(blk_rows_full)(void *ctx, size_t b, unsigned ith) {
   for (size_t i = lo; i < hi; i++) {
     T *s = x->S + i * x->ld, inv_sums[2];
     F(row_classes)(x, i, cls);
-    F(row_scalars)(x, i, s, cls, x->need_g ? ebuf : NULL, inv_sums);
+    F(row_scalars)(x, i, s, cls, ebuf, inv_sums);
     if (x->need_g) F(row_grad)(x, i, s, cls, ebuf, inv_sums);
   }
 }
@@ -447,9 +460,10 @@ static void F(blk_rows_stream)(void *ctx, size_t b, unsigned ith) {
        (int)x->d, 1, x->X + lo * x->d, (int)x->d, x->R, (int)x->d, 0, buf,
        (int)x->m);
   T *cls = x->cls + (size_t)ith * x->wide;
+  T *ebuf = x->ebuf + (size_t)ith * x->wide;
   for (size_t i = lo; i < hi; i++) {
     F(row_classes)(x, i, cls);
-    F(row_scalars)(x, i, buf + (i - lo) * x->m, cls, NULL, NULL);
+    F(row_scalars)(x, i, buf + (i - lo) * x->m, cls, ebuf, NULL);
   }
 }
 
