@@ -28,15 +28,15 @@
 #define CLS_NEG(c) ((c) == (T)2)
 #define CLS_SAME(c) ((c) < (T)1.5) /* positive, or (i,i) removed */
 
-/* Fills cls[0..m) for query row i against the reference labels. */
+/* Fills cls[0..cnt) for query row i against the reference labels. */
 CIRCLE__HOT static void F(row_classes)(const struct F(ctx) *x, size_t i,
-                                       T *cls) {
+                                       T *cls, size_t cnt) {
   const int32_t li = x->lx[i];
   const int32_t *lr = x->lr;
-  for (size_t j = 0; j < x->m; j++) cls[j] = lr[j] == li ? (T)1 : (T)2;
+  for (size_t j = 0; j < cnt; j++) cls[j] = lr[j] == li ? (T)1 : (T)2;
   /* remove_diagonal drops (i, i) from the positives only: with a reference
    * set a differently labelled (i, i) stays a negative, as in Keras. */
-  if (x->rd && i < x->m && CLS_POS(cls[i])) cls[i] = 0;
+  if (x->rd && i < cnt && CLS_POS(cls[i])) cls[i] = 0;
 }
 
 /* Fills cls[0..n) for reference row j against the query labels. */
@@ -316,6 +316,179 @@ CIRCLE__HOT static void F(row_grad)(struct F(ctx) *x, size_t i,
   }
 }
 
+/* Self-reference: overwrites s[0..cnt) (row i's similarities) with
+ * H_ij = c_i G'_ij + c_j G'_ji, G'_ji seen from row j's scalars. H is
+ * symmetric: H_ji sums the same two products in the other order. */
+CIRCLE__HOT static void F(row_h)(const struct F(ctx) *x, size_t i,
+                                 T *restrict s, const T *restrict cls,
+                                 size_t cnt) {
+  const struct F(consts) k = x->k;
+  const T ci = x->cf[i];
+  const T lpi = x->lse_p[i], lni = x->lse_n[i], sgi = x->sig[i];
+  const T *restrict cf = x->cf, *restrict lp = x->lse_p,
+                    *restrict ln = x->lse_n, *restrict sg = x->sig;
+  for (size_t j = 0; j < cnt; j++) {
+    T hi_ = F(pair_grad)(s[j], cls[j], k, lpi, lni, sgi);
+    T hj_ = F(pair_grad)(s[j], cls[j], k, lp[j], ln[j], sg[j]);
+    s[j] = ci * hi_ + cf[j] * hj_;
+  }
+}
+
+/* ---- the lower triangle, tile by tile (self-reference) -----------------
+ * S is symmetric, so a self-referenced batch computes only the tiles
+ * (I, J), J <= I, of bs x bs. An off-diagonal tile serves both its rows
+ * (row i's pairs j in J) and its columns (row j's pairs i in I). Each
+ * row's log-sum-exps are merged online from per-tile partials (max, sum
+ * of exp(z - max)), always in the same order: the row's own strip J = 0..I
+ * first, then the column partials of the tiles below it, I + 1 .. nb - 1.
+ * Column partials are kept per tile (4 bs values), so no thread ever
+ * writes a row another thread owns and the bits never depend on the
+ * thread count. */
+
+/* (M, S) <- (M, S) merged with (m2, s2): S relative to the larger max.
+ * Branch-free, so loops of merges vectorize: EXPT gives 0 for -inf and
+ * NaN, so an empty side (max -inf, sum 0) adds nothing and two empty sides
+ * stay (-inf, 0). */
+static inline void F(lse_merge)(T *M, T *S, T m2, T s2) {
+  T m1 = *M, mx = m1 > m2 ? m1 : m2;
+  *S = *S * EXPT(m1 - mx) + s2 * EXPT(m2 - mx);
+  *M = mx;
+}
+
+/* Index of the column-partial slot of tile (bi, bj), bj < bi. */
+static inline size_t F(tri_slot)(size_t bi, size_t bj) {
+  return bi * (bi - 1) / 2 + bj;
+}
+
+/* Sweep 1 of tile_lse for one pair: z, kept; the maxima of its row's
+ * lane and of its column. */
+static inline void F(tile_z)(T sv, int same, int pos, struct F(consts) k,
+                             T *z, T *mp, T *mn, T *cmp, T *cmn) {
+  T zz = F(pair_z)(sv, same, k);
+  *z = zz;
+  T zp = pos ? zz : -INFINITY, zn = same ? -INFINITY : zz;
+  *mp = zp > *mp ? zp : *mp;
+  *mn = zn > *mn ? zn : *mn;
+  *cmp = zp > *cmp ? zp : *cmp;
+  *cmn = zn > *cmn ? zn : *cmn;
+}
+
+/* Sweep 2 of tile_lse for one pair of class c (as in row_classes):
+ * exp(z - max) added to its sums. */
+static inline void F(tile_e)(T z, T c, T bp, T bn, T *sp, T *sn) {
+  T e = EXPT(z - (CLS_SAME(c) ? bp : bn));
+  *sp += CLS_POS(c) ? e : 0;
+  *sn += CLS_NEG(c) ? e : 0;
+}
+
+/* Sums of exp(z[c] - max) over c < w for one row of classes cls, in
+ * LANES lanes (the tail in lane 0) combined in a fixed order; z[c] is
+ * overwritten with the exp. Not inlined: inlined into tile_lse, GCC 12
+ * no longer vectorizes it ("control flow in loop"). */
+__attribute__((noinline)) CIRCLE__HOT static void F(row_sums)(
+    T *restrict z, const T *restrict cls, size_t w, T bp, T bn, T *sum_p,
+    T *sum_n) {
+  const size_t wv = w - w % LANES;
+  T sp[LANES], sn[LANES];
+  for (int l = 0; l < LANES; l++) sp[l] = sn[l] = 0;
+  for (size_t c0 = 0; c0 < wv; c0 += LANES)
+    for (int l = 0; l < LANES; l++) {
+      size_t c = c0 + (size_t)l;
+      T e = EXPT(z[c] - (CLS_SAME(cls[c]) ? bp : bn));
+      z[c] = e;
+      sp[l] += CLS_POS(cls[c]) ? e : 0;
+      sn[l] += CLS_NEG(cls[c]) ? e : 0;
+    }
+  for (size_t c = wv; c < w; c++)
+    F(tile_e)(z[c], cls[c], bp, bn, &sp[0], &sn[0]);
+  T p = 0, q = 0;
+  for (int l = 0; l < LANES; l++) {
+    p += sp[l];
+    q += sn[l];
+  }
+  *sum_p = p;
+  *sum_n = q;
+}
+
+/* One tile's row and column partials. st: the tile, rows [lo, hi) and
+ * columns [jlo, jhi), row stride ld. The row partials are merged into the
+ * running row states x->rst (4 arrays of n: max_p, sum_p, max_n, sum_n)
+ * for rows [lo, hi); col (4 arrays of bs: the same for the tile's columns)
+ * is overwritten. zt: scratch for bs x bs values of z and 7 bs more. Row
+ * sums run in LANES lanes (a row's tail in lane 0), column sums in row
+ * order: a fixed order for a given n and bs. Two exps per pair: one
+ * relative to its row's maximum, one to its column's. */
+CIRCLE__HOT static void F(tile_lse)(const struct F(ctx) *x, size_t lo,
+                                    size_t hi, size_t jlo, size_t jhi,
+                                    const T *restrict st, size_t ld,
+                                    T *restrict zt, T *restrict col) {
+  const struct F(consts) k = x->k;
+  const size_t w = jhi - jlo, wv = w - w % LANES, bs = x->bs, n = x->n;
+  const int32_t *restrict lj = x->lx + jlo;
+  T *restrict cmp = col, *restrict csp = col + bs, *restrict cmn = col + 2 * bs,
+             *restrict csn = col + 3 * bs;
+  T *restrict tmp = zt + bs * bs, *restrict tmn = tmp + bs,
+             *restrict tsp = tmn + bs, *restrict tsn = tsp + bs,
+             *restrict cbp = tsn + bs, *restrict cbn = cbp + bs,
+             *restrict cr = cbn + bs;
+  T *restrict rmp = x->rst, *restrict rsp = rmp + n, *restrict rmn = rsp + n,
+             *restrict rsn = rmn + n;
+  /* With remove_diagonal, column i - jlo is the pair (i, i), neither
+   * positive nor negative (for i < jlo it wraps past every column). */
+  const bool rd = x->rd;
+  for (size_t c = 0; c < w; c++) {
+    cmp[c] = cmn[c] = -INFINITY;
+    csp[c] = csn[c] = 0;
+  }
+  for (size_t i = lo; i < hi; i++) {
+    const T *restrict s = st + (i - lo) * ld;
+    T *restrict z = zt + (i - lo) * w;
+    const int32_t li = x->lx[i];
+    const size_t self_c = rd ? i - jlo : (size_t)-1;
+    T mp[LANES], mn[LANES];
+    for (int l = 0; l < LANES; l++) mp[l] = mn[l] = -INFINITY;
+    for (size_t c0 = 0; c0 < wv; c0 += LANES)
+      for (int l = 0; l < LANES; l++) {
+        size_t c = c0 + (size_t)l;
+        int same = lj[c] == li;
+        F(tile_z)(s[c], same, same & (c != self_c), k, &z[c], &mp[l], &mn[l],
+                  &cmp[c], &cmn[c]);
+      }
+    for (size_t c = wv; c < w; c++) {
+      int same = lj[c] == li;
+      F(tile_z)(s[c], same, same & (c != self_c), k, &z[c], &mp[0], &mn[0],
+                &cmp[c], &cmn[c]);
+    }
+    T mxp = -INFINITY, mxn = -INFINITY;
+    for (int l = 0; l < LANES; l++) {
+      mxp = mp[l] > mxp ? mp[l] : mxp;
+      mxn = mn[l] > mxn ? mn[l] : mxn;
+    }
+    tmp[i - lo] = mxp;
+    tmn[i - lo] = mxn;
+  }
+  for (size_t c = 0; c < w; c++) { /* an empty side sums relative to 0 */
+    cbp[c] = cmp[c] > -INFINITY ? cmp[c] : 0;
+    cbn[c] = cmn[c] > -INFINITY ? cmn[c] : 0;
+  }
+  for (size_t i = lo; i < hi; i++) {
+    T *restrict z = zt + (i - lo) * w;
+    const int32_t li = x->lx[i];
+    const size_t self_c = rd ? i - jlo : (size_t)-1;
+    T bp = tmp[i - lo] > -INFINITY ? tmp[i - lo] : 0;
+    T bn = tmn[i - lo] > -INFINITY ? tmn[i - lo] : 0;
+    for (size_t c = 0; c < w; c++) cr[c] = lj[c] == li ? (T)1 : (T)2;
+    if (self_c < w && CLS_POS(cr[self_c])) cr[self_c] = 0;
+    for (size_t c = 0; c < w; c++)
+      F(tile_e)(z[c], cr[c], cbp[c], cbn[c], &csp[c], &csn[c]);
+    F(row_sums)(z, cr, w, bp, bn, &tsp[i - lo], &tsn[i - lo]);
+  }
+  for (size_t i = lo; i < hi; i++) {
+    F(lse_merge)(&rmp[i], &rsp[i], tmp[i - lo], tsp[i - lo]);
+    F(lse_merge)(&rmn[i], &rsn[i], tmn[i - lo], tsn[i - lo]);
+  }
+}
+
 /* ---- blocks ------------------------------------------------------------ */
 
 static inline size_t F(block_end)(const struct F(ctx) *x, size_t b, size_t n) {
@@ -398,7 +571,7 @@ static void F(blk_rows_full)(void *ctx, size_t b, unsigned ith) {
   T *ebuf = x->ebuf + (size_t)ith * x->wide;
   for (size_t i = lo; i < hi; i++) {
     T *s = x->S + i * x->ld, inv_sums[2];
-    F(row_classes)(x, i, cls);
+    F(row_classes)(x, i, cls, x->m);
     F(row_scalars)(x, i, s, cls, ebuf, inv_sums);
     if (x->need_g) F(row_grad)(x, i, s, cls, ebuf, inv_sums);
   }
@@ -462,7 +635,7 @@ static void F(blk_rows_stream)(void *ctx, size_t b, unsigned ith) {
   T *cls = x->cls + (size_t)ith * x->wide;
   T *ebuf = x->ebuf + (size_t)ith * x->wide;
   for (size_t i = lo; i < hi; i++) {
-    F(row_classes)(x, i, cls);
+    F(row_classes)(x, i, cls, x->m);
     F(row_scalars)(x, i, buf + (i - lo) * x->m, cls, ebuf, NULL);
   }
 }
@@ -483,15 +656,9 @@ CIRCLE__HOT static void F(blk_dx_stream)(void *ctx, size_t b, unsigned ith) {
     T *s = buf + (i - lo) * x->m;
     T ci = x->cf[i];
     T lpi = x->lse_p[i], lni = x->lse_n[i], sgi = x->sig[i];
-    F(row_classes)(x, i, cls);
+    F(row_classes)(x, i, cls, x->m);
     if (x->self) {
-      /* H_ij = c_i G'_ij + c_j G'_ji; G'_ji seen from row j's scalars. */
-      for (size_t j = 0; j < x->m; j++) {
-        T hi_ = F(pair_grad)(s[j], cls[j], k, lpi, lni, sgi);
-        T hj_ = F(pair_grad)(s[j], cls[j], k, x->lse_p[j], x->lse_n[j],
-                             x->sig[j]);
-        s[j] = ci * hi_ + x->cf[j] * hj_;
-      }
+      F(row_h)(x, i, s, cls, x->m);
     } else {
       for (size_t j = 0; j < x->m; j++)
         s[j] = ci * F(pair_grad)(s[j], cls[j], k, lpi, lni, sgi);
@@ -534,4 +701,82 @@ static void F(blk_scale_x)(void *ctx, size_t b, unsigned ith) {
     for (size_t k = 0; k < x->d; k++)
       x->Xc[i * x->d + k] = ci * x->X[i * x->d + k];
   }
+}
+
+/* Self-reference, lower triangle, pass 1 for row block b: its strip
+ * S[b, 0:hi) (into S when materialized, else this thread's buffer), the
+ * diagonal tile mirrored so that it is exactly symmetric, then tile_lse
+ * over tiles J = 0..b. */
+CIRCLE__HOT static void F(blk_tri_lse)(void *ctx, size_t b, unsigned ith) {
+  struct F(ctx) *x = ctx;
+  b = x->nb - 1 - b; /* largest strips first */
+  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n), bs = x->bs;
+  size_t ld = x->mat ? x->ld : x->m;
+  T *buf = x->mat ? x->S + lo * ld : x->S + (size_t)ith * bs * x->m;
+  GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)hi,
+       (int)x->d, 1, x->X + lo * x->d, (int)x->d, x->X, (int)x->d, 0, buf,
+       (int)ld);
+  for (size_t i = lo; i < hi; i++)
+    for (size_t j = i + 1; j < hi; j++)
+      buf[(i - lo) * ld + j] = buf[(j - lo) * ld + i];
+  T *rmp = x->rst, *rsp = rmp + x->n, *rmn = rsp + x->n, *rsn = rmn + x->n;
+  for (size_t i = lo; i < hi; i++) {
+    rmp[i] = rmn[i] = -INFINITY;
+    rsp[i] = rsn[i] = 0;
+  }
+  T *zt = x->zt + (size_t)ith * (bs * bs + 7 * bs);
+  /* The diagonal tile's column partials are not needed: a spare slot. */
+  T *spare = x->part + (F(tri_slot)(x->nb, 0) + ith) * 4 * bs;
+  for (size_t bj = 0; bj <= b; bj++) {
+    size_t jlo = bj * bs, jhi = bj == b ? hi : jlo + bs;
+    T *col = bj < b ? x->part + F(tri_slot)(b, bj) * 4 * bs : spare;
+    F(tile_lse)(x, lo, hi, jlo, jhi, buf + jlo, ld, zt, col);
+  }
+}
+
+/* Self-reference, lower triangle: rows of block b merge the column
+ * partials of the tiles below them, in block order, and get their row
+ * scalars. */
+CIRCLE__HOT static void F(blk_tri_finish)(void *ctx, size_t b, unsigned ith) {
+  struct F(ctx) *x = ctx;
+  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n), bs = x->bs;
+  T *restrict rmp = x->rst, *restrict rsp = rmp + x->n,
+             *restrict rmn = rsp + x->n, *restrict rsn = rmn + x->n;
+  for (size_t bi = b + 1; bi < x->nb; bi++) {
+    const T *restrict col = x->part + F(tri_slot)(bi, b) * 4 * bs;
+    for (size_t i = lo; i < hi; i++) {
+      size_t c = i - lo;
+      F(lse_merge)(&rmp[i], &rsp[i], col[c], col[bs + c]);
+      F(lse_merge)(&rmn[i], &rsn[i], col[2 * bs + c], col[3 * bs + c]);
+    }
+  }
+  for (size_t i = lo; i < hi; i++)
+    F(row_finish)(x, i, rmp[i], rsp[i], rmn[i], rsn[i]);
+}
+
+/* Materialized self-reference: H over the strip of block b, in place
+ * (the diagonal tile is whole and symmetric, so H is too). */
+static void F(blk_tri_h)(void *ctx, size_t b, unsigned ith) {
+  struct F(ctx) *x = ctx;
+  b = x->nb - 1 - b; /* largest strips first */
+  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
+  T *cls = x->cls + (size_t)ith * x->wide;
+  for (size_t i = lo; i < hi; i++) {
+    F(row_classes)(x, i, cls, hi);
+    F(row_h)(x, i, x->S + i * x->ld, cls, hi);
+  }
+}
+
+/* Materialized self-reference: dX for block b from the lower triangle of
+ * the symmetric H: dX_b = H[b, 0:hi) X[0:hi) + H[hi:n, b]^T X[hi:n). */
+static void F(blk_tri_dx)(void *ctx, size_t b, unsigned ith) {
+  struct F(ctx) *x = ctx;
+  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n), d = x->d;
+  GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)d,
+       (int)hi, 1, x->S + lo * x->ld, (int)x->ld, x->X, (int)d, 0,
+       x->dX + lo * d, (int)d);
+  if (hi < x->n)
+    GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(hi - lo), (int)d,
+         (int)(x->n - hi), 1, x->S + hi * x->ld + lo, (int)x->ld,
+         x->X + hi * d, (int)d, 1, x->dX + lo * d, (int)d);
 }
