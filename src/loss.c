@@ -154,7 +154,7 @@ static inline float exp_f(float x) {
     const T *X, *R;                                                           \
     const T *raw;           /* the query embeddings as given (norm_dev) */    \
     T *S, *Xc, *dX, *dR;                                                      \
-    T *lse_p, *lse_n, *v, *sig, *cf;                                          \
+    T *lse_p, *lse_n, *v, *sig, *cf, *csig; /* csig: cf * sig */              \
     double *coef;                                                             \
     row_stats *stats;                                                         \
     struct CIRCLE__CAT(norm_job, SUF) *norm_job;                              \
@@ -257,7 +257,7 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
             add_bytes(&t, &p->off_sort, nm_rows, sizeof(int64_t)) &&
             add_bytes(&t, &p->off_cls, cls_all, p->esz) &&
             add_bytes(&t, &p->off_ebuf, cls_all, p->esz) &&
-            add_bytes(&t, &p->off_rows, n4 + p->n, p->esz) &&
+            add_bytes(&t, &p->off_rows, n4 + 2 * p->n, p->esz) &&
             add_bytes(&t, &p->off_vd, p->n * 2, sizeof(double)) &&
             add_bytes(&t, &p->off_coef, p->n, sizeof(double)) &&
             add_bytes(&t, &p->off_stats,
@@ -463,6 +463,7 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
     x.v = x.lse_n + p->n;                                                      \
     x.sig = x.v + p->n;                                                        \
     x.cf = x.sig + p->n;                                                       \
+    x.csig = x.cf + p->n;                                                      \
     x.coef = (double *)(mem + p->off_coef);                                    \
     x.stats = (row_stats *)(mem + p->off_stats);                               \
     x.S = (T *)(mem + p->off_s);                                               \
@@ -515,7 +516,10 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
     }                                                                          \
     double loss = reduce_rows(cfg, p->n, vd, in->sample_weight ? wd : NULL,    \
                               x.coef);                                         \
-    for (size_t i = 0; i < p->n; i++) x.cf[i] = (T)x.coef[i];                 \
+    for (size_t i = 0; i < p->n; i++) {                                        \
+      x.cf[i] = (T)x.coef[i];                                                  \
+      x.csig[i] = x.cf[i] * x.sig[i];                                          \
+    }                                                                          \
     if (want & CIRCLE_OUT_STATS)                                               \
       reduce_stats(x.stats, p->n, vd, &out->stats);                            \
     if (x.need_g) {                                                            \

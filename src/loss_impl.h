@@ -61,13 +61,12 @@ static inline T F(pair_z)(T s, int same, struct F(consts) k) {
   return same ? zp : zn;
 }
 
-/* d v_i / d s for one pair of class cls, given row i's scalars.
- * Branch-free (selects only) so the loops that call it vectorize; the exp
- * of an unused side may be garbage and is never selected. */
-static inline T F(pair_grad)(T s, T cls, struct F(consts) k, T lse_p,
-                             T lse_n, T sig) {
+/* z of a pair at similarity s and dz/ds = dz/dc dc/ds, where dc/ds is -1
+ * for s < 1, 0 for s > 1 and -1/2 at s == 1; the side is the positive one
+ * when same. Branch-free (selects only) so the loops that call it
+ * vectorize. */
+static inline T F(pair_zds)(T s, int same, struct F(consts) k, T *dzds) {
   const T gam = k.gam, mg = k.mg;
-  int same = CLS_SAME(cls);
   T one_minus = (T)1 - s;
   T c = one_minus > 0 ? one_minus : 0;
   T dcds = one_minus > 0 ? (T)-1 : (one_minus == 0 ? (T)-0.5 : (T)0);
@@ -76,8 +75,17 @@ static inline T F(pair_grad)(T s, T cls, struct F(consts) k, T lse_p,
   T zn = (gam * (wn > 0 ? wn : 0)) * (k.dln - c);
   T dzp = wp > 0 ? (T)2 * gam * c : 0;
   T dzn = wn > 0 ? (T)-2 * gam * ((T)1 - c) : 0;
-  T z = same ? zp : zn, dz = same ? dzp : dzn, lse = same ? lse_p : lse_n;
-  T g = sig * EXPT(z - lse) * dz * dcds;
+  *dzds = (same ? dzp : dzn) * dcds;
+  return same ? zp : zn;
+}
+
+/* d v_i / d s for one pair of class cls, given row i's scalars. The exp
+ * of an unused side may be garbage and is never selected. */
+static inline T F(pair_grad)(T s, T cls, struct F(consts) k, T lse_p,
+                             T lse_n, T sig) {
+  int same = CLS_SAME(cls);
+  T dz, z = F(pair_zds)(s, same, k, &dz);
+  T g = sig * EXPT(z - (same ? lse_p : lse_n)) * dz;
   return cls > (T)0.5 ? g : 0;
 }
 
@@ -317,20 +325,24 @@ CIRCLE__HOT static void F(row_grad)(struct F(ctx) *x, size_t i,
 }
 
 /* Self-reference: overwrites s[0..cnt) (row i's similarities) with
- * H_ij = c_i G'_ij + c_j G'_ji, G'_ji seen from row j's scalars. H is
- * symmetric: H_ji sums the same two products in the other order. */
+ * H_ij = c_i G'_ij + c_j G'_ji. Both terms share the pair's z and
+ * dz/dc dc/ds: H_ij = dz dc/ds (c_i sig_i exp(z - lse_i) + c_j sig_j
+ * exp(z - lse_j)), each lse of the pair's side. H is symmetric: H_ji sums
+ * the same two products in the other order. */
 CIRCLE__HOT static void F(row_h)(const struct F(ctx) *x, size_t i,
                                  T *restrict s, const T *restrict cls,
                                  size_t cnt) {
   const struct F(consts) k = x->k;
-  const T ci = x->cf[i];
-  const T lpi = x->lse_p[i], lni = x->lse_n[i], sgi = x->sig[i];
-  const T *restrict cf = x->cf, *restrict lp = x->lse_p,
-                    *restrict ln = x->lse_n, *restrict sg = x->sig;
+  const T ai = x->csig[i], lpi = x->lse_p[i], lni = x->lse_n[i];
+  const T *restrict aj = x->csig, *restrict lp = x->lse_p,
+                    *restrict ln = x->lse_n;
   for (size_t j = 0; j < cnt; j++) {
-    T hi_ = F(pair_grad)(s[j], cls[j], k, lpi, lni, sgi);
-    T hj_ = F(pair_grad)(s[j], cls[j], k, lp[j], ln[j], sg[j]);
-    s[j] = ci * hi_ + cf[j] * hj_;
+    T cl = cls[j];
+    int same = CLS_SAME(cl);
+    T dz, z = F(pair_zds)(s[j], same, k, &dz);
+    T ei = EXPT(z - (same ? lpi : lni)), ej = EXPT(z - (same ? lp[j] : ln[j]));
+    T h = dz * (ai * ei + aj[j] * ej);
+    s[j] = cl > (T)0.5 ? h : 0;
   }
 }
 
