@@ -36,6 +36,8 @@
 #include <cblas.h>
 #include <float.h>
 #include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -151,6 +153,8 @@ static inline float exp_f(float x) {
     size_t nb;              /* row blocks */                                  \
     T *rst, *part, *zt;     /* lower triangle: row states, column partials,   \
                                per-thread tile scratch (see loss_impl.h) */   \
+    atomic_size_t *next;    /* streamed lower triangle: dX_b's next strip */  \
+    T *yb;                  /* ... and each thread's H[b, 0:lo)^T X_b */      \
     const T *X, *R;                                                           \
     const T *raw;           /* the query embeddings as given (norm_dev) */    \
     T *S, *Xc, *dX, *dR;                                                      \
@@ -215,7 +219,7 @@ typedef struct {
   size_t n, m, d, bs, esz, nth;
   /* byte offsets of each scratch array in one allocation */
   size_t wide, ld, off_ids, off_sort, off_cls, off_ebuf, off_rows, off_vd, off_coef, off_stats, off_xn, off_rn, off_inv_x, off_inv_r,
-      off_s, off_xc, off_rst, off_part, off_zt, total;
+      off_s, off_xc, off_rst, off_part, off_zt, off_next, off_yb, total;
 } plan;
 
 static bool add_bytes(size_t *total, size_t *off, size_t count, size_t size) {
@@ -306,6 +310,14 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
       return false;
     ok = add_bytes(&t, &p->off_s, all, p->esz) &&
          add_bytes(&t, &p->off_xc, 0, p->esz);
+    /* Streamed lower triangle with gradients: a turn counter a block and
+     * a buffer of n x d a thread for the strip's column contributions. */
+    if (ok && p->tri && need_grad) {
+      size_t nb = (p->n + p->bs - 1) / p->bs, yb;
+      if (__builtin_mul_overflow(nd, p->nth, &yb)) return false;
+      ok = add_bytes(&t, &p->off_next, nb, sizeof(atomic_size_t)) &&
+           add_bytes(&t, &p->off_yb, yb, p->esz);
+    }
   }
   if (!ok) return false;
   p->total = t;
@@ -477,6 +489,8 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
     x.rst = (T *)(mem + p->off_rst);                                           \
     x.part = (T *)(mem + p->off_part);                                         \
     x.zt = (T *)(mem + p->off_zt);                                             \
+    x.next = (atomic_size_t *)(mem + p->off_next);                             \
+    x.yb = (T *)(mem + p->off_yb);                                             \
     size_t mb = (p->m + p->bs - 1) / p->bs;                                    \
     bool want_g = want & CIRCLE_OUT_GRAD;                                      \
     bool want_r = !p->self && (want & CIRCLE_OUT_REF_GRAD);                    \
@@ -537,6 +551,9 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
             circle__parallel(e, mb, CIRCLE__CAT(blk_dr_full, SUF), &x);        \
           }                                                                    \
         }                                                                      \
+      } else if (p->tri) {                                                     \
+        for (size_t b = 0; b < nb; b++) atomic_init(&x.next[b], b);            \
+        circle__parallel(e, nb, CIRCLE__CAT(blk_tri_dx_stream, SUF), &x);      \
       } else {                                                                 \
         if (want_g) circle__parallel(e, nb, CIRCLE__CAT(blk_dx_stream, SUF), &x); \
         if (want_r) circle__parallel(e, mb, CIRCLE__CAT(blk_dr_stream, SUF), &x); \

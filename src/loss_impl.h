@@ -715,22 +715,32 @@ static void F(blk_scale_x)(void *ctx, size_t b, unsigned ith) {
   }
 }
 
-/* Self-reference, lower triangle, pass 1 for row block b: its strip
- * S[b, 0:hi) (into S when materialized, else this thread's buffer), the
- * diagonal tile mirrored so that it is exactly symmetric, then tile_lse
- * over tiles J = 0..b. */
+/* Self-reference, lower triangle: the strip S[b, 0:hi) of row block b
+ * (into S when materialized, else this thread's buffer; *ld its row
+ * stride) with its diagonal tile mirrored, so that tile is exactly
+ * symmetric. Returns the strip's first row. */
+static T *F(tri_strip)(struct F(ctx) *x, size_t b, unsigned ith, size_t *ld) {
+  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
+  size_t l = x->mat ? x->ld : x->m;
+  T *buf = x->mat ? x->S + lo * l : x->S + (size_t)ith * x->bs * x->m;
+  GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)hi,
+       (int)x->d, 1, x->X + lo * x->d, (int)x->d, x->X, (int)x->d, 0, buf,
+       (int)l);
+  for (size_t i = lo; i < hi; i++)
+    for (size_t j = i + 1; j < hi; j++)
+      buf[(i - lo) * l + j] = buf[(j - lo) * l + i];
+  *ld = l;
+  return buf;
+}
+
+/* Self-reference, lower triangle, pass 1 for row block b: its strip, then
+ * tile_lse over tiles J = 0..b. */
 CIRCLE__HOT static void F(blk_tri_lse)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   b = x->nb - 1 - b; /* largest strips first */
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n), bs = x->bs;
-  size_t ld = x->mat ? x->ld : x->m;
-  T *buf = x->mat ? x->S + lo * ld : x->S + (size_t)ith * bs * x->m;
-  GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)hi,
-       (int)x->d, 1, x->X + lo * x->d, (int)x->d, x->X, (int)x->d, 0, buf,
-       (int)ld);
-  for (size_t i = lo; i < hi; i++)
-    for (size_t j = i + 1; j < hi; j++)
-      buf[(i - lo) * ld + j] = buf[(j - lo) * ld + i];
+  size_t ld;
+  T *buf = F(tri_strip)(x, b, ith, &ld);
   T *rmp = x->rst, *rsp = rmp + x->n, *rmn = rsp + x->n, *rsn = rmn + x->n;
   for (size_t i = lo; i < hi; i++) {
     rmp[i] = rmn[i] = -INFINITY;
@@ -766,17 +776,24 @@ CIRCLE__HOT static void F(blk_tri_finish)(void *ctx, size_t b, unsigned ith) {
     F(row_finish)(x, i, rmp[i], rsp[i], rmn[i], rsn[i]);
 }
 
+/* H over the strip of block b (rows [lo, hi), columns [0, hi)) at st,
+ * row stride ld, in place. */
+static void F(strip_h)(struct F(ctx) *x, size_t b, unsigned ith, T *st,
+                       size_t ld) {
+  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
+  T *cls = x->cls + (size_t)ith * x->wide;
+  for (size_t i = lo; i < hi; i++) {
+    F(row_classes)(x, i, cls, hi);
+    F(row_h)(x, i, st + (i - lo) * ld, cls, hi);
+  }
+}
+
 /* Materialized self-reference: H over the strip of block b, in place
  * (the diagonal tile is whole and symmetric, so H is too). */
 static void F(blk_tri_h)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   b = x->nb - 1 - b; /* largest strips first */
-  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
-  T *cls = x->cls + (size_t)ith * x->wide;
-  for (size_t i = lo; i < hi; i++) {
-    F(row_classes)(x, i, cls, hi);
-    F(row_h)(x, i, x->S + i * x->ld, cls, hi);
-  }
+  F(strip_h)(x, b, ith, x->S + b * x->bs * x->ld, x->ld);
 }
 
 /* Materialized self-reference: dX for block b from the lower triangle of
@@ -791,4 +808,35 @@ static void F(blk_tri_dx)(void *ctx, size_t b, unsigned ith) {
     GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(hi - lo), (int)d,
          (int)(x->n - hi), 1, x->S + hi * x->ld + lo, (int)x->ld,
          x->X + hi * d, (int)d, 1, x->dX + lo * d, (int)d);
+}
+
+/* Streamed self-reference, pass 2 for row block b: the strip again, H on
+ * it, then its gradient contributions: dX_b = H[b, 0:hi) X[0:hi) and, for
+ * each block j < b, dX_j += (H[b, 0:lo)^T X_b)_j. Every dX_j sums its
+ * contributions in strip order j, j + 1, ..., nb - 1, whatever thread runs
+ * which strip: x->next[j] says whose turn it is. Strips are claimed in
+ * increasing order and each waits only for smaller ones, which are done or
+ * running, so the smallest strip in flight never waits. */
+static void F(blk_tri_dx_stream)(void *ctx, size_t b, unsigned ith) {
+  struct F(ctx) *x = ctx;
+  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n), d = x->d, ld;
+  T *buf = F(tri_strip)(x, b, ith, &ld);
+  F(strip_h)(x, b, ith, buf, ld);
+  T *y = x->yb + (size_t)ith * x->n * d;
+  if (lo > 0)
+    GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)lo, (int)d,
+         (int)(hi - lo), 1, buf, (int)ld, x->X + lo * d, (int)d, 0, y,
+         (int)d);
+  /* dX_b's own strip comes first: x->next[b] is still b. */
+  GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)d,
+       (int)hi, 1, buf, (int)ld, x->X, (int)d, 0, x->dX + lo * d, (int)d);
+  atomic_store_explicit(&x->next[b], b + 1, memory_order_release);
+  for (size_t bj = 0; bj < b; bj++) {
+    while (atomic_load_explicit(&x->next[bj], memory_order_acquire) != b)
+      sched_yield();
+    T *restrict dx = x->dX + bj * x->bs * d;
+    const T *restrict yj = y + bj * x->bs * d;
+    for (size_t q = 0; q < x->bs * d; q++) dx[q] += yj[q];
+    atomic_store_explicit(&x->next[bj], b + 1, memory_order_release);
+  }
 }
