@@ -243,7 +243,7 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
   p->nth = circle_engine_threads(e);
   p->normalize = cfg->normalize;
   p->bs = o->block_rows ? o->block_rows
-                      : (p->n <= 512 ? 32 : p->n <= 2048 ? 64 : 256);
+                      : (p->n <= 512 ? 32 : p->n <= 2048 ? 128 : 256);
   size_t nm, n4;
   if (__builtin_mul_overflow(p->n, p->m, &nm)) return false;
   if (__builtin_mul_overflow(p->n, (size_t)4, &n4)) return false;
