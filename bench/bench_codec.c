@@ -8,7 +8,8 @@
  *
  *   json decode   circle_json_decode (json_fast.c reads the matrices,
  *                 cJSON the rest), and again with the fast path off
- *                 (everything through cJSON), for comparison
+ *                 (the slow path: the whole body validated, the matrices
+ *                 read from the text one element at a time), for comparison
  *   fast read     circle__json_fast_body_read alone: json_fast.c reading
  *                 the matrices' numbers (ns per number of embeddings)
  *   compute       circle_loss_compute (loss, per-sample, gradient)
@@ -21,7 +22,7 @@
  * --mem instead measures what decoding costs in memory: in a fresh child
  * process per case, the peak resident set (VmHWM) reached while decoding,
  * minus the resident set just before (the body already built), in bytes
- * per input number: JSON through the fast path, JSON through cJSON alone
+ * per input number: JSON through the fast path, JSON through the slow path
  * (circle__json_fast_enabled off), and OIP binary.
  *
  * Usage: bench_codec [--n N,..] [--d D,..] [--reps R] [--short] [--mem]
@@ -65,7 +66,7 @@ static long status_kb(const char *field) {
 }
 
 /* In a child process: peak RSS growth (bytes) while decoding body with
- * kind 0 = JSON fast path, 1 = JSON through cJSON only, 2 = OIP. */
+ * kind 0 = JSON fast path, 1 = JSON through the slow path, 2 = OIP. */
 static double decode_peak_bytes(int kind, const circle_buf *body, size_t hlen,
                                 const circle_limits *lim, const circle_config *defaults) {
   int fd[2];
@@ -134,7 +135,7 @@ int main(int argc, char **argv) {
     printf("# bench_codec --mem: peak RSS growth while decoding, bytes per input number;"
            " JSON numbers %s\n",
            short_numbers ? "with 9 significant digits" : "as Python's repr (float32 tolist)");
-    printf("| n | d | JSON body bytes/number | JSON decode (fast path) | JSON decode (cJSON only)"
+    printf("| n | d | JSON body bytes/number | JSON decode (fast path) | JSON decode (slow path)"
            " | OIP body bytes/number | OIP decode |\n");
     printf("|---:|---:|---:|---:|---:|---:|---:|\n");
   } else {
@@ -142,7 +143,7 @@ int main(int argc, char **argv) {
            short_numbers ? "with 9 significant digits" : "as Python's repr (float32 tolist)");
     printf("| n | d | numbers in | JSON body KB | json decode ms | decode MB/s | decode Mnum/s"
            " | compute ms | json encode ms | response KB | encode MB/s | encode Mnum/s"
-           " | oip decode ms | oip encode ms | json decode via cJSON only ms"
+           " | oip decode ms | oip encode ms | json decode via the slow path ms"
            " | fast read ms | fast read ns/number |\n");
     printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
            "|---:|\n");

@@ -42,25 +42,25 @@ static void check_encoding(const circle_request *req) {
   FUZZ_CHECK(cJSON_IsNumber(it) && it->valuedouble == (double)req->d, "d");
   it = cJSON_GetObjectItemCaseSensitive(root, "dtype");
   FUZZ_CHECK(cJSON_IsString(it) &&
-                 strcmp(it->valuestring, circle_dtype_name(dt)) == 0,
+                 strcmp(it->valuestring, circle_config_dtype_name(&req->cfg)) == 0,
              "dtype");
   if (req->want & CIRCLE_OUT_GRAD)
     fuzz_check_numbers(cJSON_GetObjectItemCaseSensitive(root, "embeddings_grad"),
-                       out.grad, req->n * req->d, dt, "embeddings_grad");
+                       out.grad, req->n * req->d, dt, CIRCLE_HALF_NONE, "embeddings_grad");
   if ((req->want & CIRCLE_OUT_REF_GRAD) && req->has_ref)
     fuzz_check_numbers(
         cJSON_GetObjectItemCaseSensitive(root, "ref_embeddings_grad"),
-        out.ref_grad, req->m * req->d, dt, "ref_embeddings_grad");
+        out.ref_grad, req->m * req->d, dt, CIRCLE_HALF_NONE, "ref_embeddings_grad");
   if (req->want & CIRCLE_OUT_PER_SAMPLE)
     fuzz_check_numbers(cJSON_GetObjectItemCaseSensitive(root, "per_sample_loss"),
-                       out.per_sample, req->n, dt, "per_sample_loss");
+                       out.per_sample, req->n, dt, CIRCLE_HALF_NONE, "per_sample_loss");
   if (req->want & CIRCLE_OUT_LOSS) {
     it = cJSON_GetObjectItemCaseSensitive(root, "loss");
     if (circle_reduction_is_elementwise(req->cfg.reduction)) {
-      fuzz_check_numbers(it, out.loss_values, req->n, dt, "loss");
+      fuzz_check_numbers(it, out.loss_values, req->n, dt, CIRCLE_HALF_NONE, "loss");
     } else {
       FUZZ_CHECK(cJSON_IsNumber(it), "loss is not a number");
-      FUZZ_CHECK(fuzz_same(it->valuedouble, req->x, 0, dt), "loss %.17g",
+      FUZZ_CHECK(fuzz_same(it->valuedouble, req->x, 0, dt, CIRCLE_HALF_NONE), "loss %.17g",
                  it->valuedouble);
     }
   }
@@ -94,13 +94,13 @@ static void check_numbers_against_strtod(const uint8_t *data, size_t size,
   FUZZ_CHECK(root != NULL, "decoded, but cJSON cannot parse the body");
   circle_dtype dt = req->cfg.dtype;
   fuzz_check_numbers(cJSON_GetObjectItemCaseSensitive(root, "embeddings"),
-                     req->x, req->n * req->d, dt, "embeddings");
+                     req->x, req->n * req->d, dt, req->cfg.half, "embeddings");
   if (req->has_ref)
     fuzz_check_numbers(cJSON_GetObjectItemCaseSensitive(root, "ref_embeddings"),
-                       req->r, req->m * req->d, dt, "ref_embeddings");
+                       req->r, req->m * req->d, dt, req->cfg.half, "ref_embeddings");
   if (req->sw)
     fuzz_check_numbers(cJSON_GetObjectItemCaseSensitive(root, "sample_weight"),
-                       req->sw, req->n, dt, "sample_weight");
+                       req->sw, req->n, dt, req->cfg.half, "sample_weight");
   cJSON_Delete(root);
 }
 

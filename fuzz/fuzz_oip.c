@@ -79,8 +79,11 @@ static void check_encoding(const circle_request *req) {
   FUZZ_CHECK(root != NULL, "the response header is not JSON: %.*s",
              (int)(header_len < 200 ? header_len : 200), b.data);
   circle_dtype dt = req->cfg.dtype;
-  size_t esz = circle_dtype_size(dt);
-  const char *want_type = dt == CIRCLE_DTYPE_FLOAT32 ? "FP32" : "FP64";
+  circle_half half = req->cfg.half;
+  size_t esz;
+  const char *want_type = circle_oip_output_datatype(&req->cfg, &esz);
+  FUZZ_CHECK(esz == (half != CIRCLE_HALF_NONE ? 2 : circle_dtype_size(dt)),
+             "%s has %zu bytes", want_type, esz);
   const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, "id");
   if (req->id[0]) {
     FUZZ_CHECK(cJSON_IsString(it), "no id echo");
@@ -132,7 +135,12 @@ static void check_encoding(const circle_request *req) {
                  "binary_data_size of %s", name->valuestring);
       FUZZ_CHECK(b.len - bin_off >= count * esz, "%s: binary data cut short",
                  name->valuestring);
-      if (scalar) {
+      if (half != CIRCLE_HALF_NONE) {
+        for (size_t j = 0; j < count; j++)
+          FUZZ_CHECK(fuzz_half_value(b.data + bin_off + 2 * j, half) ==
+                         ((const float *)p)[j],
+                     "binary %s[%zu] differs", name->valuestring, j);
+      } else if (scalar) {
         /* The scalar loss goes out in the output dtype. */
         double v = 0;
         if (dt == CIRCLE_DTYPE_FLOAT32) {
@@ -142,7 +150,7 @@ static void check_encoding(const circle_request *req) {
         } else {
           memcpy(&v, b.data + bin_off, 8);
         }
-        FUZZ_CHECK(fuzz_same(v, p, 0, dt), "binary loss");
+        FUZZ_CHECK(fuzz_same(v, p, 0, dt, CIRCLE_HALF_NONE), "binary loss");
       } else {
         FUZZ_CHECK(memcmp(b.data + bin_off, p, count * esz) == 0,
                    "binary %s differs", name->valuestring);
@@ -150,7 +158,7 @@ static void check_encoding(const circle_request *req) {
       bin_off += count * esz;
     } else {
       fuzz_check_numbers(cJSON_GetObjectItemCaseSensitive(o, "data"), p, count,
-                         dt, name->valuestring);
+                         dt, CIRCLE_HALF_NONE, name->valuestring);
     }
   }
   FUZZ_CHECK(bin_off == b.len, "%zu bytes after the binary outputs",

@@ -9,6 +9,7 @@
 #ifndef FUZZ_UTIL_H
 #define FUZZ_UTIL_H
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,12 +105,32 @@ static inline double fuzz_get(const void *p, size_t i, circle_dtype dt) {
 /* True when parsed (a double read back from JSON) is exactly the value
  * stored at p[i] in dt: bit for bit, so -0 and 0 differ. */
 static inline bool fuzz_same(double parsed, const void *p, size_t i,
-                             circle_dtype dt) {
+                             circle_dtype dt, circle_half half) {
+  if (half != CIRCLE_HALF_NONE) {
+    /* A half-precision config's inputs: the value rounded once to it. */
+    float f;
+    return circle_half_narrow(half, &parsed, &f, 1) == 1 &&
+           memcmp(&f, (const float *)p + i, sizeof f) == 0;
+  }
   if (dt == CIRCLE_DTYPE_FLOAT32) {
     float f = (float)parsed;
     return memcmp(&f, (const float *)p + i, sizeof f) == 0;
   }
   return memcmp(&parsed, (const double *)p + i, sizeof parsed) == 0;
+}
+
+/* The value of the little-endian FP16 / BF16 bits at b, from the formats'
+ * definitions (sign, biased exponent, fraction). */
+static inline float fuzz_half_value(const char *b, circle_half half) {
+  uint16_t h;
+  memcpy(&h, b, 2);
+  int frac_bits = half == CIRCLE_HALF_FLOAT16 ? 10 : 7;
+  int bias = half == CIRCLE_HALF_FLOAT16 ? 15 : 127;
+  int e = (h & 0x7fff) >> frac_bits;
+  double frac = h & ((1u << frac_bits) - 1);
+  double v = e == 0 ? ldexp(frac, 1 - bias - frac_bits)
+                    : ldexp(frac + (1u << frac_bits), e - bias - frac_bits);
+  return (float)((h & 0x8000) ? -v : v);
 }
 
 static inline void fuzz_output_free(circle_output *out) {
@@ -154,7 +175,9 @@ static inline bool fuzz_output_make(const circle_request *req,
 }
 
 /* Checks that a decoded request keeps the codec's promises: sizes within
- * the limits, every array present, labels and weights as documented. */
+ * the limits, every array present, labels and weights as documented,
+ * echoed strings UTF-8, and an input the engine's check accepts or refuses
+ * only as out of range. */
 static inline void fuzz_check_request(const circle_request *req,
                                       const circle_limits *lim) {
   FUZZ_CHECK(req->n >= 1 && req->n <= lim->max_n, "n = %zu", req->n);
@@ -186,13 +209,28 @@ static inline void fuzz_check_request(const circle_request *req,
   FUZZ_CHECK(memchr(req->tag, 0, sizeof req->tag), "unterminated tag");
   FUZZ_CHECK(memchr(req->name, 0, sizeof req->name), "unterminated name");
   FUZZ_CHECK(memchr(req->id, 0, sizeof req->id), "unterminated id");
+  /* Echoed strings come back as sent: only UTF-8 is accepted. */
+  FUZZ_CHECK(circle__utf8_valid(req->id), "id is not UTF-8");
+  FUZZ_CHECK(circle__utf8_valid(req->name), "name is not UTF-8");
+  /* What the server checks next: a decoded request is computable, or
+   * refused as out of range (embeddings or sample weights too large for
+   * the dtype) with a sentence saying which. */
+  circle_input in = {.n = req->n, .m = req->has_ref ? req->m : 0, .d = req->d,
+                     .labels = req->labels, .embeddings = req->x,
+                     .sample_weight = req->sw,
+                     .ref_labels = req->has_ref ? req->ref_labels : NULL,
+                     .ref_embeddings = req->has_ref ? req->r : NULL};
+  char where[256] = "";
+  int rc = circle_input_check(&req->cfg, &in, where, sizeof where);
+  FUZZ_CHECK(rc == CIRCLE_OK || (rc == CIRCLE_ERANGE && where[0]),
+             "circle_input_check: %s (%s)", circle_status_name(rc), where);
 }
 
 /* Walks a JSON array (flat or nested) and checks each number against
  * p[0..count) in dt, bit for bit. */
 static inline void fuzz_check_numbers(const cJSON *arr, const void *p,
                                       size_t count, circle_dtype dt,
-                                      const char *what) {
+                                      circle_half half, const char *what) {
   FUZZ_CHECK(cJSON_IsArray(arr), "%s is not an array", what);
   size_t i = 0;
   const cJSON *row;
@@ -201,14 +239,14 @@ static inline void fuzz_check_numbers(const cJSON *arr, const void *p,
       const cJSON *it;
       cJSON_ArrayForEach(it, row) {
         FUZZ_CHECK(i < count && cJSON_IsNumber(it), "%s[%zu]", what, i);
-        FUZZ_CHECK(fuzz_same(it->valuedouble, p, i, dt),
+        FUZZ_CHECK(fuzz_same(it->valuedouble, p, i, dt, half),
                    "%s[%zu]: wrote %.17g for %.17g", what, i, it->valuedouble,
                    fuzz_get(p, i, dt));
         i++;
       }
     } else {
       FUZZ_CHECK(i < count && cJSON_IsNumber(row), "%s[%zu]", what, i);
-      FUZZ_CHECK(fuzz_same(row->valuedouble, p, i, dt),
+      FUZZ_CHECK(fuzz_same(row->valuedouble, p, i, dt, half),
                  "%s[%zu]: wrote %.17g for %.17g", what, i, row->valuedouble,
                  fuzz_get(p, i, dt));
       i++;

@@ -20,6 +20,15 @@ def v1_seeds():
     s = {}
     base = {"labels": [0, 1, 0, 1], "embeddings": [[1, 0], [0, 1], [0.6, 0.8], [-0.8, 0.6]]}
     s["minimal"] = base
+    s["half_f16"] = {"labels": [0, 1, 0], "embeddings": [[0.1, 65504], [1e-8, -0.3], [65519.9, 2]],
+                     "sample_weight": [0.1, 1, 3], "config": {"dtype": "float16"}}
+    s["half_f16_overflow"] = {"labels": [0, 1], "embeddings": [[65520, 0], [0, 1]],
+                              "config": {"dtype": "mixed_float16"}}
+    s["half_bf16_policy"] = {
+        "labels": [0, 1, 0], "embeddings": [[0.1, 3.3e38], [1e-40, -0.3], [1.5, 2]],
+        "ref_labels": [1], "ref_embeddings": [[0.7, 0.7]],
+        "config": {"dtype": {"module": "keras", "class_name": "DTypePolicy",
+                             "config": {"name": "mixed_bfloat16"}, "registered_name": None}}}
     s["full"] = {
         "labels": ["cat", "dog", "cat"],
         "embeddings": [[0.1, 0.2, 0.3], [0.3, -0.2, 0.1], [1e-3, 2.5e2, -7]],
@@ -79,6 +88,10 @@ def v1_seeds():
     out["non_finite"] = b'{"labels": [0], "embeddings": [[1e400]]}'
     out["f32_overflow"] = b'{"labels": [0], "embeddings": [[1e39]]}'
     out["negative_weight"] = b'{"labels": [0], "embeddings": [[1]], "sample_weight": [-1]}'
+    out["huge_weight"] = (b'{"labels": [0, 0, 1, 1], "embeddings": [[1, 0], [0.6, 0.8], [0, 1], [-0.6, 0.8]],'
+                          b' "sample_weight": [1, 1e38, 1, 1e30]}')
+    out["huge_weight_f64"] = (b'{"labels": [0, 1], "embeddings": [[1], [2]], "sample_weight": [1e306, 1e300],'
+                              b' "config": {"dtype": "float64", "reduction": "sum"}}')
     out["too_many_rows"] = json.dumps({"labels": list(range(50)), "embeddings": [[1]] * 50}).encode()
     out["too_many_pairs"] = json.dumps({"labels": list(range(40)), "embeddings": [[1]] * 40}).encode()
     out["too_deep"] = b'{"labels": [0], "embeddings": ' + b"[" * 20 + b"1" + b"]" * 20 + b"}"
@@ -94,6 +107,18 @@ def v1_seeds():
                                  b' "config": {"normalize": false}}')
     out["not_object"] = b"[1, 2, 3]"
     out["empty"] = b""
+    # Refused before a tree is built (the harness' limits: N 48, M 40), and
+    # the slow path that reads the matrices from the text.
+    out["nested_labels_past_values"] = b'{"labels": [[' + b"0," * 1200 + b'0]], "embeddings": [[1]]}'
+    out["weights_past_n"] = json.dumps({"labels": [0], "embeddings": [[1]],
+                                        "sample_weight": [1] * 49}).encode()
+    out["ref_labels_past_m"] = json.dumps({"labels": [0], "embeddings": [[1]], "ref_labels": [0] * 41,
+                                           "ref_embeddings": [[1]] * 41}).encode()
+    out["slow_matrix_string_last"] = b'{"labels": [0, 1], "embeddings": [[1, 2], [3, "x"]]}'
+    out["slow_matrix_escaped_key"] = b'{"labels": [0, 1], "embedd\\u0069ngs": [[1, 2], [3, 4]]}'
+    out["slow_dup_embeddings"] = b'{"labels": [0], "embeddings": [[1]], "embeddings": [[2]]}'
+    out["syntax_in_matrix"] = b'{"labels": [0, 1], "embeddings": [[1] [2]]}'
+    out["lone_low_surrogate"] = b'{"labels": ["\\udc00"], "embeddings": [[1]]}'
     return out
 
 
@@ -154,6 +179,18 @@ def oip_seeds():
         outputs=[{"name": "embeddings_grad", "parameters": {"binary_data": False}}],
         parameters={"dtype": "float64"})
     s["binary_bf16"] = framed(0, len(hb), bb)
+    hh, bh = binary_request([
+        ("labels", "INT64", [3], labels), ("embeddings", "FP32", [3, 2], emb),
+        ("sample_weight", "FP16", [3], struct.pack("<3e", 0.5, 1.0, 2.0))],
+        parameters={"binary_data_output": True, "dtype": "mixed_float16", "reduction": "none"})
+    s["binary_half_out"] = framed(0, len(hh), bh)
+    s["json_bf16_policy"] = framed(0, 0xffff, oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [3], "data": [0, 1, 0]},
+        {"name": "embeddings", "datatype": "FP64", "shape": [3, 2],
+         "data": [1, 0, 0, 1, 0.6, 0.8]}],
+        outputs=[{"name": "loss", "parameters": {"binary_data": True}}, {"name": "embeddings_grad"}],
+        parameters={"dtype": {"module": "keras", "class_name": "DTypePolicy",
+                              "config": {"name": "bfloat16"}, "registered_name": None}}))
     h64, b64 = binary_request([
         ("labels", "INT64", [2], struct.pack("<2q", 2**62, -(2**62))),
         ("embeddings", "FP64", [2, 1], struct.pack("<2d", 0.5, -0.25)),
@@ -205,6 +242,25 @@ def oip_seeds():
         {"name": "embeddings", "datatype": "FP32", "shape": [1, 1], "data": [1]}]))
     s["fp16_inf"] = framed(0, len(h16), b16[:len(h16)] + struct.pack("<2i", 1, 2) + struct.pack("<4H", 0x7c00, 0, 0, 0))
     s["too_deep"] = framed(0, 0xffff, b'{"inputs": ' + b"[" * 20 + b"]" * 20 + b"}")
+    s["header_values_past_cap"] = framed(0, 0xffff, js[:-1] + b', "outputs": [' + b"{}," * 4100 + b"{}]}")
+    s["data_string_leaf"] = framed(0, 0xffff, oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [2], "data": [0, 1]},
+        {"name": "embeddings", "datatype": "FP32", "shape": [2, 1], "data": [[1], ["x"]]}]))
+    s["data_longer_than_shape"] = framed(0, 0xffff, oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [2], "data": [0, 1, 2]},
+        {"name": "embeddings", "datatype": "FP32", "shape": [2, 1], "data": [1, 2]}]))
+    s["data_escaped_key"] = framed(0, 0xffff, b'{"inputs": [{"name": "labels", "datatype": "INT64", "shape": [1], '
+                                              b'"d\\u0061ta": [0]}, {"name": "embeddings", "datatype": "FP32", '
+                                              b'"shape": [1, 1], "data": [1]}]}')
+    s["id_not_utf8"] = framed(0, 0xffff, js.replace(b'{"inputs"', b'{"id": "r\x81\xc0\xaf", "inputs"', 1))
+    s["json_beyond_fp16"] = framed(0, 0xffff, oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [2], "data": [0, 1]},
+        {"name": "embeddings", "datatype": "FP16", "shape": [2, 1], "data": [65504, 65505]}]))
+    s["json_beyond_bf16"] = framed(0, 0xffff, oip_header([
+        {"name": "labels", "datatype": "INT64", "shape": [2], "data": [0, 1]},
+        {"name": "embeddings", "datatype": "FP32", "shape": [2, 1], "data": [1, 2]},
+        {"name": "sample_weight", "datatype": "BF16", "shape": [2], "data": [3.3895313892515355e38, 3.4e38]}],
+        parameters={"dtype": "float64"}))
     return s
 
 
@@ -222,6 +278,25 @@ def config_seeds():
         "unicode_name": {"name": "\u00e9\u4e2d\U0001F600"},
         "empty": {},
     }
+    # Every dtype spelling Keras takes for a loss, and near misses.
+    def policy(name, cls="DTypePolicy"):
+        return {"module": "keras", "class_name": cls, "config": {"name": name},
+                "registered_name": None}
+    s.update({
+        "dtype_half": {"dtype": "float16", "reduction": "none"},
+        "dtype_mixed": {"dtype": "mixed_bfloat16"},
+        "dtype_null": {"dtype": None},
+        "dtype_policy": {"dtype": policy("mixed_float16")},
+        "dtype_policy_legacy": {"dtype": {"class_name": "FloatDTypePolicy",
+                                          "config": {"name": "bfloat16"}}},
+        "dtype_policy_floatx": {"dtype": {"class_name": "DTypePolicy", "config": {}}},
+        "bad_policy_class": {"dtype": policy("int8_from_float32", "QuantizedDTypePolicy")},
+        "bad_policy_name": {"dtype": policy("int32")},
+        "bad_policy_extra": {"dtype": {"class_name": "DTypePolicy",
+                                       "config": {"name": "float16", "source_name": "x"}}},
+        "bad_policy_module": {"dtype": {"module": 3, "class_name": "DTypePolicy",
+                                        "config": {"name": "float16"}}},
+    })
     out = {k: json.dumps(v).encode() for k, v in s.items()}
     out["gamma_forms"] = b'{"gamma": 1.7976931348623157e308, "margin": 5e-324}'
     out["gamma_zero"] = b'{"gamma": 0}'
@@ -230,7 +305,7 @@ def config_seeds():
     out["dup_key"] = b'{"gamma": 1, "gamma": 1}'
     out["unknown_key"] = b'{"gama": 1}'
     out["bad_reduction"] = b'{"reduction": "SUM"}'
-    out["bad_dtype"] = b'{"dtype": "float16"}'
+    out["bad_dtype"] = b'{"dtype": "float8"}'
     out["bad_fn"] = b'{"fn": {"config": "triplet"}}'
     out["nul_name"] = b'{"name": "a\\u0000b"}'
     out["control_name"] = b'{"name": "\\u0001\\u001f\\"\\\\"}'

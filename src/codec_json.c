@@ -4,14 +4,21 @@
  * sends can make it recurse deeply, allocate more than its body implies or
  * go quadratic; the response is valid JSON whose numbers round-trip.
  *
- *   body --prescan (depth, strings, numbers)--> cJSON tree
+ *   body --json_fast.c: the matrices, read from the text--> double[]
+ *        --the rest, matrices cut to [] (at most 2N + M + 1024 values)-->
+ *          prescan (depth, strings, numbers) + grammar --> cJSON tree
  *        --keys (unknown, duplicate)--> config, options
  *        --labels (ints exact to int64, or strings -> ids)--> int64[n], [m]
  *        --embeddings (N x D, ragged rows named)--> cfg.dtype arrays
  *
- * The embedding matrices of a body of the usual shape skip cJSON: json_fast.c
- * reads them straight from the text, bit for bit as strtod would, and cJSON
- * parses the rest (circle_json_decode says how the two paths meet).
+ * The embedding matrices never become cJSON nodes (80 bytes each, 40 times
+ * a body of small numbers): json_fast.c reads those of a body of the usual
+ * shape, bit for bit as strtod would; anything else goes the slow way
+ * (decode_slow), which validates the whole text first and reads the
+ * matrices from it with the same number reader. Labels and weights past N
+ * and trees past what a request can need are refused before cJSON builds
+ * anything. Decoding so holds at most the body, a copy of it, and 8 bytes a
+ * number (a number takes 2 bytes of text at least): 6 times the body.
  *
  * Integer labels are read from the double cJSON parsed when they are below
  * 2^53 in magnitude (where every integer is exact) and from the raw text
@@ -73,6 +80,72 @@ static int parse_fn(const cJSON *fn, circle_error *err) {
                           "config.fn must be \"circle\" (or Keras' "
                           "serialization of it); this service computes only "
                           "the circle loss");
+}
+
+static const char *const dtype_list =
+    "null (Keras' floatx, float32), \"float16\", \"bfloat16\", \"float32\", "
+    "\"float64\", \"mixed_float16\", \"mixed_bfloat16\", or a DTypePolicy "
+    "as keras.saving.serialize_keras_object writes it: {\"module\": \"keras\", "
+    "\"class_name\": \"DTypePolicy\", \"config\": {\"name\": \"float16\"}, "
+    "\"registered_name\": null}";
+
+/* A policy name (string, or null for floatx) into c's dtype and half. */
+static int parse_policy_name(const cJSON *it, const char *field,
+                             circle_config *c, circle_error *err) {
+  if (cJSON_IsNull(it)) {
+    c->dtype = CIRCLE_DTYPE_FLOAT32;
+    c->half = CIRCLE_HALF_NONE;
+    return 0;
+  }
+  if (cJSON_IsString(it) &&
+      circle_dtype_policy_parse(it->valuestring, &c->dtype, &c->half) == 0)
+    return 0;
+  char q[80];
+  describe(it, q, sizeof(q));
+  return circle_error_set(err, 400, "bad_config", "%s is %s; expected %s",
+                          field, q, dtype_list);
+}
+
+/* config.dtype as Keras' Loss takes it: a DTypePolicy name, null, or the
+ * policy serialized. Keras' deserializer ignores module and registered_name
+ * and knows the class by its current name and its Keras 3.0-3.3 one; its
+ * config holds only the name (absent or null: floatx). */
+static int parse_dtype(const cJSON *it, circle_config *c, circle_error *err) {
+  if (!cJSON_IsObject(it))
+    return parse_policy_name(it, "config.dtype", c, err);
+  circle__json_field f[] = {{"module", NULL}, {"class_name", NULL},
+                            {"config", NULL}, {"registered_name", NULL}};
+  if (circle__json_fields(it, "config.dtype", f, 4, err) != 0) return -1;
+  const cJSON *cls = f[1].item, *conf = f[2].item;
+  for (int k = 0; k < 4; k += 3)
+    if (f[k].item && !cJSON_IsNull(f[k].item) && !cJSON_IsString(f[k].item))
+      return circle_error_set(err, 400, "bad_config",
+                              "config.dtype.%s is %s; expected a string or "
+                              "null (config.dtype takes %s)",
+                              f[k].name, circle__json_kind(f[k].item),
+                              dtype_list);
+  if (!cJSON_IsString(cls) || (strcmp(cls->valuestring, "DTypePolicy") != 0 &&
+                               strcmp(cls->valuestring, "FloatDTypePolicy") != 0)) {
+    char q[80];
+    if (cls) describe(cls, q, sizeof(q));
+    else snprintf(q, sizeof(q), "missing");
+    return circle_error_set(err, 400, "bad_config",
+                            "config.dtype.class_name is %s; expected "
+                            "\"DTypePolicy\" (config.dtype takes %s)",
+                            q, dtype_list);
+  }
+  if (!cJSON_IsObject(conf))
+    return circle_error_set(err, 400, "bad_config",
+                            "config.dtype.config is %s; expected an object "
+                            "{\"name\": ...} (config.dtype takes %s)",
+                            conf ? circle__json_kind(conf) : "missing",
+                            dtype_list);
+  circle__json_field nf[] = {{"name", NULL}};
+  if (circle__json_fields(conf, "config.dtype.config", nf, 1, err) != 0)
+    return -1;
+  static const cJSON null_item = {.type = cJSON_NULL};
+  return parse_policy_name(nf[0].item ? nf[0].item : &null_item,
+                           "config.dtype.config.name", c, err);
 }
 
 int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
@@ -159,16 +232,8 @@ int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
       circle__bool_parse(it, &c.remove_diagonal, "config.remove_diagonal",
                          "bad_config", err) != 0)
     return CIRCLE_EINVAL;
-  if ((it = f[CF_DTYPE].item) != NULL && !cJSON_IsNull(it)) {
-    if (!cJSON_IsString(it) || circle_dtype_parse(it->valuestring, &c.dtype) != 0) {
-      char q[80];
-      describe(it, q, sizeof(q));
-      return circle_error_set(err, 400, "bad_config",
-                              "config.dtype is %s; expected \"float32\" or "
-                              "\"float64\"",
-                              q);
-    }
-  }
+  if ((it = f[CF_DTYPE].item) != NULL && parse_dtype(it, &c, err) != 0)
+    return CIRCLE_EINVAL;
   if ((it = f[CF_FN].item) != NULL && parse_fn(it, err) != 0)
     return CIRCLE_EINVAL;
   if ((it = f[CF_NORMALIZE].item) != NULL &&
@@ -212,6 +277,15 @@ enum {
 
 enum { KIND_NONE = 0, KIND_INT = 1, KIND_STRING = 2 };
 
+/* Where the matrices are when they were cut from the text cJSON parses
+ * (the slow path): offsets of their opening brackets in the body. */
+typedef struct {
+  const char *text; /* the body as sent */
+  size_t len;
+  bool emb, ref;    /* embeddings / ref_embeddings were cut */
+  size_t emb_off, ref_off;
+} cut_matrices;
+
 typedef struct {
   const char *body;
   size_t len;
@@ -219,6 +293,7 @@ typedef struct {
   circle_error *err;
   circle__labels strings; /* string labels of both sets */
   int kind;               /* of the labels seen so far */
+  const cut_matrices *cut; /* NULL unless the matrices were cut */
 } decoder;
 
 static int missing(circle_error *err, const char *field, const char *what) {
@@ -343,22 +418,61 @@ static int non_finite(circle_error *err, const char *field, size_t r,
                           idx);
 }
 
-/* Reads an array of rows rows of numbers into a new cfg.dtype matrix. *d is
- * the expected row length, or 0 to take it from row 0 (then checked
- * against max_d). like names the row that set d, for messages. */
-static int parse_matrix(decoder *dc, const cJSON *arr, const char *field,
+/* A half-precision config's arrays are read as float64 and rounded here,
+ * once, straight to the format (held as float32, the engine's dtype). A
+ * value past the format's range is refused, as float32 overflow is. */
+static int narrow_half(circle_error *err, const circle_config *cfg, void **arr,
+                       size_t rows, size_t d, const char *field, bool two_d) {
+  size_t k = 0;
+  int rc = circle__half_narrow_array(cfg->half, arr, rows * d, &k);
+  if (rc == CIRCLE_ENOMEM)
+    return circle_error_set(err, 503, "overloaded",
+                            "out of memory for %s; retry later", field);
+  if (rc != 0) {
+    char idx[64], vb[40];
+    double v = ((const double *)*arr)[k];
+    if (two_d) snprintf(idx, sizeof(idx), "%s[%zu][%zu]", field, k / d, k % d);
+    else snprintf(idx, sizeof(idx), "%s[%zu]", field, k);
+    return circle_error_set(err, 400, "non_finite",
+                            "%s is %s, beyond %s's largest finite value %g; "
+                            "use config dtype \"float32\" or rescale the "
+                            "values",
+                            idx, circle__short_number(vb, v),
+                            circle_half_name(cfg->half),
+                            circle_half_max(cfg->half));
+  }
+  return 0;
+}
+
+/* The number of elements of the array at text[off] (validated JSON). */
+static size_t text_count(const char *text, size_t len, size_t off) {
+  circle__json_iter it;
+  circle__json_iter_init(&it, text, len, off);
+  size_t n = 0, at;
+  while (circle__json_iter_next(&it, &at)) n++;
+  return n;
+}
+
+/* Reads the matrix of rows rows at text[off] (cut from the tree, read from
+ * the body as sent) into a new cfg.dtype matrix. *d is the expected row
+ * length, or 0 to take it from row 0 (then checked against max_d). like
+ * names the row that set d, for messages. Shapes are checked before
+ * anything is allocated: a body of one full row and many empty ones must
+ * not get an N x D allocation before the second row is looked at. */
+static int parse_matrix(decoder *dc, size_t off, const char *field,
                         size_t rows, size_t *d, const char *like,
                         circle_dtype dt, void **out) {
   circle_error *err = dc->err;
-  const cJSON *row = arr->child;
-  size_t dd = *d;
+  const char *t = dc->cut->text;
+  size_t tl = dc->cut->len, dd = *d, at, r = 0;
+  circle__json_iter it, row;
+  circle__json_iter_init(&it, t, tl, off);
   if (dd == 0) {
-    if (!cJSON_IsArray(row))
+    if (!circle__json_iter_next(&it, &at) || t[at] != '[')
       return circle_error_set(err, 400, "wrong_type",
                               "%s[0] is %s; expected an array of numbers",
-                              field, circle__json_kind(row));
-    const cJSON *it;
-    cJSON_ArrayForEach(it, row) dd++;
+                              field, circle__json_text_kind(t, tl, at));
+    dd = text_count(t, tl, at);
     if (dd == 0)
       return circle_error_set(err, 400, "shape_mismatch",
                               "%s[0] is empty; each row needs at least one "
@@ -369,19 +483,15 @@ static int parse_matrix(decoder *dc, const cJSON *arr, const char *field,
                               "%s[0] has %zu numbers; the dimension limit D "
                               "is %zu",
                               field, dd, dc->lim->max_d);
+    circle__json_iter_init(&it, t, tl, off);
   }
-  /* Shapes first: a body of one full row and many empty ones must not get
-   * an N x D allocation before the second row is looked at. */
-  size_t r = 0;
-  cJSON_ArrayForEach(row, arr) {
-    if (!cJSON_IsArray(row))
+  while (circle__json_iter_next(&it, &at)) {
+    if (t[at] != '[')
       return circle_error_set(err, 400, "wrong_type",
                               "%s[%zu] is %s; expected an array of %zu "
                               "numbers",
-                              field, r, circle__json_kind(row), dd);
-    size_t have = 0;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, row) have++;
+                              field, r, circle__json_text_kind(t, tl, at), dd);
+    size_t have = text_count(t, tl, at);
     if (have != dd) /* within one matrix: ragged; against another: D */
       return circle_error_set(err, 400, *d ? "shape_mismatch" : "ragged_rows",
                               "%s[%zu] has %zu numbers; expected %zu like %s",
@@ -400,20 +510,25 @@ static int parse_matrix(decoder *dc, const cJSON *arr, const char *field,
                             "out of memory for %s (%zu x %zu); retry later or "
                             "send a smaller batch",
                             field, rows, dd);
+  circle__json_iter_init(&it, t, tl, off);
   r = 0;
-  cJSON_ArrayForEach(row, arr) {
+  size_t row_at;
+  while (circle__json_iter_next(&it, &row_at)) {
     size_t c = 0, base = r * dd;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, row) {
-      if (!cJSON_IsNumber(it)) {
+    circle__json_iter_init(&row, t, tl, row_at);
+    while (circle__json_iter_next(&row, &at)) {
+      double v;
+      /* The pre-scan passed every number: a token that does not read is
+       * some other value. */
+      if (circle__json_fast_number(t + at, t + tl, &v) == 0) {
         free(m);
         return circle_error_set(err, 400, "wrong_type",
                                 "%s[%zu][%zu] is %s; expected a number",
-                                field, r, c, circle__json_kind(it));
+                                field, r, c, circle__json_text_kind(t, tl, at));
       }
-      if (!store(m, base + c, it->valuedouble, dt)) {
+      if (!store(m, base + c, v, dt)) {
         free(m);
-        return non_finite(err, field, r, c, true, it->valuedouble, dt);
+        return non_finite(err, field, r, c, true, v, dt);
       }
       c++;
     }
@@ -517,12 +632,92 @@ static int take_fast_matrix(decoder *dc, circle__json_fast_matrix *fm,
 static int decode(const char *body, size_t len, const circle_config *defaults,
                   const char *default_name, const circle_limits *lim,
                   circle_request *req, circle_error *err,
-                  circle__json_fast_body *fb);
+                  circle__json_fast_body *fb, const cut_matrices *cut);
+
+/* a + b, or SIZE_MAX when that overflows. */
+static size_t add_sat(size_t a, size_t b) {
+  return a > SIZE_MAX - b ? SIZE_MAX : a + b;
+}
+
+/* The most JSON values and keys a request within lim has outside its
+ * matrices: labels, sample_weight (N each) and ref_labels (M), plus the
+ * options, with room to spare. What bounds the tree cJSON builds. */
+static size_t max_values(const circle_limits *lim) {
+  return add_sat(add_sat(add_sat(lim->max_n, lim->max_n), lim->max_m), 1024);
+}
+
+/* The slow path: validates the whole body (so a syntax error anywhere is
+ * found without building anything), refuses label and weight arrays past
+ * the limits, then decodes a copy in which the matrices are cut down to
+ * [], reading them from the body as sent. So no number of theirs costs a
+ * cJSON node: decoding stays within a small multiple of the body whatever
+ * it holds. */
+static int decode_slow(const char *body, size_t len,
+                       const circle_config *defaults, const char *default_name,
+                       const circle_limits *lim, circle_request *req,
+                       circle_error *err) {
+  if (circle__json_validate(body, len, lim->max_depth, NULL, err) != 0)
+    return CIRCLE_EINVAL;
+  cut_matrices cut = {body, len, false, false, 0, 0};
+  size_t spans[16], nspans = 0;
+  size_t top = 0;
+  while (top < len && (body[top] == ' ' || body[top] == '\t' ||
+                       body[top] == '\n' || body[top] == '\r'))
+    top++;
+  if (top < len && body[top] == '{') {
+    circle__json_iter it;
+    circle__json_iter_init(&it, body, len, top);
+    char key[32];
+    bool key_ok;
+    size_t at;
+    while (circle__json_iter_member(&it, key, sizeof key, &key_ok, &at)) {
+      if (!key_ok || body[at] != '[') continue;
+      bool emb = !strcmp(key, "embeddings"), ref = !strcmp(key, "ref_embeddings");
+      if (emb || ref) {
+        /* Every copy of the key is cut; the tree then reports a repeat. */
+        if (nspans == sizeof spans / sizeof *spans / 2)
+          return circle_error_set(err, 400, "duplicate_key",
+                                  "duplicate key \"%s\" in the request body; "
+                                  "send each key once",
+                                  key);
+        spans[2 * nspans] = at;
+        spans[2 * nspans + 1] = circle__json_value_end(body, len, at);
+        nspans++;
+        if (emb && !cut.emb) cut.emb = true, cut.emb_off = at;
+        if (ref && !cut.ref) cut.ref = true, cut.ref_off = at;
+        continue;
+      }
+      /* Arrays of one value a row, refused by their length before the
+       * tree is built. */
+      size_t cap = !strcmp(key, "ref_labels") ? lim->max_m : lim->max_n;
+      if (strcmp(key, "labels") && strcmp(key, "ref_labels") &&
+          strcmp(key, "sample_weight"))
+        continue;
+      size_t k = text_count(body, len, at);
+      if (k > cap)
+        return circle_error_set(
+            err, 413, "limit_exceeded", "%s has %zu %s; the %s limit %s is %zu",
+            key, k, strcmp(key, "sample_weight") ? "rows" : "numbers",
+            strcmp(key, "ref_labels") ? "batch" : "reference",
+            strcmp(key, "ref_labels") ? "N" : "M", cap);
+    }
+  }
+  char *copy;
+  size_t copy_len;
+  if (!circle__json_cut(body, len, spans, nspans, &copy, &copy_len))
+    return circle_error_set(err, 503, "overloaded",
+                            "out of memory reading the request; retry later");
+  int rc = decode(copy, copy_len, defaults, default_name, lim, req, err, NULL,
+                  &cut);
+  free(copy);
+  return rc;
+}
 
 /* The embedding matrices are read from the text by json_fast.c when the
  * body has the common shape (cJSON then parses a copy without them);
- * whatever goes wrong on that path, the body is decoded again the slow way,
- * which alone writes errors. Both give the same request, bit for bit. */
+ * whatever goes wrong on that path, the body is decoded again the slow way
+ * (decode_slow), which alone writes errors. Both give the same request,
+ * bit for bit. */
 int circle_json_decode(const char *body, size_t len,
                        const circle_config *defaults, const char *default_name,
                        const circle_limits *lim, circle_request *req,
@@ -531,27 +726,29 @@ int circle_json_decode(const char *body, size_t len,
     if (err) circle_error_set(err, 500, "internal", "circle_json_decode: bad argument");
     return CIRCLE_EINVAL;
   }
+  if (body == NULL) body = "";
   circle__json_fast_body fb;
   if (circle__json_fast_body_read(body, len, lim->max_depth, lim->max_n,
                                   lim->max_m, lim->max_d, &fb)) {
     circle_error ferr;
     int rc = decode(fb.copy, fb.copy_len, defaults, default_name, lim, req,
-                    &ferr, &fb);
+                    &ferr, &fb, NULL);
     circle__json_fast_body_free(&fb);
     if (rc == 0) return 0;
   }
-  return decode(body, len, defaults, default_name, lim, req, err, NULL);
+  circle_request_free(req);
+  return decode_slow(body, len, defaults, default_name, lim, req, err);
 }
 
 static int decode(const char *body, size_t len, const circle_config *defaults,
                   const char *default_name, const circle_limits *lim,
                   circle_request *req, circle_error *err,
-                  circle__json_fast_body *fb) {
+                  circle__json_fast_body *fb, const cut_matrices *cut) {
   circle_request_free(req);
-  cJSON *root = circle__json_parse(body ? body : "", len, lim->max_depth, err);
+  cJSON *root = circle__json_parse(body, len, lim->max_depth, max_values(lim), err);
   if (root == NULL) return CIRCLE_EINVAL;
 
-  decoder dc = {body, len, lim, err, {0}, KIND_NONE};
+  decoder dc = {body, len, lim, err, {0}, KIND_NONE, cut};
   circle__labels_init(&dc.strings);
   circle_request r;
   circle_request_init(&r);
@@ -607,6 +804,10 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
   if (f[F_TAG].item &&
       circle__tag_parse(f[F_TAG].item, r.tag, sizeof(r.tag), "tag", err) != 0)
     goto fail;
+  /* The dtype the arrays are read in: float64 for a half format, rounded
+   * to it once read (narrow_half). */
+  circle_dtype adt = r.cfg.half != CIRCLE_HALF_NONE ? CIRCLE_DTYPE_FLOAT64
+                                                    : r.cfg.dtype;
 
   /* Shapes and limits, before anything big is allocated. */
   if (f[F_LABELS].item == NULL) {
@@ -635,7 +836,9 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
   if (array_len(f[F_EMBEDDINGS].item, "embeddings",
                 "an array of N arrays of D numbers", &rows, err) != 0)
     goto fail;
-  if (fb) rows = fb->emb.rows; /* cut from the text cJSON saw */
+  /* Cut from the text cJSON saw: counted where they are. */
+  if (fb) rows = fb->emb.rows;
+  else if (cut && cut->emb) rows = text_count(cut->text, cut->len, cut->emb_off);
   if (rows != n) {
     circle_error_set(err, 400, rows == 0 ? "empty_batch" : "shape_mismatch",
                      "embeddings has %zu rows; expected %zu, one per label",
@@ -661,6 +864,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
                   &mrows, err) != 0)
       goto fail;
     if (fb) mrows = fb->ref.found ? fb->ref.rows : 0;
+    else if (cut && cut->ref) mrows = text_count(cut->text, cut->len, cut->ref_off);
     if (m == 0) {
       circle_error_set(err, 400, "empty_batch",
                        "ref_labels is empty; send at least one reference row "
@@ -711,14 +915,18 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
 
   /* Embeddings. */
   size_t d = 0;
-  if (fb ? take_fast_matrix(&dc, &fb->emb, n, &d, r.cfg.dtype, &r.x) != 0
-         : parse_matrix(&dc, f[F_EMBEDDINGS].item, "embeddings", n, &d,
-                        "embeddings[0]", r.cfg.dtype, &r.x) != 0)
+  if (fb ? take_fast_matrix(&dc, &fb->emb, n, &d, adt, &r.x) != 0
+         : parse_matrix(&dc, cut->emb_off, "embeddings", n, &d,
+                        "embeddings[0]", adt, &r.x) != 0)
     goto fail;
   if (r.has_ref &&
-      (fb ? take_fast_matrix(&dc, &fb->ref, m, &d, r.cfg.dtype, &r.r) != 0
-          : parse_matrix(&dc, re, "ref_embeddings", m, &d, "embeddings[0]",
-                         r.cfg.dtype, &r.r) != 0))
+      (fb ? take_fast_matrix(&dc, &fb->ref, m, &d, adt, &r.r) != 0
+          : parse_matrix(&dc, cut->ref_off, "ref_embeddings", m, &d,
+                         "embeddings[0]", adt, &r.r) != 0))
+    goto fail;
+  if (narrow_half(err, &r.cfg, &r.x, n, d, "embeddings", true) != 0 ||
+      narrow_half(err, &r.cfg, &r.r, r.has_ref ? m : 0, d, "ref_embeddings",
+                  true) != 0)
     goto fail;
 
   /* Sample weights. */
@@ -734,7 +942,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
                        k, n);
       goto fail;
     }
-    r.sw = malloc(n * circle_dtype_size(r.cfg.dtype));
+    r.sw = malloc(n * circle_dtype_size(adt));
     if (r.sw == NULL) {
       circle_error_set(err, 503, "overloaded", "out of memory; retry later");
       goto fail;
@@ -749,8 +957,8 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
                          circle__json_kind(it));
         goto fail;
       }
-      if (!store(r.sw, i, it->valuedouble, r.cfg.dtype)) {
-        non_finite(err, "sample_weight", i, 0, false, it->valuedouble, r.cfg.dtype);
+      if (!store(r.sw, i, it->valuedouble, adt)) {
+        non_finite(err, "sample_weight", i, 0, false, it->valuedouble, adt);
         goto fail;
       }
       if (it->valuedouble < 0) {
@@ -764,6 +972,8 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
     }
   }
 
+  if (narrow_half(err, &r.cfg, &r.sw, n, 1, "sample_weight", false) != 0)
+    goto fail;
   if (!circle__labels_assign(&dc.strings)) {
     circle_error_set(err, 503, "overloaded", "out of memory for labels; retry later");
     goto fail;
@@ -868,7 +1078,7 @@ int circle_json_encode(const circle_request *req, const circle_output *out,
   circle_buf_puts(b, "\"config\": ");
   circle_json_config_write(b, &req->cfg, req->name);
   circle_buf_puts(b, ", \"dtype\": ");
-  circle_buf_json_string(b, circle_dtype_name(dt));
+  circle_buf_json_string(b, circle_config_dtype_name(&req->cfg));
   circle_buf_puts(b, ", \"n\": ");
   circle_buf_json_uint(b, req->n);
   circle_buf_puts(b, ", \"m\": ");

@@ -14,7 +14,9 @@
 
 /* Parses a Keras get_config()-style object (cJSON node passed as void* to
  * keep cJSON out of this header) into cfg/name: gamma, margin,
- * remove_diagonal, reduction (string or null), name, dtype; also accepts
+ * remove_diagonal, reduction (string or null), name, dtype (every spelling
+ * Keras' Circle takes: a DTypePolicy name, null for floatx = float32, or the
+ * serialized DTypePolicy object; into cfg->dtype and cfg->half); also accepts
  * "fn" (Keras' LossFunctionWrapper form, must be circle) and "normalize".
  * cfg and name are in/out: members the object does not mention keep their
  * values (name is written only when the object has a name, and a name

@@ -15,8 +15,16 @@
  *
  * The compute dtype is parameters.dtype when given, else float64 when the
  * embeddings are FP64, else the server default (float32 unless configured).
- * FP16 and BF16 embeddings are widened to float32. Binary data is
- * little-endian, as the extension specifies.
+ * FP16 and BF16 embeddings are widened to float32. A half-precision compute
+ * dtype (float16, bfloat16 and their mixed policies) reads the inputs as
+ * float64, rounds them once to the format, and returns FP16 / BF16 outputs.
+ * Binary data is little-endian, as the extension specifies.
+ *
+ * JSON data never becomes cJSON nodes (80 bytes each: 40 times a header of
+ * small numbers): parse_header cuts every input's data array out of the
+ * text cJSON parses, and read_input reads it from the header as sent. The
+ * rest may hold at most MAX_HEADER_VALUES values. Decoding so holds at
+ * most the body, a copy of the header and the decoded arrays.
  */
 #include "codec_oip.h"
 
@@ -29,6 +37,7 @@
 
 #include "codec_json.h"
 #include "codec_util.h"
+#include "json_fast.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "codec_oip.c reads binary tensors in host order: little-endian only"
@@ -95,6 +104,20 @@ static float bf16_to_float(uint16_t h) {
   return f;
 }
 
+/* The bits of f in the half format; f is a finite value of that format
+ * (circle_half_round made it one), so nothing is rounded here. */
+static uint16_t float_to_half_bits(float f, circle_half half) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if (half == CIRCLE_HALF_BFLOAT16) return (uint16_t)(u >> 16);
+  uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+  float a = fabsf(f);
+  if (a < 0x1p-14f) /* subnormal (or zero): a multiple of 2^-24 */
+    return sign | (uint16_t)(a * 0x1p24f);
+  uint32_t exp = ((u >> 23) & 0xffu) - 112;
+  return sign | (uint16_t)(exp << 10) | (uint16_t)((u >> 13) & 0x3ffu);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Inputs                                                                   */
 /* ------------------------------------------------------------------------ */
@@ -113,10 +136,15 @@ typedef struct {
   size_t rank;
   uint64_t shape[2];
   uint64_t count;           /* product of the shape */
-  const cJSON *data;        /* JSON data, or NULL */
+  bool json;               /* JSON data, at data_off of the header */
+  size_t data_off;
   const char *bin;          /* binary data, or NULL */
   size_t bin_len;
 } oip_input;
+
+/* JSON data arrays cut from the text cJSON parses, by input position:
+ * more inputs than this can only be an error found before data is read. */
+#define CUT_INPUTS 16
 
 typedef struct {
   const char *body;
@@ -124,6 +152,8 @@ typedef struct {
   const circle_limits *lim;
   circle_error *err;
   oip_input in[IN_COUNT];
+  bool cut[CUT_INPUTS];       /* inputs[i].data was cut ... */
+  size_t cut_off[CUT_INPUTS]; /* ... from here in the header */
 } oip_decoder;
 
 /* "[2, 3]" for an input's shape (rank 1 or 2). */
@@ -297,7 +327,12 @@ static int parse_input(oip_decoder *dc, const cJSON *obj, size_t index,
       return circle_error_set(err, 400, "wrong_type",
                               "input '%s': data is %s; expected an array",
                               name, circle__json_kind(f[4].item));
-    in->data = f[4].item;
+    if (index >= CUT_INPUTS || !dc->cut[index]) /* cannot happen: see cut */
+      return circle_error_set(err, 500, "internal",
+                              "input '%s': its data was not found in the text",
+                              name);
+    in->json = true;
+    in->data_off = dc->cut_off[index];
     return 0;
   }
   size_t esz = datatypes[in->type].size;
@@ -330,49 +365,6 @@ static int parse_input(oip_decoder *dc, const cJSON *obj, size_t index,
 /* ------------------------------------------------------------------------ */
 /* Reading tensor data                                                      */
 /* ------------------------------------------------------------------------ */
-
-/* Walks the (possibly nested) JSON data array in document order with an
- * explicit stack, calling fn on each leaf. Returns the leaf count, or
- * stops early (returning SIZE_MAX) when fn returns false. */
-typedef bool (*leaf_fn)(void *ctx, const cJSON *leaf, size_t i);
-
-static size_t walk_leaves(const cJSON *arr, size_t max_depth, leaf_fn fn,
-                          void *ctx) {
-  const cJSON *stack[64];
-  const cJSON **st = stack;
-  size_t cap = sizeof(stack) / sizeof(stack[0]);
-  if (max_depth + 1 > cap) {
-    st = malloc((max_depth + 1) * sizeof(*st));
-    if (st == NULL) return SIZE_MAX;
-    cap = max_depth + 1;
-  }
-  size_t top = 0, count = 0;
-  const cJSON *cur = arr->child;
-  for (;;) {
-    if (cur == NULL) {
-      if (top == 0) break;
-      cur = st[--top]->next;
-      continue;
-    }
-    if (cJSON_IsArray(cur)) {
-      if (top >= cap) { /* cannot happen: the pre-scan bounds depth */
-        count = SIZE_MAX;
-        break;
-      }
-      st[top++] = cur;
-      cur = cur->child;
-      continue;
-    }
-    if (fn && !fn(ctx, cur, count)) {
-      count = SIZE_MAX;
-      break;
-    }
-    count++;
-    cur = cur->next;
-  }
-  if (st != stack) free((void *)st);
-  return count;
-}
 
 typedef struct {
   oip_decoder *dc;
@@ -473,30 +465,59 @@ static bool copy_floats_ok(void *dst, const void *src, size_t count,
 }
 #undef COPY_CHECK
 
-static bool leaf_float(void *ctx, const cJSON *leaf, size_t i) {
-  fill_ctx *c = ctx;
-  if (!cJSON_IsNumber(leaf)) {
-    char e[96];
-    elem_name(e, sizeof(e), c->name, c->in, i);
-    circle_error_set(c->dc->err, 400, "wrong_type",
-                     "input '%s': element %s is %s; expected a number",
-                     c->name, e, circle__json_kind(leaf));
-    return false;
-  }
-  return put_float(c, i, leaf->valuedouble);
+/* The largest finite magnitude of a 16-bit datatype; INFINITY for the
+ * others (FP32 and FP64 values are range-checked in the compute dtype). */
+static double half_max(circle_oip_datatype t) {
+  if (t == CIRCLE_OIP_FP16) return 65504.0;       /* (2 - 2^-10) * 2^15 */
+  if (t == CIRCLE_OIP_BF16) return 0x1.fep127;    /* (2 - 2^-7) * 2^127 */
+  return INFINITY;
 }
 
-static bool leaf_int(void *ctx, const cJSON *leaf, size_t i) {
+/* Reads the JSON leaf at header offset off as a number into *v; false
+ * (and the error, with want saying what was expected) when it is some
+ * other value. */
+static bool leaf_number(fill_ctx *c, size_t off, size_t i, const char *code,
+                        const char *want, double *v) {
+  const char *t = c->dc->body;
+  size_t tl = c->dc->header_len;
+  /* The pre-scan passed every number: a token that does not read is some
+   * other value. */
+  if (circle__json_fast_number(t + off, t + tl, v) != 0) return true;
+  char e[96];
+  elem_name(e, sizeof(e), c->name, c->in, i);
+  circle_error_set(c->dc->err, 400, code,
+                   "input '%s': element %s is %s; expected %s", c->name, e,
+                   circle__json_text_kind(t, tl, off), want);
+  return false;
+}
+
+static bool leaf_float(void *ctx, size_t off, size_t i) {
   fill_ctx *c = ctx;
-  char e[96], vb[40];
-  if (!cJSON_IsNumber(leaf)) {
+  char e[96];
+  double v;
+  if (!leaf_number(c, off, i, "wrong_type", "a number", &v)) return false;
+  /* JSON data for an FP16 or BF16 input must be a value of that datatype:
+   * binary data cannot hold more than its largest finite value, and JSON
+   * data must not mean more than binary data could. */
+  double top = half_max(c->in->type);
+  if (fabs(v) > top) {
+    char vb[40], tb[40];
     elem_name(e, sizeof(e), c->name, c->in, i);
-    circle_error_set(c->dc->err, 400, "bad_label",
-                     "input '%s': element %s is %s; expected an integer",
-                     c->name, e, circle__json_kind(leaf));
+    circle_error_set(c->dc->err, 400, "non_finite",
+                     "input '%s': element %s is %s, beyond %s's largest "
+                     "finite value %s; send datatype FP32 or rescale",
+                     c->name, e, circle__short_number(vb, v),
+                     datatypes[c->in->type].name, circle__short_number(tb, top));
     return false;
   }
-  double v = leaf->valuedouble;
+  return put_float(c, i, v);
+}
+
+static bool leaf_int(void *ctx, size_t off, size_t i) {
+  fill_ctx *c = ctx;
+  char e[96], vb[40];
+  double v;
+  if (!leaf_number(c, off, i, "bad_label", "an integer", &v)) return false;
   int64_t *out = c->out;
   if (fabs(v) >= EXACT_INT_LIMIT) {
     c->need_raw = true;
@@ -526,8 +547,9 @@ static int read_input(oip_decoder *dc, int k, circle_dtype dt, void **out) {
   fill_ctx c = {dc, name, in, NULL, dt, k == IN_SAMPLE_WEIGHT, false};
 
   /* JSON data: count first, so nothing is allocated for a wrong shape. */
-  if (in->data) {
-    size_t have = walk_leaves(in->data, dc->lim->max_depth, NULL, NULL);
+  if (in->json) {
+    size_t have = circle__json_leaves(dc->body, dc->header_len, in->data_off,
+                                      NULL, NULL);
     if (have != count) {
       char st[64];
       shape_text(st, sizeof(st), in);
@@ -544,9 +566,9 @@ static int read_input(oip_decoder *dc, int k, circle_dtype dt, void **out) {
                             "send a smaller batch",
                             name);
   c.out = buf;
-  if (in->data) {
-    if (walk_leaves(in->data, dc->lim->max_depth,
-                    is_label ? leaf_int : leaf_float, &c) != count) {
+  if (in->json) {
+    if (circle__json_leaves(dc->body, dc->header_len, in->data_off,
+                            is_label ? leaf_int : leaf_float, &c) != count) {
       free(buf);
       return CIRCLE_EINVAL;
     }
@@ -637,6 +659,28 @@ bad: /* the error is set */
   return CIRCLE_EINVAL;
 }
 
+/* Rounds input k (read as float64 into *arr) to the half format, once; a
+ * value past the format's range is refused as float32 overflow is. */
+static int narrow_input(oip_decoder *dc, int k, circle_half half, void **arr) {
+  const oip_input *in = &dc->in[k];
+  size_t bad = 0;
+  int rc = circle__half_narrow_array(half, arr, (size_t)in->count, &bad);
+  if (rc == 0) return 0;
+  if (rc == CIRCLE_ENOMEM)
+    return circle_error_set(dc->err, 503, "overloaded",
+                            "out of memory for input '%s'; retry later",
+                            input_names[k]);
+  char e[96], vb[40];
+  elem_name(e, sizeof(e), input_names[k], in, bad);
+  return circle_error_set(dc->err, 400, "non_finite",
+                          "input '%s': element %s is %s, beyond %s's largest "
+                          "finite value %g; send parameters.dtype \"float32\" "
+                          "or rescale",
+                          input_names[k], e,
+                          circle__short_number(vb, ((const double *)*arr)[bad]),
+                          circle_half_name(half), circle_half_max(half));
+}
+
 /* ------------------------------------------------------------------------ */
 /* Request parameters and outputs                                           */
 /* ------------------------------------------------------------------------ */
@@ -691,7 +735,8 @@ static int parse_params(oip_decoder *dc, const cJSON *p, circle_request *r,
     }
     return CIRCLE_EINVAL;
   }
-  *dtype_given = f[P_DTYPE].item && !cJSON_IsNull(f[P_DTYPE].item);
+  /* null is Keras' floatx (float32), a choice like any other spelling. */
+  *dtype_given = f[P_DTYPE].item != NULL;
   if (f[P_NORMALIZE].item &&
       circle__bool_parse(f[P_NORMALIZE].item, &r->cfg.normalize,
                          "parameters.normalize", "bad_config", err) != 0)
@@ -805,6 +850,65 @@ static int parse_outputs(oip_decoder *dc, const cJSON *a, bool binary_default,
 /* Decoding                                                                 */
 /* ------------------------------------------------------------------------ */
 
+/* The most JSON values and keys an inference request has besides its
+ * tensors' data: five inputs and four outputs with their names, shapes and
+ * parameters, and the request's parameters, come to about two hundred. */
+#define MAX_HEADER_VALUES 4096
+
+/* Validates the JSON header, cuts every input's data array out of the text
+ * cJSON parses (noting where each one is: read_input reads it from the
+ * header as sent) and parses the rest, of at most MAX_HEADER_VALUES values.
+ * So no element of the data costs a cJSON node, and the tree is small
+ * whatever the header holds. Returns the tree or NULL with dc->err set. */
+static cJSON *parse_header(oip_decoder *dc) {
+  const char *b = dc->body;
+  size_t hl = dc->header_len;
+  if (circle__json_validate(b, hl, dc->lim->max_depth, NULL, dc->err) != 0)
+    return NULL;
+  size_t spans[2 * CUT_INPUTS], nspans = 0, top = 0, at, in_at, data_at;
+  while (top < hl && (b[top] == ' ' || b[top] == '\t' || b[top] == '\n' ||
+                      b[top] == '\r'))
+    top++;
+  char key[16];
+  bool key_ok;
+  circle__json_iter root, inputs, input;
+  if (top < hl && b[top] == '{') {
+    circle__json_iter_init(&root, b, hl, top);
+    while (circle__json_iter_member(&root, key, sizeof key, &key_ok, &at)) {
+      if (!key_ok || strcmp(key, "inputs") != 0 || b[at] != '[') continue;
+      circle__json_iter_init(&inputs, b, hl, at);
+      for (size_t i = 0; i < CUT_INPUTS && circle__json_iter_next(&inputs, &in_at);
+           i++) {
+        if (b[in_at] != '{') continue;
+        circle__json_iter_init(&input, b, hl, in_at);
+        while (circle__json_iter_member(&input, key, sizeof key, &key_ok,
+                                        &data_at)) {
+          if (!key_ok || strcmp(key, "data") != 0 || b[data_at] != '[' ||
+              dc->cut[i])
+            continue;
+          dc->cut[i] = true;
+          dc->cut_off[i] = data_at;
+          spans[2 * nspans] = data_at;
+          spans[2 * nspans + 1] = circle__json_value_end(b, hl, data_at);
+          nspans++;
+        }
+      }
+      break; /* a second "inputs" is a duplicate key: the tree says so */
+    }
+  }
+  char *copy;
+  size_t copy_len;
+  if (!circle__json_cut(b, hl, spans, nspans, &copy, &copy_len)) {
+    circle_error_set(dc->err, 503, "overloaded",
+                     "out of memory reading the request; retry later");
+    return NULL;
+  }
+  cJSON *tree = circle__json_parse(copy, copy_len, dc->lim->max_depth,
+                                   MAX_HEADER_VALUES, dc->err);
+  free(copy);
+  return tree;
+}
+
 int circle_oip_decode(const char *body, size_t len, size_t header_len,
                       const circle_config *defaults, const circle_limits *lim,
                       circle_request *req, circle_error *err) {
@@ -821,15 +925,14 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
   }
   if (body == NULL) body = "";
   circle_request_free(req);
-  cJSON *root = circle__json_parse(body, header_len, lim->max_depth, err);
-  if (root == NULL) return CIRCLE_EINVAL;
-
   oip_decoder dc;
   memset(&dc, 0, sizeof(dc));
   dc.body = body;
   dc.header_len = header_len;
   dc.lim = lim;
   dc.err = err;
+  cJSON *root = parse_header(&dc);
+  if (root == NULL) return CIRCLE_EINVAL;
   circle_request r;
   circle_request_init(&r);
   r.proto = CIRCLE_PROTO_OIP;
@@ -854,6 +957,13 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
       circle_error_set(err, 400, "wrong_type",
                        "id must be a string of at most %zu bytes",
                        sizeof(r.id) - 1);
+      goto fail;
+    }
+    /* The id is echoed in the response: it must come back as sent, and
+     * bytes that are not UTF-8 would come back as U+FFFD. */
+    if (!circle__utf8_valid(it->valuestring)) {
+      circle_error_set(err, 400, "wrong_type",
+                       "id is not valid UTF-8; send the id as UTF-8 text");
       goto fail;
     }
     snprintf(r.id, sizeof(r.id), "%s", it->valuestring);
@@ -993,9 +1103,15 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
     goto fail;
   }
 
-  /* The compute dtype. */
-  if (!dtype_given && E->type == CIRCLE_OIP_FP64) r.cfg.dtype = CIRCLE_DTYPE_FLOAT64;
+  /* The compute dtype, and the one the inputs are read in: float64 for a
+   * half format, rounded to it once read. */
+  if (!dtype_given && E->type == CIRCLE_OIP_FP64) {
+    r.cfg.dtype = CIRCLE_DTYPE_FLOAT64;
+    r.cfg.half = CIRCLE_HALF_NONE;
+  }
   r.emb_datatype = E->type;
+  circle_dtype rdt = r.cfg.half != CIRCLE_HALF_NONE ? CIRCLE_DTYPE_FLOAT64
+                                                    : r.cfg.dtype;
 
   /* Outputs: asked for, or all that apply; stats (as parameters) unless
    * parameters.stats is false. */
@@ -1013,19 +1129,22 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
 
   /* The data. */
   void *p;
-  if (read_input(&dc, IN_LABELS, r.cfg.dtype, &p) != 0) goto fail;
+  if (read_input(&dc, IN_LABELS, rdt, &p) != 0) goto fail;
   r.labels = p;
-  if (read_input(&dc, IN_EMBEDDINGS, r.cfg.dtype, &p) != 0) goto fail;
+  if (read_input(&dc, IN_EMBEDDINGS, rdt, &p) != 0) goto fail;
   r.x = p;
+  if (narrow_input(&dc, IN_EMBEDDINGS, r.cfg.half, &r.x) != 0) goto fail;
   if (W->present) {
-    if (read_input(&dc, IN_SAMPLE_WEIGHT, r.cfg.dtype, &p) != 0) goto fail;
+    if (read_input(&dc, IN_SAMPLE_WEIGHT, rdt, &p) != 0) goto fail;
     r.sw = p;
+    if (narrow_input(&dc, IN_SAMPLE_WEIGHT, r.cfg.half, &r.sw) != 0) goto fail;
   }
   if (r.has_ref) {
-    if (read_input(&dc, IN_REF_LABELS, r.cfg.dtype, &p) != 0) goto fail;
+    if (read_input(&dc, IN_REF_LABELS, rdt, &p) != 0) goto fail;
     r.ref_labels = p;
-    if (read_input(&dc, IN_REF_EMBEDDINGS, r.cfg.dtype, &p) != 0) goto fail;
+    if (read_input(&dc, IN_REF_EMBEDDINGS, rdt, &p) != 0) goto fail;
     r.r = p;
+    if (narrow_input(&dc, IN_REF_EMBEDDINGS, r.cfg.half, &r.r) != 0) goto fail;
   }
   r.n = (size_t)n;
   r.m = (size_t)m;
@@ -1065,13 +1184,25 @@ static void write_flat(circle_buf *b, const void *p, size_t count,
   circle_buf_puts(b, "]");
 }
 
+const char *circle_oip_output_datatype(const circle_config *cfg, size_t *esz) {
+  circle_oip_datatype t = cfg->half == CIRCLE_HALF_FLOAT16    ? CIRCLE_OIP_FP16
+                          : cfg->half == CIRCLE_HALF_BFLOAT16 ? CIRCLE_OIP_BF16
+                          : cfg->dtype == CIRCLE_DTYPE_FLOAT32 ? CIRCLE_OIP_FP32
+                                                               : CIRCLE_OIP_FP64;
+  *esz = datatypes[t].size;
+  return datatypes[t].name;
+}
+
 int circle_oip_encode(const circle_request *req, const circle_output *out,
                       circle_buf *b, size_t *header_len) {
   if (req == NULL || out == NULL || b == NULL || header_len == NULL)
     return CIRCLE_EINVAL;
   circle_dtype dt = req->cfg.dtype;
-  size_t esz = circle_dtype_size(dt);
-  const char *dtn = dt == CIRCLE_DTYPE_FLOAT32 ? "FP32" : "FP64";
+  /* A half format's outputs are float32 arrays of its values (see
+   * circle_output_round), sent as FP16 / BF16. */
+  circle_half half = req->cfg.half;
+  size_t esz;
+  const char *dtn = circle_oip_output_datatype(&req->cfg, &esz);
   unsigned w = req->want & out->want;
   if (!req->has_ref) w &= ~(unsigned)CIRCLE_OUT_REF_GRAD;
 
@@ -1153,9 +1284,20 @@ int circle_oip_encode(const circle_request *req, const circle_output *out,
   }
   circle_buf_puts(b, "}");
   size_t json_end = b->len;
-  for (size_t i = 0; i < norder; i++)
-    if (req->binary_outputs & order[i])
+  for (size_t i = 0; i < norder; i++) {
+    if (!(req->binary_outputs & order[i])) continue;
+    if (half == CIRCLE_HALF_NONE) {
       circle_buf_append(b, data[i], count[i] * esz);
+    } else if (circle_buf_reserve(b, count[i] * 2)) {
+      const float *v = data[i];
+      for (size_t j = 0; j < count[i]; j++) {
+        uint16_t h = float_to_half_bits(v[j], half);
+        memcpy(b->data + b->len + 2 * j, &h, 2);
+      }
+      b->len += count[i] * 2;
+      b->data[b->len] = '\0';
+    }
+  }
   if (b->failed) return CIRCLE_ENOMEM;
   *header_len = json_end - start;
   return 0;
@@ -1237,7 +1379,8 @@ void circle_oip_model_config(circle_buf *b, const circle_config *defaults) {
                defaults->remove_diagonal ? "true" : "false", false);
   const char *red = circle_reduction_name(defaults->reduction);
   config_param(b, "reduction", red ? red : "null", false);
-  config_param(b, "dtype", circle_dtype_name(defaults->dtype), false);
+  const char *dtn = circle_config_dtype_name(defaults);
+  config_param(b, "dtype", dtn ? dtn : "float32", false);
   config_param(b, "normalize", defaults->normalize ? "true" : "false", true);
   circle_buf_puts(b, "}}");
 }

@@ -2,7 +2,8 @@
  * "circle": JSON tensors and the binary tensor data extension.
  *
  * Inputs: "labels" INT32|INT64 [N] or [N,1]; "embeddings" FP32|FP64 [N,D]
- * (FP16, BF16 accepted as binary, computed in float32); optional
+ * (FP16, BF16 accepted as binary, computed in float32 unless dtype names a
+ * half format, which also makes the outputs FP16 / BF16); optional
  * "sample_weight" [N], "ref_labels" [M], "ref_embeddings" [M,D].
  * Parameters: gamma, margin, remove_diagonal, reduction, normalize, dtype,
  * tag. Outputs: "loss", "per_sample_loss", "embeddings_grad",
@@ -40,8 +41,8 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
 
 /* Encodes the infer response into b: {"model_name", "model_version", "id"
  * (when the request had one), "outputs": [...], "parameters": {stats}},
- * then the bytes of the binary outputs in output order. Outputs are FP32 or
- * FP64 per the compute dtype; "loss" has shape [1] for scalar reductions
+ * then the bytes of the binary outputs in output order. Outputs are in
+ * circle_oip_output_datatype's type for the compute dtype; "loss" has shape [1] for scalar reductions
  * and [N] for "none"/null. *header_len receives the JSON part's length;
  * when it is less than b->len the caller must send
  * Inference-Header-Content-Length: *header_len. Returns 0, CIRCLE_EINVAL
@@ -49,6 +50,10 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
 int circle_oip_encode(const circle_request *req, const circle_output *out,
                       circle_buf *b, size_t *header_len);
 
+/* The datatype the outputs go out in for cfg's compute dtype: "FP16" or
+ * "BF16" for a half format, else "FP32" or "FP64"; *esz receives its size in
+ * bytes (the binary data's element size). */
+const char *circle_oip_output_datatype(const circle_config *cfg, size_t *esz);
 /* Encodes {"error": "message"} into b. */
 void circle_oip_error(const circle_error *err, circle_buf *b);
 

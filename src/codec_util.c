@@ -75,13 +75,28 @@ static bool is_number_char(char c) {
          c == 'E';
 }
 
-/* The pre-scan proper; *open receives the brackets left open at the end. */
+/* The value of the four hex digits at p. */
+static unsigned hex4(const char *p) {
+  unsigned v = 0;
+  for (int i = 0; i < 4; i++) {
+    char c = p[i];
+    v = v * 16 + (unsigned)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+  }
+  return v;
+}
+
+/* The pre-scan proper; *open receives the brackets left open at the end,
+ * *values the JSON values and keys seen (what cJSON would allocate a node
+ * or a string for). */
 static int prescan(const char *body, size_t len, size_t max_depth,
-                   size_t *open, circle_error *err) {
+                   size_t *open, size_t *values, circle_error *err) {
   const char *s = body, *end = body + len;
-  size_t depth = 0;
+  size_t depth = 0, count = 0;
   for (const char *p = s; p < end;) {
     char c = *p;
+    if (c == '"' || c == '[' || c == '{' || c == '-' || is_digit(c) ||
+        c == 't' || c == 'f' || c == 'n')
+      count++;
     if (c == '"') {
       const char *q = p + 1;
       for (;;) {
@@ -116,7 +131,19 @@ static int prescan(const char *body, size_t len, size_t max_depth,
                                       "byte %zu; strings must not contain "
                                       "NUL characters",
                                       (size_t)(q - s));
-            q += 6;
+            /* UTF-16 surrogates come in pairs, high then low (cJSON
+             * refuses anything else). */
+            unsigned u16 = hex4(q + 2);
+            bool pair = u16 >= 0xd800 && u16 <= 0xdbff && end - q >= 12 &&
+                        q[6] == '\\' && q[7] == 'u' && is_hex(q[8]) &&
+                        is_hex(q[9]) && is_hex(q[10]) && is_hex(q[11]) &&
+                        hex4(q + 8) >= 0xdc00 && hex4(q + 8) <= 0xdfff;
+            if (u16 >= 0xd800 && u16 <= 0xdfff && !pair)
+              return circle_error_set(err, 400, "invalid_json",
+                                      "invalid JSON: \\u escape at byte %zu "
+                                      "is half of a UTF-16 surrogate pair",
+                                      (size_t)(q - s));
+            q += pair ? 12 : 6;
             continue;
           }
           if (strchr("\"\\/bfnrt", e) == NULL || e == '\0')
@@ -168,66 +195,189 @@ static int prescan(const char *body, size_t len, size_t max_depth,
     }
   }
   *open = depth;
+  *values = count;
   return 0;
 }
 
-int circle__json_prescan(const char *body, size_t len, size_t max_depth,
+/* ------------------------------------------------------------------------ */
+/* Structure                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* What may come next in a JSON text. */
+enum { X_VALUE, X_VALUE_OR_CLOSE, X_KEY, X_KEY_OR_CLOSE, X_COLON, X_SEP };
+
+static const char *skip_ws(const char *p, const char *end);
+static const char *skip_string(const char *p, const char *end);
+
+/* Checks the grammar of body[0..len) after the pre-scan passed (strings,
+ * numbers, depth and stray bytes are known good): brackets, commas, colons,
+ * keys and literals. Returns true, with *stop just past the top-level
+ * value, or false with *bad the offset of the first byte that cannot
+ * continue a JSON text (len when the text ends early): the byte cJSON
+ * would stop at. One pass; the open containers are a bit stack of depth
+ * bits (max_depth bounds it). */
+static bool structure_ok(const char *body, size_t len, size_t max_depth,
+                         size_t *bad, size_t *stop) {
+  uint64_t local[8], *kind = local; /* bit set: the container is an object */
+  size_t words = max_depth / 64 + 1;
+  if (words > sizeof local / sizeof *local) {
+    kind = calloc(words, sizeof *kind);
+    if (kind == NULL) { /* then let cJSON find it */
+      *stop = len;
+      return true;
+    }
+  }
+  const char *s = body, *end = body + len, *p = body;
+  size_t depth = 0;
+  int want = X_VALUE;
+  bool ok = false;
+  for (;;) {
+    p = skip_ws(p, end);
+    if (want == X_SEP && depth == 0) {
+      ok = true;
+      break;
+    }
+    if (p >= end) break;
+    char c = *p;
+    bool in_obj = depth && (kind[(depth - 1) / 64] >> ((depth - 1) % 64) & 1);
+    if (want == X_VALUE || want == X_VALUE_OR_CLOSE) {
+      if (c == ']' && want == X_VALUE_OR_CLOSE) {
+        depth--;
+        p++;
+        want = X_SEP;
+      } else if (c == '[' || c == '{') {
+        uint64_t bit = (uint64_t)1 << (depth % 64);
+        if (c == '{') kind[depth / 64] |= bit;
+        else kind[depth / 64] &= ~bit;
+        depth++;
+        p++;
+        want = c == '[' ? X_VALUE_OR_CLOSE : X_KEY_OR_CLOSE;
+      } else if (c == '"') {
+        p = skip_string(p, end);
+        want = X_SEP;
+      } else if (c == '-' || is_digit(c)) {
+        p += number_len(p, end);
+        want = X_SEP;
+      } else if (end - p >= 4 && (!memcmp(p, "true", 4) || !memcmp(p, "null", 4))) {
+        p += 4;
+        want = X_SEP;
+      } else if (end - p >= 5 && !memcmp(p, "false", 5)) {
+        p += 5;
+        want = X_SEP;
+      } else {
+        break;
+      }
+    } else if (want == X_KEY || want == X_KEY_OR_CLOSE) {
+      if (c == '}' && want == X_KEY_OR_CLOSE) {
+        depth--;
+        p++;
+        want = X_SEP;
+      } else if (c == '"') {
+        p = skip_string(p, end);
+        want = X_COLON;
+      } else {
+        break;
+      }
+    } else if (want == X_COLON) {
+      if (c != ':') break;
+      p++;
+      want = X_VALUE;
+    } else { /* X_SEP inside a container */
+      if (c == ',') {
+        p++;
+        want = in_obj ? X_KEY : X_VALUE;
+      } else if (c == (in_obj ? '}' : ']')) {
+        depth--;
+        p++;
+      } else {
+        break;
+      }
+    }
+  }
+  if (kind != local) free(kind);
+  if (ok) *stop = (size_t)(p - s);
+  else *bad = p < end ? (size_t)(p - s) : len;
+  return ok;
+}
+
+/* The invalid_json message for a syntax error at byte off of body (off ==
+ * len: the text ended early), open brackets being left open at the end. */
+static void syntax_error(const char *body, size_t len, size_t off, size_t open,
                          circle_error *err) {
-  size_t open;
-  return prescan(body, len, max_depth, &open, err);
+  if (off > len) off = len;
+  if (len == 0)
+    circle_error_set(err, 400, "invalid_json",
+                     "invalid JSON: the body is empty; send a JSON object");
+  else if (open > 0 && off + 1 >= len)
+    circle_error_set(err, 400, "invalid_json",
+                     "invalid JSON: the body ends at byte %zu with %zu "
+                     "unclosed brackets (truncated?)",
+                     len, open);
+  else if (off >= len)
+    circle_error_set(err, 400, "invalid_json",
+                     "invalid JSON: the body ends early at byte %zu "
+                     "(truncated?)",
+                     len);
+  else {
+    /* The client's bytes go into the message made printable: it ends up
+     * in a JSON response and must not carry raw or cut UTF-8. */
+    char raw[21], near[32];
+    size_t k = len - off < 20 ? len - off : 20;
+    memcpy(raw, body + off, k);
+    raw[k] = '\0';
+    circle__json_quote(near, sizeof(near), raw, 20);
+    circle_error_set(err, 400, "invalid_json",
+                     "invalid JSON at byte %zu (near \"%s\")", off, near);
+  }
+}
+
+int circle__json_validate(const char *body, size_t len, size_t max_depth,
+                          size_t *values, circle_error *err) {
+  size_t open = 0, count = 0, bad = 0, stop = 0;
+  if (prescan(body, len, max_depth, &open, &count, err) != 0)
+    return CIRCLE_EINVAL;
+  if (!structure_ok(body, len, max_depth, &bad, &stop)) {
+    syntax_error(body, len, bad, open, err);
+    return CIRCLE_EINVAL;
+  }
+  size_t off = stop;
+  while (off < len && is_ws(body[off])) off++;
+  if (off < len)
+    return circle_error_set(err, 400, "invalid_json",
+                            "invalid JSON: unexpected data after the JSON "
+                            "value at byte %zu",
+                            off);
+  if (values) *values = count;
+  return 0;
 }
 
 cJSON *circle__json_parse(const char *body, size_t len, size_t max_depth,
-                          circle_error *err) {
-  size_t open = 0;
-  if (prescan(body, len, max_depth, &open, err) != 0) return NULL;
+                          size_t max_values, circle_error *err) {
+  size_t values = 0;
+  if (circle__json_validate(body, len, max_depth, &values, err) != 0)
+    return NULL;
+  if (values > max_values) {
+    circle_error_set(err, 413, "limit_exceeded",
+                     "the request has %zu JSON values and keys besides its "
+                     "numeric arrays; no request within this server's limits "
+                     "needs more than %zu",
+                     values, max_values);
+    return NULL;
+  }
   pthread_once(&hooks_once, hooks_install);
   cjson_oom = false;
   const char *end = NULL;
   cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
   if (root == NULL) {
+    /* The text is valid JSON: only memory (or cJSON's own nesting limit,
+     * past a --max-depth of 1000) can stop cJSON now. */
     if (cjson_oom) {
       circle_error_set(err, 503, "overloaded",
                        "out of memory while parsing the request; retry "
                        "later or send a smaller batch");
       return NULL;
     }
-    size_t off = end ? (size_t)(end - body) : 0;
-    if (off > len) off = len;
-    if (len == 0)
-      circle_error_set(err, 400, "invalid_json",
-                       "invalid JSON: the body is empty; send a JSON object");
-    else if (open > 0 && off + 1 >= len)
-      circle_error_set(err, 400, "invalid_json",
-                       "invalid JSON: the body ends at byte %zu with %zu "
-                       "unclosed brackets (truncated?)",
-                       len, open);
-    else if (off >= len)
-      circle_error_set(err, 400, "invalid_json",
-                       "invalid JSON: the body ends early at byte %zu "
-                       "(truncated?)",
-                       len);
-    else {
-      /* The client's bytes go into the message made printable: it ends up
-       * in a JSON response and must not carry raw or cut UTF-8. */
-      char raw[21], near[32];
-      size_t k = len - off < 20 ? len - off : 20;
-      memcpy(raw, body + off, k);
-      raw[k] = '\0';
-      circle__json_quote(near, sizeof(near), raw, 20);
-      circle_error_set(err, 400, "invalid_json",
-                       "invalid JSON at byte %zu (near \"%s\")", off, near);
-    }
-    return NULL;
-  }
-  size_t off = (size_t)(end - body);
-  while (off < len && is_ws(body[off])) off++;
-  if (off < len) {
-    cJSON_Delete(root);
-    circle_error_set(err, 400, "invalid_json",
-                     "invalid JSON: unexpected data after the JSON value at "
-                     "byte %zu",
-                     off);
+    syntax_error(body, len, end ? (size_t)(end - body) : 0, 0, err);
     return NULL;
   }
   return root;
@@ -381,6 +531,94 @@ static bool read_key(const char *p, const char *end, char *dst,
   return true;
 }
 
+void circle__json_iter_init(circle__json_iter *it, const char *body,
+                            size_t len, size_t off) {
+  it->body = body;
+  it->len = len;
+  it->p = (size_t)(skip_ws(body + off + 1, body + len) - body);
+}
+
+bool circle__json_iter_next(circle__json_iter *it, size_t *at) {
+  const char *end = it->body + it->len, *p = it->body + it->p;
+  if (p >= end || *p == ']' || *p == '}') return false;
+  *at = it->p;
+  p = skip_ws(skip_value(p, end), end);
+  if (p < end && *p == ',') p = skip_ws(p + 1, end);
+  it->p = (size_t)(p - it->body);
+  return true;
+}
+
+bool circle__json_iter_member(circle__json_iter *it, char *key, size_t key_len,
+                              bool *key_ok, size_t *at) {
+  const char *end = it->body + it->len, *p = it->body + it->p;
+  if (p >= end || *p != '"') return false;
+  *key_ok = read_key(p, end, key, key_len);
+  p = skip_ws(skip_string(p, end), end);
+  if (p < end && *p == ':') p = skip_ws(p + 1, end);
+  it->p = (size_t)(p - it->body);
+  return circle__json_iter_next(it, at);
+}
+
+size_t circle__json_value_end(const char *body, size_t len, size_t off) {
+  return (size_t)(skip_value(body + off, body + len) - body);
+}
+
+const char *circle__json_text_kind(const char *body, size_t len, size_t off) {
+  char c = off < len ? body[off] : '\0';
+  switch (c) {
+    case '[': return "an array";
+    case '{': return "an object";
+    case '"': return "a string";
+    case 't': case 'f': return "a boolean";
+    case 'n': return "null";
+    default: return "a number";
+  }
+}
+
+size_t circle__json_leaves(const char *body, size_t len, size_t off,
+                           circle__json_leaf_fn fn, void *ctx) {
+  const char *p = body + off, *end = body + len;
+  size_t depth = 0, count = 0;
+  while (p < end) {
+    char c = *p;
+    if (c == '[') {
+      depth++;
+      p++;
+    } else if (c == ']') {
+      p++;
+      if (--depth == 0) break;
+    } else if (c == ',' || is_ws(c)) {
+      p++;
+    } else {
+      if (fn && !fn(ctx, (size_t)(p - body), count)) return SIZE_MAX;
+      count++;
+      p = skip_value(p, end);
+    }
+  }
+  return count;
+}
+
+bool circle__json_cut(const char *body, size_t len, const size_t *spans,
+                      size_t nspans, char **copy, size_t *copy_len) {
+  char *c = malloc(len + 1);
+  if (c == NULL) return false;
+  size_t from = 0, o = 0;
+  for (size_t i = 0; i < nspans; i++) {
+    size_t b = spans[2 * i], e = spans[2 * i + 1];
+    memcpy(c + o, body + from, b - from);
+    o += b - from;
+    memcpy(c + o, "[]", 2);
+    o += 2;
+    from = e;
+  }
+  memcpy(c + o, body + from, len - from);
+  o += len - from;
+  c[o] = '\0';
+  *copy = c;
+  *copy_len = o;
+  return true;
+}
+
 bool circle__json_locate(const char *body, size_t len,
                          const circle__json_step *path, size_t npath,
                          size_t *offset) {
@@ -479,38 +717,34 @@ int circle__json_token_int64(const char *s, const char *end, int64_t *out,
   return CIRCLE__INT_OK;
 }
 
+typedef struct {
+  const char *body;
+  size_t len;
+  int64_t *out;
+  size_t n, bad;
+  int rc;
+} int64s;
+
+static bool leaf_int64(void *ctx, size_t off, size_t i) {
+  int64s *c = ctx;
+  size_t used = 0;
+  c->rc = i < c->n ? circle__json_token_int64(c->body + off, c->body + c->len,
+                                              &c->out[i], &used)
+                   : CIRCLE__INT_NOT_NUMBER;
+  c->bad = i;
+  return c->rc == CIRCLE__INT_OK;
+}
+
 int circle__json_read_int64s(const char *body, size_t len, size_t offset,
                              int64_t *out, size_t n, size_t *bad_index) {
-  const char *p = body + offset, *end = body + len;
-  size_t depth = 0, i = 0;
-  while (p < end) {
-    char c = *p;
-    if (c == '[') {
-      depth++;
-      p++;
-    } else if (c == ']') {
-      p++;
-      if (--depth == 0) break;
-    } else if (c == ',' || is_ws(c)) {
-      p++;
-    } else {
-      if (i >= n) {
-        *bad_index = i;
-        return CIRCLE__INT_NOT_NUMBER;
-      }
-      size_t used = 0;
-      int rc = circle__json_token_int64(p, end, &out[i], &used);
-      if (rc != CIRCLE__INT_OK) {
-        *bad_index = i;
-        return rc;
-      }
-      p += used;
-      i++;
-    }
-    if (depth == 0) break;
+  int64s c = {body, len, out, n, 0, CIRCLE__INT_OK};
+  size_t count = circle__json_leaves(body, len, offset, leaf_int64, &c);
+  if (count == SIZE_MAX) {
+    *bad_index = c.bad;
+    return c.rc;
   }
-  if (i != n) {
-    *bad_index = i;
+  if (count != n) {
+    *bad_index = count;
     return CIRCLE__INT_NOT_NUMBER;
   }
   return CIRCLE__INT_OK;
@@ -621,6 +855,22 @@ static void write_stat(circle_buf *b, const char *name, double v, bool first) {
   circle_buf_json_string(b, name);
   circle_buf_puts(b, ": ");
   circle_buf_json_number(b, v, CIRCLE_DTYPE_FLOAT64);
+}
+
+int circle__half_narrow_array(circle_half half, void **arr, size_t count,
+                              size_t *bad) {
+  if (half == CIRCLE_HALF_NONE || *arr == NULL) return 0;
+  float *dst = malloc(count ? count * sizeof(float) : 1);
+  if (dst == NULL) return CIRCLE_ENOMEM;
+  size_t k = circle_half_narrow(half, *arr, dst, count);
+  if (k < count) {
+    free(dst);
+    *bad = k;
+    return CIRCLE_ERANGE;
+  }
+  free(*arr);
+  *arr = dst;
+  return 0;
 }
 
 void circle__json_stats_write(circle_buf *b, const circle_stats *s) {

@@ -14,24 +14,29 @@
 
 #include "request.h"
 
-/* Checks body[0..len) before it is handed to cJSON, in one pass and
- * constant stack: nesting depth <= max_depth (400 "limit_exceeded"), strings
- * without raw control characters, bad escapes or \u0000 (cJSON strings are
- * NUL-terminated, so a NUL would silently cut a label short), numbers in
- * strict JSON syntax and at most 63 characters (cJSON's own limit). Returns
- * 0 or CIRCLE_EINVAL with *err set (400, "invalid_json" or
- * "limit_exceeded", byte offset in the message). Everything else (commas,
- * colons, literals) is cJSON's job. */
-int circle__json_prescan(const char *body, size_t len, size_t max_depth,
-                         circle_error *err);
+/* Checks that body[0..len) is one JSON value (and blanks), in linear time
+ * and without building anything: first a pre-scan (nesting depth <=
+ * max_depth, 400 "limit_exceeded"; strings without raw control characters,
+ * bad escapes, \u0000 (cJSON strings are NUL-terminated, so a NUL would
+ * silently cut a label short) or half a UTF-16 surrogate pair; numbers in
+ * strict JSON syntax and at most 63 characters, cJSON's own limit), then the
+ * grammar (brackets, commas, colons, keys, literals). Returns 0, with
+ * *values (when not NULL) the JSON values and keys in the text: what cJSON
+ * would allocate a node or a string for. Or CIRCLE_EINVAL with *err set:
+ * 400 "invalid_json" with the byte offset of the first byte that cannot
+ * continue the text, or "limit_exceeded". Everything after this may assume
+ * valid JSON. */
+int circle__json_validate(const char *body, size_t len, size_t max_depth,
+                          size_t *values, circle_error *err);
 
-/* Runs the pre-scan, then cJSON_ParseWithLengthOpts on body[0..len).
- * Bytes after the JSON value other than whitespace are an error. Returns
- * the tree (the caller cJSON_Delete's it) or NULL with *err set: 400
- * "invalid_json" with the byte offset of the problem (cJSON cannot tell an
- * allocation failure from a syntax error; both report as invalid_json). */
+/* Validates body[0..len) (circle__json_validate), refuses a text of more
+ * than max_values JSON values and keys (413 "limit_exceeded": the tree
+ * cJSON builds takes about 100 bytes a value, so this is what bounds it),
+ * then parses it with cJSON. Returns the tree (the caller cJSON_Delete's
+ * it) or NULL with *err set (503 "overloaded" when cJSON ran out of
+ * memory). */
 cJSON *circle__json_parse(const char *body, size_t len, size_t max_depth,
-                          circle_error *err);
+                          size_t max_values, circle_error *err);
 
 /* One expected key of an object: the caller fills name, the walk fills
  * item (NULL when absent). */
@@ -74,6 +79,43 @@ typedef struct {
 bool circle__json_locate(const char *body, size_t len,
                          const circle__json_step *path, size_t npath,
                          size_t *offset);
+
+/* Walks the elements of an array, or the members of an object, in JSON
+ * text that circle__json_validate accepted; nothing is allocated. */
+typedef struct {
+  const char *body;
+  size_t len, p; /* p: the next element, or the closing bracket */
+} circle__json_iter;
+
+/* Starts at the opening bracket at body[off]. */
+void circle__json_iter_init(circle__json_iter *it, const char *body,
+                            size_t len, size_t off);
+/* The offset of the next element in *at; false at the closing bracket. */
+bool circle__json_iter_next(circle__json_iter *it, size_t *at);
+/* The next member of an object: its key decoded into key (*key_ok false
+ * when it does not fit in key_len bytes or has an escape beyond ASCII:
+ * then it matches no name a codec looks for) and its value's offset in
+ * *at; false at the closing brace. */
+bool circle__json_iter_member(circle__json_iter *it, char *key, size_t key_len,
+                              bool *key_ok, size_t *at);
+/* The offset just past the value at body[off] (validated JSON). */
+size_t circle__json_value_end(const char *body, size_t len, size_t off);
+/* What the value at body[off] is, worded as circle__json_kind does. */
+const char *circle__json_text_kind(const char *body, size_t len, size_t off);
+
+/* Calls fn(ctx, offset, index) for each leaf (any value but an array) of the
+ * possibly nested array at body[off] (validated JSON), in document order,
+ * index counting from 0; stops with SIZE_MAX when fn returns false. fn may
+ * be NULL. Returns the number of leaves. No recursion, no allocation. */
+typedef bool (*circle__json_leaf_fn)(void *ctx, size_t off, size_t index);
+size_t circle__json_leaves(const char *body, size_t len, size_t off,
+                           circle__json_leaf_fn fn, void *ctx);
+
+/* A malloc'd, NUL-terminated copy of body[0..len) in which each of the
+ * nspans values spans[2i]..spans[2i+1] (ascending, not overlapping) is cut
+ * down to [] (so cJSON builds nothing for it). False on ENOMEM. */
+bool circle__json_cut(const char *body, size_t len, const size_t *spans,
+                      size_t nspans, char **copy, size_t *copy_len);
 
 /* Outcome of reading one JSON number token as an exact int64. */
 enum {
@@ -124,6 +166,16 @@ int circle__tag_parse(const cJSON *item, char *tag, size_t tag_len,
  * 400 `code`: "<field> is <kind>; expected true or false". */
 int circle__bool_parse(const cJSON *item, bool *out, const char *field,
                        const char *code, circle_error *err);
+
+/* For a config with a half format, whose arrays the codecs read as
+ * float64: replaces *arr (count doubles, malloc'd) by a new malloc'd float32
+ * array of the values rounded once, straight to the format
+ * (circle_half_narrow), and frees the doubles. Returns 0 (also when there
+ * is no half format or *arr is NULL: nothing changes), CIRCLE_ENOMEM, or
+ * CIRCLE_ERANGE with *bad the index of the first value past the format's
+ * range; *arr is untouched on failure. */
+int circle__half_narrow_array(circle_half half, void **arr, size_t count,
+                              size_t *bad);
 
 /* Appends the stats object: {"pos_row_frac": ..., ..., "pos_pairs": N,
  * "neg_pairs": N}, figures as float64 numbers (null if non-finite). */

@@ -816,7 +816,8 @@ static size_t estimate_bytes(const circle_http *srv, const circle_request *req,
    * JSON). */
   size_t out_numbers = 0;
   if (req->want & CIRCLE_OUT_LOSS) out_numbers = mul_add(1, n, out_numbers);
-  if (req->want & CIRCLE_OUT_PER_SAMPLE) out_numbers = mul_add(1, n, out_numbers);
+  if ((req->want & CIRCLE_OUT_PER_SAMPLE) || req->cfg.half != CIRCLE_HALF_NONE)
+    out_numbers = mul_add(1, n, out_numbers);
   if (req->want & CIRCLE_OUT_GRAD) out_numbers = mul_add(1, nd, out_numbers);
   if (req->want & CIRCLE_OUT_REF_GRAD) out_numbers = mul_add(1, md, out_numbers);
   total = mul_add(elt, out_numbers, total);
@@ -952,7 +953,10 @@ static bool job_process(struct exchange *ex) {
   if ((req.want & CIRCLE_OUT_LOSS) &&
       circle_reduction_is_elementwise(req.cfg.reduction))
     alloc_ok &= (out.loss_values = alloc_array(req.n, elt)) != NULL;
-  if (req.want & CIRCLE_OUT_PER_SAMPLE)
+  /* A half format needs the per-sample values to mask rows as Keras does
+   * (circle_output_round); they are returned only when asked for. */
+  if (req.cfg.half != CIRCLE_HALF_NONE) out.want |= CIRCLE_OUT_PER_SAMPLE;
+  if (out.want & CIRCLE_OUT_PER_SAMPLE)
     alloc_ok &= (out.per_sample = alloc_array(req.n, elt)) != NULL;
   if (req.want & CIRCLE_OUT_GRAD)
     alloc_ok &= (out.grad = alloc_array(req.n * req.d, elt)) != NULL;
@@ -969,6 +973,12 @@ static bool job_process(struct exchange *ex) {
   rc = circle_loss_compute(srv->engine, &req.cfg, &in, &out);
   if (rc != 0) {
     fail(ex, rc, NULL);
+    goto done;
+  }
+  /* A half-precision dtype: the float32 results rounded to the format. */
+  rc = circle_output_round(&req.cfg, &in, &out, where, sizeof where);
+  if (rc != 0) {
+    fail(ex, rc, where);
     goto done;
   }
   circle_metrics_observe_compute(srv->metrics, req.tag, &req.cfg, &in, &out);

@@ -49,8 +49,8 @@ typedef struct {
  * body is anything but that common shape: not an object, a key with an
  * escape, a repeated key, no "embeddings", a ragged or empty row, a value
  * that is not a number, a number outside double range or over 63
- * characters, a limit passed, malformed JSON, or out of memory. The cJSON
- * path then decides. Thread-safe. */
+ * characters, a limit passed, malformed JSON, or out of memory. The slow
+ * path (codec_json.c, decode_slow) then decides. Thread-safe. */
 bool circle__json_fast_body_read(const char *body, size_t len, size_t max_depth,
                                  size_t max_rows, size_t max_ref_rows,
                                  size_t max_d, circle__json_fast_body *fb);

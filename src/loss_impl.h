@@ -14,6 +14,10 @@
  *   neg: z = ( gamma * max(1 + m - c, 0)) * (1 - m - c)    dz/dc = -2 gamma (1 - c)
  *   lse_p = logsumexp over positives (-inf when there are none), lse_n alike
  *   v_i = softplus(lse_p + lse_n),  sig_i = sigmoid(lse_p + lse_n)
+ *         (both 0 where exp(lse_p + lse_n) is subnormal, as XLA gives)
+ *
+ * 1 + m and 1 - m are the dtype's rounding of the double sums (opn, dln),
+ * as in Keras, not sums of the rounded margin.
  *   G'_ij = d v_i / d s_ij = sig_i * softmax_ij * dz/dc * dc/ds
  *
  * where dc/ds is -1 for s < 1, 0 for s > 1 and -1/2 at s == 1 (JAX splits a
@@ -49,15 +53,15 @@ CIRCLE__HOT static void F(col_classes)(const struct F(ctx) *x, size_t j,
 }
 
 /* z for a pair at similarity s: positive side when same, else negative. */
-static inline T F(pair_z)(T s, int same, struct F(consts) k) {
+static inline T F(pair_z)(T s, int same, T gam, T mg, T opn, T dln) {
   T c = (T)1 - s;
   c = c > 0 ? c : 0;
-  T zp_w = k.mg + c;
+  T zp_w = mg + c;
   zp_w = zp_w > 0 ? zp_w : 0;
-  T zn_w = k.opn - c;
+  T zn_w = opn - c;
   zn_w = zn_w > 0 ? zn_w : 0;
-  T zp = (-k.gam * zp_w) * (k.mg - c);
-  T zn = (k.gam * zn_w) * (k.dln - c);
+  T zp = (-gam * zp_w) * (mg - c);
+  T zn = (gam * zn_w) * (dln - c);
   return same ? zp : zn;
 }
 
@@ -65,14 +69,14 @@ static inline T F(pair_z)(T s, int same, struct F(consts) k) {
  * for s < 1, 0 for s > 1 and -1/2 at s == 1; the side is the positive one
  * when same. Branch-free (selects only) so the loops that call it
  * vectorize. */
-static inline T F(pair_zds)(T s, int same, struct F(consts) k, T *dzds) {
-  const T gam = k.gam, mg = k.mg;
+static inline T F(pair_zds)(T s, int same, T gam, T mg, T opn, T dln,
+                             T *dzds) {
   T one_minus = (T)1 - s;
   T c = one_minus > 0 ? one_minus : 0;
   T dcds = one_minus > 0 ? (T)-1 : (one_minus == 0 ? (T)-0.5 : (T)0);
-  T wp = mg + c, wn = k.opn - c;
+  T wp = mg + c, wn = opn - c;
   T zp = (-gam * (wp > 0 ? wp : 0)) * (mg - c);
-  T zn = (gam * (wn > 0 ? wn : 0)) * (k.dln - c);
+  T zn = (gam * (wn > 0 ? wn : 0)) * (dln - c);
   T dzp = wp > 0 ? (T)2 * gam * c : 0;
   T dzn = wn > 0 ? (T)-2 * gam * ((T)1 - c) : 0;
   *dzds = (same ? dzp : dzn) * dcds;
@@ -81,10 +85,10 @@ static inline T F(pair_zds)(T s, int same, struct F(consts) k, T *dzds) {
 
 /* d v_i / d s for one pair of class cls, given row i's scalars. The exp
  * of an unused side may be garbage and is never selected. */
-static inline T F(pair_grad)(T s, T cls, struct F(consts) k, T lse_p,
-                             T lse_n, T sig) {
+static inline T F(pair_grad)(T s, T cls, T gam, T mg, T opn, T dln,
+                             T lse_p, T lse_n, T sig) {
   int same = CLS_SAME(cls);
-  T dz, z = F(pair_zds)(s, same, k, &dz);
+  T dz, z = F(pair_zds)(s, same, gam, mg, opn, dln, &dz);
   T g = sig * EXPT(z - (same ? lse_p : lse_n)) * dz;
   return cls > (T)0.5 ? g : 0;
 }
@@ -237,7 +241,7 @@ CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i,
                                        const T *restrict s,
                                        const T *restrict cls,
                                        T *restrict ebuf, T *inv_sums) {
-  const struct F(consts) k = x->k;
+  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
   const size_t m = x->m;
   T mp[LANES], mn[LANES], sp[LANES], sn[LANES];
   for (int l = 0; l < LANES; l++) mp[l] = mn[l] = -INFINITY;
@@ -247,7 +251,7 @@ CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i,
     for (int l = 0; l < LANES; l++) {
       size_t j = j0 + (size_t)l;
       T c = cls[j];
-      T z = F(pair_z)(s[j], CLS_SAME(c), k);
+      T z = F(pair_z)(s[j], CLS_SAME(c), gam, mg, opn, dln);
       ebuf[j] = z;
       T zp = CLS_POS(c) ? z : -INFINITY;
       T zn = CLS_NEG(c) ? z : -INFINITY;
@@ -261,7 +265,7 @@ CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i,
   }
   for (size_t j = jv; j < m; j++) {
     T c = cls[j];
-    T z = F(pair_z)(s[j], CLS_SAME(c), k);
+    T z = F(pair_z)(s[j], CLS_SAME(c), gam, mg, opn, dln);
     ebuf[j] = z;
     if (CLS_POS(c) && z > max_p) max_p = z;
     if (CLS_NEG(c) && z > max_n) max_n = z;
@@ -332,14 +336,14 @@ CIRCLE__HOT static void F(row_grad)(struct F(ctx) *x, size_t i,
 CIRCLE__HOT static void F(row_h)(const struct F(ctx) *x, size_t i,
                                  T *restrict s, const T *restrict cls,
                                  size_t cnt) {
-  const struct F(consts) k = x->k;
+  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
   const T ai = x->csig[i], lpi = x->lse_p[i], lni = x->lse_n[i];
   const T *restrict aj = x->csig, *restrict lp = x->lse_p,
                     *restrict ln = x->lse_n;
   for (size_t j = 0; j < cnt; j++) {
     T cl = cls[j];
     int same = CLS_SAME(cl);
-    T dz, z = F(pair_zds)(s[j], same, k, &dz);
+    T dz, z = F(pair_zds)(s[j], same, gam, mg, opn, dln, &dz);
     T ei = EXPT(z - (same ? lpi : lni)), ej = EXPT(z - (same ? lp[j] : ln[j]));
     T h = dz * (ai * ei + aj[j] * ej);
     s[j] = cl > (T)0.5 ? h : 0;
@@ -374,9 +378,9 @@ static inline size_t F(tri_slot)(size_t bi, size_t bj) {
 
 /* Sweep 1 of tile_lse for one pair: z, kept; the maxima of its row's
  * lane and of its column. */
-static inline void F(tile_z)(T sv, int same, int pos, struct F(consts) k,
-                             T *z, T *mp, T *mn, T *cmp, T *cmn) {
-  T zz = F(pair_z)(sv, same, k);
+static inline void F(tile_z)(T sv, int same, int pos, T gam, T mg, T opn,
+                             T dln, T *z, T *mp, T *mn, T *cmp, T *cmn) {
+  T zz = F(pair_z)(sv, same, gam, mg, opn, dln);
   *z = zz;
   T zp = pos ? zz : -INFINITY, zn = same ? -INFINITY : zz;
   *mp = zp > *mp ? zp : *mp;
@@ -434,7 +438,7 @@ CIRCLE__HOT static void F(tile_lse)(const struct F(ctx) *x, size_t lo,
                                     size_t hi, size_t jlo, size_t jhi,
                                     const T *restrict st, size_t ld,
                                     T *restrict zt, T *restrict col) {
-  const struct F(consts) k = x->k;
+  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
   const size_t w = jhi - jlo, wv = w - w % LANES, bs = x->bs, n = x->n;
   const int32_t *restrict lj = x->lx + jlo;
   T *restrict cmp = col, *restrict csp = col + bs, *restrict cmn = col + 2 * bs,
@@ -463,13 +467,13 @@ CIRCLE__HOT static void F(tile_lse)(const struct F(ctx) *x, size_t lo,
       for (int l = 0; l < LANES; l++) {
         size_t c = c0 + (size_t)l;
         int same = lj[c] == li;
-        F(tile_z)(s[c], same, same & (c != self_c), k, &z[c], &mp[l], &mn[l],
-                  &cmp[c], &cmn[c]);
+        F(tile_z)(s[c], same, same & (c != self_c), gam, mg, opn, dln, &z[c],
+                  &mp[l], &mn[l], &cmp[c], &cmn[c]);
       }
     for (size_t c = wv; c < w; c++) {
       int same = lj[c] == li;
-      F(tile_z)(s[c], same, same & (c != self_c), k, &z[c], &mp[0], &mn[0],
-                &cmp[c], &cmn[c]);
+      F(tile_z)(s[c], same, same & (c != self_c), gam, mg, opn, dln, &z[c],
+                &mp[0], &mn[0], &cmp[c], &cmn[c]);
     }
     T mxp = -INFINITY, mxn = -INFINITY;
     for (int l = 0; l < LANES; l++) {
@@ -659,7 +663,7 @@ CIRCLE__HOT static void F(blk_dx_stream)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
   T *buf = x->S + (size_t)ith * x->bs * x->m;
-  const struct F(consts) k = x->k;
+  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
   GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)x->m,
        (int)x->d, 1, x->X + lo * x->d, (int)x->d, x->R, (int)x->d, 0, buf,
        (int)x->m);
@@ -673,7 +677,8 @@ CIRCLE__HOT static void F(blk_dx_stream)(void *ctx, size_t b, unsigned ith) {
       F(row_h)(x, i, s, cls, x->m);
     } else {
       for (size_t j = 0; j < x->m; j++)
-        s[j] = ci * F(pair_grad)(s[j], cls[j], k, lpi, lni, sgi);
+        s[j] = ci * F(pair_grad)(s[j], cls[j], gam, mg, opn, dln, lpi, lni,
+                                 sgi);
     }
   }
   GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)x->d,
@@ -687,7 +692,7 @@ CIRCLE__HOT static void F(blk_dr_stream)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->m);
   T *buf = x->S + (size_t)ith * x->bs * x->n;
-  const struct F(consts) k = x->k;
+  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
   GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)x->n,
        (int)x->d, 1, x->R + lo * x->d, (int)x->d, x->X, (int)x->d, 0, buf,
        (int)x->n);
@@ -696,8 +701,8 @@ CIRCLE__HOT static void F(blk_dr_stream)(void *ctx, size_t b, unsigned ith) {
     T *s = buf + (j - lo) * x->n;
     F(col_classes)(x, j, cls);
     for (size_t i = 0; i < x->n; i++)
-      s[i] = x->cf[i] * F(pair_grad)(s[i], cls[i], k, x->lse_p[i],
-                                     x->lse_n[i], x->sig[i]);
+      s[i] = x->cf[i] * F(pair_grad)(s[i], cls[i], gam, mg, opn, dln,
+                                     x->lse_p[i], x->lse_n[i], x->sig[i]);
   }
   GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)x->d,
        (int)x->n, 1, buf, (int)x->n, x->X, (int)x->d, 0, x->dR + lo * x->d,

@@ -17,7 +17,10 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "circle/circle.h"
+#include "codec_json.h"
 #include "http.h"
 #include "metrics.h"
 
@@ -45,7 +48,7 @@ typedef enum {
   K_DOUBLE,    /* double, finite */
   K_BOOL,      /* bool */
   K_REDUCTION, /* circle_reduction */
-  K_DTYPE,     /* circle_dtype */
+  K_DTYPE,     /* circle_config: its dtype and half, as config.dtype */
   K_NAME       /* char[128] */
 } kind;
 
@@ -118,7 +121,8 @@ static const flag_spec FLAGS[] = {
      "default reduction: sum_over_batch_size, sum, mean, "
      "mean_with_sample_weight, none or null", 0, 0},
     {"dtype", "CIRCLED_DTYPE", K_DTYPE, "NAME",
-     "default dtype: float32 or float64", 0, 0},
+     "default dtype: float32, float64, float16, bfloat16, mixed_float16, "
+     "mixed_bfloat16, null (float32) or a DTypePolicy as JSON", 0, 0},
     {"normalize", "CIRCLED_NORMALIZE", K_BOOL, "BOOL",
      "L2-normalize embeddings by default", 0, 0},
     {"name", "CIRCLED_NAME", K_NAME, "NAME",
@@ -162,7 +166,7 @@ static void *flag_dst(settings *s, size_t i) {
   if (!strcmp(f, "margin")) return &h->defaults.margin;
   if (!strcmp(f, "remove-diagonal")) return &h->defaults.remove_diagonal;
   if (!strcmp(f, "reduction")) return &h->defaults.reduction;
-  if (!strcmp(f, "dtype")) return &h->defaults.dtype;
+  if (!strcmp(f, "dtype")) return &h->defaults;
   if (!strcmp(f, "normalize")) return &h->defaults.normalize;
   if (!strcmp(f, "name")) return h->name;
   if (!strcmp(f, "api-key-file")) return &s->api_key_file;
@@ -276,12 +280,33 @@ static bool set_value(settings *s, size_t i, const char *v, char *why,
       return false;
     }
     return true;
-  case K_DTYPE:
-    if (circle_dtype_parse(v, (circle_dtype *)dst) != CIRCLE_OK) {
-      snprintf(why, why_len, "must be float32 or float64");
+  case K_DTYPE: {
+    /* Every spelling config.dtype takes, through the same parser: a name,
+     * null / None, or the serialized DTypePolicy's JSON text. */
+    circle_config c = *(circle_config *)dst;
+    circle_error err;
+    cJSON *obj = cJSON_CreateObject();
+    cJSON *val = v[0] == '{' ? cJSON_Parse(v)
+                 : (!strcmp(v, "null") || !strcmp(v, "None"))
+                     ? cJSON_CreateNull()
+                     : cJSON_CreateString(v);
+    bool ok = obj != NULL && val != NULL &&
+              cJSON_AddItemToObject(obj, "dtype", val);
+    if (!ok) cJSON_Delete(val);
+    ok = ok && circle_json_config_parse(obj, &c, NULL, 0, &err) == 0;
+    cJSON_Delete(obj);
+    if (!ok) {
+      snprintf(why, why_len,
+               "must be float32, float64, float16, bfloat16, mixed_float16, "
+               "mixed_bfloat16, null, or a DTypePolicy as JSON "
+               "({\"class_name\": \"DTypePolicy\", \"config\": {\"name\": "
+               "\"float16\"}})");
       return false;
     }
+    ((circle_config *)dst)->dtype = c.dtype;
+    ((circle_config *)dst)->half = c.half;
     return true;
+  }
   }
   return false;
 }
@@ -326,7 +351,7 @@ static void format_value(settings *s, size_t i, char *buf, size_t len) {
     break;
   }
   case K_DTYPE: {
-    const char *d = circle_dtype_name(*(circle_dtype *)dst);
+    const char *d = circle_config_dtype_name((const circle_config *)dst);
     snprintf(buf, len, "%s", d ? d : "?");
     break;
   }
@@ -607,7 +632,7 @@ int main(int argc, char **argv) {
           s.http.timeout_s, s.http.max_body >> 20, s.http.max_inflight >> 20,
           s.http.defaults.gamma, s.http.defaults.margin,
           s.http.defaults.remove_diagonal ? "true" : "false",
-          red ? red : "null", circle_dtype_name(s.http.defaults.dtype),
+          red ? red : "null", circle_config_dtype_name(&s.http.defaults),
           s.api_key_file ? "bearer token required" : "off");
   bool v6 = strchr(s.http.bind, ':') != NULL;
   fprintf(stderr, "circled: listening on %s%s%s:%u\n", v6 ? "[" : "",

@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 
 #include "codec_json.h"
+#include "util_mem.h"
 
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                  */
@@ -253,10 +254,10 @@ START_TEST(codec_json_should_round_trip_its_own_config_json) {
 }
 END_TEST
 
-/* Found by fuzz/fuzz_config: a name that is not UTF-8 used to be accepted
- * and echoed by get_config() with U+FFFD for each bad byte, so the echo
- * was not the name sent, and 127 such bytes came back as 249 that the
- * parser then refused. */
+/* Found by fuzz/fuzz_config: a name that is not UTF-8 is refused, because
+ * get_config() would echo it with U+FFFD for each bad byte: the echo would
+ * not be the name sent, and 127 such bytes would come back as 249 that the
+ * parser then refuses. */
 START_TEST(codec_json_should_reject_a_config_name_that_is_not_utf8) {
   EXPECT_ERROR(strf("%s, \"config\": {\"name\": \"nn\x81nn\"}}", OK2x3), 400,
                "bad_config", "config.name is not valid UTF-8");
@@ -288,6 +289,156 @@ START_TEST(codec_json_should_reject_a_config_name_that_is_not_utf8) {
   ck_assert_ptr_nonnull(strstr(b.data, utf8));
   circle_buf_free(&b);
   circle_request_free(&req);
+}
+END_TEST
+
+/* Every dtype spelling keras.losses.Circle takes: the compute dtype it
+ * names, the "dtype" the response carries, and a config echo that stays
+ * exactly get_config() (which has no dtype key), also against a float64
+ * server default (null is Keras' floatx, float32, not the default). */
+START_TEST(codec_json_should_accept_every_keras_dtype_spelling) {
+#define POLICY(cls, name)                                                     \
+  "{\"module\": \"keras\", \"class_name\": \"" cls "\", \"config\": "         \
+  "{\"name\": " name "}, \"registered_name\": null}"
+  static const struct {
+    const char *json;
+    const char *compute;
+  } cases[] = {
+      {"null", "float32"},
+      {"\"float16\"", "float16"},
+      {"\"bfloat16\"", "bfloat16"},
+      {"\"float32\"", "float32"},
+      {"\"float64\"", "float64"},
+      {"\"mixed_float16\"", "float16"},
+      {"\"mixed_bfloat16\"", "bfloat16"},
+      {POLICY("DTypePolicy", "\"float16\""), "float16"},
+      {POLICY("DTypePolicy", "\"bfloat16\""), "bfloat16"},
+      {POLICY("DTypePolicy", "\"float32\""), "float32"},
+      {POLICY("DTypePolicy", "\"float64\""), "float64"},
+      {POLICY("DTypePolicy", "\"mixed_float16\""), "float16"},
+      {POLICY("DTypePolicy", "\"mixed_bfloat16\""), "bfloat16"},
+      {POLICY("DTypePolicy", "null"), "float32"},
+      {POLICY("FloatDTypePolicy", "\"float16\""), "float16"}, /* Keras 3.0-3.3 */
+      {"{\"class_name\": \"DTypePolicy\", \"config\": {}}", "float32"},
+      {"{\"module\": \"keras.mixed_precision\", \"class_name\": "
+       "\"DTypePolicy\", \"config\": {\"name\": \"float64\"}, "
+       "\"registered_name\": \"DTypePolicy\"}",
+       "float64"},
+  };
+#undef POLICY
+  static const char *const get_config =
+      "\"config\": {\"name\": \"circle\", \"reduction\": "
+      "\"sum_over_batch_size\", \"gamma\": 80.0, \"margin\": 0.4, "
+      "\"remove_diagonal\": true}, \"dtype\": \"";
+  circle_config f64;
+  circle_config_init(&f64);
+  f64.dtype = CIRCLE_DTYPE_FLOAT64;
+  for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+    for (int srv = 0; srv < 2; srv++) {
+      const char *body = strf("%s, \"config\": {\"dtype\": %s}}", OK2x3,
+                              cases[k].json);
+      circle_request req;
+      circle_error err;
+      circle_request_init(&req);
+      circle_limits_init(&lim);
+      int rc = circle_json_decode(body, strlen(body), srv ? &f64 : NULL, NULL,
+                                  &lim, &req, &err);
+      ck_assert_msg(rc == 0, "%s: %s", cases[k].json, err.message);
+      ck_assert_str_eq(circle_config_dtype_name(&req.cfg), cases[k].compute);
+      circle_output out;
+      memset(&out, 0, sizeof out);
+      circle_buf b;
+      circle_buf_init(&b);
+      ck_assert_int_eq(circle_json_encode(&req, &out, &b), 0);
+      char want[512];
+      snprintf(want, sizeof want, "%s%s\"", get_config, cases[k].compute);
+      ck_assert_msg(strstr(b.data, want) != NULL, "%s: %s", cases[k].json,
+                    b.data);
+      circle_buf_free(&b);
+      circle_request_free(&req);
+    }
+  }
+}
+END_TEST
+
+START_TEST(codec_json_should_refuse_other_dtypes_listing_the_accepted_ones) {
+  static const char *const bad[] = {
+      "\"int32\"", "\"half\"", "\"Float16\"", "\"mixed_float32\"",
+      "\"int8_from_float32\"", "16", "true", "[\"float16\"]",
+      "{\"class_name\": \"QuantizedDTypePolicy\", \"config\": {\"name\": "
+      "\"int8_from_float32\"}}",
+      "{\"class_name\": \"DTypePolicy\", \"config\": {\"name\": \"int32\"}}",
+      "{\"class_name\": \"DTypePolicy\", \"config\": {\"name\": 16}}",
+      "{\"class_name\": \"DTypePolicy\", \"config\": \"float16\"}",
+      "{\"class_name\": \"DTypePolicy\"}",
+      "{\"config\": {\"name\": \"float16\"}}",
+      "{\"module\": 3, \"class_name\": \"DTypePolicy\", \"config\": "
+      "{\"name\": \"float16\"}}",
+      "{\"class_name\": \"DTypePolicy\", \"config\": {\"name\": "
+      "\"float16\"}, \"registered_name\": []}",
+  };
+  for (size_t k = 0; k < sizeof bad / sizeof *bad; k++)
+    EXPECT_ERROR(strf("%s, \"config\": {\"dtype\": %s}}", OK2x3, bad[k]), 400,
+                 "bad_config", "config.dtype", "\"mixed_bfloat16\"",
+                 "\"class_name\": \"DTypePolicy\"", "null (Keras' floatx");
+  /* Keys Keras' DTypePolicy does not have are unknown keys, named. */
+  EXPECT_ERROR(strf("%s, \"config\": {\"dtype\": {\"class_name\": "
+                    "\"DTypePolicy\", \"config\": {\"name\": \"float16\", "
+                    "\"source_name\": \"x\"}}}}",
+                    OK2x3),
+               400, "unknown_key", "\"source_name\" in config.dtype.config");
+  EXPECT_ERROR(strf("%s, \"config\": {\"dtype\": {\"class_name\": "
+                    "\"DTypePolicy\", \"config\": {}, \"shared\": 1}}}",
+                    OK2x3),
+               400, "unknown_key", "\"shared\" in config.dtype");
+}
+END_TEST
+
+/* A half-precision dtype rounds every input once, straight from the JSON
+ * number to the format (as Keras converts the arrays), on both the fast
+ * and the cJSON path; a value past the format's range is refused. */
+START_TEST(codec_json_should_round_inputs_to_a_half_dtype) {
+  static const char *const bodies[] = {
+      /* usual shape: json_fast.c reads the matrices */
+      "{\"labels\": [1, 2], \"embeddings\": [[0.1, 65504, 1e-8], [-0.3, "
+      "1.0004882812509095, 3]], \"sample_weight\": [0.1, 3], \"ref_labels\": "
+      "[1], \"ref_embeddings\": [[0.7, 0, 2049]], \"config\": {\"dtype\": "
+      "\"float16\"}}",
+      /* an extra space and a nested config the fast path may not take */
+      "{\"config\": {\"dtype\": {\"class_name\": \"DTypePolicy\", \"config\": "
+      "{\"name\": \"mixed_float16\"}}}, \"labels\": [1, 2], \"embeddings\": "
+      "[[0.1 , 65504, 1e-8], [-0.3, 1.0004882812509095, 3]], "
+      "\"sample_weight\": [0.1, 3], \"ref_labels\": [1], \"ref_embeddings\": "
+      "[[0.7, 0, 2049]]}"};
+  for (size_t k = 0; k < 2; k++) {
+    circle_request req;
+    circle_error err;
+    ck_assert_msg(decode(bodies[k], &req, &err) == 0, "%s", err.message);
+    ck_assert_int_eq(req.cfg.dtype, CIRCLE_DTYPE_FLOAT32);
+    ck_assert_int_eq(req.cfg.half, CIRCLE_HALF_FLOAT16);
+    const float *rx = req.x, *rr = req.r, *sw = req.sw;
+    ck_assert(rx[0] == 0.0999755859375f && rx[1] == 65504);
+    ck_assert(rx[2] == 0); /* 1e-8 is below half float16's smallest subnormal */
+    ck_assert(rx[3] == -0.300048828125f);
+    /* just above the midpoint 1 + 2^-11: up, though a float would be the
+     * midpoint itself and round to 1 */
+    ck_assert(rx[4] == 1.0009765625f && rx[5] == 3);
+    ck_assert(rr[0] == 0.7001953125f && rr[2] == 2048); /* 2049: tie to even */
+    ck_assert(sw[0] == 0.0999755859375f && sw[1] == 3);
+    circle_request_free(&req);
+  }
+  EXPECT_ERROR("{\"labels\": [1, 2], \"embeddings\": [[1, 65520], [0, 1]], "
+               "\"config\": {\"dtype\": \"float16\"}}",
+               400, "non_finite", "embeddings[0][1] is 6.552e+04",
+               "beyond float16's largest finite value 65504",
+               "dtype \"float32\"");
+  EXPECT_ERROR("{\"labels\": [1, 2], \"embeddings\": [[1, 0], [0, 1]], "
+               "\"sample_weight\": [1, 1e5], \"config\": {\"dtype\": "
+               "\"mixed_float16\"}}",
+               400, "non_finite", "sample_weight[1] is 1e+05");
+  EXPECT_ERROR("{\"labels\": [1, 2], \"embeddings\": [[1, 3.4e38], [0, 1]], "
+               "\"config\": {\"dtype\": \"bfloat16\"}}",
+               400, "non_finite", "embeddings[0][1]", "bfloat16");
 }
 END_TEST
 
@@ -396,6 +547,32 @@ START_TEST(codec_json_should_report_invalid_json_with_the_byte_offset) {
                "invalid_json", "unknown escape");
   EXPECT_ERROR("{\"labels\": [\"ab], \"embeddings\": [[1]]}", 400,
                "invalid_json", "never closed");
+  /* The grammar is checked on the whole body before anything is built,
+   * the embeddings included: the offset is the first byte that cannot
+   * continue the text. */
+  EXPECT_ERROR("{\"labels\": [1], \"embeddings\": [[1], [2],]}", 400,
+               "invalid_json", "byte 40");
+  EXPECT_ERROR("{\"labels\": [1], \"embeddings\": [[1] [2]]}", 400,
+               "invalid_json", "byte 35");
+  EXPECT_ERROR("{\"labels\" [1], \"embeddings\": [[1]]}", 400,
+               "invalid_json", "byte 10");
+  EXPECT_ERROR("{\"labels\": [1], \"embeddings\": [[tru]]}", 400,
+               "invalid_json", "byte 32");
+  EXPECT_ERROR("{\"labels\": [1], \"embeddings\": [[1}]}", 400,
+               "invalid_json", "byte 33");
+  EXPECT_ERROR("{\"labels\": [1], \"embeddings\": [[1]], }", 400,
+               "invalid_json", "byte 37");
+  /* cJSON refuses half a UTF-16 surrogate pair; so does the pre-scan. */
+  EXPECT_ERROR("{\"labels\": [\"\\ud800\"], \"embeddings\": [[1]]}", 400,
+               "invalid_json", "byte 13", "surrogate");
+  EXPECT_ERROR("{\"labels\": [\"\\udc00\\ud800\"], \"embeddings\": [[1]]}",
+               400, "invalid_json", "surrogate");
+  circle_request ok_req;
+  circle_error ok_err;
+  ck_assert_int_eq(decode("{\"labels\": [\"\\ud83d\\ude00\"], \"embeddings\": [[1]]}",
+                          &ok_req, &ok_err),
+                   0);
+  circle_request_free(&ok_req);
   /* A body with an embedded NUL byte. */
   circle_request req;
   circle_error err;
@@ -563,6 +740,77 @@ START_TEST(codec_json_should_check_every_row_before_allocating) {
 }
 END_TEST
 
+/* n copies of s appended to b. */
+static void puts_n(circle_buf *b, const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++) circle_buf_puts(b, s);
+}
+
+/* Decoding used to build a cJSON node (about 80 bytes) for every value of
+ * the body before any limit was checked, twice on this route: 40 times the
+ * body. Now nothing is built for the matrices, and labels past N and
+ * values past what a request can need are refused first. With the address
+ * space capped at 6 bodies above what the test holds, a decoder that builds
+ * a tree of the body runs out of memory (503) instead of answering. */
+START_TEST(codec_json_should_decode_within_a_small_multiple_of_the_body) {
+  circle_limits_init(&lim);
+  circle_buf labels, nested, matrix;
+  circle_buf_init(&labels);
+  circle_buf_puts(&labels, "{\"labels\": [");
+  puts_n(&labels, "0,", (size_t)16 << 20); /* 32 MiB */
+  circle_buf_puts(&labels, "0], \"embeddings\": [[1.0]]}");
+  circle_buf_init(&nested);
+  circle_buf_puts(&nested, "{\"labels\": [[");
+  puts_n(&nested, "0,", (size_t)4 << 20);
+  circle_buf_puts(&nested, "0]], \"embeddings\": [[1.0]]}");
+  /* 16 MiB of numbers within the limits, the last one a string: read to
+   * the end the slow way. */
+  circle_buf_init(&matrix);
+  circle_buf_puts(&matrix, "{\"labels\": [");
+  puts_n(&matrix, "0,", 2047);
+  circle_buf_puts(&matrix, "0], \"embeddings\": [");
+  for (int r = 0; r < 2048; r++) {
+    circle_buf_puts(&matrix, r ? ",[" : "[");
+    puts_n(&matrix, "0,", 4095);
+    circle_buf_puts(&matrix, r == 2047 ? "\"x\"]" : "0]");
+  }
+  circle_buf_puts(&matrix, "]}");
+  ck_assert(!labels.failed && !nested.failed && !matrix.failed);
+  ck_assert(util_cap_address_space(6 * labels.len + ((size_t)64 << 20)));
+  expect_error_lim(labels.data, &lim, 413, "limit_exceeded",
+                   "labels has 16777217 rows; the batch limit N is 65536",
+                   (const char *)NULL);
+  expect_error_lim(nested.data, &lim, 413, "limit_exceeded", "4194311 JSON values and keys",
+                   (const char *)NULL);
+  expect_error_lim(matrix.data, &lim, 400, "wrong_type",
+                   "embeddings[2047][4095] is a string; expected a number",
+                   (const char *)NULL);
+  circle_buf_free(&labels);
+  circle_buf_free(&nested);
+  circle_buf_free(&matrix);
+}
+END_TEST
+
+/* The slow path cuts the matrices out of the tree by their decoded key and
+ * reads them from the text: a key written with an escape, and a repeated
+ * key, still mean what they say. */
+START_TEST(codec_json_should_read_matrices_from_the_text_on_the_slow_path) {
+  circle_request req;
+  circle_error err;
+  ck_assert_int_eq(decode("{\"labels\": [0, 1], \"embedd\\u0069ngs\": [[1, 2], "
+                          "[3, 4.5]], \"config\": {\"dtype\": \"float64\"}}",
+                          &req, &err),
+                   0);
+  const double *x = req.x;
+  ck_assert(req.n == 2 && req.d == 2 && x[0] == 1 && x[1] == 2 && x[2] == 3 &&
+            x[3] == 4.5);
+  circle_request_free(&req);
+  EXPECT_ERROR("{\"labels\": [0], \"embeddings\": [[1]], \"embeddings\": [[2]]}",
+               400, "duplicate_key", "\"embeddings\"");
+  EXPECT_ERROR("{\"labels\": [0, 1], \"embeddings\": [[1, 2], [3, [4]]]}", 400,
+               "wrong_type", "embeddings[1][1] is an array; expected a number");
+}
+END_TEST
+
 START_TEST(codec_json_should_report_count_mismatches) {
   EXPECT_ERROR("{\"labels\": [1, 2, 3], \"embeddings\": [[1], [2]]}", 400,
                "shape_mismatch", "embeddings has 2 rows; expected 3");
@@ -654,8 +902,8 @@ START_TEST(codec_json_should_reject_bad_config_values) {
                "bad_config", "config.reduction is a number");
   EXPECT_ERROR(strf("%s, \"config\": {\"remove_diagonal\": 1}}", OK2x3), 400,
                "bad_config", "config.remove_diagonal is a number");
-  EXPECT_ERROR(strf("%s, \"config\": {\"dtype\": \"float16\"}}", OK2x3), 400,
-               "bad_config", "config.dtype is \"float16\"");
+  EXPECT_ERROR(strf("%s, \"config\": {\"dtype\": \"float8\"}}", OK2x3), 400,
+               "bad_config", "config.dtype is \"float8\"", "\"mixed_bfloat16\"");
   EXPECT_ERROR(strf("%s, \"config\": {\"name\": \"\"}}", OK2x3), 400,
                "bad_config", "config.name has 0 bytes");
   EXPECT_ERROR(strf("%s, \"config\": {\"fn\": \"mse\"}}", OK2x3), 400,
@@ -920,9 +1168,14 @@ Suite *codec_json_suite(void) {
   tcase_add_test(tc, codec_json_should_round_trip_its_own_config_json);
   tcase_add_test(tc, codec_json_should_reject_a_config_name_that_is_not_utf8);
   tcase_add_test(tc, codec_json_should_write_config_floats_as_python_does);
+  tcase_add_test(tc, codec_json_should_accept_every_keras_dtype_spelling);
+  tcase_add_test(tc, codec_json_should_refuse_other_dtypes_listing_the_accepted_ones);
+  tcase_add_test(tc, codec_json_should_round_inputs_to_a_half_dtype);
   tcase_add_test(tc, codec_json_should_convert_to_float64_when_asked);
   tcase_add_test(tc, codec_json_should_take_options_outputs_and_tag);
   tcase_add_test(tc, codec_json_should_report_invalid_json_with_the_byte_offset);
+  tcase_add_test(tc, codec_json_should_decode_within_a_small_multiple_of_the_body);
+  tcase_add_test(tc, codec_json_should_read_matrices_from_the_text_on_the_slow_path);
   tcase_add_test(tc, codec_json_should_quote_the_bytes_near_a_syntax_error_printably);
   tcase_add_test(tc, codec_json_should_reject_duplicate_keys);
   tcase_add_test(tc, codec_json_should_reject_unknown_keys);

@@ -15,6 +15,7 @@
 #include <cjson/cJSON.h>
 
 #include "codec_oip.h"
+#include "util_mem.h"
 
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                  */
@@ -239,6 +240,60 @@ START_TEST(codec_oip_should_widen_fp16_and_bf16) {
                               bf, sizeof(bf), NULL),
                     &l, 400, "non_finite", "embeddings[1, 1] is nan",
                     (const char *)NULL);
+}
+END_TEST
+
+/* JSON data for an FP16 or BF16 input must hold values of that datatype:
+ * 70000 used to be accepted for FP16 (binary FP16 cannot say more than
+ * 65504), and 3.4e38 for BF16 (largest 0x1.fep127). */
+START_TEST(codec_oip_should_refuse_json_data_beyond_fp16_and_bf16) {
+  const char *fp16 =
+      "{\"inputs\": [" LABELS_JSON ", {\"name\": \"embeddings\", \"shape\": "
+      "[2, 2], \"datatype\": \"FP16\", \"data\": [1, 0, %s, 1]}]}";
+  EXPECT_JSON_ERROR(strf(fp16, "65505"), 400, "non_finite",
+                    "input 'embeddings': element embeddings[1, 0] is 65505",
+                    "FP16's largest finite value 65504");
+  EXPECT_JSON_ERROR(strf(fp16, "-7e4"), 400, "non_finite", "is -7e+04", "FP16");
+  EXPECT_JSON_ERROR(strf("{\"inputs\": [" LABELS_JSON ", " EMB_JSON ", {\"name\": "
+                         "\"sample_weight\", \"shape\": [2], \"datatype\": "
+                         "\"BF16\", \"data\": [1, 3.4e38]}]}"),
+                    400, "non_finite", "sample_weight[1] is 3.4e+38",
+                    "BF16's largest finite value 3.3895313892515355e+38");
+  /* The largest values themselves are data of those types. */
+  circle_request req;
+  circle_error err;
+  ck_assert_int_eq(decode_json(strf(fp16, "-65504"), &req, &err), 0);
+  ck_assert(((const float *)req.x)[2] == -65504.0f);
+  circle_request_free(&req);
+  ck_assert_int_eq(
+      decode_json(strf("{\"inputs\": [" LABELS_JSON ", {\"name\": \"embeddings\", "
+                       "\"shape\": [2, 2], \"datatype\": \"BF16\", \"data\": "
+                       "[1, 0, 3.3895313892515355e38, 1]}], \"parameters\": "
+                       "{\"dtype\": \"float64\"}}"),
+                  &req, &err),
+      0);
+  ck_assert(((const double *)req.x)[2] == 0x1.fep127);
+  circle_request_free(&req);
+}
+END_TEST
+
+/* The id is echoed in the response: bytes that are not UTF-8 used to come
+ * back as U+FFFD, so the echo was not the id sent. Refused as config.name
+ * is. */
+START_TEST(codec_oip_should_refuse_an_id_that_is_not_utf8) {
+  EXPECT_JSON_ERROR(with(", \"id\": \"req\x81-7\""), 400, "wrong_type",
+                    "id is not valid UTF-8");
+  EXPECT_JSON_ERROR(with(", \"id\": \"\xc0\xaf\""), 400, "wrong_type", "UTF-8");
+  EXPECT_JSON_ERROR(with(", \"id\": \"\xed\xa0\x80\""), 400, "wrong_type", "UTF-8");
+  /* Real UTF-8 comes back byte for byte. */
+  const char *utf8 = "\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80";
+  circle_request req;
+  circle_error err;
+  char extra[64];
+  snprintf(extra, sizeof(extra), ", \"id\": \"%s\"", utf8);
+  ck_assert_int_eq(decode_json(with(extra), &req, &err), 0);
+  ck_assert_str_eq(req.id, utf8);
+  circle_request_free(&req);
 }
 END_TEST
 
@@ -725,6 +780,58 @@ START_TEST(codec_oip_should_enforce_limits) {
 }
 END_TEST
 
+/* n copies of s appended to b. */
+static void puts_n(circle_buf *b, const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++) circle_buf_puts(b, s);
+}
+
+/* JSON data used to become a cJSON node (about 80 bytes) per element: 40
+ * times the body. Now every input's data is read from the text and the
+ * rest of the header may hold no more values than a request needs. With
+ * the address space capped at 6 bodies above what the test holds, a
+ * decoder that builds a tree of the data runs out of memory (503). */
+START_TEST(codec_oip_should_decode_within_a_small_multiple_of_the_body) {
+  circle_buf data, outputs, longer;
+  circle_buf_init(&data);
+  circle_buf_puts(&data, "{\"inputs\": [{\"name\": \"labels\", \"shape\": [2048], "
+                         "\"datatype\": \"INT64\", \"data\": [");
+  puts_n(&data, "0,", 2047);
+  circle_buf_puts(&data, "0]}, {\"name\": \"embeddings\", \"shape\": [2048, 4096], "
+                         "\"datatype\": \"FP32\", \"data\": [");
+  puts_n(&data, "0,", 2048 * 4096 - 1); /* 16 MiB */
+  circle_buf_puts(&data, "\"x\"]}]}");
+  circle_buf_init(&outputs);
+  circle_buf_puts(&outputs, "{\"inputs\": [" LABELS_JSON ", " EMB_JSON "], \"outputs\": [");
+  puts_n(&outputs, "{\"name\": \"loss\"}, ", 1 << 20);
+  circle_buf_puts(&outputs, "{\"name\": \"loss\"}]}");
+  /* More data than the shape holds is counted, not stored. */
+  circle_buf_init(&longer);
+  circle_buf_puts(&longer, "{\"inputs\": [" LABELS_JSON ", {\"name\": \"embeddings\", "
+                           "\"shape\": [2, 2], \"datatype\": \"FP64\", \"data\": [[");
+  puts_n(&longer, "1,", (size_t)8 << 20);
+  circle_buf_puts(&longer, "1]]}]}");
+  ck_assert(!data.failed && !outputs.failed && !longer.failed);
+  ck_assert(util_cap_address_space(6 * longer.len + ((size_t)64 << 20)));
+  circle_limits l;
+  circle_limits_init(&l);
+  body_t b = {strdup(data.data), data.len, data.len};
+  expect_error_body(b, &l, 400, "wrong_type",
+                    "input 'embeddings': element embeddings[2047, 4095] is a "
+                    "string; expected a number",
+                    (const char *)NULL);
+  b = (body_t){strdup(outputs.data), outputs.len, outputs.len};
+  expect_error_body(b, &l, 413, "limit_exceeded", "JSON values and keys besides",
+                    (const char *)NULL);
+  b = (body_t){strdup(longer.data), longer.len, longer.len};
+  expect_error_body(b, &l, 400, "shape_mismatch",
+                    "data has 8388609 elements but shape [2, 2] holds 4",
+                    (const char *)NULL);
+  circle_buf_free(&data);
+  circle_buf_free(&outputs);
+  circle_buf_free(&longer);
+}
+END_TEST
+
 START_TEST(codec_oip_should_report_invalid_json_with_the_byte_offset) {
   EXPECT_JSON_ERROR("{\"inputs\": [1,]}", 400, "invalid_json", "byte 14");
   EXPECT_JSON_ERROR("{\"inputs\": [{\"name\": \"labels\", \"shape\": [2], "
@@ -830,6 +937,130 @@ START_TEST(codec_oip_should_encode_json_outputs) {
   cJSON_Delete(j);
   circle_buf_free(&b);
   circle_request_free(&req);
+}
+END_TEST
+
+/* A half-precision dtype, by name or as a serialized DTypePolicy: FP64
+ * inputs are rounded once to the format, and the outputs go out as FP16 /
+ * BF16, JSON or binary (bits as numpy writes them). Without parameters.dtype
+ * FP64 embeddings still compute in float64, whatever the server default. */
+START_TEST(codec_oip_should_compute_a_half_dtype_and_return_its_tensors) {
+  static const char *const dtypes[] = {
+      "\"mixed_float16\"",
+      "{\"module\": \"keras\", \"class_name\": \"DTypePolicy\", \"config\": "
+      "{\"name\": \"bfloat16\"}, \"registered_name\": null}"};
+  for (int k = 0; k < 2; k++) {
+    circle_request req;
+    circle_error err;
+    ck_assert_int_eq(
+        decode_json(strf("{\"inputs\": [" LABELS_JSON ", {\"name\": "
+                         "\"embeddings\", \"shape\": [2, 2], \"datatype\": "
+                         "\"FP64\", \"data\": [0.1, 0, 0, 1]}], \"outputs\": "
+                         "[{\"name\": \"per_sample_loss\", \"parameters\": "
+                         "{\"binary_data\": true}}, {\"name\": \"loss\"}], "
+                         "\"parameters\": {\"dtype\": %s}}",
+                         dtypes[k]),
+                    &req, &err),
+        0);
+    circle_half h = k ? CIRCLE_HALF_BFLOAT16 : CIRCLE_HALF_FLOAT16;
+    ck_assert_int_eq(req.cfg.dtype, CIRCLE_DTYPE_FLOAT32);
+    ck_assert_int_eq(req.cfg.half, h);
+    ck_assert(((float *)req.x)[0] == (k ? 0.10009765625f : 0.0999755859375f));
+    float per[2] = {1.0f / 3, -2};
+    circle_output out;
+    memset(&out, 0, sizeof(out));
+    out.want = req.want;
+    out.loss = 0.375;
+    out.per_sample = per;
+    circle_input in = {.n = 2, .d = 2};
+    ck_assert_int_eq(circle_output_round(&req.cfg, &in, &out, NULL, 0), 0);
+    circle_buf b;
+    circle_buf_init(&b);
+    size_t hl = 0;
+    ck_assert_int_eq(circle_oip_encode(&req, &out, &b, &hl), 0);
+    ck_assert_uint_eq(b.len, hl + 4);
+    cJSON *j = parse_prefix(b.data, hl);
+    const char *type = k ? "BF16" : "FP16";
+    const cJSON *loss = find_output(j, "loss");
+    ck_assert_str_eq(cJSON_GetObjectItem(loss, "datatype")->valuestring, type);
+    ck_assert(cJSON_GetObjectItem(loss, "data")->child->valuedouble == 0.375);
+    const cJSON *ps = find_output(j, "per_sample_loss");
+    ck_assert_str_eq(cJSON_GetObjectItem(ps, "datatype")->valuestring, type);
+    ck_assert_int_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(ps, "parameters"),
+                                         "binary_data_size")->valueint, 4);
+    /* numpy: float16(1/3) is 0x3555, bfloat16(1/3) 0x3eab; -2: 0xc000. */
+    uint16_t bits[2];
+    memcpy(bits, b.data + hl, 4);
+    ck_assert_uint_eq(bits[0], k ? 0x3eab : 0x3555);
+    ck_assert_uint_eq(bits[1], 0xc000);
+    cJSON_Delete(j);
+    circle_buf_free(&b);
+    circle_request_free(&req);
+  }
+  /* float16 subnormal and largest value bits. */
+  circle_request req;
+  circle_error err;
+  ck_assert_int_eq(decode_json(with(", \"outputs\": [{\"name\": "
+                                    "\"per_sample_loss\", \"parameters\": "
+                                    "{\"binary_data\": true}}], \"parameters\": "
+                                    "{\"dtype\": \"float16\"}"),
+                               &req, &err),
+                   0);
+  float per[2] = {0x1p-24f, -65504};
+  circle_output out;
+  memset(&out, 0, sizeof(out));
+  out.want = req.want;
+  out.per_sample = per;
+  circle_buf b;
+  circle_buf_init(&b);
+  size_t hl = 0;
+  ck_assert_int_eq(circle_oip_encode(&req, &out, &b, &hl), 0);
+  uint16_t bits[2];
+  memcpy(bits, b.data + hl, 4);
+  ck_assert_uint_eq(bits[0], 0x0001);
+  ck_assert_uint_eq(bits[1], 0xfbff);
+  circle_buf_free(&b);
+  circle_request_free(&req);
+
+  /* No dtype parameter: FP64 embeddings compute in float64 even when the
+   * server's default is a half format. */
+  circle_config dflt;
+  circle_config_init(&dflt);
+  dflt.half = CIRCLE_HALF_FLOAT16;
+  const char *json = strf("{\"inputs\": [" LABELS_JSON ", {\"name\": "
+                          "\"embeddings\", \"shape\": [2, 2], \"datatype\": "
+                          "\"FP64\", \"data\": [0.1, 0, 0, 1]}]}");
+  circle_limits l;
+  circle_limits_init(&l);
+  circle_request_init(&req);
+  ck_assert_int_eq(circle_oip_decode(json, strlen(json), strlen(json), &dflt,
+                                     &l, &req, &err), 0);
+  ck_assert_int_eq(req.cfg.dtype, CIRCLE_DTYPE_FLOAT64);
+  ck_assert_int_eq(req.cfg.half, CIRCLE_HALF_NONE);
+  ck_assert(((double *)req.x)[0] == 0.1);
+  circle_request_free(&req);
+  /* FP32 embeddings take the half default. */
+  ck_assert_int_eq(circle_oip_decode(with(""), strlen(with("")), strlen(with("")),
+                                     &dflt, &l, &req, &err), 0);
+  ck_assert_int_eq(req.cfg.half, CIRCLE_HALF_FLOAT16);
+  circle_request_free(&req);
+}
+END_TEST
+
+START_TEST(codec_oip_should_refuse_other_dtypes_and_half_overflow) {
+  EXPECT_JSON_ERROR(with(", \"parameters\": {\"dtype\": \"int32\"}"), 400,
+                    "bad_config", "parameters.dtype is \"int32\"",
+                    "\"mixed_bfloat16\"", "DTypePolicy");
+  EXPECT_JSON_ERROR(with(", \"parameters\": {\"dtype\": {\"class_name\": "
+                         "\"DTypePolicy\", \"config\": {\"name\": \"half\"}}}"),
+                    400, "bad_config", "parameters.dtype.config.name is \"half\"");
+  EXPECT_JSON_ERROR(strf("{\"inputs\": [" LABELS_JSON ", {\"name\": "
+                         "\"embeddings\", \"shape\": [2, 2], \"datatype\": "
+                         "\"FP32\", \"data\": [1, 0, 0, 7e4]}], \"parameters\": "
+                         "{\"dtype\": \"float16\"}}"),
+                    400, "non_finite", "input 'embeddings': element "
+                    "embeddings[1, 1] is 7e+04, beyond float16's largest "
+                    "finite value 65504");
 }
 END_TEST
 
@@ -986,6 +1217,8 @@ Suite *codec_oip_suite(void) {
   tcase_add_test(tc, codec_oip_should_decode_nested_data_and_n_by_1_labels);
   tcase_add_test(tc, codec_oip_should_decode_binary_tensors_like_tritonclient);
   tcase_add_test(tc, codec_oip_should_widen_fp16_and_bf16);
+  tcase_add_test(tc, codec_oip_should_refuse_json_data_beyond_fp16_and_bf16);
+  tcase_add_test(tc, codec_oip_should_refuse_an_id_that_is_not_utf8);
   tcase_add_test(tc, codec_oip_should_take_binary_n_by_1_labels_and_ref_sets);
   tcase_add_test(tc, codec_oip_should_check_same_width_binary_floats_in_every_block);
   tcase_add_test(tc, codec_oip_should_read_int64_labels_exactly);
@@ -997,9 +1230,12 @@ Suite *codec_oip_suite(void) {
   tcase_add_test(tc, codec_oip_should_check_names_types_and_shapes);
   tcase_add_test(tc, codec_oip_should_enforce_limits);
   tcase_add_test(tc, codec_oip_should_report_invalid_json_with_the_byte_offset);
+  tcase_add_test(tc, codec_oip_should_decode_within_a_small_multiple_of_the_body);
   tcase_add_test(tc, codec_oip_should_refuse_bad_arguments);
   tcase_add_test(tc, codec_oip_should_encode_json_outputs);
   tcase_add_test(tc, codec_oip_should_encode_binary_outputs_after_the_json);
+  tcase_add_test(tc, codec_oip_should_compute_a_half_dtype_and_return_its_tensors);
+  tcase_add_test(tc, codec_oip_should_refuse_other_dtypes_and_half_overflow);
   tcase_add_test(tc, codec_oip_should_encode_a_binary_scalar_loss);
   tcase_add_test(tc, codec_oip_should_write_metadata_and_errors);
   suite_add_tcase(s, tc);

@@ -24,6 +24,7 @@
  * Each golden file is one loop iteration, so a failure names its case.
  */
 #include <check.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -328,6 +329,27 @@ static void problem_free(problem *p) {
 /* Keras golden files                                                       */
 /* ------------------------------------------------------------------------ */
 
+/* The engine input of golden case c, its arrays malloc'd in c's dtype
+ * (labels borrowed from c); golden_input_free releases them. */
+static circle_input golden_input(const golden_case *c) {
+  circle_dtype dt = c->cfg.dtype;
+  return (circle_input){
+      .n = c->n,
+      .m = c->m,
+      .d = c->d,
+      .labels = c->labels,
+      .embeddings = to_dtype(c->embeddings, c->n * c->d, dt),
+      .sample_weight = to_dtype(c->sample_weight, c->n, dt),
+      .ref_labels = c->ref_labels,
+      .ref_embeddings = to_dtype(c->ref_embeddings, c->m * c->d, dt)};
+}
+
+static void golden_input_free(circle_input *in) {
+  free((void *)in->embeddings);
+  free((void *)in->sample_weight);
+  free((void *)in->ref_embeddings);
+}
+
 START_TEST(loss_should_find_the_keras_golden_cases) {
   ck_assert_msg(g_list_rc == 0, "cannot list %s (set CIRCLE_GOLDEN_DIR)",
                 golden_dir());
@@ -355,14 +377,7 @@ static void check_golden(const char *path, unsigned threads, size_t block_rows,
   char err[512];
   ck_assert_msg(golden_case_load(path, &c, err, sizeof err) == 0, "%s", err);
   circle_dtype dt = c.cfg.dtype;
-  circle_input in = {.n = c.n,
-                     .m = c.m,
-                     .d = c.d,
-                     .labels = c.labels,
-                     .embeddings = to_dtype(c.embeddings, c.n * c.d, dt),
-                     .sample_weight = to_dtype(c.sample_weight, c.n, dt),
-                     .ref_labels = c.ref_labels,
-                     .ref_embeddings = to_dtype(c.ref_embeddings, c.m * c.d, dt)};
+  circle_input in = golden_input(&c);
   circle_engine *e = engine_new(threads, block_rows, materialize_bytes);
   result r;
   run(e, &c.cfg, &in, want_all(&in), &r);
@@ -382,9 +397,7 @@ static void check_golden(const char *path, unsigned threads, size_t block_rows,
                  tol);
   result_free(&r);
   circle_engine_free(e);
-  free((void *)in.embeddings);
-  free((void *)in.sample_weight);
-  free((void *)in.ref_embeddings);
+  golden_input_free(&in);
   golden_case_free(&c);
 }
 
@@ -607,6 +620,42 @@ START_TEST(loss_should_agree_streamed_or_materialized) {
 }
 END_TEST
 
+/* Rows on either side of softplus' subnormal flush (the flush_mixed_* and
+ * flush_ref_* golden cases): which rows are kept must not depend on the
+ * thread count, materialized or streamed, so the outputs are bitwise equal. */
+START_TEST(loss_should_flush_the_same_rows_on_any_thread_count) {
+  size_t seen = 0;
+  for (size_t k = 0; k < g_count; k++) {
+    const char *base = strrchr(g_paths[k], '/');
+    base = base ? base + 1 : g_paths[k];
+    if (strncmp(base, "flush_mixed_", 12) != 0 &&
+        strncmp(base, "flush_ref_", 10) != 0)
+      continue;
+    golden_case c;
+    char err[512];
+    ck_assert_msg(golden_case_load(g_paths[k], &c, err, sizeof err) == 0, "%s",
+                  err);
+    circle_input in = golden_input(&c);
+    for (size_t mat = 0; mat <= 1; mat++) { /* 0: materialized, 1: streamed */
+      result r[3];
+      for (unsigned t = 0; t < 3; t++) {
+        circle_engine *e = engine_new(t + 1, 5, mat);
+        run(e, &c.cfg, &in, want_all(&in), &r[t]);
+        circle_engine_free(e);
+      }
+      expect_identical(c.id, &r[0], &r[1]);
+      expect_identical(c.id, &r[0], &r[2]);
+      for (unsigned t = 0; t < 3; t++) result_free(&r[t]);
+    }
+    golden_input_free(&in);
+    golden_case_free(&c);
+    seen++;
+  }
+  ck_assert_msg(seen >= 6, "%zu flush_mixed_*/flush_ref_* cases in %s", seen,
+                golden_dir());
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 /* Numerical stability                                                      */
 /* ------------------------------------------------------------------------ */
@@ -731,8 +780,8 @@ END_TEST
 /* ------------------------------------------------------------------------ */
 
 /* Labels are exact 64-bit integers (Keras' class form casts them through
- * the loss dtype and int32; see README): relabelling 0..3 as huge values
- * that collide in float32 and in int32 changes nothing. */
+ * the loss dtype and int32; see docs/conformance.md): relabelling 0..3 as
+ * huge values that collide in float32 and in int32 changes nothing. */
 START_TEST(loss_should_treat_labels_as_exact_64_bit_integers) {
   problem p;
   problem_init(&p, 0x64ull, CIRCLE_DTYPE_FLOAT32, 20, 0, 5, 4, false, 1, 1);
@@ -914,6 +963,18 @@ static void small_init(small *s) {
                          .ref_embeddings = s->r};
 }
 
+/* small_init's batch in float32 (xf: 8 floats, filled here), without the
+ * reference set, with weights wf (4 floats, or NULL). */
+static void small_init_f32(small *s, float *xf, float *wf) {
+  small_init(s);
+  for (int k = 0; k < 8; k++) xf[k] = (float)s->x[k];
+  s->cfg.dtype = CIRCLE_DTYPE_FLOAT32;
+  s->in.embeddings = xf;
+  s->in.sample_weight = wf;
+  s->in.ref_labels = NULL;
+  s->in.ref_embeddings = NULL;
+}
+
 /* circle_input_check's status, and the sentence it writes. */
 static int check_input(const small *s, char *where, size_t where_len) {
   memset(where, 0, where_len);
@@ -1002,14 +1063,9 @@ START_TEST(loss_should_reject_non_finite_values_naming_the_row) {
   s.w[3] = NAN;
   expect_check(&s, CIRCLE_ENONFINITE, "sample_weight[3]");
   /* the same in float32 */
-  float xf[8] = {1, 0, 0.6f, 0.8f, 0, 1, -0.6f, 0.8f};
-  small_init(&s);
+  float xf[8];
+  small_init_f32(&s, xf, NULL);
   xf[7] = NAN;
-  s.cfg.dtype = CIRCLE_DTYPE_FLOAT32;
-  s.in.embeddings = xf;
-  s.in.sample_weight = NULL;
-  s.in.ref_labels = NULL;
-  s.in.ref_embeddings = NULL;
   expect_check(&s, CIRCLE_ENONFINITE, "embeddings[3][1]");
 }
 END_TEST
@@ -1023,6 +1079,95 @@ START_TEST(loss_should_reject_negative_sample_weights) {
   expect_check(&s, CIRCLE_OK, NULL);
   s.w[2] = -0.0;
   expect_check(&s, CIRCLE_OK, NULL);
+}
+END_TEST
+
+/* Sample weights scale the loss and its gradients: 1e38 in float32 used to
+ * give a 200 with a loss and gradients of inf (null in JSON). The check now
+ * refuses weights that could overflow, with ERANGE naming the weight, and
+ * accepts every weight below that point: a weight just under the largest
+ * accepted one gives finite outputs for every reduction, dtype, reference
+ * set and normalize setting. The largest accepted weight is found by
+ * bisection on the check itself, so the test holds the contract, not the
+ * formula. */
+static void set_weights(problem *p, double wmax) {
+  double top = 0;
+  for (size_t i = 0; i < p->in.n; i++) top = p->w[i] > top ? p->w[i] : top;
+  double *w = malloc(p->in.n * sizeof *w);
+  ck_assert_ptr_nonnull(w);
+  for (size_t i = 0; i < p->in.n; i++) w[i] = p->w[i] / top * wmax;
+  free((void *)p->in.sample_weight);
+  p->in.sample_weight = to_dtype(w, p->in.n, p->cfg.dtype);
+  free(w);
+}
+
+START_TEST(loss_should_refuse_sample_weights_that_could_overflow) {
+  static const circle_reduction reds[] = {
+      CIRCLE_REDUCTION_SUM_OVER_BATCH_SIZE, CIRCLE_REDUCTION_SUM,
+      CIRCLE_REDUCTION_MEAN, CIRCLE_REDUCTION_MEAN_WITH_SAMPLE_WEIGHT,
+      CIRCLE_REDUCTION_NONE, CIRCLE_REDUCTION_NULL};
+  circle_engine *e = engine_new(0, 0, 0);
+  for (int dt = 0; dt < 2; dt++)
+    for (size_t ri = 0; ri < sizeof reds / sizeof *reds; ri++)
+      for (int ref = 0; ref < 2; ref++)
+        for (int norm = 0; norm < 2; norm++) {
+          problem p;
+          problem_init(&p, 0x5eedull + ri, dt, 12, ref ? 5 : 0, 3, 3, true,
+                       0.5, 3.0);
+          p.cfg.reduction = reds[ri];
+          p.cfg.normalize = norm;
+          double big = dt ? DBL_MAX : FLT_MAX;
+          char what[96];
+          snprintf(what, sizeof what, "%s %s ref %d normalize %d",
+                   dt ? "f64" : "f32", circle_reduction_name(reds[ri]), ref,
+                   norm);
+          /* lo is accepted, hi refused (or the dtype's largest value is
+           * accepted, and then it must compute finite numbers). */
+          double lo = 1, hi = big;
+          set_weights(&p, lo);
+          ck_assert_msg(circle_input_check(&p.cfg, &p.in, NULL, 0) == CIRCLE_OK,
+                        "%s: weight 1 refused", what);
+          set_weights(&p, hi);
+          char where[256];
+          int rc = circle_input_check(&p.cfg, &p.in, where, sizeof where);
+          if (rc == CIRCLE_OK) {
+            lo = hi;
+          } else {
+            ck_assert_msg(rc == CIRCLE_ERANGE, "%s: %s", what,
+                          circle_status_name(rc));
+            ck_assert_msg(strstr(where, "sample_weight[") != NULL, "%s: %s",
+                          what, where);
+            while (hi / lo > 1 + 1e-9) {
+              double mid = sqrt(lo) * sqrt(hi);
+              set_weights(&p, mid);
+              if (circle_input_check(&p.cfg, &p.in, NULL, 0) == CIRCLE_OK)
+                lo = mid;
+              else
+                hi = mid;
+            }
+          }
+          /* Far above any practical weight. */
+          ck_assert_msg(lo >= (dt ? 1e250 : 1e20), "%s: weights above %g "
+                        "refused", what, lo);
+          set_weights(&p, lo);
+          result r;
+          run(e, &p.cfg, &p.in, want_all(&p.in), &r);
+          snprintf(what + strlen(what), sizeof what - strlen(what),
+                   " at weight %g", lo);
+          expect_finite(what, &p.cfg, &r);
+          result_free(&r);
+          problem_free(&p);
+        }
+  circle_engine_free(e);
+  /* The report's case: weights of 1e38 at the defaults, float32. */
+  small s;
+  float xf[8], wf[4] = {1, 1e38f, 1, 1};
+  small_init_f32(&s, xf, wf);
+  expect_check(&s, CIRCLE_ERANGE, "sample_weight[1] is 1e+38");
+  small_init(&s);
+  s.w[3] = 1e306;
+  s.cfg.reduction = CIRCLE_REDUCTION_SUM;
+  expect_check(&s, CIRCLE_ERANGE, "sample_weight[3]");
 }
 END_TEST
 
@@ -1494,12 +1639,14 @@ static Suite *loss_suite(void) {
   tcase_add_loop_test(
       num, loss_should_agree_streamed_or_materialized,
       0, 4);
+  tcase_add_test(num, loss_should_flush_the_same_rows_on_any_thread_count);
   tcase_add_test(num, loss_should_stay_finite_at_large_gamma);
   tcase_add_test(num, loss_should_stay_finite_when_rows_have_no_pairs);
   tcase_add_test(num, loss_should_never_return_nonfinite_values_for_finite_input);
   tcase_add_test(num, loss_should_stay_finite_for_a_zero_row_with_normalize);
   tcase_add_test(num, loss_should_treat_labels_as_exact_64_bit_integers);
   tcase_add_test(num, loss_should_compute_only_what_is_asked);
+  tcase_add_test(num, loss_should_refuse_sample_weights_that_could_overflow);
   suite_add_tcase(s, num);
 
   TCase *args = tcase_create("arguments");

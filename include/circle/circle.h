@@ -82,6 +82,18 @@ typedef enum {
   CIRCLE_DTYPE_FLOAT64 = 1
 } circle_dtype;
 
+/* A half-precision format Keras can compute a loss in (its DTypePolicy's
+ * compute dtype float16 or bfloat16). The engine does not compute in them:
+ * such a loss is computed in float32 on inputs rounded to the format
+ * (circle_half_round, circle_half_narrow), and every result is rounded to
+ * the format afterwards (circle_output_round). README "Keras conformance"
+ * gives the measurements behind that choice and the tolerance it meets. */
+typedef enum {
+  CIRCLE_HALF_NONE = 0,     /* compute dtype is circle_config.dtype itself */
+  CIRCLE_HALF_FLOAT16 = 1,  /* IEEE binary16: 11-bit significand, max 65504 */
+  CIRCLE_HALF_BFLOAT16 = 2  /* bfloat16: 8-bit significand, float32's range */
+} circle_half;
+
 typedef enum {
   CIRCLE_REDUCTION_SUM_OVER_BATCH_SIZE = 0,
   CIRCLE_REDUCTION_SUM,
@@ -97,6 +109,32 @@ CIRCLE_API size_t circle_dtype_size(circle_dtype dtype);
 CIRCLE_API const char *circle_dtype_name(circle_dtype dtype);
 /* Parses "float32" / "float64" into *out. CIRCLE_EINVAL otherwise. */
 CIRCLE_API int circle_dtype_parse(const char *s, circle_dtype *out);
+/* Parses a Keras DTypePolicy name for a loss: "float32", "float64",
+ * "float16", "bfloat16", "mixed_float16" or "mixed_bfloat16" (a mixed
+ * policy computes in its half format). *dtype receives the engine's dtype
+ * (float32 for the half formats, float64 or float32 otherwise), *half the
+ * half format or CIRCLE_HALF_NONE. CIRCLE_EINVAL for anything else (NULL
+ * included, which callers map to Keras' floatx, "float32"); outputs are
+ * untouched then. */
+CIRCLE_API int circle_dtype_policy_parse(const char *s, circle_dtype *dtype,
+                                         circle_half *half);
+/* "float16" / "bfloat16"; NULL for CIRCLE_HALF_NONE and unknown values. */
+CIRCLE_API const char *circle_half_name(circle_half half);
+/* Largest finite value of the format (65504, 3.3895313892515355e38); 0 for
+ * CIRCLE_HALF_NONE and unknown values. */
+CIRCLE_API double circle_half_max(circle_half half);
+/* Rounds p[0..count) in place to the nearest value of the format (ties to
+ * even, as numpy and jax convert). Returns the index of the first value that
+ * rounds past the format's largest finite value (it and those after it are
+ * left unrounded), or count when all fit. CIRCLE_HALF_NONE leaves p as it
+ * is and returns count. */
+CIRCLE_API size_t circle_half_round(circle_half half, float *p, size_t count);
+/* Rounds src[0..count) (doubles) straight to the format, once, into dst as
+ * float32 (exact: every value of either format is a float). Same return
+ * value as circle_half_round; dst[k] for k at and past it is unspecified.
+ * CIRCLE_HALF_NONE rounds to float32. */
+CIRCLE_API size_t circle_half_narrow(circle_half half, const double *src,
+                                     float *dst, size_t count);
 /* Keras spelling of a reduction; NULL for CIRCLE_REDUCTION_NULL. */
 CIRCLE_API const char *circle_reduction_name(circle_reduction r);
 /* Parses a Keras reduction string ("none" included, not NULL: the caller maps
@@ -111,15 +149,22 @@ typedef struct {
   bool remove_diagonal;       /* drop pairs (i, i) from the positives */
   circle_reduction reduction; /* how per-sample values are combined */
   circle_dtype dtype;         /* precision of the whole computation */
+  circle_half half;           /* Keras' compute dtype when it is a half
+                                 format (dtype is float32 then); the engine
+                                 itself ignores it, see circle_half */
   bool normalize;             /* L2-normalize embeddings first, as
                                  keras.layers.UnitNormalization does */
 } circle_config;
 
 /* Fills *cfg with Keras' defaults (gamma 80, margin 0.4, remove_diagonal,
- * sum_over_batch_size, float32, no normalize). */
+ * sum_over_batch_size, float32, no half format, no normalize). */
 CIRCLE_API void circle_config_init(circle_config *cfg);
-/* CIRCLE_OK when every field is in range, else CIRCLE_EINVAL. */
+/* CIRCLE_OK when every field is in range (a half format only with dtype
+ * float32), else CIRCLE_EINVAL. */
 CIRCLE_API int circle_config_validate(const circle_config *cfg);
+/* Keras' name of cfg's compute dtype: the half format's name when there is
+ * one, else dtype's ("float32", "float64"); NULL for an invalid config. */
+CIRCLE_API const char *circle_config_dtype_name(const circle_config *cfg);
 
 /* ------------------------------------------------------------------------ */
 /* Inputs and outputs                                                       */
@@ -214,7 +259,9 @@ CIRCLE_API size_t circle_engine_queue_depth(circle_engine *engine);
 /* Checks the input's shapes, pointers and values (finite numbers, non-
  * negative finite sample weights) against cfg. Without normalize, it also
  * refuses embeddings whose norms are so large that gamma * (1 - s)^2 could
- * overflow the dtype (CIRCLE_ERANGE); the engine never hands out NaN or
+ * overflow the dtype, and (always) sample weights so large that the
+ * weighted loss or its gradients could (CIRCLE_ERANGE, naming the largest
+ * weight and the limit); the engine never hands out NaN or
  * Inf for input it accepts. Returns CIRCLE_OK, CIRCLE_EINVAL (d == 0, NULL
  * pointers, half a reference set, negative weights, bad config),
  * CIRCLE_EEMPTY (n == 0, or m == 0 with a reference set),
@@ -242,6 +289,22 @@ CIRCLE_API size_t circle_loss_scratch_bytes(const circle_engine *engine,
  * embeddings are normalized too. */
 CIRCLE_API int circle_loss_compute(circle_engine *engine, const circle_config *cfg,
                         const circle_input *in, circle_output *out);
+
+/* Turns the engine's float32 results for a config with a half format into
+ * what Keras computing in that format returns: rows whose per-sample value
+ * is 0 in the format leave the reduction (Keras masks them; the loss and
+ * gradients take its divisor), then every output array out->want holds
+ * (loss_values, per_sample, grad, ref_grad) and out->loss is rounded to the
+ * format, in place. out must hold per_sample (CIRCLE_OUT_PER_SAMPLE) for a
+ * half format. Returns CIRCLE_OK (also for CIRCLE_HALF_NONE, which changes
+ * nothing), CIRCLE_EINVAL for NULL arguments, an invalid config or no
+ * per_sample, or CIRCLE_ERANGE when a value rounds past the format's largest
+ * finite value (Keras would return inf there); where (when not NULL)
+ * receives a sentence naming the output and row. The arrays may be partly
+ * rounded on CIRCLE_ERANGE: the caller discards them. */
+CIRCLE_API int circle_output_round(const circle_config *cfg, const circle_input *in,
+                                   circle_output *out, char *where,
+                                   size_t where_len);
 
 /* Queues fn(arg) to run on one of the engine's threads. Returns CIRCLE_OK,
  * CIRCLE_EBUSY when max_queue jobs are waiting, CIRCLE_ESHUTDOWN once

@@ -27,6 +27,15 @@ stay true:
   * numbers are written with repr() (shortest round-trip form), so a float32
     value read back as a double and cast to float is exactly Keras' value.
 
+Half precision (OUT_DIR/half/*.json): the same Keras calls with dtype
+"float16" or "bfloat16", so Keras computes the loss, per_sample and jax.grad
+in that format (x64 off). The inputs are stored already rounded to the
+format (through float32, exact), so Keras and circled see the same values.
+Each file adds "cond": [n], row i's largest |logit| (the -gamma a_p (m - c)
+and gamma a_n (1 - m - c) terms over its pairs) plus 1, in float64 on those
+inputs: the magnitude at which Keras rounds row i's logsumexp, the condition
+factor of the tolerance tests/py/test_half_precision.py states.
+
 Usage: KERAS_BACKEND=jax python generate.py OUT_DIR   (the Makefile's `make golden`)
 
 The file layout, one JSON object per case, named <id>.json:
@@ -464,6 +473,76 @@ def check_flush(c, per):
     assert ok, (c["id"], per)
 
 
+HALF_FORMATS = ("float16", "bfloat16")
+
+
+def half_cases():
+    """Cases computed in float16 and bfloat16: Keras' defaults and gamma 256
+    (where half precision is tightest), every reduction kind, a reference
+    set. Same dict layout as cases(), dtype the half format."""
+    import numpy as np
+    out = []
+    for fmt in HALF_FORMATS:
+        tag = "f16" if fmt == "float16" else "bf16"
+        base = {c["id"]: c for c in cases()}
+        for src, cid, changes in (
+                ("defaults_32", "defaults", {}),
+                ("gamma256_m025_32", "gamma256_m025", {}),
+                ("red_none_sw_32", "red_none_sw", {}),
+                ("red_mean_nosw_32", "red_mean_nosw", {}),
+                ("ref_mean_with_sample_weight_32", "ref_mean_with_sample_weight", {}),
+                ("margin_06_32", "gamma16_m06_sum", {}),
+                # At gamma 80 the rows on exact axes have circle values near
+                # 1e-11: float32 keeps them, float16 flushes them to 0 and
+                # Keras masks them, which changes the divisors.
+                ("underflow_sum_over_batch_size_32", "underflow80_sum_over_batch_size",
+                 {"gamma": 80.0}),
+                ("underflow_mean_with_sample_weight_32", "underflow80_mean_with_sample_weight",
+                 {"gamma": 80.0})):
+            c = dict(base[src])
+            c.update(changes)
+            c["id"] = f"{cid}_{tag}"
+            c["note"] = f"{base[src]['note']}, computed in {fmt}"
+            c["dtype"] = fmt
+            out.append(c)
+    return out
+
+
+def _round_to(a, fmt):
+    import ml_dtypes
+    import numpy as np
+    if a is None:
+        return None
+    t = np.float16 if fmt == "float16" else ml_dtypes.bfloat16
+    return np.asarray(a, np.float32).astype(t).astype(np.float64)
+
+
+def pair_logits(c, x, rx):
+    """Keras' formula in float64: the positive and negative pair masks and
+    the logits -gamma a_p (m - c) and gamma a_n (1 - m - c) of every pair."""
+    import numpy as np
+    ry = c["labels"] if c["ref_labels"] is None else c["ref_labels"]
+    r = x if rx is None else rx
+    g, mg = c["gamma"], c["margin"]
+    cdist = np.maximum(1.0 - x @ r.T, 0.0)
+    pos = c["labels"][:, None] == ry[None, :]
+    neg = ~pos
+    if c["remove_diagonal"]:
+        pos &= ~np.eye(len(x), len(r), dtype=bool)
+    zp = -g * np.maximum(mg + cdist, 0) * (mg - cdist)
+    zn = g * np.maximum(1 + mg - cdist, 0) * (1 - mg - cdist)
+    return pos, neg, zp, zn
+
+
+def row_cond(c, x, rx):
+    """max_j |logit_ij| + 1 per row, float64, on the rounded inputs."""
+    import numpy as np
+    pos, neg, zp, zn = pair_logits(c, x, rx)
+    pa = np.where(pos, np.abs(zp), 0)
+    na = np.where(neg, np.abs(zn), 0)
+    return [float(v) for v in np.maximum(pa.max(1), na.max(1)) + 1]
+
+
 # ---------------------------------------------------------------------------
 # Keras evaluation (one dtype per process)
 # ---------------------------------------------------------------------------
@@ -487,7 +566,14 @@ def evaluate(c):
     import numpy as np
 
     dtype = c["dtype"]
-    npdt = np.float32 if dtype == "float32" else np.float64
+    half = dtype in HALF_FORMATS
+    if half:
+        import ml_dtypes
+        c = dict(c, x=_round_to(c["x"], dtype), sw=_round_to(c["sw"], dtype),
+                 ref_x=_round_to(c["ref_x"], dtype))
+        npdt = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
+    else:
+        npdt = np.float32 if dtype == "float32" else np.float64
     y = c["labels"]
     x = c["x"].astype(npdt)
     sw = None if c["sw"] is None else c["sw"].astype(npdt)
@@ -540,8 +626,9 @@ def evaluate(c):
         assert np.all(np.isfinite(a)), c["id"]
     # The value under jax.grad must be the eager one: the loss > 0 mask has to
     # survive tracing, or the gradients would be of a different function.
-    eager = float(np.sum(loss)) if elementwise else float(loss)
-    assert abs(float(val) - eager) <= 1e-5 * max(1.0, abs(eager)), \
+    eager = float(np.sum(loss.astype(np.float64))) if elementwise else float(loss)
+    # (in a half format, the traced sum is itself rounded to it)
+    assert abs(float(val) - eager) <= (2.0 ** -6 if half else 1e-5) * max(1.0, abs(eager)), \
         (c["id"], float(val), eager)
     if dtype == "float64":
         check_against_numpy(c, x, rx, sw, loss, per)
@@ -549,6 +636,10 @@ def evaluate(c):
 
     n, d = x.shape
     m = 0 if rx is None else rx.shape[0]
+    extra = {}
+    if half:
+        extra["cond"] = row_cond(c, np.asarray(x, np.float64),
+                                 None if rx is None else np.asarray(rx, np.float64))
     return {
         "id": c["id"],
         "keras_version": keras.__version__,
@@ -569,6 +660,7 @@ def evaluate(c):
         "per_sample": _flat(per),
         "grad": _flat(g),
         "ref_grad": None if rg is None else _flat(rg),
+        **extra,
     }, int(np.sum(per == 0))
 
 
@@ -581,18 +673,9 @@ def check_against_numpy(c, x, rx, sw, loss, per):
         x = x / np.sqrt(np.maximum(np.sum(x * x, 1, keepdims=True), 1e-24))
         if rx is not None:
             rx = rx / np.sqrt(np.maximum(np.sum(rx * rx, 1, keepdims=True), 1e-24))
-    ry = c["labels"] if c["ref_labels"] is None else c["ref_labels"]
-    r = x if rx is None else rx
-    g, mg = c["gamma"], c["margin"]
-    cdist = np.maximum(1.0 - x @ r.T, 0.0)
-    pos = c["labels"][:, None] == ry[None, :]
-    neg = ~pos
-    if c["remove_diagonal"]:
-        pos &= ~np.eye(len(x), len(r), dtype=bool)
-    pw = np.maximum((mg + cdist) * pos, 0)
-    nw = np.maximum((1 + mg - cdist) * neg, 0)
-    pa = np.where(pos, -g * pw * (mg - cdist), -np.inf)
-    na = np.where(neg, g * nw * (1 - mg - cdist), -np.inf)
+    pos, neg, zp, zn = pair_logits(c, x, rx)
+    pa = np.where(pos, zp, -np.inf)
+    na = np.where(neg, zn, -np.inf)
 
     def lse(a):
         mx = np.max(a, axis=1, keepdims=True)
@@ -644,8 +727,12 @@ def run_phase(dtype, outdir):
         jax.config.update("jax_enable_x64", True)
     import keras  # noqa: F401  (after the jax configuration)
     masked_cases = 0
-    for c in cases():
-        if c["dtype"] != dtype:
+    todo = half_cases() if dtype == "half" else cases()
+    if dtype == "half":
+        outdir = os.path.join(outdir, "half")
+        os.makedirs(outdir, exist_ok=True)
+    for c in todo:
+        if c["dtype"] != dtype and not (dtype == "half" and c["dtype"] in HALF_FORMATS):
             continue
         obj, zeros = evaluate(c)
         masked_cases += zeros > 0
@@ -656,7 +743,7 @@ def run_phase(dtype, outdir):
 
 
 def main(argv):
-    if len(argv) == 3 and argv[1] in ("--phase=float32", "--phase=float64"):
+    if len(argv) == 3 and argv[1] in ("--phase=float32", "--phase=float64", "--phase=half"):
         run_phase(argv[1].split("=")[1], argv[2])
         return 0
     if len(argv) != 2:
@@ -670,12 +757,18 @@ def main(argv):
     for name in os.listdir(outdir):           # drop files of retired cases
         if name.endswith(".json") and name[:-5] not in ids:
             os.remove(os.path.join(outdir, name))
-    for dtype in ("float32", "float64"):
+    half_ids = [c["id"] for c in half_cases()]
+    assert len(half_ids) == len(set(half_ids)), "duplicate half case id"
+    half_dir = os.path.join(outdir, "half")
+    for name in os.listdir(half_dir) if os.path.isdir(half_dir) else ():
+        if name.endswith(".json") and name[:-5] not in half_ids:
+            os.remove(os.path.join(half_dir, name))
+    for dtype in ("float32", "float64", "half"):
         # A fresh interpreter per dtype: x64 must be set before JAX is used,
         # and float32 cases must run with JAX's defaults, as users run them.
         subprocess.run([sys.executable, os.path.abspath(__file__), f"--phase={dtype}", outdir],
                        check=True)
-    print(f"{len(ids)} golden cases in {outdir}")
+    print(f"{len(ids)} golden cases in {outdir}, {len(half_ids)} in {half_dir}")
     return 0
 
 

@@ -13,10 +13,18 @@ What must stay true:
     (or, with a reference set, the LossFunctionWrapper around
     keras.losses.circle that Circle is), UnitNormalization first when
     normalize is on, jax.grad of the result (of its sum for "none"/null);
+  * the request of the bug report on softplus underflow (rows whose exp(L)
+    is subnormal), sent as it was, gives Keras' 27.293128967285156 with those
+    rows exactly 0;
   * GET /config is a config keras.losses.Circle.from_config accepts and
     gives back unchanged;
   * the exact JSON of keras.losses.Circle(...).get_config() is accepted as
-    /v1's "config" and echoed back as the response's "config".
+    /v1's "config" and echoed back as the response's "config";
+  * every dtype spelling Keras' Circle takes (names, null, and the
+    DTypePolicy object as keras.saving.serialize_keras_object writes it)
+    computes in the dtype Keras' Circle(dtype=...).dtype names, and the echo
+    stays that loss's get_config() (half-precision numbers against Keras:
+    test_half_precision.py).
 
 float64 needs JAX's x64 mode, which must be on before JAX makes any array:
 it is turned on at import, before Keras is imported. float32 cases still
@@ -262,3 +270,28 @@ def test_keras_get_config_json_should_be_accepted_and_echoed(circled, kwargs):
     assert list(echoed) == list(keras_cfg), "key order differs from Keras'"
     # The echo is itself a Keras config that means the same loss.
     assert keras.losses.Circle.from_config(echoed).get_config() == keras_cfg
+
+
+@pytest.mark.parametrize("spelling", [
+    None, "float16", "bfloat16", "float32", "float64", "mixed_float16", "mixed_bfloat16",
+    "policy:float16", "policy:bfloat16", "policy:float64", "policy:mixed_float16",
+    "policy:mixed_bfloat16"])
+def test_every_keras_dtype_spelling_should_compute_in_keras_compute_dtype(circled, spelling):
+    """Keras itself says what each spelling computes in (Circle(dtype=...)
+    .dtype) and writes the DTypePolicy object (serialize_keras_object); the
+    echo is Keras' get_config() for that loss, which has no dtype key."""
+    if isinstance(spelling, str) and spelling.startswith("policy:"):
+        spelling = keras.saving.serialize_keras_object(keras.DTypePolicy(spelling[7:]))
+        obj = keras.saving.deserialize_keras_object(spelling)
+    else:
+        obj = spelling
+    loss = keras.losses.Circle(gamma=64.0, dtype=obj)
+    cfg = dict(loss.get_config(), dtype=spelling)
+    body = {"labels": [0, 0, 1, 1], "embeddings": [[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]],
+            "config": cfg, "outputs": ["loss"]}
+    r = requests.post(circled + "/v1/loss", json=body, timeout=10)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["dtype"] == loss.dtype
+    assert out["config"] == loss.get_config() and "dtype" not in out["config"]
+    assert keras.losses.Circle.from_config(out["config"]).get_config() == out["config"]

@@ -1,4 +1,4 @@
-"""test_limits.py -- README's limits table (section "Hardening") against the
+"""test_limits.py -- the limits table of docs/hardening.md against the
 live server: each row's default is what `circled --help` says, and a request
 just past each limit gets the status and code the row promises, on /v1 and
 (where the limit applies there) on the Open Inference Protocol, while one
@@ -24,15 +24,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "load"))
 from daemon import ROOT, Circled, circled_binary  # noqa: E402
+import long_request  # noqa: E402
 
 OIP = "/v2/models/circle/infer"
 
 
-def readme_rows():
+def table_rows():
     """{flag, or the limit's name for a row without one: (default text,
     when-exceeded text)} from the table."""
-    text = (ROOT / "README.md").read_text()
-    sec = text.split("## Hardening", 1)[1].split("\n## ", 1)[0]
+    text = (ROOT / "docs" / "hardening.md").read_text(encoding="utf-8")
+    sec = text.split("\n## Limits", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in sec.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -43,7 +44,7 @@ def readme_rows():
     return rows
 
 
-ROWS = readme_rows()
+ROWS = table_rows()
 
 
 def promised(flag):
@@ -144,7 +145,7 @@ def test_the_table_names_every_limit_flag():
     out = subprocess.run([circled_binary(), "--help"], capture_output=True, text=True, check=True).stdout
     flags = set(re.findall(r"^  (--(?:max-[a-z-]+|timeout|request-timeout)) ", out, re.M))
     flags.discard("--max-tags")  # a metrics cardinality cap, not a request limit
-    assert flags <= set(ROWS), f"not in README's limits table: {sorted(flags - set(ROWS))}"
+    assert flags <= set(ROWS), f"not in the limits table of docs/hardening.md: {sorted(flags - set(ROWS))}"
 
 
 def test_body_size():
@@ -203,6 +204,92 @@ def test_duplicate_keys():
         expect_oip(post(d.url, OIP, b'{"inputs": [], "inputs": []}'), status)
 
 
+def test_sample_weights():
+    # 1e38 used to give a 200 with a loss of null (/v1) or inf (OIP).
+    status, code = promised("Sample weights")
+    emb = [[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-0.6, 0.8]]
+    with Circled() as d:
+        for w in (1e38, 3e38):
+            body = json.dumps({"labels": [0, 0, 1, 1], "embeddings": emb,
+                               "sample_weight": [1, w, 1, 1]}).encode()
+            res = post(d.url, "/v1/loss", body)
+            expect(res, status, code)
+            assert "sample_weight[1]" in json.loads(res[2])["error"]["message"], res[2]
+            req = {"inputs": [
+                {"name": "labels", "datatype": "INT64", "shape": [4], "data": [0, 0, 1, 1]},
+                {"name": "embeddings", "datatype": "FP32", "shape": [4, 2],
+                 "data": [v for row in emb for v in row]},
+                {"name": "sample_weight", "datatype": "FP32", "shape": [4], "data": [1, w, 1, 1]}]}
+            expect_oip(post(d.url, OIP, json.dumps(req).encode()), status)
+        # Far below the limit, a weight is a weight.
+        res = post(d.url, "/v1/loss", json.dumps({"labels": [0, 0, 1, 1], "embeddings": emb,
+                                                  "sample_weight": [1, 1e30, 1, 1]}).encode())
+        ok(res)
+        assert json.loads(res[2])["loss"] is not None
+
+
+def vm_hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def decoding_bound():
+    """(multiple of the body, constant in MiB) from the limits table's row."""
+    when = ROWS["Memory to decode a request"][0]
+    m = re.search(r"at most (\d+) times .* plus (\d+) MiB", when)
+    return int(m.group(1)), int(m.group(2))
+
+
+def expect_bounded(d, body, headers, status, code, plain_len=None):
+    """Sends body and checks the answer and that circled's peak memory grew
+    by at most the table's bound for a body of plain_len bytes (len(body)
+    unless it is compressed)."""
+    times, const_mib = decoding_bound()
+    before = vm_hwm_kib(d.pid)
+    res = post(d.url, "/v1/loss" if code else OIP, body, headers)
+    grown = (vm_hwm_kib(d.pid) - before) * 1024
+    if code:
+        expect(res, status, code)
+    else:
+        expect_oip(res, status)
+    allowed = times * (plain_len or len(body)) + (const_mib << 20)
+    assert grown <= allowed, f"peak memory grew {grown >> 20} MiB, bound {allowed >> 20} MiB"
+    return res
+
+
+def test_decoding_memory_is_bounded_by_the_body():
+    # Each of these used to build a cJSON node (about 80 B) for every
+    # 2-byte number before the limit was checked (twice on /v1): the first
+    # took VmHWM from 7 to 2,696 MiB.
+    with Circled() as d:
+        zeros = b"0," * (32 << 20)
+        labels = b'{"labels": [' + zeros + b'0], "embeddings": [[1.0]]}'
+        gz = gzip.compress(labels, compresslevel=1, mtime=0)
+        res = expect_bounded(d, gz, {"Content-Encoding": "gzip"}, 413, "limit_exceeded",
+                             plain_len=len(labels))
+        assert "labels has 33554433 rows" in json.loads(res[2])["error"]["message"], res[2]
+        # 16 MB of tiny numbers in a matrix within the limits, with a bad
+        # last element: decoded to the end the slow way.
+        rows = 2048
+        row = b"[" + b"0," * 4095 + b"0]"
+        emb = b"[" + b",".join([row] * (rows - 1)) + b", [" + b"0," * 4095 + b'"x"]]'
+        body = b'{"labels": [' + b"0," * (rows - 1) + b'0], "embeddings": ' + emb + b"}"
+        res = expect_bounded(d, body, None, 400, "wrong_type")
+        assert "embeddings[2047][4095] is a string" in json.loads(res[2])["error"]["message"]
+        # The same numbers as OIP JSON data, and nested labels past the limit.
+        flat = b"[" + b"0," * (rows * 4096 - 1) + b'"x"]'
+        oip_body = (b'{"inputs": [{"name": "labels", "datatype": "INT64", "shape": [2048], "data": ['
+                    + b"0," * (rows - 1) + b'0]}, {"name": "embeddings", "datatype": "FP32", '
+                    b'"shape": [2048, 4096], "data": ' + flat + b"}]}")
+        expect_bounded(d, oip_body, None, 400, None)
+        nested = b'{"labels": [[' + b"0," * (8 << 20) + b'0]], "embeddings": [[1.0]]}'
+        expect_bounded(d, nested, None, 413, "limit_exceeded")
+        assert d.healthy()
+
+
 def get_with_header(url, size):
     """Status of GET /healthz carrying one header of about size bytes."""
     return exchange(url, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * size +
@@ -229,11 +316,12 @@ def test_memory_in_flight():
 
 def test_compute_queue():
     status, code = promised("--max-queue")
-    n = 16000
-    big = json.dumps({"labels": [i % 50 for i in range(n)],
-                      "embeddings": [[(i * 7919 % 1000) / 1000.0, 0.5, -0.25, 1.0] * 8 for i in range(n)],
-                      "outputs": ["loss"]}).encode()
     with Circled(["--workers", "1", "--max-queue", "1"]) as d:
+        # Requests that compute for about 2 s each on this machine (sized
+        # by long_request.py): with one computing and one queued, the
+        # third and fourth, sent 0.3 s apart, find the queue full.
+        n, _ = long_request.long_n(d.port, 2000, path="/v1/loss")
+        big, headers = long_request.body("/v1/loss", n)
         results = []
 
         def send():
@@ -247,11 +335,17 @@ def test_compute_queue():
             time.sleep(0.3)
         for t in threads:
             t.join()
+        answered = [r for r in results if r[0] == 200]
         refused = [r for r in results if r[0] != 200]
         assert refused, [r[0] for r in results]
         for r in refused:
             expect(r, status, code)
             assert r[1].get("Retry-After"), "503 without Retry-After"
+        # The premise: the answered ones computed for longer than it took
+        # to send the rest.
+        for r in answered:
+            ms = long_request.compute_ms(r[1])
+            assert ms is not None and ms >= 1000, f"computed for {ms} ms: too short to test this"
 
 
 def test_connections():

@@ -1,9 +1,9 @@
 """test_prometheus.py -- a real Prometheus (Debian's `prometheus` package)
 scrapes a real circled every second; the series it stores must say what the
-test sent. Also: `promtool check metrics` on the exposition, the README's
-PromQL examples and every query of the Grafana dashboard evaluated by that
-Prometheus, and the Grafana provisioning wired to the dashboard and to the
-compose stack's Prometheus.
+test sent. Also: `promtool check metrics` on the exposition, the PromQL
+examples of docs/observability.md and every query of the Grafana dashboard
+evaluated by that Prometheus, and the Grafana provisioning wired to the
+dashboard and to the compose stack's Prometheus.
 
 What the traffic is, so every expected number is known:
   - circled runs with --max-tags 2;
@@ -21,7 +21,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import urllib.parse
 from pathlib import Path
 
@@ -215,19 +214,19 @@ def test_promtool_should_accept_the_exposition(stack):
 # ---------------------------------------------------------------------------
 
 
-def readme_promql():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"^```promql\n(.*?)^```", readme, re.S | re.M)
+def documented_promql():
+    doc = (ROOT / "docs" / "observability.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```promql\n(.*?)^```", doc, re.S | re.M)
     return [q for b in blocks for q in (x.strip() for x in b.split("\n\n")) if q and not q.startswith("#")]
 
 
-def test_readme_promql_examples_should_run_and_return_data(stack):
-    queries = readme_promql()
-    assert len(queries) >= 5, "README lost its PromQL examples"
+def test_documented_promql_examples_should_run_and_return_data(stack):
+    queries = documented_promql()
+    assert len(queries) >= 5, "docs/observability.md lost its PromQL examples"
     for q in queries:
         # Windows long enough to hold the scrapes of this short test.
         result = stack.query(q.replace("[5m]", "[1m]"))
-        assert result, f"README query returned nothing: {q}"
+        assert result, f"documented query returned nothing: {q}"
 
 
 def dashboard_queries():
@@ -254,8 +253,12 @@ def grafana_to_promql(expr, tag_regex):
 def test_grafana_dashboard_queries_should_run_against_prometheus(stack):
     _, queries = dashboard_queries()
     assert len(queries) >= 20
-    # Let two rate windows' worth of scrapes arrive after the traffic.
-    time.sleep(2)
+    # Two more scrapes after the traffic, so that every rate() has two
+    # samples of each series (awaited, not slept for: a loaded machine
+    # scrapes late).
+    scrapes = 'count_over_time(up{job="circled"}[10m])'
+    before = stack.value(scrapes)
+    wait_for("two more scrapes", lambda: stack.value(scrapes) >= before + 2, 30)
     empty = []
     for title, expr in queries:
         result = stack.query(grafana_to_promql(expr, "a|b|other"))
