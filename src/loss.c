@@ -6,19 +6,28 @@
  *
  *   normalize?  X <- X * min(rsqrt(|X|^2), 1e12)         (and R alike)
  *   similarities and row scalars:
- *     materialized (n*m small):  S = X R^T (self: lower tiles + mirror)
+ *     self-reference (no stats): the lower triangle only, strip by strip
+ *                                (S_b = X_b X[0:hi)^T), tile by tile; each
+ *                                off-diagonal tile serves its rows and its
+ *                                columns, log-sum-exps merged online in a
+ *                                fixed order (loss_impl.h)
+ *     materialized (n*m small):  S = X R^T kept (self: the lower strips)
  *                                rows: lse_p, lse_n, v, sig; G' in place
  *     streamed (n*m large):      per block S_b = X_b R^T in a thread buffer,
  *                                rows: lse_p, lse_n, v, sig
+ *     self-reference with stats: full rows (lower tiles + mirror)
  *   reduction (serial, row order): mask v > 0, Keras' divisors -> coef_i
  *   gradients:
- *     self:  dX = (diag(c) G' + G'^T diag(c)) X     ~3 n^2 d flops in all
+ *     self:  dX = H X, H = diag(c) G' + G'^T diag(c) symmetric; materialized,
+ *            H is formed on the lower strips in place and
+ *            dX_b = H[b, 0:hi) X[0:hi) + H[hi:n, b]^T X[hi:n)
  *     ref:   dX = diag(c) G' R,   dR = G'^T diag(c) X
- *     streamed mode recomputes S_b instead of keeping it.
+ *     streamed mode recomputes S_b (full rows) instead of keeping it.
  *   normalize?  backprop through the normalization.
  *
- * Invariants: every block writes only its own rows (or reference rows), and
- * every reduction across rows runs serially in row order after the loop, so
+ * Invariants: every block writes only its own rows (or reference rows; a
+ * lower-triangle tile's column partials go to that tile's own slot), and
+ * every reduction across rows or tiles runs in a fixed order, so
  * results are bitwise identical whatever the number of threads. The block
  * size depends on n alone, never on the thread count. Scratch memory is
  * taken once per call (circle_loss_scratch_bytes says how much); the hot
@@ -27,6 +36,8 @@
 #include <cblas.h>
 #include <float.h>
 #include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -132,17 +143,22 @@ static inline float exp_f(float x) {
   };                                                                          \
   struct CIRCLE__CAT(ctx, SUF) {                                              \
     struct CIRCLE__CAT(consts, SUF) k;                                        \
-    bool rd, self, need_g;                                                    \
+    bool rd, self, need_g, mat;                                               \
     unsigned want;                                                            \
     size_t n, m, d, bs, ld; /* ld: row stride of the materialized S */       \
     const int32_t *lx, *lr; /* dense label ids: only equality matters */       \
     T *cls;                 /* per-thread pair classes, wide each */          \
     T *ebuf;                /* per-thread exp(z - max) of one row */          \
     size_t wide;                                                              \
+    size_t nb;              /* row blocks */                                  \
+    T *rst, *part, *zt;     /* lower triangle: row states, column partials,   \
+                               per-thread tile scratch (see loss_impl.h) */   \
+    atomic_size_t *next;    /* streamed lower triangle: dX_b's next strip */  \
+    T *yb;                  /* ... and each thread's H[b, 0:lo)^T X_b */      \
     const T *X, *R;                                                           \
     const T *raw;           /* the query embeddings as given (norm_dev) */    \
     T *S, *Xc, *dX, *dR;                                                      \
-    T *lse_p, *lse_n, *v, *sig, *cf;                                          \
+    T *lse_p, *lse_n, *v, *sig, *cf, *csig; /* csig: cf * sig */              \
     double *coef;                                                             \
     row_stats *stats;                                                         \
     struct CIRCLE__CAT(norm_job, SUF) *norm_job;                              \
@@ -199,10 +215,11 @@ DEFINE_CTX(double, d)
 
 typedef struct {
   bool self, materialize, normalize;
+  bool tri; /* self-reference over the lower triangle (not with stats) */
   size_t n, m, d, bs, esz, nth;
   /* byte offsets of each scratch array in one allocation */
   size_t wide, ld, off_ids, off_sort, off_cls, off_ebuf, off_rows, off_vd, off_coef, off_stats, off_xn, off_rn, off_inv_x, off_inv_r,
-      off_s, off_xc, total;
+      off_s, off_xc, off_rst, off_part, off_zt, off_next, off_yb, total;
 } plan;
 
 static bool add_bytes(size_t *total, size_t *off, size_t count, size_t size) {
@@ -226,7 +243,7 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
   p->nth = circle_engine_threads(e);
   p->normalize = cfg->normalize;
   p->bs = o->block_rows ? o->block_rows
-                      : (p->n <= 512 ? 32 : p->n <= 2048 ? 64 : 256);
+                      : (p->n <= 512 ? 32 : p->n <= 2048 ? 128 : 256);
   size_t nm, n4;
   if (__builtin_mul_overflow(p->n, p->m, &nm)) return false;
   if (__builtin_mul_overflow(p->n, (size_t)4, &n4)) return false;
@@ -244,7 +261,7 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
             add_bytes(&t, &p->off_sort, nm_rows, sizeof(int64_t)) &&
             add_bytes(&t, &p->off_cls, cls_all, p->esz) &&
             add_bytes(&t, &p->off_ebuf, cls_all, p->esz) &&
-            add_bytes(&t, &p->off_rows, n4 + p->n, p->esz) &&
+            add_bytes(&t, &p->off_rows, n4 + 2 * p->n, p->esz) &&
             add_bytes(&t, &p->off_vd, p->n * 2, sizeof(double)) &&
             add_bytes(&t, &p->off_coef, p->n, sizeof(double)) &&
             add_bytes(&t, &p->off_stats,
@@ -256,6 +273,24 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
             add_bytes(&t, &p->off_inv_r, p->normalize && !p->self ? p->m : 0,
                       p->esz);
   if (!ok) return false;
+  /* The lower triangle's scratch: 4 row states per row, 4 column partials
+   * per column of each tile below the diagonal (and one spare tile a
+   * thread), a tile of z and 7 bs values a thread. */
+  p->tri = p->self && !(want & CIRCLE_OUT_STATS);
+  if (p->tri) {
+    size_t nb = (p->n + p->bs - 1) / p->bs, tiles, part, zt;
+    if (__builtin_mul_overflow(nb, nb - 1, &tiles) ||
+        __builtin_add_overflow(tiles / 2, p->nth, &tiles) ||
+        __builtin_mul_overflow(tiles, p->bs, &part) ||
+        __builtin_mul_overflow(part, (size_t)4, &part) ||
+        __builtin_mul_overflow(p->bs, p->bs + 7, &zt) ||
+        __builtin_mul_overflow(zt, p->nth, &zt))
+      return false;
+    ok = add_bytes(&t, &p->off_rst, n4, p->esz) &&
+         add_bytes(&t, &p->off_part, part, p->esz) &&
+         add_bytes(&t, &p->off_zt, zt, p->esz);
+    if (!ok) return false;
+  }
   if (p->materialize) {
     /* A row stride that is a multiple of 4 KiB makes the column walks of
      * mirror and symmetrize hit one cache set; pad it by a cache line. */
@@ -275,6 +310,14 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
       return false;
     ok = add_bytes(&t, &p->off_s, all, p->esz) &&
          add_bytes(&t, &p->off_xc, 0, p->esz);
+    /* Streamed lower triangle with gradients: a turn counter a block and
+     * a buffer of n x d a thread for the strip's column contributions. */
+    if (ok && p->tri && need_grad) {
+      size_t nb = (p->n + p->bs - 1) / p->bs, yb;
+      if (__builtin_mul_overflow(nd, p->nth, &yb)) return false;
+      ok = add_bytes(&t, &p->off_next, nb, sizeof(atomic_size_t)) &&
+           add_bytes(&t, &p->off_yb, yb, p->esz);
+    }
   }
   if (!ok) return false;
   p->total = t;
@@ -432,6 +475,7 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
     x.v = x.lse_n + p->n;                                                      \
     x.sig = x.v + p->n;                                                        \
     x.cf = x.sig + p->n;                                                       \
+    x.csig = x.cf + p->n;                                                      \
     x.coef = (double *)(mem + p->off_coef);                                    \
     x.stats = (row_stats *)(mem + p->off_stats);                               \
     x.S = (T *)(mem + p->off_s);                                               \
@@ -440,6 +484,13 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
     x.dR = out->ref_grad;                                                      \
     x.norm_job = &nj;                                                          \
     size_t nb = (p->n + p->bs - 1) / p->bs;                                    \
+    x.nb = nb;                                                                 \
+    x.mat = p->materialize;                                                    \
+    x.rst = (T *)(mem + p->off_rst);                                           \
+    x.part = (T *)(mem + p->off_part);                                         \
+    x.zt = (T *)(mem + p->off_zt);                                             \
+    x.next = (atomic_size_t *)(mem + p->off_next);                             \
+    x.yb = (T *)(mem + p->off_yb);                                             \
     size_t mb = (p->m + p->bs - 1) / p->bs;                                    \
     bool want_g = want & CIRCLE_OUT_GRAD;                                      \
     bool want_r = !p->self && (want & CIRCLE_OUT_REF_GRAD);                    \
@@ -459,7 +510,10 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
         x.R = nj.dst;                                                          \
       }                                                                        \
     }                                                                          \
-    if (p->materialize) {                                                      \
+    if (p->tri) {                                                              \
+      circle__parallel(e, nb, CIRCLE__CAT(blk_tri_lse, SUF), &x);              \
+      circle__parallel(e, nb, CIRCLE__CAT(blk_tri_finish, SUF), &x);           \
+    } else if (p->materialize) {                                               \
       circle__parallel(e, nb, CIRCLE__CAT(blk_sim_full, SUF), &x);             \
       if (p->self) circle__parallel(e, nb, CIRCLE__CAT(blk_mirror, SUF), &x);  \
       circle__parallel(e, nb, CIRCLE__CAT(blk_rows_full, SUF), &x);            \
@@ -477,12 +531,18 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
     }                                                                          \
     double loss = reduce_rows(cfg, p->n, vd, in->sample_weight ? wd : NULL,    \
                               x.coef);                                         \
-    for (size_t i = 0; i < p->n; i++) x.cf[i] = (T)x.coef[i];                 \
+    for (size_t i = 0; i < p->n; i++) {                                        \
+      x.cf[i] = (T)x.coef[i];                                                  \
+      x.csig[i] = x.cf[i] * x.sig[i];                                          \
+    }                                                                          \
     if (want & CIRCLE_OUT_STATS)                                               \
       reduce_stats(x.stats, p->n, vd, &out->stats);                            \
     if (x.need_g) {                                                            \
       if (p->materialize) {                                                    \
-        if (p->self) {                                                         \
+        if (p->tri) {                                                          \
+          circle__parallel(e, nb, CIRCLE__CAT(blk_tri_h, SUF), &x);            \
+          circle__parallel(e, nb, CIRCLE__CAT(blk_tri_dx, SUF), &x);           \
+        } else if (p->self) {                                                  \
           circle__parallel(e, nb, CIRCLE__CAT(blk_symmetrize, SUF), &x);       \
           if (want_g) circle__parallel(e, nb, CIRCLE__CAT(blk_dx_full, SUF), &x); \
         } else {                                                               \
@@ -492,6 +552,9 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
             circle__parallel(e, mb, CIRCLE__CAT(blk_dr_full, SUF), &x);        \
           }                                                                    \
         }                                                                      \
+      } else if (p->tri) {                                                     \
+        for (size_t b = 0; b < nb; b++) atomic_init(&x.next[b], b);            \
+        circle__parallel(e, nb, CIRCLE__CAT(blk_tri_dx_stream, SUF), &x);      \
       } else {                                                                 \
         if (want_g) circle__parallel(e, nb, CIRCLE__CAT(blk_dx_stream, SUF), &x); \
         if (want_r) circle__parallel(e, mb, CIRCLE__CAT(blk_dr_stream, SUF), &x); \

@@ -32,15 +32,15 @@
 #define CLS_NEG(c) ((c) == (T)2)
 #define CLS_SAME(c) ((c) < (T)1.5) /* positive, or (i,i) removed */
 
-/* Fills cls[0..m) for query row i against the reference labels. */
+/* Fills cls[0..cnt) for query row i against the reference labels. */
 CIRCLE__HOT static void F(row_classes)(const struct F(ctx) *x, size_t i,
-                                       T *cls) {
+                                       T *cls, size_t cnt) {
   const int32_t li = x->lx[i];
   const int32_t *lr = x->lr;
-  for (size_t j = 0; j < x->m; j++) cls[j] = lr[j] == li ? (T)1 : (T)2;
+  for (size_t j = 0; j < cnt; j++) cls[j] = lr[j] == li ? (T)1 : (T)2;
   /* remove_diagonal drops (i, i) from the positives only: with a reference
    * set a differently labelled (i, i) stays a negative, as in Keras. */
-  if (x->rd && i < x->m && CLS_POS(cls[i])) cls[i] = 0;
+  if (x->rd && i < cnt && CLS_POS(cls[i])) cls[i] = 0;
 }
 
 /* Fills cls[0..n) for reference row j against the query labels. */
@@ -65,12 +65,12 @@ static inline T F(pair_z)(T s, int same, T gam, T mg, T opn, T dln) {
   return same ? zp : zn;
 }
 
-/* d v_i / d s for one pair of class cls, given row i's scalars.
- * Branch-free (selects only) so the loops that call it vectorize; the exp
- * of an unused side may be garbage and is never selected. */
-static inline T F(pair_grad)(T s, T cls, T gam, T mg, T opn, T dln,
-                             T lse_p, T lse_n, T sig) {
-  int same = CLS_SAME(cls);
+/* z of a pair at similarity s and dz/ds = dz/dc dc/ds, where dc/ds is -1
+ * for s < 1, 0 for s > 1 and -1/2 at s == 1; the side is the positive one
+ * when same. Branch-free (selects only) so the loops that call it
+ * vectorize. */
+static inline T F(pair_zds)(T s, int same, T gam, T mg, T opn, T dln,
+                             T *dzds) {
   T one_minus = (T)1 - s;
   T c = one_minus > 0 ? one_minus : 0;
   T dcds = one_minus > 0 ? (T)-1 : (one_minus == 0 ? (T)-0.5 : (T)0);
@@ -79,8 +79,17 @@ static inline T F(pair_grad)(T s, T cls, T gam, T mg, T opn, T dln,
   T zn = (gam * (wn > 0 ? wn : 0)) * (dln - c);
   T dzp = wp > 0 ? (T)2 * gam * c : 0;
   T dzn = wn > 0 ? (T)-2 * gam * ((T)1 - c) : 0;
-  T z = same ? zp : zn, dz = same ? dzp : dzn, lse = same ? lse_p : lse_n;
-  T g = sig * EXPT(z - lse) * dz * dcds;
+  *dzds = (same ? dzp : dzn) * dcds;
+  return same ? zp : zn;
+}
+
+/* d v_i / d s for one pair of class cls, given row i's scalars. The exp
+ * of an unused side may be garbage and is never selected. */
+static inline T F(pair_grad)(T s, T cls, T gam, T mg, T opn, T dln,
+                             T lse_p, T lse_n, T sig) {
+  int same = CLS_SAME(cls);
+  T dz, z = F(pair_zds)(s, same, gam, mg, opn, dln, &dz);
+  T g = sig * EXPT(z - (same ? lse_p : lse_n)) * dz;
   return cls > (T)0.5 ? g : 0;
 }
 
@@ -187,71 +196,12 @@ CIRCLE__HOT static void F(row_stats)(struct F(ctx) *x, size_t i, const T *s,
   }
 }
 
-/* Row scalars for row i from its similarities s[0..m) and classes: fills
- * lse_p, lse_n, v, sig and, when asked, the row's statistics. Two sweeps,
- * one exp per pair. Reductions run in LANES independent lanes combined in a
- * fixed order: the compiler vectorizes them without reassociating, and the
- * result does not depend on the machine or the thread. */
-CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
-                                       const T *cls, T *ebuf, T *inv_sums) {
-  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
-  const size_t m = x->m;
-  T mp[LANES], mn[LANES], sp[LANES], sn[LANES];
-  for (int l = 0; l < LANES; l++) mp[l] = mn[l] = -INFINITY;
-  size_t jv = m - m % LANES;
-  for (size_t j0 = 0; j0 < jv; j0 += LANES)
-    for (int l = 0; l < LANES; l++) {
-      size_t j = j0 + (size_t)l;
-      T c = cls[j];
-      T z = F(pair_z)(s[j], CLS_SAME(c), gam, mg, opn, dln);
-      T zp = CLS_POS(c) ? z : -INFINITY;
-      T zn = CLS_NEG(c) ? z : -INFINITY;
-      mp[l] = zp > mp[l] ? zp : mp[l];
-      mn[l] = zn > mn[l] ? zn : mn[l];
-    }
-  T max_p = -INFINITY, max_n = -INFINITY;
-  for (int l = 0; l < LANES; l++) {
-    max_p = mp[l] > max_p ? mp[l] : max_p;
-    max_n = mn[l] > max_n ? mn[l] : max_n;
-  }
-  for (size_t j = jv; j < m; j++) {
-    T c = cls[j];
-    T z = F(pair_z)(s[j], CLS_SAME(c), gam, mg, opn, dln);
-    if (CLS_POS(c) && z > max_p) max_p = z;
-    if (CLS_NEG(c) && z > max_n) max_n = z;
-  }
+/* Row i's lse_p, lse_n, v and sig from the maxima of its positive and
+ * negative z and the sums of exp(z - max) (max -inf: no such pairs). */
+static inline void F(row_finish)(struct F(ctx) *x, size_t i, T max_p, T sum_p,
+                                 T max_n, T sum_n) {
   T base_p = max_p > -INFINITY ? max_p : 0;
   T base_n = max_n > -INFINITY ? max_n : 0;
-  for (int l = 0; l < LANES; l++) sp[l] = sn[l] = 0;
-  for (size_t j0 = 0; j0 < jv; j0 += LANES)
-    for (int l = 0; l < LANES; l++) {
-      size_t j = j0 + (size_t)l;
-      T c = cls[j];
-      int same = CLS_SAME(c);
-      T z = F(pair_z)(s[j], same, gam, mg, opn, dln);
-      T e = EXPT(z - (same ? base_p : base_n));
-      if (ebuf) ebuf[j] = e;
-      sp[l] += CLS_POS(c) ? e : 0;
-      sn[l] += CLS_NEG(c) ? e : 0;
-    }
-  T sum_p = 0, sum_n = 0;
-  for (int l = 0; l < LANES; l++) {
-    sum_p += sp[l];
-    sum_n += sn[l];
-  }
-  for (size_t j = jv; j < m; j++) {
-    T c = cls[j];
-    int same = CLS_SAME(c);
-    T z = F(pair_z)(s[j], same, gam, mg, opn, dln);
-    T e = EXPT(z - (same ? base_p : base_n));
-    if (ebuf) ebuf[j] = e;
-    sum_p += CLS_POS(c) ? e : 0;
-    sum_n += CLS_NEG(c) ? e : 0;
-  }
-  if (inv_sums) {
-    inv_sums[0] = sum_p > 0 ? (T)1 / sum_p : 0;
-    inv_sums[1] = sum_n > 0 ? (T)1 / sum_n : 0;
-  }
   T lse_p = max_p > -INFINITY ? base_p + LOGT(sum_p) : -INFINITY;
   T lse_n = max_n > -INFINITY ? base_n + LOGT(sum_n) : -INFINITY;
   T L = lse_p + lse_n;
@@ -277,14 +227,86 @@ CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i, const T *s,
   x->lse_n[i] = lse_n;
   x->v[i] = v;
   x->sig[i] = sig;
+}
+
+/* Row scalars for row i from its similarities s[0..m) and classes: fills
+ * lse_p, lse_n, v, sig and, when asked, the row's statistics; leaves
+ * ebuf[j] = exp(z_ij - max) for row_grad. Two sweeps, one z and one exp per
+ * pair. Reductions run in LANES independent lanes combined in a fixed
+ * order: the compiler vectorizes them without reassociating, and the result
+ * does not depend on the thread. (loss.o is built with FMA contraction, so
+ * the AVX2/AVX-512 clones and the baseline clone may differ in the last
+ * bits; one machine always runs the same clone.) */
+CIRCLE__HOT static void F(row_scalars)(struct F(ctx) *x, size_t i,
+                                       const T *restrict s,
+                                       const T *restrict cls,
+                                       T *restrict ebuf, T *inv_sums) {
+  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
+  const size_t m = x->m;
+  T mp[LANES], mn[LANES], sp[LANES], sn[LANES];
+  for (int l = 0; l < LANES; l++) mp[l] = mn[l] = -INFINITY;
+  size_t jv = m - m % LANES;
+  /* Sweep 1 keeps z in ebuf for sweep 2, which overwrites it with e. */
+  for (size_t j0 = 0; j0 < jv; j0 += LANES)
+    for (int l = 0; l < LANES; l++) {
+      size_t j = j0 + (size_t)l;
+      T c = cls[j];
+      T z = F(pair_z)(s[j], CLS_SAME(c), gam, mg, opn, dln);
+      ebuf[j] = z;
+      T zp = CLS_POS(c) ? z : -INFINITY;
+      T zn = CLS_NEG(c) ? z : -INFINITY;
+      mp[l] = zp > mp[l] ? zp : mp[l];
+      mn[l] = zn > mn[l] ? zn : mn[l];
+    }
+  T max_p = -INFINITY, max_n = -INFINITY;
+  for (int l = 0; l < LANES; l++) {
+    max_p = mp[l] > max_p ? mp[l] : max_p;
+    max_n = mn[l] > max_n ? mn[l] : max_n;
+  }
+  for (size_t j = jv; j < m; j++) {
+    T c = cls[j];
+    T z = F(pair_z)(s[j], CLS_SAME(c), gam, mg, opn, dln);
+    ebuf[j] = z;
+    if (CLS_POS(c) && z > max_p) max_p = z;
+    if (CLS_NEG(c) && z > max_n) max_n = z;
+  }
+  T base_p = max_p > -INFINITY ? max_p : 0;
+  T base_n = max_n > -INFINITY ? max_n : 0;
+  for (int l = 0; l < LANES; l++) sp[l] = sn[l] = 0;
+  for (size_t j0 = 0; j0 < jv; j0 += LANES)
+    for (int l = 0; l < LANES; l++) {
+      size_t j = j0 + (size_t)l;
+      T c = cls[j];
+      T e = EXPT(ebuf[j] - (CLS_SAME(c) ? base_p : base_n));
+      ebuf[j] = e;
+      sp[l] += CLS_POS(c) ? e : 0;
+      sn[l] += CLS_NEG(c) ? e : 0;
+    }
+  T sum_p = 0, sum_n = 0;
+  for (int l = 0; l < LANES; l++) {
+    sum_p += sp[l];
+    sum_n += sn[l];
+  }
+  for (size_t j = jv; j < m; j++) {
+    T c = cls[j];
+    T e = EXPT(ebuf[j] - (CLS_SAME(c) ? base_p : base_n));
+    ebuf[j] = e;
+    sum_p += CLS_POS(c) ? e : 0;
+    sum_n += CLS_NEG(c) ? e : 0;
+  }
+  if (inv_sums) {
+    inv_sums[0] = sum_p > 0 ? (T)1 / sum_p : 0;
+    inv_sums[1] = sum_n > 0 ? (T)1 / sum_n : 0;
+  }
+  F(row_finish)(x, i, max_p, sum_p, max_n, sum_n);
   if (x->want & CIRCLE_OUT_STATS) F(row_stats)(x, i, s, cls);
 }
 
 /* Overwrites s[0..m) (row i's similarities) with G'_ij = d v_i / d s_ij,
  * reusing e[j] = exp(z_ij - max) from row_scalars: softmax = e * 1/sum. */
-CIRCLE__HOT static void F(row_grad)(struct F(ctx) *x, size_t i, T *s,
-                                    const T *cls, const T *e,
-                                    const T *inv_sums) {
+CIRCLE__HOT static void F(row_grad)(struct F(ctx) *x, size_t i,
+                                    T *restrict s, const T *restrict cls,
+                                    const T *restrict e, const T *inv_sums) {
   const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, sig = x->sig[i];
   const T isp = inv_sums[0], isn = inv_sums[1];
   const size_t m = x->m;
@@ -303,6 +325,183 @@ CIRCLE__HOT static void F(row_grad)(struct F(ctx) *x, size_t i, T *s,
     T dzn = wn > 0 ? (T)-2 * gam * ((T)1 - cc) : 0;
     T g = sig * (e[j] * (same ? isp : isn)) * (same ? dzp : dzn) * dcds;
     s[j] = c > (T)0.5 ? g : 0;
+  }
+}
+
+/* Self-reference: overwrites s[0..cnt) (row i's similarities) with
+ * H_ij = c_i G'_ij + c_j G'_ji. Both terms share the pair's z and
+ * dz/dc dc/ds: H_ij = dz dc/ds (c_i sig_i exp(z - lse_i) + c_j sig_j
+ * exp(z - lse_j)), each lse of the pair's side. H is symmetric: H_ji sums
+ * the same two products in the other order. */
+CIRCLE__HOT static void F(row_h)(const struct F(ctx) *x, size_t i,
+                                 T *restrict s, const T *restrict cls,
+                                 size_t cnt) {
+  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
+  const T ai = x->csig[i], lpi = x->lse_p[i], lni = x->lse_n[i];
+  const T *restrict aj = x->csig, *restrict lp = x->lse_p,
+                    *restrict ln = x->lse_n;
+  for (size_t j = 0; j < cnt; j++) {
+    T cl = cls[j];
+    int same = CLS_SAME(cl);
+    T dz, z = F(pair_zds)(s[j], same, gam, mg, opn, dln, &dz);
+    T ei = EXPT(z - (same ? lpi : lni)), ej = EXPT(z - (same ? lp[j] : ln[j]));
+    T h = dz * (ai * ei + aj[j] * ej);
+    s[j] = cl > (T)0.5 ? h : 0;
+  }
+}
+
+/* ---- the lower triangle, tile by tile (self-reference) -----------------
+ * S is symmetric, so a self-referenced batch computes only the tiles
+ * (I, J), J <= I, of bs x bs. An off-diagonal tile serves both its rows
+ * (row i's pairs j in J) and its columns (row j's pairs i in I). Each
+ * row's log-sum-exps are merged online from per-tile partials (max, sum
+ * of exp(z - max)), always in the same order: the row's own strip J = 0..I
+ * first, then the column partials of the tiles below it, I + 1 .. nb - 1.
+ * Column partials are kept per tile (4 bs values), so no thread ever
+ * writes a row another thread owns and the bits never depend on the
+ * thread count. */
+
+/* (M, S) <- (M, S) merged with (m2, s2): S relative to the larger max.
+ * Branch-free, so loops of merges vectorize: EXPT gives 0 for -inf and
+ * NaN, so an empty side (max -inf, sum 0) adds nothing and two empty sides
+ * stay (-inf, 0). */
+static inline void F(lse_merge)(T *M, T *S, T m2, T s2) {
+  T m1 = *M, mx = m1 > m2 ? m1 : m2;
+  *S = *S * EXPT(m1 - mx) + s2 * EXPT(m2 - mx);
+  *M = mx;
+}
+
+/* Index of the column-partial slot of tile (bi, bj), bj < bi. */
+static inline size_t F(tri_slot)(size_t bi, size_t bj) {
+  return bi * (bi - 1) / 2 + bj;
+}
+
+/* Sweep 1 of tile_lse for one pair: z, kept; the maxima of its row's
+ * lane and of its column. */
+static inline void F(tile_z)(T sv, int same, int pos, T gam, T mg, T opn,
+                             T dln, T *z, T *mp, T *mn, T *cmp, T *cmn) {
+  T zz = F(pair_z)(sv, same, gam, mg, opn, dln);
+  *z = zz;
+  T zp = pos ? zz : -INFINITY, zn = same ? -INFINITY : zz;
+  *mp = zp > *mp ? zp : *mp;
+  *mn = zn > *mn ? zn : *mn;
+  *cmp = zp > *cmp ? zp : *cmp;
+  *cmn = zn > *cmn ? zn : *cmn;
+}
+
+/* Sweep 2 of tile_lse for one pair of class c (as in row_classes):
+ * exp(z - max) added to its sums. */
+static inline void F(tile_e)(T z, T c, T bp, T bn, T *sp, T *sn) {
+  T e = EXPT(z - (CLS_SAME(c) ? bp : bn));
+  *sp += CLS_POS(c) ? e : 0;
+  *sn += CLS_NEG(c) ? e : 0;
+}
+
+/* Sums of exp(z[c] - max) over c < w for one row of classes cls, in
+ * LANES lanes (the tail in lane 0) combined in a fixed order; z[c] is
+ * overwritten with the exp. Not inlined: inlined into tile_lse, GCC 12
+ * no longer vectorizes it ("control flow in loop"). */
+__attribute__((noinline)) CIRCLE__HOT static void F(row_sums)(
+    T *restrict z, const T *restrict cls, size_t w, T bp, T bn, T *sum_p,
+    T *sum_n) {
+  const size_t wv = w - w % LANES;
+  T sp[LANES], sn[LANES];
+  for (int l = 0; l < LANES; l++) sp[l] = sn[l] = 0;
+  for (size_t c0 = 0; c0 < wv; c0 += LANES)
+    for (int l = 0; l < LANES; l++) {
+      size_t c = c0 + (size_t)l;
+      T e = EXPT(z[c] - (CLS_SAME(cls[c]) ? bp : bn));
+      z[c] = e;
+      sp[l] += CLS_POS(cls[c]) ? e : 0;
+      sn[l] += CLS_NEG(cls[c]) ? e : 0;
+    }
+  for (size_t c = wv; c < w; c++)
+    F(tile_e)(z[c], cls[c], bp, bn, &sp[0], &sn[0]);
+  T p = 0, q = 0;
+  for (int l = 0; l < LANES; l++) {
+    p += sp[l];
+    q += sn[l];
+  }
+  *sum_p = p;
+  *sum_n = q;
+}
+
+/* One tile's row and column partials. st: the tile, rows [lo, hi) and
+ * columns [jlo, jhi), row stride ld. The row partials are merged into the
+ * running row states x->rst (4 arrays of n: max_p, sum_p, max_n, sum_n)
+ * for rows [lo, hi); col (4 arrays of bs: the same for the tile's columns)
+ * is overwritten. zt: scratch for bs x bs values of z and 7 bs more. Row
+ * sums run in LANES lanes (a row's tail in lane 0), column sums in row
+ * order: a fixed order for a given n and bs. Two exps per pair: one
+ * relative to its row's maximum, one to its column's. */
+CIRCLE__HOT static void F(tile_lse)(const struct F(ctx) *x, size_t lo,
+                                    size_t hi, size_t jlo, size_t jhi,
+                                    const T *restrict st, size_t ld,
+                                    T *restrict zt, T *restrict col) {
+  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
+  const size_t w = jhi - jlo, wv = w - w % LANES, bs = x->bs, n = x->n;
+  const int32_t *restrict lj = x->lx + jlo;
+  T *restrict cmp = col, *restrict csp = col + bs, *restrict cmn = col + 2 * bs,
+             *restrict csn = col + 3 * bs;
+  T *restrict tmp = zt + bs * bs, *restrict tmn = tmp + bs,
+             *restrict tsp = tmn + bs, *restrict tsn = tsp + bs,
+             *restrict cbp = tsn + bs, *restrict cbn = cbp + bs,
+             *restrict cr = cbn + bs;
+  T *restrict rmp = x->rst, *restrict rsp = rmp + n, *restrict rmn = rsp + n,
+             *restrict rsn = rmn + n;
+  /* With remove_diagonal, column i - jlo is the pair (i, i), neither
+   * positive nor negative (for i < jlo it wraps past every column). */
+  const bool rd = x->rd;
+  for (size_t c = 0; c < w; c++) {
+    cmp[c] = cmn[c] = -INFINITY;
+    csp[c] = csn[c] = 0;
+  }
+  for (size_t i = lo; i < hi; i++) {
+    const T *restrict s = st + (i - lo) * ld;
+    T *restrict z = zt + (i - lo) * w;
+    const int32_t li = x->lx[i];
+    const size_t self_c = rd ? i - jlo : (size_t)-1;
+    T mp[LANES], mn[LANES];
+    for (int l = 0; l < LANES; l++) mp[l] = mn[l] = -INFINITY;
+    for (size_t c0 = 0; c0 < wv; c0 += LANES)
+      for (int l = 0; l < LANES; l++) {
+        size_t c = c0 + (size_t)l;
+        int same = lj[c] == li;
+        F(tile_z)(s[c], same, same & (c != self_c), gam, mg, opn, dln, &z[c],
+                  &mp[l], &mn[l], &cmp[c], &cmn[c]);
+      }
+    for (size_t c = wv; c < w; c++) {
+      int same = lj[c] == li;
+      F(tile_z)(s[c], same, same & (c != self_c), gam, mg, opn, dln, &z[c],
+                &mp[0], &mn[0], &cmp[c], &cmn[c]);
+    }
+    T mxp = -INFINITY, mxn = -INFINITY;
+    for (int l = 0; l < LANES; l++) {
+      mxp = mp[l] > mxp ? mp[l] : mxp;
+      mxn = mn[l] > mxn ? mn[l] : mxn;
+    }
+    tmp[i - lo] = mxp;
+    tmn[i - lo] = mxn;
+  }
+  for (size_t c = 0; c < w; c++) { /* an empty side sums relative to 0 */
+    cbp[c] = cmp[c] > -INFINITY ? cmp[c] : 0;
+    cbn[c] = cmn[c] > -INFINITY ? cmn[c] : 0;
+  }
+  for (size_t i = lo; i < hi; i++) {
+    T *restrict z = zt + (i - lo) * w;
+    const int32_t li = x->lx[i];
+    const size_t self_c = rd ? i - jlo : (size_t)-1;
+    T bp = tmp[i - lo] > -INFINITY ? tmp[i - lo] : 0;
+    T bn = tmn[i - lo] > -INFINITY ? tmn[i - lo] : 0;
+    for (size_t c = 0; c < w; c++) cr[c] = lj[c] == li ? (T)1 : (T)2;
+    if (self_c < w && CLS_POS(cr[self_c])) cr[self_c] = 0;
+    for (size_t c = 0; c < w; c++)
+      F(tile_e)(z[c], cr[c], cbp[c], cbn[c], &csp[c], &csn[c]);
+    F(row_sums)(z, cr, w, bp, bn, &tsp[i - lo], &tsn[i - lo]);
+  }
+  for (size_t i = lo; i < hi; i++) {
+    F(lse_merge)(&rmp[i], &rsp[i], tmp[i - lo], tsp[i - lo]);
+    F(lse_merge)(&rmn[i], &rsn[i], tmn[i - lo], tsn[i - lo]);
   }
 }
 
@@ -388,8 +587,8 @@ static void F(blk_rows_full)(void *ctx, size_t b, unsigned ith) {
   T *ebuf = x->ebuf + (size_t)ith * x->wide;
   for (size_t i = lo; i < hi; i++) {
     T *s = x->S + i * x->ld, inv_sums[2];
-    F(row_classes)(x, i, cls);
-    F(row_scalars)(x, i, s, cls, x->need_g ? ebuf : NULL, inv_sums);
+    F(row_classes)(x, i, cls, x->m);
+    F(row_scalars)(x, i, s, cls, ebuf, inv_sums);
     if (x->need_g) F(row_grad)(x, i, s, cls, ebuf, inv_sums);
   }
 }
@@ -450,9 +649,10 @@ static void F(blk_rows_stream)(void *ctx, size_t b, unsigned ith) {
        (int)x->d, 1, x->X + lo * x->d, (int)x->d, x->R, (int)x->d, 0, buf,
        (int)x->m);
   T *cls = x->cls + (size_t)ith * x->wide;
+  T *ebuf = x->ebuf + (size_t)ith * x->wide;
   for (size_t i = lo; i < hi; i++) {
-    F(row_classes)(x, i, cls);
-    F(row_scalars)(x, i, buf + (i - lo) * x->m, cls, NULL, NULL);
+    F(row_classes)(x, i, cls, x->m);
+    F(row_scalars)(x, i, buf + (i - lo) * x->m, cls, ebuf, NULL);
   }
 }
 
@@ -472,15 +672,9 @@ CIRCLE__HOT static void F(blk_dx_stream)(void *ctx, size_t b, unsigned ith) {
     T *s = buf + (i - lo) * x->m;
     T ci = x->cf[i];
     T lpi = x->lse_p[i], lni = x->lse_n[i], sgi = x->sig[i];
-    F(row_classes)(x, i, cls);
+    F(row_classes)(x, i, cls, x->m);
     if (x->self) {
-      /* H_ij = c_i G'_ij + c_j G'_ji; G'_ji seen from row j's scalars. */
-      for (size_t j = 0; j < x->m; j++) {
-        T hi_ = F(pair_grad)(s[j], cls[j], gam, mg, opn, dln, lpi, lni, sgi);
-        T hj_ = F(pair_grad)(s[j], cls[j], gam, mg, opn, dln, x->lse_p[j],
-                             x->lse_n[j], x->sig[j]);
-        s[j] = ci * hi_ + x->cf[j] * hj_;
-      }
+      F(row_h)(x, i, s, cls, x->m);
     } else {
       for (size_t j = 0; j < x->m; j++)
         s[j] = ci * F(pair_grad)(s[j], cls[j], gam, mg, opn, dln, lpi, lni,
@@ -523,5 +717,131 @@ static void F(blk_scale_x)(void *ctx, size_t b, unsigned ith) {
     T ci = x->cf[i];
     for (size_t k = 0; k < x->d; k++)
       x->Xc[i * x->d + k] = ci * x->X[i * x->d + k];
+  }
+}
+
+/* Self-reference, lower triangle: the strip S[b, 0:hi) of row block b
+ * (into S when materialized, else this thread's buffer; *ld its row
+ * stride) with its diagonal tile mirrored, so that tile is exactly
+ * symmetric. Returns the strip's first row. */
+static T *F(tri_strip)(struct F(ctx) *x, size_t b, unsigned ith, size_t *ld) {
+  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
+  size_t l = x->mat ? x->ld : x->m;
+  T *buf = x->mat ? x->S + lo * l : x->S + (size_t)ith * x->bs * x->m;
+  GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)hi,
+       (int)x->d, 1, x->X + lo * x->d, (int)x->d, x->X, (int)x->d, 0, buf,
+       (int)l);
+  for (size_t i = lo; i < hi; i++)
+    for (size_t j = i + 1; j < hi; j++)
+      buf[(i - lo) * l + j] = buf[(j - lo) * l + i];
+  *ld = l;
+  return buf;
+}
+
+/* Self-reference, lower triangle, pass 1 for row block b: its strip, then
+ * tile_lse over tiles J = 0..b. */
+CIRCLE__HOT static void F(blk_tri_lse)(void *ctx, size_t b, unsigned ith) {
+  struct F(ctx) *x = ctx;
+  b = x->nb - 1 - b; /* largest strips first */
+  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n), bs = x->bs;
+  size_t ld;
+  T *buf = F(tri_strip)(x, b, ith, &ld);
+  T *rmp = x->rst, *rsp = rmp + x->n, *rmn = rsp + x->n, *rsn = rmn + x->n;
+  for (size_t i = lo; i < hi; i++) {
+    rmp[i] = rmn[i] = -INFINITY;
+    rsp[i] = rsn[i] = 0;
+  }
+  T *zt = x->zt + (size_t)ith * (bs * bs + 7 * bs);
+  /* The diagonal tile's column partials are not needed: a spare slot. */
+  T *spare = x->part + (F(tri_slot)(x->nb, 0) + ith) * 4 * bs;
+  for (size_t bj = 0; bj <= b; bj++) {
+    size_t jlo = bj * bs, jhi = bj == b ? hi : jlo + bs;
+    T *col = bj < b ? x->part + F(tri_slot)(b, bj) * 4 * bs : spare;
+    F(tile_lse)(x, lo, hi, jlo, jhi, buf + jlo, ld, zt, col);
+  }
+}
+
+/* Self-reference, lower triangle: rows of block b merge the column
+ * partials of the tiles below them, in block order, and get their row
+ * scalars. */
+CIRCLE__HOT static void F(blk_tri_finish)(void *ctx, size_t b, unsigned ith) {
+  struct F(ctx) *x = ctx;
+  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n), bs = x->bs;
+  T *restrict rmp = x->rst, *restrict rsp = rmp + x->n,
+             *restrict rmn = rsp + x->n, *restrict rsn = rmn + x->n;
+  for (size_t bi = b + 1; bi < x->nb; bi++) {
+    const T *restrict col = x->part + F(tri_slot)(bi, b) * 4 * bs;
+    for (size_t i = lo; i < hi; i++) {
+      size_t c = i - lo;
+      F(lse_merge)(&rmp[i], &rsp[i], col[c], col[bs + c]);
+      F(lse_merge)(&rmn[i], &rsn[i], col[2 * bs + c], col[3 * bs + c]);
+    }
+  }
+  for (size_t i = lo; i < hi; i++)
+    F(row_finish)(x, i, rmp[i], rsp[i], rmn[i], rsn[i]);
+}
+
+/* H over the strip of block b (rows [lo, hi), columns [0, hi)) at st,
+ * row stride ld, in place. */
+static void F(strip_h)(struct F(ctx) *x, size_t b, unsigned ith, T *st,
+                       size_t ld) {
+  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
+  T *cls = x->cls + (size_t)ith * x->wide;
+  for (size_t i = lo; i < hi; i++) {
+    F(row_classes)(x, i, cls, hi);
+    F(row_h)(x, i, st + (i - lo) * ld, cls, hi);
+  }
+}
+
+/* Materialized self-reference: H over the strip of block b, in place
+ * (the diagonal tile is whole and symmetric, so H is too). */
+static void F(blk_tri_h)(void *ctx, size_t b, unsigned ith) {
+  struct F(ctx) *x = ctx;
+  b = x->nb - 1 - b; /* largest strips first */
+  F(strip_h)(x, b, ith, x->S + b * x->bs * x->ld, x->ld);
+}
+
+/* Materialized self-reference: dX for block b from the lower triangle of
+ * the symmetric H: dX_b = H[b, 0:hi) X[0:hi) + H[hi:n, b]^T X[hi:n). */
+static void F(blk_tri_dx)(void *ctx, size_t b, unsigned ith) {
+  struct F(ctx) *x = ctx;
+  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n), d = x->d;
+  GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)d,
+       (int)hi, 1, x->S + lo * x->ld, (int)x->ld, x->X, (int)d, 0,
+       x->dX + lo * d, (int)d);
+  if (hi < x->n)
+    GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(hi - lo), (int)d,
+         (int)(x->n - hi), 1, x->S + hi * x->ld + lo, (int)x->ld,
+         x->X + hi * d, (int)d, 1, x->dX + lo * d, (int)d);
+}
+
+/* Streamed self-reference, pass 2 for row block b: the strip again, H on
+ * it, then its gradient contributions: dX_b = H[b, 0:hi) X[0:hi) and, for
+ * each block j < b, dX_j += (H[b, 0:lo)^T X_b)_j. Every dX_j sums its
+ * contributions in strip order j, j + 1, ..., nb - 1, whatever thread runs
+ * which strip: x->next[j] says whose turn it is. Strips are claimed in
+ * increasing order and each waits only for smaller ones, which are done or
+ * running, so the smallest strip in flight never waits. */
+static void F(blk_tri_dx_stream)(void *ctx, size_t b, unsigned ith) {
+  struct F(ctx) *x = ctx;
+  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n), d = x->d, ld;
+  T *buf = F(tri_strip)(x, b, ith, &ld);
+  F(strip_h)(x, b, ith, buf, ld);
+  T *y = x->yb + (size_t)ith * x->n * d;
+  if (lo > 0)
+    GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)lo, (int)d,
+         (int)(hi - lo), 1, buf, (int)ld, x->X + lo * d, (int)d, 0, y,
+         (int)d);
+  /* dX_b's own strip comes first: x->next[b] is still b. */
+  GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)d,
+       (int)hi, 1, buf, (int)ld, x->X, (int)d, 0, x->dX + lo * d, (int)d);
+  atomic_store_explicit(&x->next[b], b + 1, memory_order_release);
+  for (size_t bj = 0; bj < b; bj++) {
+    while (atomic_load_explicit(&x->next[bj], memory_order_acquire) != b)
+      sched_yield();
+    T *restrict dx = x->dX + bj * x->bs * d;
+    const T *restrict yj = y + bj * x->bs * d;
+    for (size_t q = 0; q < x->bs * d; q++) dx[q] += yj[q];
+    atomic_store_explicit(&x->next[bj], b + 1, memory_order_release);
   }
 }

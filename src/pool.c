@@ -30,6 +30,7 @@
  */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -88,8 +89,9 @@ struct circle_engine {
   bool lane_idle;           /* the short lane waits on `lane_work` */
   helper *helpers; /* doubly linked, LIFO is fine: all belong to live loops */
   bool stopping;
-  /* One scratch buffer kept between calls (guarded by mu): a fresh large
-   * allocation is mmap'd and page-faulted in on every call otherwise. */
+  /* One scratch buffer kept between calls (guarded by mu; at most
+   * scratch_keep_max bytes): a fresh large allocation is mmap'd and
+   * page-faulted in on every call otherwise. */
   void *cache;
   size_t cache_bytes;
   /* The cached buffer while a call has it, and its real size: a call that
@@ -351,6 +353,16 @@ int circle_engine_submit_job(circle_engine *e, void (*fn)(void *arg),
   return rc;
 }
 
+/* The largest buffer kept between calls: CIRCLE__SCRATCH_CACHE_MAX, or
+ * materialize_bytes and an eighth more (the rest of a call's scratch) when
+ * that is larger, so a call whose similarity matrix is kept whole does not
+ * map and fault it in again on every call. */
+static size_t scratch_keep_max(const circle_engine *e) {
+  size_t mb = e->opts.materialize_bytes;
+  size_t keep = mb > SIZE_MAX / 9 * 8 ? SIZE_MAX : mb + mb / 8;
+  return keep > CIRCLE__SCRATCH_CACHE_MAX ? keep : CIRCLE__SCRATCH_CACHE_MAX;
+}
+
 void *circle__scratch_take(circle_engine *e, size_t bytes) {
   if (bytes == 0) bytes = 64;
   bytes = (bytes + 63) & ~(size_t)63;
@@ -377,7 +389,7 @@ void circle__scratch_give(circle_engine *e, void *p, size_t bytes) {
     bytes = e->lent_bytes;
     e->lent = NULL;
   }
-  if (bytes <= CIRCLE__SCRATCH_CACHE_MAX &&
+  if (bytes <= scratch_keep_max(e) &&
       (e->cache == NULL || e->cache_bytes < bytes)) {
     drop = e->cache; /* keep the larger of the two */
     e->cache = p;

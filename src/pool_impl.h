@@ -33,14 +33,15 @@ void circle__parallel(circle_engine *engine, size_t nblocks,
  * of the computation are not to be used. False outside jobs. */
 bool circle__cancelled(void);
 
-/* Largest scratch buffer the engine keeps between calls. */
+/* Largest scratch buffer the engine keeps between calls, unless the
+ * engine's materialize_bytes (and an eighth more) is larger. */
 #define CIRCLE__SCRATCH_CACHE_MAX ((size_t)128 << 20)
 
 /* Scratch memory for one call, 64-byte aligned: the engine's cached buffer
  * when it fits, else a fresh allocation. NULL when out of memory. */
 void *circle__scratch_take(circle_engine *engine, size_t bytes);
 /* Returns scratch taken for `bytes`: kept for the next call when it is at
- * most CIRCLE__SCRATCH_CACHE_MAX and larger than what is kept, else freed. */
+ * most that limit and larger than what is kept, else freed. */
 void circle__scratch_give(circle_engine *engine, void *p, size_t bytes);
 
 /* |row r of p|^2 for an [rows x d] dtype array, summed in double in a

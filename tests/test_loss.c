@@ -1669,6 +1669,34 @@ START_TEST(loss_should_reuse_the_scratch_buffer_for_calls_of_two_sizes) {
 }
 END_TEST
 
+/* A buffer above 128 MiB is kept when the engine's materialize limit (and
+ * an eighth more) covers it: a materialized call near the limit (about 256
+ * MiB of similarities by default) then reuses its scratch instead of
+ * mapping and faulting it in again. */
+START_TEST(loss_should_keep_scratch_above_128_mib_within_the_materialize_limit) {
+  const size_t big = (size_t)200 << 20;
+  circle_engine *e = engine_new(1, 0, 0); /* 256 MiB: keeps up to 288 */
+  void *p = circle__scratch_take(e, big);
+  ck_assert_ptr_nonnull(p);
+  circle__scratch_give(e, p, big);
+  for (int round = 0; round < 3; round++) {
+    /* Were p freed, this mapping would most likely take its place. */
+    void *blocker = malloc(big);
+    ck_assert_ptr_nonnull(blocker);
+    void *q = circle__scratch_take(e, big);
+    free(blocker);
+    ck_assert_ptr_eq(q, p);
+    /* While it is lent, another call gets its own buffer. */
+    void *other = circle__scratch_take(e, big);
+    ck_assert_ptr_nonnull(other);
+    ck_assert_ptr_ne(other, p);
+    circle__scratch_give(e, q, big);
+    circle__scratch_give(e, other, big); /* the cache is full: freed */
+  }
+  circle_engine_free(e);
+}
+END_TEST
+
 START_TEST(loss_should_pick_the_blas_coretype_from_the_table) {
   ck_assert_str_eq(circle_blas_pick_coretype("Prescott", true, true),
                    "SkylakeX");
@@ -1768,6 +1796,7 @@ static Suite *loss_suite(void) {
   tcase_add_test(args, loss_should_stop_a_cancelled_job_between_row_blocks);
   tcase_add_test(args, loss_should_run_a_short_job_while_ordinary_jobs_hold_every_thread);
   tcase_add_test(args, loss_should_reuse_the_scratch_buffer_for_calls_of_two_sizes);
+  tcase_add_test(args, loss_should_keep_scratch_above_128_mib_within_the_materialize_limit);
   tcase_add_test(args, loss_should_pick_the_blas_coretype_from_the_table);
   tcase_add_test(args, loss_should_not_reexec_when_the_user_chose_a_coretype);
   suite_add_tcase(s, args);

@@ -26,8 +26,9 @@
  *
  * Thread safety: a circle_engine may be used by any number of threads at
  * once; each circle_loss_compute call is independent. An engine keeps at
- * most one scratch buffer (up to 128 MiB) between calls, so repeated large
- * batches do not page-fault their working memory in every time.
+ * most one scratch buffer between calls (up to 128 MiB, or up to
+ * materialize_bytes and an eighth more when that is larger), so repeated
+ * large batches do not page-fault their working memory in every time.
  */
 #ifndef CIRCLE_CIRCLE_H
 #define CIRCLE_CIRCLE_H
