@@ -700,7 +700,11 @@ def main():
             run_load(daemon, a.duration, a.connections, a.seed, a.allow_503, not a.no_rss,
                      a.grpc_clients))
         alive_after = daemon.alive() and daemon.healthy(timeout=10)
-        rc = daemon.stop(timeout=120 if a.wrapper else 30)
+        # circled's drain waits up to its --drain-timeout (30 s) for requests
+        # still open, then exits 0: only longer than that is a hang.
+        t_stop = time.monotonic()
+        rc = daemon.stop(timeout=120 if a.wrapper else 45)
+        drain_s = time.monotonic() - t_stop
         log = daemon.log()
     finally:
         daemon.close()
@@ -713,7 +717,7 @@ def main():
         "answered": answered, "req_per_s": round(answered / elapsed, 1),
         "by_kind": dict(stats.count), "by_status": {str(k): v for k, v in sorted(stats.status.items(), key=lambda kv: str(kv[0]))},
         "failures": len(stats.failures), "reconnects": dict(stats.conn_errors),
-        "exit_code": rc,
+        "exit_code": rc, "drain_s": round(drain_s, 1),
     }
     lat = [x for k in ("v1", "v1_gzip", "v1_chunked", "oip_json", "oip_binary", "grpc_raw",
                        "grpc_typed")
@@ -725,6 +729,7 @@ def main():
     print(f"soak: by status {dict(sorted(stats.status.items(), key=lambda kv: str(kv[0])))}")
     print(f"soak: valid requests p50 {fig['valid_latency_ms']['p50']} ms, "
           f"p99 {fig['valid_latency_ms']['p99']} ms, max {fig['valid_latency_ms']['max']} ms")
+    print(f"soak: circled took {drain_s:.1f} s to drain and exit after SIGTERM")
     if stats.conn_errors:
         print(f"soak: connections the server closed before a request, retried: {dict(stats.conn_errors)}")
 

@@ -405,17 +405,18 @@ def long_call_rows(g):
     return n * 2
 
 
-def wait_computing(url, calls):
+def wait_computing(url, calls, queued=0):
     """Waits until /metrics shows calls requests in flight besides the
-    scrape itself."""
+    scrape itself, and queued jobs waiting for a compute thread."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         text = requests.get(url + "/metrics").text
         m = re.search(r"^circled_requests_in_flight (\d+)", text, re.M)
-        if m and int(m.group(1)) >= calls + 1:
+        q = re.search(r"^circled_engine_queue_depth (\d+)", text, re.M)
+        if m and int(m.group(1)) >= calls + 1 and q and int(q.group(1)) >= queued:
             return
         time.sleep(0.01)
-    pytest.fail(f"{calls} calls never showed as in flight")
+    pytest.fail(f"{calls} calls ({queued} queued) never showed as in flight")
 
 
 def test_grpc_full_queue_should_be_resource_exhausted_with_the_http_message():
@@ -430,7 +431,7 @@ def test_grpc_full_queue_should_be_resource_exhausted_with_the_http_message():
         for k in range(2):  # one computing, then one waiting
             g.async_infer("circle", small_inputs(grpcclient, n=n, d=256),
                           callback=lambda result, error: done.append(error))
-            wait_computing(url, k + 1)
+            wait_computing(url, k + 1, queued=k)
         code, msg = grpc_error(lambda: g.infer("circle", small_inputs(grpcclient)))
         assert not done, "premise failed: the long calls were over before the third"
         assert code == "StatusCode.RESOURCE_EXHAUSTED"
