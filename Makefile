@@ -266,8 +266,9 @@ FUZZ_BUILD   := build/fuzz
 FUZZ_CFLAGS  := -std=c11 -g -O1 -D_GNU_SOURCE -Iinclude -Isrc -pthread \
                 -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-# The codecs and what they use: the service minus the server itself.
-FUZZ_SRCS    := $(filter-out src/http.c src/grpc_server.c src/metrics.c src/dashboard.c,$(SERVER_SRCS)) \
+# The codecs and what they use: the service minus the server itself
+# (src/http.c and its src/http_*.c, which need libmicrohttpd).
+FUZZ_SRCS    := $(filter-out src/http%.c src/grpc_server.c src/metrics.c src/dashboard.c,$(SERVER_SRCS)) \
                 src/status.c src/config.c $(GEN_SRCS)
 FUZZERS      := $(patsubst fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard fuzz/fuzz_*.c))
 
