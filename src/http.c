@@ -42,12 +42,12 @@
  * grow with the bytes that arrive (a declared Content-Length reserves
  * nothing by itself: 32 connections announcing 64 MiB and sending a byte
  * now and then hold 64 KiB each, not 2 GiB), inflated bodies, then decoded
- * arrays + outputs
- * + circle_loss_scratch_bytes + the response estimate, finally the response
- * itself until it is sent. A request that would push it past
- * --max-inflight-mb gets 503 "overloaded" with Retry-After; one that could
- * never fit gets 413. Transient codec memory (a cJSON tree while decoding)
- * is not counted; it is bounded by the number of engine workers.
+ * arrays + outputs + circle_loss_scratch_bytes + the response estimate,
+ * finally the response itself until it is sent. A request that would push
+ * it past --max-inflight-mb gets 503 "overloaded" with Retry-After; one that
+ * could never fit gets 413. Transient codec memory while decoding is not
+ * counted: the codecs bound it by the body (at most 6 times it plus 24 MiB,
+ * docs/hardening.md), and only the engine workers decode.
  *
  * Scheduling, GET /metrics and slow clients are described where they are
  * done: http_job.c, http_get.c and http_conn.c.
