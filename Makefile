@@ -99,7 +99,7 @@ $(VENV)/.stamp: tests/requirements.txt
 	$(VENV)/bin/pip install -q -r tests/requirements.txt
 	@touch $@
 
-deps-test:
+deps-test: deps-c
 	@$(MAKE) --no-print-directory deps-c APT_PKGS="$(TEST_APT_PKGS)"
 
 deps-py: deps-c deps-test $(VENV)/.stamp

@@ -178,7 +178,8 @@ enum {
   CIRCLE_OUT_GRAD = 1u << 2,       /* output.grad */
   CIRCLE_OUT_REF_GRAD = 1u << 3,   /* output.ref_grad (needs a ref set) */
   CIRCLE_OUT_STATS = 1u << 4,      /* output.stats */
-  CIRCLE_OUT_ALL = 0x1fu
+  CIRCLE_OUT_RETRIEVAL = 1u << 5,  /* output.retrieval */
+  CIRCLE_OUT_ALL = 0x3fu
 };
 
 /* All arrays are dense, row-major and in cfg.dtype (float or double). */
@@ -217,6 +218,26 @@ typedef struct {
                             denominator (0: no figure) */
 } circle_stats;
 
+/* Retrieval figures of pytorch-metric-learning's AccuracyCalculator, over
+ * the similarities the loss sees (after normalize, when asked for): every
+ * batch row is a query; the gallery is the reference set, or the batch
+ * itself without the query row ("embeddings come from the same source").
+ * R_i, the number of gallery items sharing row i's label, sets how far row
+ * i looks. Rows with R_i == 0 ("lone" queries) are left out of all three
+ * figures and of `queries`. Neighbours are ranked by similarity, largest
+ * first; equal similarities rank by gallery index, smaller first. */
+typedef struct {
+  double precision_at_1; /* queries whose nearest neighbour shares their
+                            label, over `queries` */
+  double r_precision;    /* mean over queries of (relevant items among the
+                            R_i nearest) / R_i */
+  double map_at_r;       /* mean over queries of (sum over the relevant
+                            items among the R_i nearest of their precision
+                            at their rank) / R_i: MAP@R */
+  uint64_t queries;      /* rows with R_i > 0: the figures' denominator
+                            (0: no figure, and all three are 0) */
+} circle_retrieval;
+
 /* Output buffers are allocated by the caller, in cfg.dtype, and written only
  * when the matching CIRCLE_OUT_* bit is set in `want`. */
 typedef struct {
@@ -227,6 +248,7 @@ typedef struct {
   void *grad;         /* [n * d] d loss / d embeddings */
   void *ref_grad;     /* [m * d] d loss / d ref_embeddings */
   circle_stats stats; /* when CIRCLE_OUT_STATS */
+  circle_retrieval retrieval; /* when CIRCLE_OUT_RETRIEVAL */
 } circle_output;
 
 /* ------------------------------------------------------------------------ */
