@@ -7,7 +7,12 @@
  * the same number of threads, and their ratio: the figure of merit. The
  * float64 rows also show the ratio against cblas_dgemm.
  *
- * Usage: bench_loss [--quick] [--stats] [--no-baseline] [--n N,...] [--d D,...] [--reps R]
+ * With --extras it prints instead, per n and d (float32, each thread
+ * count), the median of loss + gradients alone and with the retrieval
+ * figures and with the stats asked for too, timed in interleaved rounds,
+ * and what each adds in per cent.
+ *
+ * Usage: bench_loss [--quick] [--stats] [--extras] [--no-baseline] [--n N,...] [--d D,...] [--reps R]
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -24,15 +29,90 @@ extern void openblas_set_num_threads(int);
 static uint64_t rng = 0x1234567ull;
 static double unif(void) { return unif_from(&rng); }
 
+/* Embeddings near one of 64 class directions, labels the classes. */
+static void make_batch(size_t n, size_t d, float *xf, double *xd, int64_t *lab) {
+  for (size_t i = 0; i < n; i++) {
+    double ss = 0;
+    lab[i] = (int64_t)(unif() * 64);
+    for (size_t k = 0; k < d; k++) {
+      xd[i * d + k] = unif() - 0.5 + (k == (size_t)lab[i] % d ? 1.0 : 0);
+      ss += xd[i * d + k] * xd[i * d + k];
+    }
+    for (size_t k = 0; k < d; k++) {
+      xd[i * d + k] /= __builtin_sqrt(ss);
+      if (xf) xf[i * d + k] = (float)xd[i * d + k];
+    }
+  }
+}
+
+/* --extras: loss + gradients alone, with retrieval, with retrieval and
+ * stats; rounds interleave the three so drift on a shared machine hits
+ * all alike. */
+static int bench_extras(const size_t *ns, size_t nn, const size_t *ds,
+                        size_t nd, int reps, unsigned all) {
+  printf("| n | d | threads | loss+grad ms | + retrieval ms | extra | "
+         "+ retrieval + stats ms | extra |\n");
+  printf("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (size_t in = 0; in < nn; in++)
+    for (size_t id = 0; id < nd; id++) {
+      size_t n = ns[in], d = ds[id];
+      float *xf = malloc(n * d * sizeof *xf), *ps = malloc(n * sizeof *ps),
+            *g = malloc(n * d * sizeof *g);
+      double *xd = malloc(n * d * sizeof *xd);
+      int64_t *lab = malloc(n * sizeof *lab);
+      if (!xf || !ps || !g || !xd || !lab) return 1;
+      make_batch(n, d, xf, xd, lab);
+      unsigned tlist[2] = {1, all};
+      for (int ti = 0; ti < (all > 1 ? 2 : 1); ti++) {
+        circle_engine_opts o = {.threads = tlist[ti]};
+        circle_engine *e;
+        if (circle_engine_init(&e, &o) != CIRCLE_OK) return 1;
+        circle_config cfg;
+        circle_config_init(&cfg);
+        circle_input inp = {.n = n, .d = d, .labels = lab, .embeddings = xf};
+        unsigned base = CIRCLE_OUT_LOSS | CIRCLE_OUT_PER_SAMPLE | CIRCLE_OUT_GRAD;
+        unsigned want[3] = {base, base | CIRCLE_OUT_RETRIEVAL,
+                            base | CIRCLE_OUT_RETRIEVAL | CIRCLE_OUT_STATS};
+        double t[3][100];
+        for (int r = -1; r < reps; r++)
+          for (int k = 0; k < 3; k++) {
+            circle_output out = {.want = want[k], .per_sample = ps, .grad = g};
+            double t0 = now();
+            int rc = circle_loss_compute(e, &cfg, &inp, &out);
+            if (rc != CIRCLE_OK) {
+              fprintf(stderr, "compute failed: %s\n", circle_status_str(rc));
+              return 1;
+            }
+            if (r >= 0) t[k][r] = now() - t0;
+          }
+        double m0 = median(t[0], reps), m1 = median(t[1], reps),
+               m2 = median(t[2], reps);
+        printf("| %zu | %zu | %u | %.1f | %.1f | %+.1f%% | %.1f | %+.1f%% |\n",
+               n, d, tlist[ti], m0 * 1e3, m1 * 1e3, (m1 / m0 - 1) * 100,
+               m2 * 1e3, (m2 / m0 - 1) * 100);
+        fflush(stdout);
+        circle_engine_free(e);
+      }
+      free(xf);
+      free(ps);
+      free(g);
+      free(xd);
+      free(lab);
+    }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   circle_blas_ensure_kernel(argc, argv);
   size_t ns[8] = {1024, 4096, 16384}, ds[8] = {128, 512};
   size_t nn = 3, nd = 2;
   int reps = 5;
-  bool stats = false, baseline = true;
+  bool stats = false, baseline = true, extras = false;
   for (int a = 1; a < argc; a++) {
     if (!strcmp(argv[a], "--stats")) {
       stats = true;
+    } else if (!strcmp(argv[a], "--extras")) {
+      extras = true;
     } else if (!strcmp(argv[a], "--no-baseline")) {
       baseline = false; /* engine only: for peak-RSS measurements */
     } else if (!strcmp(argv[a], "--quick")) {
@@ -54,6 +134,7 @@ int main(int argc, char **argv) {
   unsigned all = (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
   printf("# circle engine bench: OpenBLAS core %s, %u cores, median of %d\n",
          circle_blas_corename(), all, reps);
+  if (extras) return bench_extras(ns, nn, ds, nd, reps, all);
   printf("| n | d | dtype | threads | loss+grad ms | sgemm ms | ratio vs sgemm"
          " | dgemm ms | ratio vs dgemm |\n");
   printf("|---:|---:|---|---:|---:|---:|---:|---:|---:|\n");
@@ -69,18 +150,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "out of memory at n=%zu d=%zu\n", n, d);
         return 1;
       }
-      for (size_t i = 0; i < n; i++) {
-        double ss = 0;
-        lab[i] = (int64_t)(unif() * 64);
-        for (size_t k = 0; k < d; k++) {
-          xd[i * d + k] = unif() - 0.5 + (k == (size_t)lab[i] % d ? 1.0 : 0);
-          ss += xd[i * d + k] * xd[i * d + k];
-        }
-        for (size_t k = 0; k < d; k++) {
-          xd[i * d + k] /= __builtin_sqrt(ss);
-          xf[i * d + k] = (float)xd[i * d + k];
-        }
-      }
+      make_batch(n, d, xf, xd, lab);
       unsigned tlist[2] = {1, all};
       int nt = all > 1 ? 2 : 1;
       if (!baseline) tlist[0] = all, nt = 1;

@@ -172,7 +172,7 @@ static inline float exp_f(float x) {
     double *coef;                                                             \
     row_stats *stats;                                                         \
     row_retrieval *ret;                                                       \
-    uint32_t *cand;         /* per-thread retrieval candidates, 2 (m + 1) */  \
+    void *cand;             /* per-thread retrieval candidates, 2 (m + 1) */  \
     T *rowbuf;              /* per-thread full rows of a block (lower        \
                                triangle, materialized, with row extras) */    \
     struct CIRCLE__CAT(norm_job, SUF) *norm_job;                              \
@@ -291,7 +291,8 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
             add_bytes(&t, &p->off_ret,
                       (want & CIRCLE_OUT_RETRIEVAL) ? p->n : 0,
                       sizeof(row_retrieval)) &&
-            add_bytes(&t, &p->off_cand, cand_all, sizeof(uint32_t)) &&
+            /* a candidate: a T and a uint32_t, padded to 2 T */
+            add_bytes(&t, &p->off_cand, cand_all, 2 * p->esz) &&
             add_bytes(&t, &p->off_xn, p->normalize ? nd : 0, p->esz) &&
             add_bytes(&t, &p->off_rn, p->normalize && !p->self ? md : 0,
                       p->esz) &&
@@ -535,7 +536,7 @@ static void reduce_retrieval(const row_retrieval *rr, size_t n,
     x.coef = (double *)(mem + p->off_coef);                                    \
     x.stats = (row_stats *)(mem + p->off_stats);                               \
     x.ret = (row_retrieval *)(mem + p->off_ret);                               \
-    x.cand = (uint32_t *)(mem + p->off_cand);                                  \
+    x.cand = mem + p->off_cand;                                                \
     x.rowbuf = (T *)(mem + p->off_rowbuf);                                     \
     x.S = (T *)(mem + p->off_s);                                               \
     x.Xc = (T *)(mem + p->off_xc);                                             \

@@ -208,48 +208,65 @@ CIRCLE__HOT static void F(row_stats)(struct F(ctx) *x, size_t i, const T *s,
  * with at least R_i gallery items >= t starts at the relevant items'
  * smallest similarity (all R_i of them pass it) and is raised by bisection
  * between t and the gallery's largest similarity, each step one
- * vectorized count over the row, until at most 2 R_i + 64 items pass; only
- * those are gathered and sorted. When ties stop the bisection first (t and
- * the upper end adjacent values), fewer than R_i items lie strictly above
- * t and the rest are ties at t, taken in index order. */
+ * vectorized count over the row, until at most R_i + R_i / 4 + 8 items
+ * pass; only those are gathered (in index order, skipping 16 columns at a
+ * time where none passes) and stably sorted by similarity. When ties stop
+ * the bisection first (t and the upper end adjacent values), fewer than
+ * R_i items lie strictly above t and the rest are ties at t, taken in
+ * index order. */
 
-/* a ranks before b: larger similarity, then smaller index. */
-static inline int F(ranks_before)(const T *s, uint32_t a, uint32_t b) {
-  return s[a] > s[b] || (s[a] == s[b] && a < b);
+/* A gathered candidate: its similarity and gallery index. */
+struct F(cand) {
+  T v;
+  uint32_t j;
+};
+
+/* An unsigned key in which a larger similarity is a smaller key, for
+ * finite values (-0 is made +0 first: the two are equal similarities). */
+static inline uint64_t F(rank_key)(T v) {
+  uint64_t u;
+  v = v + (T)0; /* -0 + 0 is +0 */
+  if (sizeof(T) == 4) {
+    uint32_t b;
+    memcpy(&b, &v, 4);
+    b = (b >> 31) ? ~b : (b | 0x80000000u); /* ascending order */
+    u = (uint32_t)~b;                        /* descending */
+  } else {
+    memcpy(&u, &v, 8);
+    u = (u >> 63) ? ~u : (u | 0x8000000000000000ull);
+    u = ~u;
+  }
+  return u;
 }
 
-/* Sorts v[0..c) into ranking order: insertion-sorted runs of 32, then
- * bottom-up merges through tmp (c entries). */
-static void F(rank_sort)(const T *restrict s, uint32_t *restrict v,
-                         uint32_t *restrict tmp, size_t c) {
-  const size_t run = 32;
-  for (size_t a = 0; a < c; a += run) {
-    size_t e = a + run < c ? a + run : c;
-    for (size_t q = a + 1; q < e; q++) {
-      uint32_t key = v[q];
-      size_t r = q;
-      while (r > a && F(ranks_before)(s, key, v[r - 1])) {
-        v[r] = v[r - 1];
-        r--;
-      }
-      v[r] = key;
+/* Sorts c[0..k) by similarity descending, stably (gathered in index
+ * order, ties stay in index order): an LSD radix sort, a byte a pass, on
+ * the similarity's bits mapped so that unsigned order is descending
+ * similarity; a pass where every key has the same byte is skipped (the
+ * top bytes, as similarities near each other share sign and exponent).
+ * Branch-free apart from the loops. tmp: k entries. */
+static void F(rank_sort)(struct F(cand) *restrict c,
+                         struct F(cand) *restrict tmp, size_t k) {
+  if (k < 2) return;
+  struct F(cand) *src = c, *dst = tmp;
+  size_t cnt[256];
+  for (unsigned shift = 0; shift < 8 * sizeof(T); shift += 8) {
+    memset(cnt, 0, sizeof cnt);
+    for (size_t q = 0; q < k; q++) cnt[F(rank_key)(src[q].v) >> shift & 255]++;
+    if (cnt[F(rank_key)(src[0].v) >> shift & 255] == k) continue;
+    size_t sum = 0;
+    for (int b = 0; b < 256; b++) {
+      size_t n = cnt[b];
+      cnt[b] = sum;
+      sum += n;
     }
-  }
-  uint32_t *src = v, *dst = tmp;
-  for (size_t w = run; w < c; w *= 2) {
-    for (size_t a = 0; a < c; a += 2 * w) {
-      size_t mid = a + w < c ? a + w : c, e = a + 2 * w < c ? a + 2 * w : c;
-      size_t p = a, q = mid, o = a;
-      while (p < mid && q < e)
-        dst[o++] = F(ranks_before)(s, src[q], src[p]) ? src[q++] : src[p++];
-      while (p < mid) dst[o++] = src[p++];
-      while (q < e) dst[o++] = src[q++];
-    }
-    uint32_t *t = src;
+    for (size_t q = 0; q < k; q++)
+      dst[cnt[F(rank_key)(src[q].v) >> shift & 255]++] = src[q];
+    struct F(cand) *t = src;
     src = dst;
     dst = t;
   }
-  if (src != v) memcpy(v, src, c * sizeof *v);
+  if (src != c) memcpy(c, src, k * sizeof *c);
 }
 
 /* Gallery items of the row (self_j excluded) with s >= t. */
@@ -266,12 +283,52 @@ CIRCLE__HOT static size_t F(count_ge)(const T *restrict s, size_t m, T t,
   return total;
 }
 
-/* Row i's retrieval figures into x->ret[i]. cand: 2 (m + 1) entries. */
+/* Appends to c[k..) the gallery items with s >= t (strict: s > t), in
+ * index order; returns the new count. Each 16 columns give one bit mask
+ * (a vector compare into bytes, packed by a multiply), and only its set
+ * bits are visited. */
+__attribute__((always_inline)) static inline size_t F(gather)(
+    const T *restrict s, size_t m, T t, bool strict, size_t self_j,
+    struct F(cand) *restrict c, size_t k) {
+  size_t j0 = 0;
+  for (; j0 + 16 <= m; j0 += 16) {
+    uint8_t f[16];
+    if (strict)
+      for (int l = 0; l < 16; l++) f[l] = s[j0 + (size_t)l] > t;
+    else
+      for (int l = 0; l < 16; l++) f[l] = s[j0 + (size_t)l] >= t;
+    uint64_t f0, f1;
+    memcpy(&f0, f, 8);
+    memcpy(&f1, f + 8, 8);
+    if ((f0 | f1) == 0) continue;
+    /* eight 0/1 bytes to eight bits: byte i lands on bit 56 + i */
+    uint32_t mask = (uint32_t)((f0 * 0x0102040810204080ull) >> 56) |
+                    (uint32_t)((f1 * 0x0102040810204080ull) >> 56) << 8;
+    if (self_j - j0 < 16) mask &= ~(1u << (self_j - j0));
+    while (mask) {
+      size_t j = j0 + (size_t)__builtin_ctz(mask);
+      c[k++] = (struct F(cand)){s[j], (uint32_t)j};
+      mask &= mask - 1;
+    }
+  }
+  for (size_t j = j0; j < m; j++)
+    if (j != self_j && (strict ? s[j] > t : s[j] >= t))
+      c[k++] = (struct F(cand)){s[j], (uint32_t)j};
+  return k;
+}
+
+/* Thread ith's candidate buffers. */
+static inline void *F(cand_of)(const struct F(ctx) *x, unsigned ith) {
+  return (struct F(cand) *)x->cand + (size_t)ith * 2 * (x->m + 1);
+}
+
+/* Row i's retrieval figures into x->ret[i]. cand: 2 (m + 1) candidates. */
 CIRCLE__HOT static void F(row_retrieval)(struct F(ctx) *x, size_t i,
                                          const T *restrict s,
                                          const T *restrict cls,
-                                         uint32_t *restrict cand) {
+                                         void *cand_buf) {
   const size_t m = x->m, self_j = x->self ? i : (size_t)-1;
+  struct F(cand) *restrict cand = cand_buf, *restrict tmp = cand + m + 1;
   uint32_t rc[LANES];
   T mnr[LANES], mxg[LANES];
   for (int l = 0; l < LANES; l++) {
@@ -307,7 +364,7 @@ CIRCLE__HOT static void F(row_retrieval)(struct F(ctx) *x, size_t i,
   row_retrieval *out = &x->ret[i];
   *out = (row_retrieval){0};
   if (r == 0) return; /* a lone query */
-  const size_t cap = 2 * r + 64;
+  const size_t cap = r + r / 4 + 8;
   size_t cnt = F(count_ge)(s, m, lo, self_j); /* >= r */
   for (int it = 0; cnt > cap && it < 2200; it++) {
     T mid = lo / 2 + hi / 2;
@@ -320,32 +377,25 @@ CIRCLE__HOT static void F(row_retrieval)(struct F(ctx) *x, size_t i,
       hi = mid;
     }
   }
-  uint32_t *tmp = cand + m + 1;
-  size_t k = 0;
+  size_t k;
   if (cnt <= cap) {
-    for (size_t j = 0; j < m; j++) { /* branch-free gather */
-      cand[k] = (uint32_t)j;
-      k += (s[j] >= lo) & (j != self_j);
-    }
-    F(rank_sort)(s, cand, tmp, k);
+    k = F(gather)(s, m, lo, false, self_j, cand, 0);
+    F(rank_sort)(cand, tmp, k);
   } else {
     /* Items above lo, sorted, then ties at lo in index order. */
-    for (size_t j = 0; j < m; j++) {
-      cand[k] = (uint32_t)j;
-      k += (s[j] > lo) & (j != self_j);
-    }
-    F(rank_sort)(s, cand, tmp, k);
+    k = F(gather)(s, m, lo, true, self_j, cand, 0);
+    F(rank_sort)(cand, tmp, k);
     for (size_t j = 0; j < m && k < r; j++)
-      if (j != self_j && s[j] == lo) cand[k++] = (uint32_t)j;
+      if (j != self_j && s[j] == lo) cand[k++] = (struct F(cand)){s[j], (uint32_t)j};
   }
   size_t hits = 0;
   double ap = 0;
   for (size_t q = 0; q < r; q++)
-    if (CLS_SAME(cls[cand[q]])) {
+    if (CLS_SAME(cls[cand[q].j])) {
       hits++;
       ap += (double)hits / (double)(q + 1);
     }
-  out->p1 = CLS_SAME(cls[cand[0]]) ? 1.0 : 0.0;
+  out->p1 = CLS_SAME(cls[cand[0].j]) ? 1.0 : 0.0;
   out->rp = (double)hits / (double)r;
   out->ap = ap / (double)r;
   out->query = 1;
@@ -725,7 +775,7 @@ static void F(blk_rows_full)(void *ctx, size_t b, unsigned ith) {
     F(row_classes)(x, i, cls, x->m);
     F(row_scalars)(x, i, s, cls, ebuf, inv_sums);
     if (x->want & CIRCLE_OUT_RETRIEVAL)
-      F(row_retrieval)(x, i, s, cls, x->cand + (size_t)ith * 2 * (x->m + 1));
+      F(row_retrieval)(x, i, s, cls, F(cand_of)(x, ith));
     if (x->need_g) F(row_grad)(x, i, s, cls, ebuf, inv_sums);
   }
 }
@@ -769,8 +819,7 @@ static void F(blk_rows_stream)(void *ctx, size_t b, unsigned ith) {
     F(row_classes)(x, i, cls, x->m);
     F(row_scalars)(x, i, buf + (i - lo) * x->m, cls, ebuf, NULL);
     if (x->want & CIRCLE_OUT_RETRIEVAL)
-      F(row_retrieval)(x, i, buf + (i - lo) * x->m, cls,
-                       x->cand + (size_t)ith * 2 * (x->m + 1));
+      F(row_retrieval)(x, i, buf + (i - lo) * x->m, cls, F(cand_of)(x, ith));
   }
 }
 
@@ -918,7 +967,7 @@ CIRCLE__HOT static void F(blk_tri_extras)(void *ctx, size_t b, unsigned ith) {
     F(row_classes)(x, i, cls, n);
     if (x->want & CIRCLE_OUT_STATS) F(row_stats)(x, i, s, cls);
     if (x->want & CIRCLE_OUT_RETRIEVAL)
-      F(row_retrieval)(x, i, s, cls, x->cand + (size_t)ith * 2 * (n + 1));
+      F(row_retrieval)(x, i, s, cls, F(cand_of)(x, ith));
   }
 }
 
