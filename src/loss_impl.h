@@ -244,19 +244,28 @@ static inline uint64_t F(rank_key)(T v) {
  * the similarity's bits mapped so that unsigned order is descending
  * similarity; a pass where every key has the same byte is skipped (the
  * top bytes, as similarities near each other share sign and exponent).
- * Branch-free apart from the loops. tmp: k entries. */
+ * Branch-free apart from the loops; 32 or fewer by insertion. tmp: k
+ * entries (k < 2^32). */
 static void F(rank_sort)(struct F(cand) *restrict c,
                          struct F(cand) *restrict tmp, size_t k) {
-  if (k < 2) return;
+  if (k <= 32) { /* few: a stable insertion sort beats the histograms */
+    for (size_t q = 1; q < k; q++) {
+      struct F(cand) key = c[q];
+      size_t r = q;
+      for (; r > 0 && c[r - 1].v < key.v; r--) c[r] = c[r - 1];
+      c[r] = key;
+    }
+    return;
+  }
   struct F(cand) *src = c, *dst = tmp;
-  size_t cnt[256];
+  uint32_t cnt[256];
   for (unsigned shift = 0; shift < 8 * sizeof(T); shift += 8) {
     memset(cnt, 0, sizeof cnt);
     for (size_t q = 0; q < k; q++) cnt[F(rank_key)(src[q].v) >> shift & 255]++;
     if (cnt[F(rank_key)(src[0].v) >> shift & 255] == k) continue;
-    size_t sum = 0;
+    uint32_t sum = 0;
     for (int b = 0; b < 256; b++) {
-      size_t n = cnt[b];
+      uint32_t n = cnt[b];
       cnt[b] = sum;
       sum += n;
     }
