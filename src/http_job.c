@@ -399,9 +399,10 @@ static job_result job_compute(struct exchange *ex, struct timespec *mark) {
   circle_output out;
 
   /* 4.-6. Admission, outputs, compute (the engine parallelises inside). */
+  /* Binary out: every tensor asked for goes as binary data (the figures,
+   * stats and retrieval, are response parameters, never tensors). */
   bool binary_out = ex->route == ROUTE_V2_INFER &&
-                    (req->want & ~req->binary_outputs &
-                     ~(unsigned)CIRCLE_OUT_STATS) == 0;
+                    (req->want & ~req->binary_outputs & ~CIRCLE__OUT_FIGURES) == 0;
   int rc = circle__http_compute(srv, req, &in, &out, binary_out, &ex->reserved,
                                 &ex->err);
   if (rc == CIRCLE_ECANCELED) {
