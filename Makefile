@@ -50,7 +50,7 @@ CFLAGS    += -I$(GEN_DIR)
 .SECONDARY: $(GEN_SRCS) $(GEN_HDRS)
 
 # Engine tests link the engine alone; the others link the service and curl.
-ENGINE_TESTS := $(wildcard tests/test_loss.c tests/test_pool.c tests/test_blas.c tests/test_config.c)
+ENGINE_TESTS := $(wildcard tests/test_loss.c tests/test_retrieval.c tests/test_pool.c tests/test_blas.c tests/test_config.c)
 SERVER_TESTS := $(filter-out $(ENGINE_TESTS),$(wildcard tests/test_*.c))
 ENGINE_UTILS := $(wildcard tests/util_engine_*.c)
 SERVER_UTILS := $(filter-out $(ENGINE_UTILS),$(wildcard tests/util_*.c))

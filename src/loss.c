@@ -1,28 +1,32 @@
-/* loss.c -- keras.losses.Circle: loss, per-sample values, gradients and
- * embedding-quality statistics, in blocks of query rows over OpenBLAS.
+/* loss.c -- keras.losses.Circle: loss, per-sample values, gradients,
+ * embedding-quality statistics and retrieval figures, in blocks of query
+ * rows over OpenBLAS.
  *
  * Request flow inside the engine (each step a parallel loop over row
  * blocks, blocks claimed dynamically; see pool.c):
  *
  *   normalize?  X <- X * min(rsqrt(|X|^2), 1e12)         (and R alike)
  *   similarities and row scalars:
- *     self-reference (no stats): the lower triangle only, strip by strip
+ *     self-reference:            the lower triangle only, strip by strip
  *                                (S_b = X_b X[0:hi)^T), tile by tile; each
  *                                off-diagonal tile serves its rows and its
  *                                columns, log-sum-exps merged online in a
- *                                fixed order (loss_impl.h)
- *     materialized (n*m small):  S = X R^T kept (self: the lower strips)
- *                                rows: lse_p, lse_n, v, sig; G' in place
- *     streamed (n*m large):      per block S_b = X_b R^T in a thread buffer,
- *                                rows: lse_p, lse_n, v, sig
- *     self-reference with stats: full rows (lower tiles + mirror)
+ *                                fixed order (loss_impl.h); materialized,
+ *                                the strips are kept
+ *     reference set:             materialized (n*m small): S = X R^T kept,
+ *                                rows: lse_p, lse_n, v, sig; G' in place;
+ *                                streamed: per block S_b = X_b R^T in a
+ *                                thread buffer, rows: lse_p, lse_n, v, sig
+ *   row extras (stats, retrieval) over whole rows: materialized
+ *     self-reference gathers them from the kept strips; streamed
+ *     self-reference takes a full-row pass 1 instead of the triangle
  *   reduction (serial, row order): mask v > 0, Keras' divisors -> coef_i
  *   gradients:
- *     self:  dX = H X, H = diag(c) G' + G'^T diag(c) symmetric; materialized,
- *            H is formed on the lower strips in place and
- *            dX_b = H[b, 0:hi) X[0:hi) + H[hi:n, b]^T X[hi:n)
+ *     self:  dX = H X, H = diag(c) G' + G'^T diag(c) symmetric, on the
+ *            lower strips: dX_b = H[b, 0:hi) X[0:hi) + H[hi:n, b]^T X[hi:n)
+ *            (materialized: H in place; streamed: each strip again)
  *     ref:   dX = diag(c) G' R,   dR = G'^T diag(c) X
- *     streamed mode recomputes S_b (full rows) instead of keeping it.
+ *            (streamed: S_b recomputed, full rows)
  *   normalize?  backprop through the normalization.
  *
  * Invariants: every block writes only its own rows (or reference rows; a
@@ -51,6 +55,12 @@ typedef struct {
   uint64_t pos_cnt, neg_cnt, hard_neg;
   int nn_same;
 } row_stats;
+
+/* Per-row retrieval figures, reduced serially after the row loop. */
+typedef struct {
+  double p1, rp, ap; /* precision@1, R-precision, AP@R of the row */
+  int query;         /* 1 when the row has a relevant item (R_i > 0) */
+} row_retrieval;
 
 /* ---- vectorizable exp ---------------------------------------------------
  * exp(x) for x <= 0 (larger x is fine up to the overflow point). Classic
@@ -161,6 +171,10 @@ static inline float exp_f(float x) {
     T *lse_p, *lse_n, *v, *sig, *cf, *csig; /* csig: cf * sig */              \
     double *coef;                                                             \
     row_stats *stats;                                                         \
+    row_retrieval *ret;                                                       \
+    uint32_t *cand;         /* per-thread retrieval candidates, 2 (m + 1) */  \
+    T *rowbuf;              /* per-thread full rows of a block (lower        \
+                               triangle, materialized, with row extras) */    \
     struct CIRCLE__CAT(norm_job, SUF) *norm_job;                              \
   };
 
@@ -215,11 +229,16 @@ DEFINE_CTX(double, d)
 
 typedef struct {
   bool self, materialize, normalize;
-  bool tri; /* self-reference over the lower triangle (not with stats) */
+  bool extras; /* stats or retrieval: per-row work over whole rows */
+  bool tri;    /* self-reference, pass 1 over the lower triangle (always,
+                  but streamed with extras: their whole rows come from a
+                  full-row pass 1 then) */
   size_t n, m, d, bs, esz, nth;
   /* byte offsets of each scratch array in one allocation */
-  size_t wide, ld, off_ids, off_sort, off_cls, off_ebuf, off_rows, off_vd, off_coef, off_stats, off_xn, off_rn, off_inv_x, off_inv_r,
-      off_s, off_xc, off_rst, off_part, off_zt, off_next, off_yb, total;
+  size_t wide, ld, off_ids, off_sort, off_cls, off_ebuf, off_rows, off_vd,
+      off_coef, off_stats, off_ret, off_cand, off_xn, off_rn, off_inv_x,
+      off_inv_r, off_s, off_xc, off_rst, off_part, off_zt, off_rowbuf,
+      off_next, off_yb, total;
 } plan;
 
 static bool add_bytes(size_t *total, size_t *off, size_t count, size_t size) {
@@ -255,8 +274,11 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
   size_t nm_rows;
   if (__builtin_add_overflow(p->n, p->self ? 0 : p->m, &nm_rows)) return false;
   p->wide = p->m > p->n ? p->m : p->n;
-  size_t cls_all;
+  size_t cls_all, cand_all = 0;
   if (__builtin_mul_overflow(p->wide, p->nth, &cls_all)) return false;
+  if ((want & CIRCLE_OUT_RETRIEVAL) &&
+      (__builtin_mul_overflow(p->m + 1, 2 * p->nth, &cand_all)))
+    return false;
   bool ok = add_bytes(&t, &p->off_ids, nm_rows, sizeof(int32_t)) &&
             add_bytes(&t, &p->off_sort, nm_rows, sizeof(int64_t)) &&
             add_bytes(&t, &p->off_cls, cls_all, p->esz) &&
@@ -266,6 +288,10 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
             add_bytes(&t, &p->off_coef, p->n, sizeof(double)) &&
             add_bytes(&t, &p->off_stats,
                       (want & CIRCLE_OUT_STATS) ? p->n : 0, sizeof(row_stats)) &&
+            add_bytes(&t, &p->off_ret,
+                      (want & CIRCLE_OUT_RETRIEVAL) ? p->n : 0,
+                      sizeof(row_retrieval)) &&
+            add_bytes(&t, &p->off_cand, cand_all, sizeof(uint32_t)) &&
             add_bytes(&t, &p->off_xn, p->normalize ? nd : 0, p->esz) &&
             add_bytes(&t, &p->off_rn, p->normalize && !p->self ? md : 0,
                       p->esz) &&
@@ -276,7 +302,8 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
   /* The lower triangle's scratch: 4 row states per row, 4 column partials
    * per column of each tile below the diagonal (and one spare tile a
    * thread), a tile of z and 7 bs values a thread. */
-  p->tri = p->self && !(want & CIRCLE_OUT_STATS);
+  p->extras = (want & (CIRCLE_OUT_STATS | CIRCLE_OUT_RETRIEVAL)) != 0;
+  p->tri = p->self && (p->materialize || !p->extras);
   if (p->tri) {
     size_t nb = (p->n + p->bs - 1) / p->bs, tiles, part, zt;
     if (__builtin_mul_overflow(nb, nb - 1, &tiles) ||
@@ -297,10 +324,17 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
     p->ld = (p->m * p->esz) % 4096 == 0 ? p->m + 64 / p->esz : p->m;
     size_t nld;
     if (__builtin_mul_overflow(p->n, p->ld, &nld)) return false;
+    /* Row extras over the lower triangle: a block of whole rows a thread. */
+    size_t rowbuf = 0;
+    if (p->tri && p->extras &&
+        (__builtin_mul_overflow(p->bs, p->n, &rowbuf) ||
+         __builtin_mul_overflow(rowbuf, p->nth, &rowbuf)))
+      return false;
     ok = add_bytes(&t, &p->off_s, nld, p->esz) &&
          add_bytes(&t, &p->off_xc,
                    (!p->self && (want & CIRCLE_OUT_REF_GRAD)) ? nd : 0,
-                   p->esz);
+                   p->esz) &&
+         add_bytes(&t, &p->off_rowbuf, rowbuf, p->esz);
   } else {
     size_t wide = p->m;
     if (need_grad && !p->self && p->n > wide) wide = p->n;
@@ -310,9 +344,10 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
       return false;
     ok = add_bytes(&t, &p->off_s, all, p->esz) &&
          add_bytes(&t, &p->off_xc, 0, p->esz);
-    /* Streamed lower triangle with gradients: a turn counter a block and
-     * a buffer of n x d a thread for the strip's column contributions. */
-    if (ok && p->tri && need_grad) {
+    /* Streamed self-reference with gradients (pass 2 is always the lower
+     * triangle's): a turn counter a block and a buffer of n x d a thread
+     * for the strip's column contributions. */
+    if (ok && p->self && need_grad) {
       size_t nb = (p->n + p->bs - 1) / p->bs, yb;
       if (__builtin_mul_overflow(nd, p->nth, &yb)) return false;
       ok = add_bytes(&t, &p->off_next, nb, sizeof(atomic_size_t)) &&
@@ -442,6 +477,27 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
   st->norm_dev_max = dev_max;
 }
 
+/* Mean of the per-row retrieval figures over the rows that are queries, in
+ * row order. */
+static void reduce_retrieval(const row_retrieval *rr, size_t n,
+                             circle_retrieval *out) {
+  double p1 = 0, rp = 0, ap = 0;
+  uint64_t q = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!rr[i].query) continue;
+    q++;
+    p1 += rr[i].p1;
+    rp += rr[i].rp;
+    ap += rr[i].ap;
+  }
+  *out = (circle_retrieval){0};
+  out->queries = q;
+  if (q == 0) return;
+  out->precision_at_1 = p1 / (double)q;
+  out->r_precision = rp / (double)q;
+  out->map_at_r = ap / (double)q;
+}
+
 /* ---- the driver ---------------------------------------------------------- */
 
 #define DEFINE_COMPUTE(T, SUF)                                                 \
@@ -478,6 +534,9 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
     x.csig = x.cf + p->n;                                                      \
     x.coef = (double *)(mem + p->off_coef);                                    \
     x.stats = (row_stats *)(mem + p->off_stats);                               \
+    x.ret = (row_retrieval *)(mem + p->off_ret);                               \
+    x.cand = (uint32_t *)(mem + p->off_cand);                                  \
+    x.rowbuf = (T *)(mem + p->off_rowbuf);                                     \
     x.S = (T *)(mem + p->off_s);                                               \
     x.Xc = (T *)(mem + p->off_xc);                                             \
     x.dX = out->grad;                                                          \
@@ -513,9 +572,10 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
     if (p->tri) {                                                              \
       circle__parallel(e, nb, CIRCLE__CAT(blk_tri_lse, SUF), &x);              \
       circle__parallel(e, nb, CIRCLE__CAT(blk_tri_finish, SUF), &x);           \
+      if (p->extras)                                                           \
+        circle__parallel(e, nb, CIRCLE__CAT(blk_tri_extras, SUF), &x);         \
     } else if (p->materialize) {                                               \
       circle__parallel(e, nb, CIRCLE__CAT(blk_sim_full, SUF), &x);             \
-      if (p->self) circle__parallel(e, nb, CIRCLE__CAT(blk_mirror, SUF), &x);  \
       circle__parallel(e, nb, CIRCLE__CAT(blk_rows_full, SUF), &x);            \
     } else {                                                                   \
       circle__parallel(e, nb, CIRCLE__CAT(blk_rows_stream, SUF), &x);          \
@@ -537,14 +597,13 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
     }                                                                          \
     if (want & CIRCLE_OUT_STATS)                                               \
       reduce_stats(x.stats, p->n, vd, &out->stats);                            \
+    if (want & CIRCLE_OUT_RETRIEVAL)                                           \
+      reduce_retrieval(x.ret, p->n, &out->retrieval);                          \
     if (x.need_g) {                                                            \
       if (p->materialize) {                                                    \
-        if (p->tri) {                                                          \
+        if (p->self) {                                                         \
           circle__parallel(e, nb, CIRCLE__CAT(blk_tri_h, SUF), &x);            \
           circle__parallel(e, nb, CIRCLE__CAT(blk_tri_dx, SUF), &x);           \
-        } else if (p->self) {                                                  \
-          circle__parallel(e, nb, CIRCLE__CAT(blk_symmetrize, SUF), &x);       \
-          if (want_g) circle__parallel(e, nb, CIRCLE__CAT(blk_dx_full, SUF), &x); \
         } else {                                                               \
           if (want_g) circle__parallel(e, nb, CIRCLE__CAT(blk_dx_full, SUF), &x); \
           if (want_r) {                                                        \
@@ -552,7 +611,7 @@ static void reduce_stats(const row_stats *rs, size_t n, const double *v,
             circle__parallel(e, mb, CIRCLE__CAT(blk_dr_full, SUF), &x);        \
           }                                                                    \
         }                                                                      \
-      } else if (p->tri) {                                                     \
+      } else if (p->self) {                                                    \
         for (size_t b = 0; b < nb; b++) atomic_init(&x.next[b], b);            \
         circle__parallel(e, nb, CIRCLE__CAT(blk_tri_dx_stream, SUF), &x);      \
       } else {                                                                 \

@@ -196,6 +196,161 @@ CIRCLE__HOT static void F(row_stats)(struct F(ctx) *x, size_t i, const T *s,
   }
 }
 
+/* ---- retrieval ----------------------------------------------------------
+ * Row i's precision@1, R-precision and AP@R (pytorch-metric-learning's
+ * AccuracyCalculator) from its similarities s[0..m) and classes. The
+ * gallery is every column but the row's own (self-reference); an item is
+ * relevant when it shares the row's label; R_i counts them. Items rank by
+ * similarity descending, then index ascending: a strict order, so what
+ * follows picks the same R_i items whatever the path or thread.
+ *
+ * The R_i nearest items are found without sorting the row. A threshold t
+ * with at least R_i gallery items >= t starts at the relevant items'
+ * smallest similarity (all R_i of them pass it) and is raised by bisection
+ * between t and the gallery's largest similarity, each step one
+ * vectorized count over the row, until at most 2 R_i + 64 items pass; only
+ * those are gathered and sorted. When ties stop the bisection first (t and
+ * the upper end adjacent values), fewer than R_i items lie strictly above
+ * t and the rest are ties at t, taken in index order. */
+
+/* a ranks before b: larger similarity, then smaller index. */
+static inline int F(ranks_before)(const T *s, uint32_t a, uint32_t b) {
+  return s[a] > s[b] || (s[a] == s[b] && a < b);
+}
+
+/* Sorts v[0..c) into ranking order: insertion-sorted runs of 32, then
+ * bottom-up merges through tmp (c entries). */
+static void F(rank_sort)(const T *restrict s, uint32_t *restrict v,
+                         uint32_t *restrict tmp, size_t c) {
+  const size_t run = 32;
+  for (size_t a = 0; a < c; a += run) {
+    size_t e = a + run < c ? a + run : c;
+    for (size_t q = a + 1; q < e; q++) {
+      uint32_t key = v[q];
+      size_t r = q;
+      while (r > a && F(ranks_before)(s, key, v[r - 1])) {
+        v[r] = v[r - 1];
+        r--;
+      }
+      v[r] = key;
+    }
+  }
+  uint32_t *src = v, *dst = tmp;
+  for (size_t w = run; w < c; w *= 2) {
+    for (size_t a = 0; a < c; a += 2 * w) {
+      size_t mid = a + w < c ? a + w : c, e = a + 2 * w < c ? a + 2 * w : c;
+      size_t p = a, q = mid, o = a;
+      while (p < mid && q < e)
+        dst[o++] = F(ranks_before)(s, src[q], src[p]) ? src[q++] : src[p++];
+      while (p < mid) dst[o++] = src[p++];
+      while (q < e) dst[o++] = src[q++];
+    }
+    uint32_t *t = src;
+    src = dst;
+    dst = t;
+  }
+  if (src != v) memcpy(v, src, c * sizeof *v);
+}
+
+/* Gallery items of the row (self_j excluded) with s >= t. */
+CIRCLE__HOT static size_t F(count_ge)(const T *restrict s, size_t m, T t,
+                                      size_t self_j) {
+  uint32_t c[LANES];
+  for (int l = 0; l < LANES; l++) c[l] = 0;
+  size_t mv = m - m % LANES, total = 0;
+  for (size_t j0 = 0; j0 < mv; j0 += LANES)
+    for (int l = 0; l < LANES; l++) c[l] += s[j0 + (size_t)l] >= t;
+  for (int l = 0; l < LANES; l++) total += c[l];
+  for (size_t j = mv; j < m; j++) total += s[j] >= t;
+  if (self_j < m && s[self_j] >= t) total--;
+  return total;
+}
+
+/* Row i's retrieval figures into x->ret[i]. cand: 2 (m + 1) entries. */
+CIRCLE__HOT static void F(row_retrieval)(struct F(ctx) *x, size_t i,
+                                         const T *restrict s,
+                                         const T *restrict cls,
+                                         uint32_t *restrict cand) {
+  const size_t m = x->m, self_j = x->self ? i : (size_t)-1;
+  uint32_t rc[LANES];
+  T mnr[LANES], mxg[LANES];
+  for (int l = 0; l < LANES; l++) {
+    rc[l] = 0;
+    mnr[l] = INFINITY;
+    mxg[l] = -INFINITY;
+  }
+  size_t mv = m - m % LANES;
+  for (size_t j0 = 0; j0 < mv; j0 += LANES)
+    for (int l = 0; l < LANES; l++) {
+      size_t j = j0 + (size_t)l;
+      int g = j != self_j, rel = CLS_SAME(cls[j]) & g;
+      T sr = rel ? s[j] : (T)INFINITY, sg = g ? s[j] : (T)-INFINITY;
+      rc[l] += (uint32_t)rel;
+      mnr[l] = sr < mnr[l] ? sr : mnr[l];
+      mxg[l] = sg > mxg[l] ? sg : mxg[l];
+    }
+  size_t r = 0;
+  T lo = INFINITY, hi = -INFINITY;
+  for (int l = 0; l < LANES; l++) {
+    r += rc[l];
+    lo = mnr[l] < lo ? mnr[l] : lo;
+    hi = mxg[l] > hi ? mxg[l] : hi;
+  }
+  for (size_t j = mv; j < m; j++) {
+    if (j == self_j) continue;
+    if (CLS_SAME(cls[j])) {
+      r++;
+      lo = s[j] < lo ? s[j] : lo;
+    }
+    hi = s[j] > hi ? s[j] : hi;
+  }
+  row_retrieval *out = &x->ret[i];
+  *out = (row_retrieval){0};
+  if (r == 0) return; /* a lone query */
+  const size_t cap = 2 * r + 64;
+  size_t cnt = F(count_ge)(s, m, lo, self_j); /* >= r */
+  for (int it = 0; cnt > cap && it < 2200; it++) {
+    T mid = lo / 2 + hi / 2;
+    if (!(mid > lo && mid < hi)) break; /* adjacent: ties at lo */
+    size_t c = F(count_ge)(s, m, mid, self_j);
+    if (c >= r) {
+      lo = mid;
+      cnt = c;
+    } else {
+      hi = mid;
+    }
+  }
+  uint32_t *tmp = cand + m + 1;
+  size_t k = 0;
+  if (cnt <= cap) {
+    for (size_t j = 0; j < m; j++) { /* branch-free gather */
+      cand[k] = (uint32_t)j;
+      k += (s[j] >= lo) & (j != self_j);
+    }
+    F(rank_sort)(s, cand, tmp, k);
+  } else {
+    /* Items above lo, sorted, then ties at lo in index order. */
+    for (size_t j = 0; j < m; j++) {
+      cand[k] = (uint32_t)j;
+      k += (s[j] > lo) & (j != self_j);
+    }
+    F(rank_sort)(s, cand, tmp, k);
+    for (size_t j = 0; j < m && k < r; j++)
+      if (j != self_j && s[j] == lo) cand[k++] = (uint32_t)j;
+  }
+  size_t hits = 0;
+  double ap = 0;
+  for (size_t q = 0; q < r; q++)
+    if (CLS_SAME(cls[cand[q]])) {
+      hits++;
+      ap += (double)hits / (double)(q + 1);
+    }
+  out->p1 = CLS_SAME(cls[cand[0]]) ? 1.0 : 0.0;
+  out->rp = (double)hits / (double)r;
+  out->ap = ap / (double)r;
+  out->query = 1;
+}
+
 /* Row i's lse_p, lse_n, v and sig from the maxima of its positive and
  * negative z and the sums of exp(z - max) (max -inf: no such pairs). */
 static inline void F(row_finish)(struct F(ctx) *x, size_t i, T max_p, T sum_p,
@@ -550,33 +705,13 @@ static void F(blk_unnormalize)(void *ctx, size_t b, unsigned ith) {
   }
 }
 
-/* Materialized: similarities of row block b. Self-referenced batches fill
- * only columns [0, hi) (the lower triangle and the diagonal tile); the
- * mirror step copies them up. */
+/* Materialized, reference set: similarities of row block b. */
 static void F(blk_sim_full)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
-  /* Self-referenced blocks grow with b: hand out the largest first so the
-   * last block claimed is a small one (better balance). */
-  if (x->self) b = (x->n + x->bs - 1) / x->bs - 1 - b;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
-  size_t cols = x->self ? hi : x->m;
-  GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)cols,
+  GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)x->m,
        (int)x->d, 1, x->X + lo * x->d, (int)x->d, x->R, (int)x->d, 0,
        x->S + lo * x->ld, (int)x->ld);
-}
-
-/* Materialized self-reference: S[i][j] = S[j][i] for j > i, tile by tile. */
-CIRCLE__HOT static void F(blk_mirror)(void *ctx, size_t b, unsigned ith) {
-  struct F(ctx) *x = ctx;
-  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
-  T *S = x->S;
-  size_t n = x->n, ld = x->ld;
-  for (size_t jlo = lo; jlo < n; jlo += x->bs) {
-    size_t jhi = jlo + x->bs < n ? jlo + x->bs : n;
-    for (size_t i = lo; i < hi; i++)
-      for (size_t j = jlo > i + 1 ? jlo : i + 1; j < jhi; j++)
-        S[i * ld + j] = S[j * ld + i];
-  }
 }
 
 /* Materialized: row scalars, then G' in place when gradients are wanted. */
@@ -589,33 +724,13 @@ static void F(blk_rows_full)(void *ctx, size_t b, unsigned ith) {
     T *s = x->S + i * x->ld, inv_sums[2];
     F(row_classes)(x, i, cls, x->m);
     F(row_scalars)(x, i, s, cls, ebuf, inv_sums);
+    if (x->want & CIRCLE_OUT_RETRIEVAL)
+      F(row_retrieval)(x, i, s, cls, x->cand + (size_t)ith * 2 * (x->m + 1));
     if (x->need_g) F(row_grad)(x, i, s, cls, ebuf, inv_sums);
   }
 }
 
-/* Materialized self-reference: H = diag(c) G' + G'^T diag(c), symmetric, in
- * place. The owner of row i writes S[i][j] and S[j][i] for j <= i only. */
-CIRCLE__HOT static void F(blk_symmetrize)(void *ctx, size_t b, unsigned ith) {
-  struct F(ctx) *x = ctx;
-  b = (x->n + x->bs - 1) / x->bs - 1 - b; /* largest first */
-  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
-  T *S = x->S;
-  size_t n = x->n, ld = x->ld;
-  for (size_t jlo = 0; jlo < hi; jlo += x->bs) {
-    size_t jhi = jlo + x->bs < n ? jlo + x->bs : n;
-    for (size_t i = lo; i < hi; i++) {
-      T ci = x->cf[i];
-      size_t jend = jhi < i + 1 ? jhi : i + 1;
-      for (size_t j = jlo; j < jend; j++) {
-        T h = ci * S[i * ld + j] + x->cf[j] * S[j * ld + i];
-        S[i * ld + j] = h;
-        S[j * ld + i] = h;
-      }
-    }
-  }
-}
-
-/* dX for row block b: self: H_b X; reference set: diag(c) (G'_b R). */
+/* Materialized, reference set: dX for row block b = diag(c) (G'_b R). */
 static void F(blk_dx_full)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
@@ -623,11 +738,10 @@ static void F(blk_dx_full)(void *ctx, size_t b, unsigned ith) {
   GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)x->d,
        (int)x->m, 1, x->S + lo * x->ld, (int)x->ld, x->R, (int)x->d, 0, dx,
        (int)x->d);
-  if (!x->self)
-    for (size_t i = lo; i < hi; i++) {
-      T ci = x->cf[i];
-      for (size_t k = 0; k < x->d; k++) dx[(i - lo) * x->d + k] *= ci;
-    }
+  for (size_t i = lo; i < hi; i++) {
+    T ci = x->cf[i];
+    for (size_t k = 0; k < x->d; k++) dx[(i - lo) * x->d + k] *= ci;
+  }
 }
 
 /* Reference set: dR for reference block b = G'[:, b]^T (diag(c) X). */
@@ -639,8 +753,9 @@ static void F(blk_dr_full)(void *ctx, size_t b, unsigned ith) {
        x->dR + lo * x->d, (int)x->d);
 }
 
-/* Streamed pass 1: similarities of row block b into this thread's buffer,
- * then row scalars. */
+/* Streamed pass 1: similarities of row block b into this thread's buffer
+ * (full rows: self-referenced batches come here only with row extras, their
+ * gradients then take the lower triangle's pass 2), then row scalars. */
 static void F(blk_rows_stream)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
@@ -653,12 +768,15 @@ static void F(blk_rows_stream)(void *ctx, size_t b, unsigned ith) {
   for (size_t i = lo; i < hi; i++) {
     F(row_classes)(x, i, cls, x->m);
     F(row_scalars)(x, i, buf + (i - lo) * x->m, cls, ebuf, NULL);
+    if (x->want & CIRCLE_OUT_RETRIEVAL)
+      F(row_retrieval)(x, i, buf + (i - lo) * x->m, cls,
+                       x->cand + (size_t)ith * 2 * (x->m + 1));
   }
 }
 
-/* Streamed pass 2: recompute the block's similarities, turn them into
- * gradient coefficients (self: H = c_i G'_ij + c_j G'_ji; reference set:
- * c_i G'_ij) and multiply by the reference rows. */
+/* Streamed pass 2, reference set: recompute the block's similarities, turn
+ * them into gradient coefficients c_i G'_ij and multiply by the reference
+ * rows. */
 CIRCLE__HOT static void F(blk_dx_stream)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
@@ -673,13 +791,8 @@ CIRCLE__HOT static void F(blk_dx_stream)(void *ctx, size_t b, unsigned ith) {
     T ci = x->cf[i];
     T lpi = x->lse_p[i], lni = x->lse_n[i], sgi = x->sig[i];
     F(row_classes)(x, i, cls, x->m);
-    if (x->self) {
-      F(row_h)(x, i, s, cls, x->m);
-    } else {
-      for (size_t j = 0; j < x->m; j++)
-        s[j] = ci * F(pair_grad)(s[j], cls[j], gam, mg, opn, dln, lpi, lni,
-                                 sgi);
-    }
+    for (size_t j = 0; j < x->m; j++)
+      s[j] = ci * F(pair_grad)(s[j], cls[j], gam, mg, opn, dln, lpi, lni, sgi);
   }
   GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)x->d,
        (int)x->m, 1, buf, (int)x->m, x->R, (int)x->d, 0, x->dX + lo * x->d,
@@ -779,6 +892,34 @@ CIRCLE__HOT static void F(blk_tri_finish)(void *ctx, size_t b, unsigned ith) {
   }
   for (size_t i = lo; i < hi; i++)
     F(row_finish)(x, i, rmp[i], rsp[i], rmn[i], rsn[i]);
+}
+
+/* Materialized self-reference with row extras (stats, retrieval): the full
+ * rows of block b gathered into this thread's buffer, from the block's own
+ * strip (columns [0, hi)) and the strips below it (column i of rows
+ * j >= hi, read 16 rows at a time), then each row's extras. */
+CIRCLE__HOT static void F(blk_tri_extras)(void *ctx, size_t b, unsigned ith) {
+  struct F(ctx) *x = ctx;
+  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n), n = x->n, ld = x->ld;
+  T *restrict buf = x->rowbuf + (size_t)ith * x->bs * n;
+  const T *restrict S = x->S;
+  for (size_t i = lo; i < hi; i++)
+    memcpy(buf + (i - lo) * n, S + i * ld, hi * sizeof(T));
+  for (size_t j0 = hi; j0 < n; j0 += 16) {
+    size_t j1 = j0 + 16 < n ? j0 + 16 : n;
+    for (size_t i = lo; i < hi; i++) {
+      T *restrict dst = buf + (i - lo) * n;
+      for (size_t j = j0; j < j1; j++) dst[j] = S[j * ld + i];
+    }
+  }
+  T *cls = x->cls + (size_t)ith * x->wide;
+  for (size_t i = lo; i < hi; i++) {
+    const T *s = buf + (i - lo) * n;
+    F(row_classes)(x, i, cls, n);
+    if (x->want & CIRCLE_OUT_STATS) F(row_stats)(x, i, s, cls);
+    if (x->want & CIRCLE_OUT_RETRIEVAL)
+      F(row_retrieval)(x, i, s, cls, x->cand + (size_t)ith * 2 * (n + 1));
+  }
 }
 
 /* H over the strip of block b (rows [lo, hi), columns [0, hi)) at st,
