@@ -297,6 +297,18 @@ def cases(rng):
                         about="one class on both sides"))
     out.append(ref_case(rng, "ref_duplicates", [4, 4, 3], [6, 5, 5], 6, 0.7, dups=5,
                         about="gallery rows repeated, queries equal to gallery rows"))
+    # Big enough (N x M over 1 MiB in float32) that a server started with
+    # --materialize-mb 1 streams them in row blocks.
+    sizes = list(rng.integers(1, 40, size=30))
+    sizes.append(max(1, 600 - sum(sizes)))
+    out.append(self_case(rng, "self_streamed", sizes, 8, 1.0,
+                         about="about 600 rows: the similarity matrix past 1 MiB"))
+    out.append(ref_case(rng, "ref_streamed", list(rng.integers(5, 40, size=20)),
+                        list(rng.integers(5, 45, size=24)), 8, 1.0,
+                        about="N x M past 1 MiB, four gallery classes no query has"))
+    for c in out[-2:]:
+        m = len(c.get("ref_labels", c["labels"]))
+        assert len(c["labels"]) * m * 4 > 1 << 20, c["name"]
     return out
 
 

@@ -12,6 +12,9 @@ What must stay true, and how it is checked:
     within 1e-6 absolute, and `queries` exactly, through /v1 (outputs
     ["retrieval"]), /v2 JSON (parameters.retrieval: true) and tritonclient.grpc
     (InferParameter retrieval = true), computed in float32 and in float64;
+    and once more over /v1 against a circled started with --materialize-mb 1
+    and --block-rows 16, so the two largest cases (N x M past 1 MiB) go
+    through the engine's streamed path in many row blocks;
   * normalize decides the similarity, as it does for the loss: normalize
     true gives PML's figures for CosineSimilarity, false those for
     DotProductSimilarity(normalize_embeddings=False) on the raw rows, and the
@@ -40,6 +43,8 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
+
+from conftest import run_circled
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "retrieval" / "retrieval.json"
 TOL = 1e-6
@@ -155,6 +160,22 @@ def test_v1_should_give_pml_retrieval_figures(circled, name, normalize, dtype):
     check(j["retrieval"], c, normalize, f"/v1 {name} {dtype}")
 
 
+@pytest.fixture(scope="module")
+def streaming():
+    """A circled that keeps no similarity matrix over 1 MiB whole."""
+    with run_circled("--materialize-mb", "1", "--block-rows", "16", "--grpc-port", "off") as url:
+        yield url
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("normalize", [True, False], ids=["cosine", "dot"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_v1_should_give_pml_retrieval_figures_in_row_blocks(streaming, name, normalize, dtype):
+    c = CASES[name]
+    j = post_v1(streaming, v1_body(c, normalize, dtype, outputs=("loss", "retrieval")))
+    check(j["retrieval"], c, normalize, f"/v1 streamed {name} {dtype}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("normalize", [True, False], ids=["cosine", "dot"])
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -193,6 +214,10 @@ def test_golden_file_should_cover_the_cases_that_matter():
     assert any(c["copies"] > 0 and "ref_embeddings" not in c for c in CASES.values())
     assert any(c["copies"] > 0 and "ref_embeddings" in c for c in CASES.values())
     assert {"self_n1", "self_one_class", "ref_n1", "ref_m1"} <= names
+    # Past the streaming daemon's 1 MiB in float32, self-referenced and not.
+    big = [n for n, c in CASES.items()
+           if len(c["labels"]) * len(c.get("ref_labels", c["labels"])) * 4 > 1 << 20]
+    assert any(n.startswith("self") for n in big) and any(n.startswith("ref") for n in big)
     assert DOC["versions"]["pytorch_metric_learning"]
 
 
