@@ -62,7 +62,7 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsu
 VENV      := $(if $(filter 1,$(SAN)),build,$(BUILD))/venv
 VENV_PY   := $(CURDIR)/$(VENV)/bin/python
 
-.PHONY: all run test test-c test-py bench golden install clean deps deps-c deps-test deps-py fuzz soak
+.PHONY: all run test test-c test-py bench golden golden-retrieval install clean deps deps-c deps-test deps-py fuzz soak
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/circled $(BUILD)/libcircle.a $(BUILD)/libcircle.so
@@ -193,6 +193,14 @@ test: deps
 
 golden: deps-py
 	KERAS_BACKEND=jax $(VENV_PY) tests/golden/generate.py tests/golden
+
+# `make golden-retrieval`: the retrieval figures' golden cases, from
+# pytorch-metric-learning's AccuracyCalculator (in the bench venv, which has
+# torch): tests/golden/retrieval/retrieval.json, read by
+# tests/py/test_retrieval.py.
+golden-retrieval: deps-bench
+	$(BENCH_VENV)/bin/python tests/golden/retrieval_generate.py \
+	  tests/golden/retrieval/retrieval.json
 
 bench: all $(BUILD)/bench/bench_loss
 	$(BUILD)/bench/bench_loss

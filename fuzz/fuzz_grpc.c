@@ -71,7 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   FUZZ_CHECK(req.proto == CIRCLE_PROTO_OIP, "proto");
   FUZZ_CHECK((req.binary_outputs & ~req.want) == 0 &&
-                 (req.want & ~(unsigned)CIRCLE_OUT_STATS & ~req.binary_outputs) == 0,
+                 (req.want & ~CIRCLE__OUT_FIGURES & ~req.binary_outputs) == 0,
              "every output must be binary over gRPC (want 0x%x, binary 0x%x)",
              req.want, req.binary_outputs);
   fuzz_check_request(&req, &lim);

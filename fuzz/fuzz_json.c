@@ -54,6 +54,19 @@ static void check_encoding(const circle_request *req) {
   if (req->want & CIRCLE_OUT_PER_SAMPLE)
     fuzz_check_numbers(cJSON_GetObjectItemCaseSensitive(root, "per_sample_loss"),
                        out.per_sample, req->n, dt, CIRCLE_HALF_NONE, "per_sample_loss");
+  /* The retrieval figures: there exactly when asked for, float64 exact. */
+  it = cJSON_GetObjectItemCaseSensitive(root, "retrieval");
+  if (req->want & CIRCLE_OUT_RETRIEVAL) {
+    FUZZ_CHECK(cJSON_IsObject(it) && cJSON_GetArraySize(it) == 4, "retrieval");
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(it, "queries");
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(it, "map_at_r");
+    FUZZ_CHECK(cJSON_IsNumber(q) && q->valuedouble == (double)req->n,
+               "retrieval.queries");
+    FUZZ_CHECK(cJSON_IsNumber(f) && f->valuedouble == out.retrieval.map_at_r,
+               "retrieval.map_at_r");
+  } else {
+    FUZZ_CHECK(it == NULL, "retrieval not asked for, but returned");
+  }
   if (req->want & CIRCLE_OUT_LOSS) {
     it = cJSON_GetObjectItemCaseSensitive(root, "loss");
     if (circle_reduction_is_elementwise(req->cfg.reduction)) {

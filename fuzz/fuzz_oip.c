@@ -163,6 +163,16 @@ static void check_encoding(const circle_request *req) {
   }
   FUZZ_CHECK(bin_off == b.len, "%zu bytes after the binary outputs",
              b.len - bin_off);
+  /* The figures are response parameters, there exactly when asked for. */
+  const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "parameters");
+  const cJSON *rq = cJSON_GetObjectItemCaseSensitive(rp, "retrieval_queries");
+  if (req->want & CIRCLE_OUT_RETRIEVAL)
+    FUZZ_CHECK(cJSON_IsNumber(rq) && rq->valuedouble == (double)req->n,
+               "retrieval_queries");
+  else
+    FUZZ_CHECK(rq == NULL, "retrieval not asked for, but returned");
+  FUZZ_CHECK((rp != NULL) == ((req->want & CIRCLE__OUT_FIGURES) != 0),
+             "response parameters without figures, or figures without them");
   cJSON_Delete(root);
   circle_buf_free(&b);
   fuzz_output_free(&out);
@@ -182,7 +192,9 @@ static void decode(const char *body, size_t len, size_t header_len,
     return;
   }
   FUZZ_CHECK(req.proto == CIRCLE_PROTO_OIP, "proto");
-  FUZZ_CHECK(req.want & CIRCLE_OUT_STATS, "stats not asked for");
+  /* The stats unless parameters.stats is false; the retrieval figures only
+   * when parameters.retrieval is true: any CIRCLE_OUT_* bits, no others. */
+  FUZZ_CHECK((req.want & ~(unsigned)CIRCLE_OUT_ALL) == 0, "want 0x%x", req.want);
   FUZZ_CHECK((req.binary_outputs & ~req.want) == 0, "binary outputs 0x%x",
              req.binary_outputs);
   FUZZ_CHECK(req.out_count <= 4, "out_count %zu", req.out_count);

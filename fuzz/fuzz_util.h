@@ -171,6 +171,8 @@ static inline bool fuzz_output_make(const circle_request *req,
   double v = out->loss;
   circle_stats s = {v, v, v, v, v, v, v, v, v, v, req->n, req->m};
   out->stats = s;
+  circle_retrieval r = {v, v, v, req->n};
+  out->retrieval = r;
   return true;
 }
 

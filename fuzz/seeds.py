@@ -53,6 +53,10 @@ def v1_seeds():
                    "reduction": "mean_with_sample_weight"},
         "outputs": ["loss"],
     }
+    s["retrieval"] = {
+        "labels": [0, 1, 0, 1, 2], "embeddings": [[1, 0], [0, 1], [0.6, 0.8], [-0.8, 0.6], [1, 1]],
+        "normalize": True, "outputs": ["loss", "retrieval"],
+    }
     s["ref_grad_only"] = {
         "labels": [0], "embeddings": [[1, 1, 1, 1]],
         "ref_labels": [0, 1], "ref_embeddings": [[1, 0, 0, 0], [0, 0, 0, 1]],
@@ -184,6 +188,10 @@ def oip_seeds():
         ("sample_weight", "FP16", [3], struct.pack("<3e", 0.5, 1.0, 2.0))],
         parameters={"binary_data_output": True, "dtype": "mixed_float16", "reduction": "none"})
     s["binary_half_out"] = framed(0, len(hh), bh)
+    hr, br = binary_request([("labels", "INT64", [3], labels), ("embeddings", "FP32", [3, 2], emb)],
+                            parameters={"binary_data_output": True, "retrieval": True,
+                                        "stats": False})
+    s["binary_retrieval"] = framed(0, len(hr), br)
     s["json_bf16_policy"] = framed(0, 0xffff, oip_header([
         {"name": "labels", "datatype": "INT64", "shape": [3], "data": [0, 1, 0]},
         {"name": "embeddings", "datatype": "FP64", "shape": [3, 2],
@@ -398,6 +406,8 @@ def grpc_seeds():
     s["raw_count_mismatch"] = grpc_request(two, raw=[b"\0" * 32])
     s["raw_size_mismatch"] = grpc_request(two, raw=[lab, b"\0" * 44])
     s["unknown_model"] = grpc_request(two, raw=[lab, b"\0" * 48], model="other")
+    s["raw_retrieval"] = grpc_request(two, raw=[lab, struct.pack("<12f", *range(12))],
+                                      params={"retrieval": True})
     return s
 
 

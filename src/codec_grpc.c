@@ -412,8 +412,10 @@ static int pack(const ProtobufCMessage *msg, circle_buf *b) {
   return 0;
 }
 
-#define N_STATS_FIGURES (0 CIRCLE__STATS_FIGURES(COUNT_ONE))
 #define COUNT_ONE(f) +1
+#define N_FIGURE_PARAMS                                                    \
+  (0 CIRCLE__STATS_FIGURES(COUNT_ONE) CIRCLE__STATS_COUNTS(COUNT_ONE)      \
+     CIRCLE__RETRIEVAL_FIGURES(COUNT_ONE) CIRCLE__RETRIEVAL_COUNTS(COUNT_ONE))
 
 int circle_grpc_infer_encode(const circle_request *req,
                              const circle_output *out, circle_buf *b) {
@@ -451,15 +453,14 @@ int circle_grpc_infer_encode(const circle_request *req,
   r.n_raw_output_contents = o.count;
   r.raw_output_contents = raw;
 
-  /* The stats, as the HTTP response's "parameters" carry them. */
-  enum { N_STATS = N_STATS_FIGURES + 2 };
-  Inference__ModelInferResponse__ParametersEntry e[N_STATS];
-  Inference__ModelInferResponse__ParametersEntry *ep[N_STATS];
-  Inference__InferParameter v[N_STATS];
+  /* The stats and the retrieval figures, as the HTTP response's
+   * "parameters" carry them. */
+  enum { N_PARAMS = N_FIGURE_PARAMS };
+  Inference__ModelInferResponse__ParametersEntry e[N_PARAMS];
+  Inference__ModelInferResponse__ParametersEntry *ep[N_PARAMS];
+  Inference__InferParameter v[N_PARAMS];
   size_t k = 0;
-  if (o.stats) {
-    const circle_stats *s = &out->stats;
-#define STAT_ENTRY(f, CASE, member, val)                                   \
+#define ENTRY(name, CASE, member, val)                                     \
   do {                                                                     \
     Inference__ModelInferResponse__ParametersEntry ei =                    \
         INFERENCE__MODEL_INFER_RESPONSE__PARAMETERS_ENTRY__INIT;           \
@@ -467,20 +468,31 @@ int circle_grpc_infer_encode(const circle_request *req,
     e[k] = ei;                                                             \
     v[k] = vi;                                                             \
     v[k].parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_##CASE; \
-    v[k].member = (val);                                                     \
-    e[k].key = #f;                                                         \
+    v[k].member = (val);                                                   \
+    e[k].key = (char *)(name);                                             \
     e[k].value = &v[k];                                                    \
     ep[k] = &e[k];                                                         \
     k++;                                                                   \
   } while (0);
-#define FIGURE(f) STAT_ENTRY(f, DOUBLE_PARAM, double_param, s->f)
-#define COUNT(f) STAT_ENTRY(f, INT64_PARAM, int64_param, (int64_t)s->f)
+  if (o.stats) {
+    const circle_stats *s = &out->stats;
+#define FIGURE(f) ENTRY(#f, DOUBLE_PARAM, double_param, s->f)
+#define COUNT(f) ENTRY(#f, INT64_PARAM, int64_param, (int64_t)s->f)
     CIRCLE__STATS_FIGURES(FIGURE)
     CIRCLE__STATS_COUNTS(COUNT)
 #undef FIGURE
 #undef COUNT
-#undef STAT_ENTRY
   }
+  if (o.retrieval) {
+    const circle_retrieval *q = &out->retrieval;
+#define FIGURE(f) ENTRY("retrieval_" #f, DOUBLE_PARAM, double_param, q->f)
+#define COUNT(f) ENTRY("retrieval_" #f, INT64_PARAM, int64_param, (int64_t)q->f)
+    CIRCLE__RETRIEVAL_FIGURES(FIGURE)
+    CIRCLE__RETRIEVAL_COUNTS(COUNT)
+#undef FIGURE
+#undef COUNT
+  }
+#undef ENTRY
   r.n_parameters = k;
   r.parameters = ep;
   return pack(&r.base, b);

@@ -41,7 +41,9 @@ int circle_grpc_infer_decode(const uint8_t *msg, size_t len,
  * model_version "1", id, outputs (name, datatype FP32/FP64, shape) in the
  * HTTP route's order with their bytes in raw_output_contents, and the
  * stats as parameters (double_param figures, int64_param counts) unless
- * the request turned stats off. Returns 0, CIRCLE_EINVAL for NULL
+ * the request turned stats off, then the retrieval figures as
+ * retrieval_<figure> parameters when the request turned them on. Returns
+ * 0, CIRCLE_EINVAL for NULL
  * arguments, or CIRCLE_ENOMEM (b->failed). */
 int circle_grpc_infer_encode(const circle_request *req,
                              const circle_output *out, circle_buf *b);

@@ -548,10 +548,11 @@ static int parse_outputs(const cJSON *a, bool has_ref, unsigned *want,
                {"per_sample_loss", CIRCLE_OUT_PER_SAMPLE},
                {"embeddings_grad", CIRCLE_OUT_GRAD},
                {"ref_embeddings_grad", CIRCLE_OUT_REF_GRAD},
-               {"stats", CIRCLE_OUT_STATS}};
+               {"stats", CIRCLE_OUT_STATS},
+               {"retrieval", CIRCLE_OUT_RETRIEVAL}};
   static const char *const list =
       "\"loss\", \"per_sample_loss\", \"embeddings_grad\", "
-      "\"ref_embeddings_grad\", \"stats\"";
+      "\"ref_embeddings_grad\", \"stats\", \"retrieval\"";
   if (!cJSON_IsArray(a))
     return circle_error_set(err, 400, "bad_output",
                             "outputs is %s; expected an array of names from "
@@ -896,6 +897,8 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
     goto fail;
   }
 
+  /* Without outputs: everything that applies but the retrieval figures,
+   * which cost a ranking per row and are computed only when named. */
   unsigned want = CIRCLE_OUT_LOSS | CIRCLE_OUT_PER_SAMPLE | CIRCLE_OUT_GRAD |
                   CIRCLE_OUT_STATS | (r.has_ref ? CIRCLE_OUT_REF_GRAD : 0u);
   if (f[F_OUTPUTS].item && parse_outputs(f[F_OUTPUTS].item, r.has_ref, &want, err) != 0)
@@ -1072,6 +1075,12 @@ int circle_json_encode(const circle_request *req, const circle_output *out,
     SEP();
     circle_buf_puts(b, "\"stats\": ");
     circle__json_stats_write(b, &out->stats);
+  }
+  if (w & CIRCLE_OUT_RETRIEVAL) {
+    SEP();
+    circle_buf_puts(b, "\"retrieval\": {");
+    circle__json_figures_members(b, NULL, &out->retrieval, "", true);
+    circle_buf_puts(b, "}");
   }
   SEP();
 #undef SEP

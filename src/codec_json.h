@@ -5,7 +5,8 @@
  *            "ref_embeddings"?: [[D] x M], "config"?: {...},
  *            "normalize"?: bool, "outputs"?: [...], "tag"?: string}
  * Response: {"loss", "per_sample_loss", "embeddings_grad",
- *            "ref_embeddings_grad", "stats", "config", "dtype", "n", "m", "d"}
+ *            "ref_embeddings_grad", "stats", "retrieval" (only when outputs
+ *            names it), "config", "dtype", "n", "m", "d"}
  */
 #ifndef CIRCLE_CODEC_JSON_H
 #define CIRCLE_CODEC_JSON_H

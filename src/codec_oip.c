@@ -254,11 +254,12 @@ static int parse_input(circle__oip_decoder *dc, const cJSON *obj,
 /* ------------------------------------------------------------------------ */
 
 enum { P_GAMMA, P_MARGIN, P_REMOVE_DIAGONAL, P_REDUCTION, P_NORMALIZE,
-       P_DTYPE, P_TAG, P_BINARY_DATA_OUTPUT, P_STATS, P_SEQUENCE_ID, P_SEQUENCE_START,
-       P_SEQUENCE_END, P_PRIORITY, P_TIMEOUT, P_COUNT };
+       P_DTYPE, P_TAG, P_BINARY_DATA_OUTPUT, P_STATS, P_RETRIEVAL, P_SEQUENCE_ID,
+       P_SEQUENCE_START, P_SEQUENCE_END, P_PRIORITY, P_TIMEOUT, P_COUNT };
 
 static int parse_params(circle__oip_decoder *dc, const cJSON *p, circle_request *r,
-                        bool *dtype_given, bool *binary_default, bool *stats) {
+                        bool *dtype_given, bool *binary_default, bool *stats,
+                        bool *retrieval) {
   circle_error *err = dc->err;
   if (!cJSON_IsObject(p))
     return circle_error_set(err, 400, "wrong_type",
@@ -271,7 +272,8 @@ static int parse_params(circle__oip_decoder *dc, const cJSON *p, circle_request 
       {"gamma", NULL},          {"margin", NULL},       {"remove_diagonal", NULL},
       {"reduction", NULL},      {"normalize", NULL},    {"dtype", NULL},
       {"tag", NULL},            {"binary_data_output", NULL},
-      {"stats", NULL},          {"sequence_id", NULL},    {"sequence_start", NULL},
+      {"stats", NULL},          {"retrieval", NULL},
+      {"sequence_id", NULL},    {"sequence_start", NULL},
       {"sequence_end", NULL},   {"priority", NULL},     {"timeout", NULL}};
   if (circle__json_fields(p, "parameters", f, P_COUNT, err) != 0)
     return CIRCLE_EINVAL;
@@ -321,6 +323,13 @@ static int parse_params(circle__oip_decoder *dc, const cJSON *p, circle_request 
   if (f[P_STATS].item &&
       circle__bool_parse(f[P_STATS].item, stats, "parameters.stats", "wrong_type",
                          err) != 0)
+    return CIRCLE_EINVAL;
+  /* retrieval: true adds the retrieval figures (precision@1, R-precision,
+   * MAP@R) to the response parameters; off by default, as they cost a
+   * ranking per row. */
+  if (f[P_RETRIEVAL].item &&
+      circle__bool_parse(f[P_RETRIEVAL].item, retrieval, "parameters.retrieval",
+                         "wrong_type", err) != 0)
     return CIRCLE_EINVAL;
   return 0;
 }
@@ -546,9 +555,11 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
   }
 
   /* Parameters: config first, it decides the dtype. */
-  bool dtype_given = false, binary_default = false, stats = true;
+  bool dtype_given = false, binary_default = false, stats = true,
+       retrieval = false;
   if (f[5].item && !cJSON_IsNull(f[5].item) &&
-      parse_params(&dc, f[5].item, &r, &dtype_given, &binary_default, &stats) != 0)
+      parse_params(&dc, f[5].item, &r, &dtype_given, &binary_default, &stats,
+                   &retrieval) != 0)
     goto fail;
 
   /* Inputs, and where each one's binary data lies. */
@@ -677,7 +688,8 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
                                                     : r.cfg.dtype;
 
   /* Outputs: asked for, or all that apply; stats (as parameters) unless
-   * parameters.stats is false. */
+   * parameters.stats is false, retrieval (as parameters too) only when
+   * parameters.retrieval is true. */
   if (f[4].item && !cJSON_IsNull(f[4].item)) {
     if (parse_outputs(&dc, f[4].item, binary_default, &r) != 0) goto fail;
   } else {
@@ -689,6 +701,7 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
     }
   }
   if (stats) r.want |= CIRCLE_OUT_STATS;
+  if (retrieval) r.want |= CIRCLE_OUT_RETRIEVAL;
 
   /* The data. */
   void *p;

@@ -6,8 +6,8 @@
  * half format, which also makes the outputs FP16 / BF16); optional
  * "sample_weight" [N], "ref_labels" [M], "ref_embeddings" [M,D].
  * Parameters: gamma, margin, remove_diagonal, reduction, normalize, dtype,
- * tag. Outputs: "loss", "per_sample_loss", "embeddings_grad",
- * "ref_embeddings_grad".
+ * tag, binary_data_output, stats, retrieval. Outputs: "loss",
+ * "per_sample_loss", "embeddings_grad", "ref_embeddings_grad".
  */
 #ifndef CIRCLE_CODEC_OIP_H
 #define CIRCLE_CODEC_OIP_H
@@ -27,8 +27,10 @@ typedef enum {
  * parameters.binary_data_size, in input order, with nothing left over. The
  * body is already decompressed. defaults seeds req->cfg. Compute dtype:
  * parameters.dtype when given, else float64 for FP64 embeddings, else
- * defaults->dtype. req->want always includes CIRCLE_OUT_STATS (returned as
- * the response's "parameters"); req->binary_outputs and req->out_order /
+ * defaults->dtype. req->want includes CIRCLE_OUT_STATS unless
+ * parameters.stats is false, and CIRCLE_OUT_RETRIEVAL when
+ * parameters.retrieval is true (both returned as the response's
+ * "parameters"); req->binary_outputs and req->out_order /
  * out_count record the requested outputs. Triton's scheduling parameters
  * (sequence_id, sequence_start, sequence_end, priority, timeout) are
  * accepted and ignored; other unknown keys are errors. Returns 0 or
@@ -40,7 +42,8 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
                       circle_request *req, circle_error *err);
 
 /* Encodes the infer response into b: {"model_name", "model_version", "id"
- * (when the request had one), "outputs": [...], "parameters": {stats}},
+ * (when the request had one), "outputs": [...], "parameters": {stats,
+ * retrieval_<figure>}} (no "parameters" when neither was asked for),
  * then the bytes of the binary outputs in output order. Outputs are in
  * circle_oip_output_datatype's type for the compute dtype; "loss" has shape [1] for scalar reductions
  * and [N] for "none"/null. *header_len receives the JSON part's length;
@@ -119,7 +122,8 @@ typedef struct {
 typedef struct {
   size_t count;
   circle_oip_out_tensor t[CIRCLE_OIP_N_OUTPUTS];
-  bool stats; /* the response carries the stats as its parameters */
+  bool stats;     /* the response carries the stats as its parameters */
+  bool retrieval; /* and the retrieval figures, as retrieval_<figure> */
   float loss32;
   double loss64;
 } circle_oip_outputs;

@@ -71,6 +71,7 @@ void circle__oip_outputs(const circle_request *req, const circle_output *out,
   unsigned w = req->want & out->want;
   if (!req->has_ref) w &= ~(unsigned)CIRCLE_OUT_REF_GRAD;
   o->stats = (w & CIRCLE_OUT_STATS) != 0;
+  o->retrieval = (w & CIRCLE_OUT_RETRIEVAL) != 0;
 
   /* Output order: as requested, else the canonical order. */
   unsigned order[CIRCLE_OIP_N_OUTPUTS];
@@ -163,9 +164,12 @@ int circle_oip_encode(const circle_request *req, const circle_output *out,
     }
   }
   circle_buf_puts(b, "]");
-  if (o.stats) {
-    circle_buf_puts(b, ", \"parameters\": ");
-    circle__json_stats_write(b, &out->stats);
+  if (o.stats || o.retrieval) {
+    circle_buf_puts(b, ", \"parameters\": {");
+    circle__json_figures_members(b, o.stats ? &out->stats : NULL,
+                                 o.retrieval ? &out->retrieval : NULL,
+                                 "retrieval_", true);
+    circle_buf_puts(b, "}");
   }
   circle_buf_puts(b, "}");
   size_t json_end = b->len;

@@ -873,19 +873,44 @@ int circle__half_narrow_array(circle_half half, void **arr, size_t count,
   return 0;
 }
 
-void circle__json_stats_write(circle_buf *b, const circle_stats *s) {
-  bool first = true;
-  circle_buf_puts(b, "{");
+void circle__json_figures_members(circle_buf *b, const circle_stats *s,
+                                  const circle_retrieval *r,
+                                  const char *retrieval_prefix, bool first) {
+  char name[64];
 #define WRITE_FIGURE(f)                         \
   write_stat(b, #f, s->f, first);               \
   first = false;
-  CIRCLE__STATS_FIGURES(WRITE_FIGURE)
-#undef WRITE_FIGURE
 #define WRITE_COUNT(f)                          \
-  circle_buf_puts(b, ", \"" #f "\": ");         \
-  circle_buf_json_uint(b, s->f);
-  CIRCLE__STATS_COUNTS(WRITE_COUNT)
+  circle_buf_puts(b, first ? "\"" #f "\": " : ", \"" #f "\": "); \
+  circle_buf_json_uint(b, s->f);                \
+  first = false;
+  if (s) {
+    CIRCLE__STATS_FIGURES(WRITE_FIGURE)
+    CIRCLE__STATS_COUNTS(WRITE_COUNT)
+  }
+#undef WRITE_FIGURE
 #undef WRITE_COUNT
-  circle_buf_puts(b, "}");
+#define WRITE_FIGURE(f)                                        \
+  snprintf(name, sizeof name, "%s" #f, retrieval_prefix);      \
+  write_stat(b, name, r->f, first);                            \
+  first = false;
+#define WRITE_COUNT(f)                                         \
+  snprintf(name, sizeof name, "%s" #f, retrieval_prefix);      \
+  if (!first) circle_buf_puts(b, ", ");                        \
+  circle_buf_json_string(b, name);                             \
+  circle_buf_puts(b, ": ");                                    \
+  circle_buf_json_uint(b, r->f);                               \
+  first = false;
+  if (r) {
+    CIRCLE__RETRIEVAL_FIGURES(WRITE_FIGURE)
+    CIRCLE__RETRIEVAL_COUNTS(WRITE_COUNT)
+  }
+#undef WRITE_FIGURE
+#undef WRITE_COUNT
 }
 
+void circle__json_stats_write(circle_buf *b, const circle_stats *s) {
+  circle_buf_puts(b, "{");
+  circle__json_figures_members(b, s, NULL, "", true);
+  circle_buf_puts(b, "}");
+}

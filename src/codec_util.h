@@ -190,6 +190,22 @@ int circle__half_narrow_array(circle_half half, void **arr, size_t count,
  * "neg_pairs": N}, figures as float64 numbers (null if non-finite). */
 void circle__json_stats_write(circle_buf *b, const circle_stats *s);
 
+/* The circle_retrieval members a response reports, in response order, as
+ * CIRCLE__STATS_FIGURES / _COUNTS are for the stats. */
+#define CIRCLE__RETRIEVAL_FIGURES(X) X(precision_at_1) X(r_precision) X(map_at_r)
+#define CIRCLE__RETRIEVAL_COUNTS(X) X(queries)
+
+/* Appends the members of a JSON object for the stats and/or the retrieval
+ * figures, without the braces: the stats members as circle__json_stats_write
+ * names them, then the retrieval ones, each name prefixed by
+ * retrieval_prefix ("" for /v1's "retrieval" object, "retrieval_" for the
+ * OIP response parameters). NULL leaves a group out; first says whether
+ * nothing precedes the first member. Figures as float64 numbers (null if
+ * non-finite), counts as integers. */
+void circle__json_figures_members(circle_buf *b, const circle_stats *s,
+                                  const circle_retrieval *r,
+                                  const char *retrieval_prefix, bool first);
+
 /* a * b into *out; false when it overflows uint64. */
 static inline bool circle__mul_u64(uint64_t a, uint64_t b, uint64_t *out) {
   return !__builtin_mul_overflow(a, b, out);

@@ -278,14 +278,20 @@ void circle__http_output_free(circle_output *out) {
 }
 
 /* True when the request's computation is small enough for the short lane:
- * at most SHORT_PAIRS pairs and SHORT_WORK pair-dimensions (a few
- * milliseconds on one core). */
+ * at most SHORT_PAIRS pairs (each counted SHORT_RETRIEVAL_WEIGHT times when
+ * the retrieval figures are asked for) and SHORT_WORK pair-dimensions (a
+ * few milliseconds on one core). */
 static bool work_is_short(const circle_request *req) {
-  size_t m = req->has_ref ? req->m : req->n, pairs, work;
+  size_t m = req->has_ref ? req->m : req->n, pairs, work, weighed;
   if (__builtin_mul_overflow(req->n, m, &pairs) ||
-      __builtin_mul_overflow(pairs, req->d, &work))
+      __builtin_mul_overflow(pairs, req->d, &work) ||
+      __builtin_mul_overflow(pairs,
+                             (req->want & CIRCLE_OUT_RETRIEVAL)
+                                 ? (size_t)SHORT_RETRIEVAL_WEIGHT
+                                 : (size_t)1,
+                             &weighed))
     return false;
-  return pairs <= SHORT_PAIRS && work <= SHORT_WORK;
+  return weighed <= SHORT_PAIRS && work <= SHORT_WORK;
 }
 
 /* True once the client of ex has closed its end or reset the connection
@@ -399,9 +405,10 @@ static job_result job_compute(struct exchange *ex, struct timespec *mark) {
   circle_output out;
 
   /* 4.-6. Admission, outputs, compute (the engine parallelises inside). */
+  /* Binary out: every tensor asked for goes as binary data (the figures,
+   * stats and retrieval, are response parameters, never tensors). */
   bool binary_out = ex->route == ROUTE_V2_INFER &&
-                    (req->want & ~req->binary_outputs &
-                     ~(unsigned)CIRCLE_OUT_STATS) == 0;
+                    (req->want & ~req->binary_outputs & ~CIRCLE__OUT_FIGURES) == 0;
   int rc = circle__http_compute(srv, req, &in, &out, binary_out, &ex->reserved,
                                 &ex->err);
   if (rc == CIRCLE_ECANCELED) {

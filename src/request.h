@@ -31,6 +31,10 @@ typedef struct {
  * pairs 2^32; depth 32; inflated 256 MiB. NULL is a no-op. */
 void circle_limits_init(circle_limits *lim);
 
+/* The outputs that are figures, not tensors (stats, retrieval): the OIP
+ * codecs carry them as response parameters, never as binary data. */
+#define CIRCLE__OUT_FIGURES ((unsigned)(CIRCLE_OUT_STATS | CIRCLE_OUT_RETRIEVAL))
+
 typedef enum { CIRCLE_PROTO_V1 = 0, CIRCLE_PROTO_OIP = 1 } circle_proto;
 
 typedef struct {

@@ -167,6 +167,52 @@ START_TEST(codec_grpc_should_take_parameters_as_infer_parameters) {
 }
 END_TEST
 
+/* parameters["retrieval"] is a bool_param, checked by the HTTP route's
+ * decoder: a string or a number gets its message and code. */
+START_TEST(codec_grpc_should_take_the_retrieval_parameter) {
+  msg_t m;
+  msg_init(&m, 4, 3, true);
+  Inference__ModelInferRequest__ParametersEntry e =
+      INFERENCE__MODEL_INFER_REQUEST__PARAMETERS_ENTRY__INIT;
+  Inference__ModelInferRequest__ParametersEntry *ep[1] = {&e};
+  Inference__InferParameter v = INFERENCE__INFER_PARAMETER__INIT;
+  e.key = "retrieval";
+  e.value = &v;
+  m.r.n_parameters = 1;
+  m.r.parameters = ep;
+  circle_request req;
+  circle_error err;
+  /* Off by default. */
+  m.r.n_parameters = 0;
+  ck_assert_int_eq(decode(&m, NULL, &req, &err), 0);
+  ck_assert_uint_eq(req.want & CIRCLE_OUT_RETRIEVAL, 0);
+  circle_request_free(&req);
+  m.r.n_parameters = 1;
+  v.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM;
+  v.bool_param = true;
+  ck_assert_int_eq(decode(&m, NULL, &req, &err), 0);
+  ck_assert_uint_ne(req.want & CIRCLE_OUT_RETRIEVAL, 0);
+  ck_assert_uint_ne(req.want & CIRCLE_OUT_STATS, 0);
+  circle_request_free(&req);
+  v.bool_param = false;
+  ck_assert_int_eq(decode(&m, NULL, &req, &err), 0);
+  ck_assert_uint_eq(req.want & CIRCLE_OUT_RETRIEVAL, 0);
+  circle_request_free(&req);
+  v.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM;
+  v.string_param = "true";
+  ck_assert_int_ne(decode(&m, NULL, &req, &err), 0);
+  ck_assert_int_eq(err.http_status, 400);
+  ck_assert_str_eq(err.code, "wrong_type");
+  ck_assert_str_eq(err.message,
+                   "parameters.retrieval is a string; expected true or false");
+  v.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_INT64_PARAM;
+  v.int64_param = 1;
+  ck_assert_int_ne(decode(&m, NULL, &req, &err), 0);
+  ck_assert_str_eq(err.code, "wrong_type");
+  ck_assert_ptr_nonnull(strstr(err.message, "parameters.retrieval is a number"));
+}
+END_TEST
+
 START_TEST(codec_grpc_should_check_what_only_grpc_can_get_wrong) {
   msg_t m;
   circle_request req;
@@ -331,6 +377,77 @@ START_TEST(codec_grpc_should_encode_raw_outputs_and_stats) {
 }
 END_TEST
 
+/* The retrieval figures follow the stats as retrieval_<figure>
+ * parameters: figures as double_param, the query count as int64_param. */
+START_TEST(codec_grpc_should_encode_the_retrieval_figures_as_parameters) {
+  for (int stats = 0; stats < 2; stats++) {
+    msg_t m;
+    msg_init(&m, 4, 3, true);
+    Inference__ModelInferRequest__ParametersEntry e[2], *ep[2];
+    Inference__InferParameter v[2];
+    for (int i = 0; i < 2; i++) {
+      Inference__ModelInferRequest__ParametersEntry ei =
+          INFERENCE__MODEL_INFER_REQUEST__PARAMETERS_ENTRY__INIT;
+      Inference__InferParameter vi = INFERENCE__INFER_PARAMETER__INIT;
+      e[i] = ei;
+      v[i] = vi;
+      e[i].value = &v[i];
+      ep[i] = &e[i];
+      v[i].parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM;
+    }
+    e[0].key = "retrieval";
+    v[0].bool_param = true;
+    e[1].key = "stats";
+    v[1].bool_param = stats;
+    m.r.n_parameters = 2;
+    m.r.parameters = ep;
+    circle_request req;
+    circle_error err;
+    ck_assert_int_eq(decode(&m, NULL, &req, &err), 0);
+    float per[4] = {0}, grad[12] = {0};
+    circle_output out;
+    memset(&out, 0, sizeof out);
+    out.want = req.want;
+    out.per_sample = per;
+    out.grad = grad;
+    out.retrieval.precision_at_1 = 0.75;
+    out.retrieval.r_precision = 0.5;
+    out.retrieval.map_at_r = 1.0 / 3;
+    out.retrieval.queries = 4;
+    circle_buf b;
+    circle_buf_init(&b);
+    ck_assert_int_eq(circle_grpc_infer_encode(&req, &out, &b), 0);
+    Inference__ModelInferResponse *r =
+        inference__model_infer_response__unpack(NULL, b.len, (uint8_t *)b.data);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_uint_eq(r->n_outputs, 3);
+    ck_assert_uint_eq(r->n_parameters, stats ? 12 + 4 : 4);
+    int found = 0;
+    for (size_t i = 0; i < r->n_parameters; i++) {
+      const char *k = r->parameters[i]->key;
+      const Inference__InferParameter *p = r->parameters[i]->value;
+      bool dbl = p->parameter_choice_case ==
+                 INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_DOUBLE_PARAM;
+      if (!strcmp(k, "retrieval_precision_at_1") && dbl && p->double_param == 0.75)
+        found++;
+      if (!strcmp(k, "retrieval_r_precision") && dbl && p->double_param == 0.5)
+        found++;
+      if (!strcmp(k, "retrieval_map_at_r") && dbl && p->double_param == 1.0 / 3)
+        found++;
+      if (!strcmp(k, "retrieval_queries") &&
+          p->parameter_choice_case ==
+              INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_INT64_PARAM &&
+          p->int64_param == 4)
+        found++;
+    }
+    ck_assert_int_eq(found, 4);
+    inference__model_infer_response__free_unpacked(r, NULL);
+    circle_buf_free(&b);
+    circle_request_free(&req);
+  }
+}
+END_TEST
+
 START_TEST(codec_grpc_should_answer_metadata_config_and_health) {
   circle_buf b;
   circle_buf_init(&b);
@@ -401,10 +518,12 @@ static Suite *codec_grpc_suite(void) {
   tcase_add_test(tc, codec_grpc_should_decode_raw_contents_like_tritonclient);
   tcase_add_test(tc, codec_grpc_should_decode_typed_contents_to_the_same_arrays);
   tcase_add_test(tc, codec_grpc_should_take_parameters_as_infer_parameters);
+  tcase_add_test(tc, codec_grpc_should_take_the_retrieval_parameter);
   tcase_add_test(tc, codec_grpc_should_check_what_only_grpc_can_get_wrong);
   tcase_add_test(tc, codec_grpc_should_give_the_http_checks_and_limits);
   tcase_add_test(tc, codec_grpc_should_refuse_bad_arguments);
   tcase_add_test(tc, codec_grpc_should_encode_raw_outputs_and_stats);
+  tcase_add_test(tc, codec_grpc_should_encode_the_retrieval_figures_as_parameters);
   tcase_add_test(tc, codec_grpc_should_answer_metadata_config_and_health);
   tcase_add_test(tc, codec_grpc_should_map_errors_to_status_codes);
   suite_add_tcase(s, tc);

@@ -982,6 +982,36 @@ START_TEST(codec_json_should_check_outputs) {
 }
 END_TEST
 
+START_TEST(codec_json_should_compute_retrieval_only_when_named) {
+  circle_request req;
+  circle_error err;
+  /* Left out of the defaults: outputs absent means everything but it. */
+  ck_assert_int_eq(decode(strf("%s}", OK2x3), &req, &err), 0);
+  ck_assert_uint_eq(req.want & CIRCLE_OUT_RETRIEVAL, 0);
+  ck_assert(req.want & CIRCLE_OUT_STATS);
+  circle_request_free(&req);
+  ck_assert_int_eq(decode(strf("%s, \"outputs\": [\"loss\", \"retrieval\"]}",
+                               OK2x3),
+                          &req, &err),
+                   0);
+  ck_assert_uint_eq(req.want, CIRCLE_OUT_LOSS | CIRCLE_OUT_RETRIEVAL);
+  circle_request_free(&req);
+  /* Alone, and with a reference set. */
+  ck_assert_int_eq(decode("{\"labels\": [1, 2], \"embeddings\": [[1], [2]], "
+                          "\"ref_labels\": [1], \"ref_embeddings\": [[1]], "
+                          "\"outputs\": [\"retrieval\"]}",
+                          &req, &err),
+                   0);
+  ck_assert_uint_eq(req.want, CIRCLE_OUT_RETRIEVAL);
+  circle_request_free(&req);
+  /* Named twice, or misspelt: the list of names says it exists. */
+  EXPECT_ERROR(strf("%s, \"outputs\": [\"retrieval\", \"retrieval\"]}", OK2x3),
+               400, "bad_output", "outputs[1] repeats \"retrieval\"");
+  EXPECT_ERROR(strf("%s, \"outputs\": [\"map_at_r\"]}", OK2x3), 400,
+               "bad_output", "outputs[0] is \"map_at_r\"", "\"retrieval\"");
+}
+END_TEST
+
 START_TEST(codec_json_should_check_the_tag) {
   EXPECT_ERROR(strf("%s, \"tag\": \"a b\"}", OK2x3), 400, "bad_tag",
                "tag has the character ' ' at byte 1");
@@ -1140,6 +1170,47 @@ START_TEST(codec_json_should_encode_only_what_was_asked) {
 }
 END_TEST
 
+START_TEST(codec_json_should_encode_the_retrieval_figures_when_asked) {
+  circle_request req;
+  circle_error err;
+  ck_assert_int_eq(decode(strf("%s, \"outputs\": [\"loss\", \"retrieval\"]}",
+                               OK2x3),
+                          &req, &err),
+                   0);
+  circle_output out;
+  memset(&out, 0, sizeof(out));
+  out.want = req.want;
+  out.loss = 0.5;
+  out.retrieval.precision_at_1 = 0.75;
+  out.retrieval.r_precision = 1.0 / 3;
+  out.retrieval.map_at_r = 0.1;
+  out.retrieval.queries = 12345678901ull;
+  out.stats.pos_pairs = 7; /* computed but not asked for: not returned */
+  circle_buf b;
+  circle_buf_init(&b);
+  ck_assert_int_eq(circle_json_encode(&req, &out, &b), 0);
+  cJSON *j = parse_buf(&b);
+  ck_assert_ptr_null(cJSON_GetObjectItem(j, "stats"));
+  cJSON *rt = cJSON_GetObjectItem(j, "retrieval");
+  ck_assert(cJSON_IsObject(rt));
+  ck_assert_int_eq(cJSON_GetArraySize(rt), 4);
+  ck_assert(cJSON_GetObjectItem(rt, "precision_at_1")->valuedouble == 0.75);
+  ck_assert(cJSON_GetObjectItem(rt, "r_precision")->valuedouble == 1.0 / 3);
+  ck_assert(cJSON_GetObjectItem(rt, "map_at_r")->valuedouble == 0.1);
+  ck_assert(cJSON_GetObjectItem(rt, "queries")->valuedouble == 12345678901.0);
+  ck_assert(strstr(b.data, "\"queries\": 12345678901}") != NULL);
+  cJSON_Delete(j);
+  circle_buf_free(&b);
+  /* The engine's figures are not returned unless the request named them. */
+  req.want &= ~(unsigned)CIRCLE_OUT_RETRIEVAL;
+  circle_buf_init(&b);
+  ck_assert_int_eq(circle_json_encode(&req, &out, &b), 0);
+  ck_assert_ptr_null(strstr(b.data, "retrieval"));
+  circle_buf_free(&b);
+  circle_request_free(&req);
+}
+END_TEST
+
 START_TEST(codec_json_should_write_errors_as_valid_json) {
   circle_error err;
   circle_error_set(&err, 400, "bad_label", "labels[%d] is \"%s\"\n", 2,
@@ -1192,11 +1263,13 @@ Suite *codec_json_suite(void) {
   tcase_add_test(tc, codec_json_should_reject_half_a_reference_set);
   tcase_add_test(tc, codec_json_should_enforce_size_limits_with_413);
   tcase_add_test(tc, codec_json_should_check_outputs);
+  tcase_add_test(tc, codec_json_should_compute_retrieval_only_when_named);
   tcase_add_test(tc, codec_json_should_check_the_tag);
   tcase_add_test(tc, codec_json_should_check_sample_weights);
   tcase_add_test(tc, codec_json_should_refuse_bad_arguments);
   tcase_add_test(tc, codec_json_should_encode_everything_asked_for);
   tcase_add_test(tc, codec_json_should_encode_only_what_was_asked);
+  tcase_add_test(tc, codec_json_should_encode_the_retrieval_figures_when_asked);
   tcase_add_test(tc, codec_json_should_write_errors_as_valid_json);
   suite_add_tcase(s, tc);
   return s;

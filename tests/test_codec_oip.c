@@ -490,6 +490,11 @@ START_TEST(codec_oip_should_reject_bad_parameters) {
                     "wrong_type", "binary_data_output");
   EXPECT_JSON_ERROR(with(", \"parameters\": {\"stats\": \"no\"}"), 400,
                     "wrong_type", "parameters.stats is a string; expected true or false");
+  EXPECT_JSON_ERROR(with(", \"parameters\": {\"retrieval\": 1}"), 400,
+                    "wrong_type",
+                    "parameters.retrieval is a number; expected true or false");
+  EXPECT_JSON_ERROR(with(", \"parameters\": {\"retrieval\": \"true\"}"), 400,
+                    "wrong_type", "parameters.retrieval is a string");
   EXPECT_JSON_ERROR(with(", \"parameters\": [1]"), 400, "wrong_type",
                     "parameters is an array");
   EXPECT_JSON_ERROR(with(", \"model_name\": \"resnet\""), 400, "wrong_type",
@@ -538,7 +543,26 @@ START_TEST(codec_oip_should_follow_requested_outputs) {
   circle_request_free(&req);
   ck_assert_int_eq(decode_json(with(", \"parameters\": {\"stats\": true}"), &req, &err), 0);
   ck_assert_uint_ne(req.want & CIRCLE_OUT_STATS, 0);
+  /* parameters.retrieval: off by default; true adds the retrieval figures
+   * (parameters too, never a tensor), with or without the stats. */
+  ck_assert_uint_eq(req.want & CIRCLE_OUT_RETRIEVAL, 0);
   circle_request_free(&req);
+  ck_assert_int_eq(
+      decode_json(with(", \"outputs\": [{\"name\": \"loss\"}], \"parameters\": "
+                       "{\"stats\": false, \"retrieval\": true}"),
+                  &req, &err),
+      0);
+  ck_assert_uint_eq(req.want, CIRCLE_OUT_LOSS | CIRCLE_OUT_RETRIEVAL);
+  ck_assert_uint_eq(req.out_count, 1);
+  circle_request_free(&req);
+  ck_assert_int_eq(
+      decode_json(with(", \"parameters\": {\"retrieval\": false}"), &req, &err), 0);
+  ck_assert_uint_eq(req.want & CIRCLE_OUT_RETRIEVAL, 0);
+  ck_assert_uint_ne(req.want & CIRCLE_OUT_STATS, 0);
+  circle_request_free(&req);
+  /* It is a parameter, not an output. */
+  EXPECT_JSON_ERROR(with(", \"outputs\": [{\"name\": \"retrieval\"}]"), 400,
+                    "bad_output", "no output 'retrieval'");
   EXPECT_JSON_ERROR(with(", \"outputs\": [{\"name\": \"logits\"}]"), 400,
                     "bad_output", "no output 'logits'");
   EXPECT_JSON_ERROR(with(", \"outputs\": [{\"name\": \"loss\"}, {\"name\": \"loss\"}]"),
@@ -940,6 +964,78 @@ START_TEST(codec_oip_should_encode_json_outputs) {
 }
 END_TEST
 
+/* The retrieval figures join the stats in the response parameters, named
+ * retrieval_<figure>; without the stats they are the parameters alone, and
+ * with neither there are none. Binary outputs are unaffected. */
+START_TEST(codec_oip_should_encode_the_retrieval_figures_as_parameters) {
+  for (int stats = 0; stats < 2; stats++) {
+    circle_request req;
+    circle_error err;
+    ck_assert_int_eq(
+        decode_json(with(stats ? ", \"parameters\": {\"retrieval\": true, "
+                                 "\"binary_data_output\": true}"
+                               : ", \"parameters\": {\"retrieval\": true, "
+                                 "\"stats\": false, \"binary_data_output\": true}"),
+                    &req, &err),
+        0);
+    float per[2] = {0.5f, 0.25f}, grad[4] = {1, -2, 0.1f, 4};
+    circle_output out;
+    memset(&out, 0, sizeof(out));
+    out.want = req.want;
+    out.loss = 0.375;
+    out.per_sample = per;
+    out.grad = grad;
+    out.stats.recall_at_1 = 1;
+    out.stats.pos_pairs = 2;
+    out.retrieval.precision_at_1 = 0.5;
+    out.retrieval.r_precision = 0.25;
+    out.retrieval.map_at_r = 1.0 / 3;
+    out.retrieval.queries = 2;
+    circle_buf b;
+    circle_buf_init(&b);
+    size_t hl = 0;
+    ck_assert_int_eq(circle_oip_encode(&req, &out, &b, &hl), 0);
+    /* loss (one float), per_sample_loss (2) and embeddings_grad (4) follow
+     * the header as bytes. */
+    ck_assert_uint_eq(b.len - hl, 7 * sizeof(float));
+    cJSON *j = parse_prefix(b.data, hl);
+    const cJSON *params = cJSON_GetObjectItem(j, "parameters");
+    ck_assert(cJSON_IsObject(params));
+    ck_assert_int_eq(cJSON_GetArraySize(params), stats ? 12 + 4 : 4);
+    ck_assert(cJSON_GetObjectItem(params, "retrieval_precision_at_1")->valuedouble == 0.5);
+    ck_assert(cJSON_GetObjectItem(params, "retrieval_r_precision")->valuedouble == 0.25);
+    ck_assert(cJSON_GetObjectItem(params, "retrieval_map_at_r")->valuedouble == 1.0 / 3);
+    ck_assert(cJSON_IsNumber(cJSON_GetObjectItem(params, "retrieval_queries")));
+    ck_assert_int_eq(cJSON_GetObjectItem(params, "retrieval_queries")->valueint, 2);
+    ck_assert_int_eq(cJSON_GetObjectItem(params, "recall_at_1") != NULL, stats);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "outputs")), 3);
+    cJSON_Delete(j);
+    circle_buf_free(&b);
+    circle_request_free(&req);
+  }
+  /* Neither: no parameters at all. */
+  circle_request req;
+  circle_error err;
+  ck_assert_int_eq(decode_json(with(", \"parameters\": {\"stats\": false}"), &req,
+                               &err),
+                   0);
+  float per[2] = {0}, grad[4] = {0};
+  circle_output out;
+  memset(&out, 0, sizeof(out));
+  out.want = CIRCLE_OUT_ALL; /* what the engine filled does not matter */
+  out.per_sample = per;
+  out.grad = grad;
+  circle_buf b;
+  circle_buf_init(&b);
+  size_t hl = 0;
+  ck_assert_int_eq(circle_oip_encode(&req, &out, &b, &hl), 0);
+  ck_assert_ptr_null(strstr(b.data, "\"parameters\""));
+  ck_assert_ptr_null(strstr(b.data, "retrieval"));
+  circle_buf_free(&b);
+  circle_request_free(&req);
+}
+END_TEST
+
 /* A half-precision dtype, by name or as a serialized DTypePolicy: FP64
  * inputs are rounded once to the format, and the outputs go out as FP16 /
  * BF16, JSON or binary (bits as numpy writes them). Without parameters.dtype
@@ -1234,6 +1330,7 @@ Suite *codec_oip_suite(void) {
   tcase_add_test(tc, codec_oip_should_refuse_bad_arguments);
   tcase_add_test(tc, codec_oip_should_encode_json_outputs);
   tcase_add_test(tc, codec_oip_should_encode_binary_outputs_after_the_json);
+  tcase_add_test(tc, codec_oip_should_encode_the_retrieval_figures_as_parameters);
   tcase_add_test(tc, codec_oip_should_compute_a_half_dtype_and_return_its_tensors);
   tcase_add_test(tc, codec_oip_should_refuse_other_dtypes_and_half_overflow);
   tcase_add_test(tc, codec_oip_should_encode_a_binary_scalar_loss);

@@ -38,11 +38,16 @@ class Stats(C.Structure):
         ("hard_neg_base", C.c_uint64), ("nn_rows", C.c_uint64)]
 
 
+class Retrieval(C.Structure):
+    _fields_ = [("precision_at_1", C.c_double), ("r_precision", C.c_double),
+                ("map_at_r", C.c_double), ("queries", C.c_uint64)]
+
+
 class Output(C.Structure):
     _fields_ = [("want", C.c_uint), ("loss", C.c_double),
                 ("loss_values", C.c_void_p), ("per_sample", C.c_void_p),
                 ("grad", C.c_void_p), ("ref_grad", C.c_void_p),
-                ("stats", Stats)]
+                ("stats", Stats), ("retrieval", Retrieval)]
 
 
 class EngineOpts(C.Structure):
