@@ -95,6 +95,9 @@ typedef enum {
   FIG_RECALL_AT_1,
   FIG_NORM_DEV_MEAN,
   FIG_NORM_DEV_MAX,
+  FIG_PRECISION_AT_1,
+  FIG_R_PRECISION,
+  FIG_MAP_AT_R,
   FIG_COUNT
 } figure;
 
@@ -128,6 +131,17 @@ static const struct {
      BOUNDS(NORM_DEV)},
     {"norm_dev_max", "largest |norm - 1| of the query embeddings",
      BOUNDS(NORM_DEV)},
+    {"precision_at_1",
+     "retrieval: fraction of queries whose nearest neighbour shares their "
+     "label",
+     BOUNDS(FRACTION)},
+    {"r_precision",
+     "retrieval: mean over queries of the fraction of their R nearest "
+     "neighbours that share their label (R: items sharing it)",
+     BOUNDS(FRACTION)},
+    {"map_at_r",
+     "retrieval: mean average precision at R over queries (MAP@R)",
+     BOUNDS(FRACTION)},
 };
 
 /* Index of the bucket v falls in: the first bound >= v, or b.n (+Inf). NaN
@@ -434,6 +448,16 @@ void circle_metrics_observe_compute(circle_metrics *m, const char *tag,
     have[FIG_HARD_NEG_FRAC] = st->hard_neg_base > 0;
     have[FIG_RECALL_AT_1] = st->nn_rows > 0;
     have[FIG_NORM_DEV_MEAN] = have[FIG_NORM_DEV_MAX] = true;
+  }
+  /* Retrieval figures exist only over at least one query (a row with a
+   * relevant gallery item); with none the engine reports 0 for all three. */
+  const circle_retrieval *rt = &out->retrieval;
+  if ((out->want & CIRCLE_OUT_RETRIEVAL) && rt->queries > 0) {
+    v[FIG_PRECISION_AT_1] = rt->precision_at_1;
+    v[FIG_R_PRECISION] = rt->r_precision;
+    v[FIG_MAP_AT_R] = rt->map_at_r;
+    have[FIG_PRECISION_AT_1] = have[FIG_R_PRECISION] = have[FIG_MAP_AT_R] =
+        true;
   }
   for (int f = 0; f < FIG_COUNT; f++)
     if (have[f] && !isfinite(v[f])) have[f] = false;

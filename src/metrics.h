@@ -7,8 +7,9 @@
  *                     request: requests by endpoint and status, latency,
  *                     bytes in and out. Lock-free (relaxed atomics).
  *   engine workers    circle_metrics_observe_compute, once per successful
- *                     computation: batch rows, the loss and the embedding-
- *                     quality figures of circle_stats, as last values and
+ *                     computation: batch rows, the loss, the embedding-
+ *                     quality figures of circle_stats and the retrieval
+ *                     figures of circle_retrieval, as last values and
  *                     histograms labelled by the request's tag. One mutex,
  *                     held for a table look-up and a few dozen additions.
  *
@@ -33,7 +34,7 @@
 #define CIRCLE_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 
 /* Default and largest --max-tags. The cap bounds the exposition (each tag
- * adds about 200 series) and the memory (about 2.5 KiB a tag). */
+ * adds about 270 series) and the memory (about 3 KiB a tag). */
 #define CIRCLE_METRICS_DEFAULT_TAGS 32
 #define CIRCLE_METRICS_MAX_TAGS 1000
 
@@ -91,10 +92,12 @@ void circle_metrics_observe_request(circle_metrics *m, circle_endpoint ep,
 
 /* Records one successful computation under tag (NULL or "" for none): the
  * batch rows, the loss when out->want asked for it (for the elementwise
- * reductions the mean of out->loss_values), and when out->want has
- * CIRCLE_OUT_STATS the quality figures. A figure over an empty set (no
- * positive pair, no negative pair, no neighbour) is not recorded: the
- * engine reports it as 0, which is not a measurement. Thread-safe: takes
+ * reductions the mean of out->loss_values), when out->want has
+ * CIRCLE_OUT_STATS the quality figures, and when it has
+ * CIRCLE_OUT_RETRIEVAL the three retrieval figures. A figure over an empty
+ * set (no positive pair, no negative pair, no neighbour, no retrieval
+ * query) is not recorded: the engine reports it as 0, which is not a
+ * measurement. Thread-safe: takes
  * the registry's mutex briefly. NULL m, cfg, in or out is a no-op. */
 void circle_metrics_observe_compute(circle_metrics *m, const char *tag,
                                     const circle_config *cfg,

@@ -653,6 +653,165 @@ START_TEST(metrics_should_record_last_values_and_skip_empty_sets) {
 }
 END_TEST
 
+/* True when the exposition has any sample of the family `name` (its
+ * histogram suffixes included), whatever its labels. */
+static bool has_family(const expo *e, const char *name) {
+  size_t n = strlen(name);
+  for (size_t i = 0; i < e->n; i++)
+    if (!strncmp(e->s[i].name, name, n) &&
+        (!e->s[i].name[n] || !strcmp(e->s[i].name + n, "_bucket") ||
+         !strcmp(e->s[i].name + n, "_sum") || !strcmp(e->s[i].name + n, "_count")))
+      return true;
+  return false;
+}
+
+static const char *const RETRIEVAL_FIGS[] = {"precision_at_1", "r_precision",
+                                             "map_at_r"};
+
+/* The three retrieval figures of one tag: true when all have series, false
+ * when none has; a mix fails the test. */
+static bool retrieval_recorded(const expo *e, const char *tag) {
+  char labels[96], name[96];
+  snprintf(labels, sizeof labels, "tag=\"%s\"", tag);
+  int seen = 0;
+  for (size_t k = 0; k < 3; k++) {
+    snprintf(name, sizeof name, "circled_quality_%s_last", RETRIEVAL_FIGS[k]);
+    bool last = has_series(e, name, labels);
+    snprintf(name, sizeof name, "circled_quality_%s_count", RETRIEVAL_FIGS[k]);
+    ck_assert_msg(last == has_series(e, name, labels),
+                  "tag %s: %s has a _last gauge without a histogram or the "
+                  "other way round", tag, RETRIEVAL_FIGS[k]);
+    seen += last;
+  }
+  ck_assert_msg(seen == 0 || seen == 3, "tag %s: %d of the 3 retrieval figures",
+                tag, seen);
+  return seen == 3;
+}
+
+START_TEST(metrics_should_record_retrieval_figures_only_when_asked_over_queries) {
+  circle_metrics *m = new_metrics(8);
+  compute_case c;
+  expo e;
+
+  /* Stats but no retrieval asked for: no retrieval family at all, even
+   * though the output struct holds (stale) figures. */
+  make_case(&c, 1.0);
+  c.out.retrieval = (circle_retrieval){.precision_at_1 = 0.5,
+                                       .r_precision = 0.5,
+                                       .map_at_r = 0.5,
+                                       .queries = 4};
+  circle_metrics_observe_compute(m, "unasked", &c.cfg, &c.in, &c.out);
+  render_parse(m, NULL, &e);
+  for (size_t k = 0; k < 3; k++) {
+    char name[96];
+    snprintf(name, sizeof name, "circled_quality_%s", RETRIEVAL_FIGS[k]);
+    ck_assert_msg(!has_family(&e, name), "%s rendered with no figure", name);
+    snprintf(name, sizeof name, "circled_quality_%s_last", RETRIEVAL_FIGS[k]);
+    ck_assert_msg(!has_family(&e, name), "%s rendered with no figure", name);
+  }
+  check_histograms(&e);
+  expo_free(&e);
+
+  /* Asked for, two requests under "ret": last values, exact sums (dyadic
+   * values), counts and buckets per figure. */
+  make_case(&c, 1.0);
+  c.out.want |= CIRCLE_OUT_RETRIEVAL;
+  c.out.retrieval = (circle_retrieval){.precision_at_1 = 0.75,
+                                       .r_precision = 0.5,
+                                       .map_at_r = 0.375,
+                                       .queries = 4};
+  circle_metrics_observe_compute(m, "ret", &c.cfg, &c.in, &c.out);
+  c.out.retrieval = (circle_retrieval){.precision_at_1 = 1.0,
+                                       .r_precision = 0.25,
+                                       .map_at_r = 0.125,
+                                       .queries = 2};
+  circle_metrics_observe_compute(m, "ret", &c.cfg, &c.in, &c.out);
+  /* A 0 over at least one query is a measurement, and is recorded. */
+  c.out.retrieval = (circle_retrieval){.queries = 3};
+  circle_metrics_observe_compute(m, "zero", &c.cfg, &c.in, &c.out);
+  /* Asked for, but no query (every row lone): the engine's zeros are not
+   * recorded; the other figures of the request still are. */
+  c.out.retrieval = (circle_retrieval){.queries = 0};
+  circle_metrics_observe_compute(m, "lone", &c.cfg, &c.in, &c.out);
+  /* Retrieval alone: its figures and nothing else of the quality set. */
+  make_case(&c, 7.0);
+  c.out.want = CIRCLE_OUT_RETRIEVAL;
+  c.out.retrieval = (circle_retrieval){.precision_at_1 = 0.5,
+                                       .r_precision = 0.5,
+                                       .map_at_r = 0.25,
+                                       .queries = 1};
+  circle_metrics_observe_compute(m, "only", &c.cfg, &c.in, &c.out);
+  /* A non-finite figure is dropped by itself, as every figure is. */
+  c.out.retrieval.precision_at_1 = NAN;
+  circle_metrics_observe_compute(m, "nan", &c.cfg, &c.in, &c.out);
+  render_parse(m, NULL, &e);
+
+  const char *rp = "circled_quality_r_precision";
+  ck_assert(retrieval_recorded(&e, "ret"));
+  ck_assert_double_eq(
+      value_of(&e, "circled_quality_precision_at_1_last", "tag=\"ret\""), 1.0);
+  ck_assert_double_eq(
+      value_of(&e, "circled_quality_r_precision_last", "tag=\"ret\""), 0.25);
+  ck_assert_double_eq(
+      value_of(&e, "circled_quality_map_at_r_last", "tag=\"ret\""), 0.125);
+  ck_assert_double_eq(
+      value_of(&e, "circled_quality_precision_at_1_sum", "tag=\"ret\""), 1.75);
+  ck_assert_double_eq(
+      value_of(&e, "circled_quality_r_precision_sum", "tag=\"ret\""), 0.75);
+  ck_assert_double_eq(
+      value_of(&e, "circled_quality_map_at_r_sum", "tag=\"ret\""), 0.5);
+  for (size_t k = 0; k < 3; k++) {
+    char name[96];
+    snprintf(name, sizeof name, "circled_quality_%s_count", RETRIEVAL_FIGS[k]);
+    ck_assert_double_eq(value_of(&e, name, "tag=\"ret\""), 2);
+  }
+  /* Fraction buckets (le inclusive): R-precision 0.5 and 0.25. */
+  ck_assert_double_eq(bucket_of(&e, "circled_quality_r_precision_bucket",
+                                "tag=\"ret\"", "0.2"),
+                      0);
+  ck_assert_double_eq(bucket_of(&e, "circled_quality_r_precision_bucket",
+                                "tag=\"ret\"", "0.3"),
+                      1);
+  ck_assert_double_eq(bucket_of(&e, "circled_quality_r_precision_bucket",
+                                "tag=\"ret\"", "0.5"),
+                      2);
+  ck_assert(has_series(&e, "circled_quality_recall_at_1_last", "tag=\"ret\""));
+
+  ck_assert(retrieval_recorded(&e, "zero"));
+  ck_assert_double_eq(value_of(&e, "circled_quality_map_at_r_last", "tag=\"zero\""),
+                      0);
+  ck_assert_double_eq(bucket_of(&e, "circled_quality_map_at_r_bucket",
+                                "tag=\"zero\"", "0.01"),
+                      1);
+
+  ck_assert(!retrieval_recorded(&e, "lone"));
+  ck_assert(has_series(&e, "circled_quality_recall_at_1_last", "tag=\"lone\""));
+  ck_assert_double_eq(
+      value_of(&e, "circled_tag_computations_total", "tag=\"lone\""), 1);
+
+  ck_assert(retrieval_recorded(&e, "only"));
+  ck_assert_double_eq(value_of(&e, "circled_quality_map_at_r_last", "tag=\"only\""),
+                      0.25);
+  ck_assert(!has_series(&e, "circled_quality_loss_last", "tag=\"only\""));
+  ck_assert(!has_series(&e, "circled_quality_recall_at_1_last", "tag=\"only\""));
+
+  ck_assert(!has_series(&e, "circled_quality_precision_at_1_last", "tag=\"nan\""));
+  ck_assert(has_series(&e, "circled_quality_map_at_r_last", "tag=\"nan\""));
+
+  ck_assert(!retrieval_recorded(&e, "unasked"));
+  /* Series only for the tags that had a figure: ret, zero, only, nan. */
+  size_t tags = 0;
+  char last[96];
+  snprintf(last, sizeof last, "%s_last", rp);
+  for (size_t i = 0; i < e.n; i++)
+    if (!strcmp(e.s[i].name, last)) tags++;
+  ck_assert_uint_eq(tags, 4);
+  check_histograms(&e);
+  expo_free(&e);
+  circle_metrics_free(m);
+}
+END_TEST
+
 START_TEST(metrics_should_record_the_mean_loss_for_elementwise_reductions) {
   circle_metrics *m = new_metrics(8);
   compute_case c;
@@ -970,6 +1129,7 @@ static Suite *metrics_suite(void) {
   tcase_add_test(tc, metrics_should_cap_distinct_tags_and_count_the_rest_as_other);
   tcase_add_test(tc, metrics_should_keep_histogram_buckets_monotonic);
   tcase_add_test(tc, metrics_should_record_last_values_and_skip_empty_sets);
+  tcase_add_test(tc, metrics_should_record_retrieval_figures_only_when_asked_over_queries);
   tcase_add_test(tc, metrics_should_record_the_mean_loss_for_elementwise_reductions);
   tcase_add_test(tc, metrics_should_escape_label_values);
   tcase_add_test(tc, metrics_should_stay_exact_under_concurrent_updates);

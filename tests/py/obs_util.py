@@ -79,14 +79,22 @@ def post_loss(url, tag=None, seed=0, **extra):
     return status, json.loads(raw)
 
 
-def post_infer(url, tag=None, seed=0):
-    """POST /v2/models/circle/infer (JSON tensors) with a random batch."""
+# /v1 "outputs" for everything the default gives plus the retrieval figures
+# (which are asked for by name only).
+RETRIEVAL_OUTPUTS = ["loss", "per_sample_loss", "embeddings_grad", "stats", "retrieval"]
+
+
+def post_infer(url, tag=None, seed=0, **parameters):
+    """POST /v2/models/circle/infer (JSON tensors) with a random batch; the
+    keyword arguments are request parameters (retrieval=True)."""
     labels, emb = batch(random.Random(seed))
     body = {"inputs": [
         {"name": "labels", "shape": [len(labels)], "datatype": "INT64", "data": labels},
         {"name": "embeddings", "shape": [len(emb), len(emb[0])], "datatype": "FP32",
          "data": [x for row in emb for x in row]}]}
     if tag is not None:
-        body["parameters"] = {"tag": tag}
+        parameters["tag"] = tag
+    if parameters:
+        body["parameters"] = parameters
     status, _, raw = http("POST", url + "/v2/models/circle/infer", body)
     return status, json.loads(raw)

@@ -8,6 +8,12 @@ timers (polls every 0.5 s of virtual time) while its fetches go to circled
 for real; --dump-dom then gives the DOM, where the page records what it did
 (<html data-samples>, each <canvas data-points>, the title). The screenshot
 is checked for ink in the charts' line colours, not just for existing.
+
+The traffic's "eval" requests ask for the retrieval figures, so the
+Retrieval chart has data only where the engine computes them (a batch of
+clustered classes always has queries). A second page is served from a
+stand-in /metrics whose figures are known, to check what the Retrieval chart
+and its tiles show.
 """
 
 import re
@@ -15,16 +21,17 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from obs_util import ROOT, circled, http, post_infer, post_loss
+from obs_util import RETRIEVAL_OUTPUTS, ROOT, circled, http, post_infer, post_loss
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "build" / "artifacts"
-CHARTS = ["c-throughput", "c-latency", "c-loss", "c-recall", "c-sims", "c-gap",
-          "c-fracs", "c-norm", "c-load"]
+CHARTS = ["c-throughput", "c-latency", "c-loss", "c-recall", "c-retrieval", "c-sims",
+          "c-gap", "c-fracs", "c-norm", "c-load"]
 # The first two series colours of the page's palette (dashboard.html).
 LINE_COLOURS = [(0x2f, 0x6f, 0xde), (0xe4, 0x57, 0x2e)]
 VIRTUAL_MS = 8000
@@ -45,6 +52,15 @@ def chromium(url, *mode, profile):
     return r.stdout
 
 
+def send(url, tag, seed):
+    """One tagged request: /v2 for every fifth seed, else /v1; "eval" asks
+    for the retrieval figures on both. Returns (status, parsed body)."""
+    retrieval = tag == "eval"
+    if seed % 5 == 0:
+        return post_infer(url, tag, seed=seed, **({"retrieval": True} if retrieval else {}))
+    return post_loss(url, tag, seed=seed, **({"outputs": RETRIEVAL_OUTPUTS} if retrieval else {}))
+
+
 class Traffic:
     """Tagged /v1 and /v2 requests in a loop until stopped, so the page sees
     counters move between its polls."""
@@ -58,7 +74,7 @@ class Traffic:
         while not self.stop.is_set():
             seed += 1
             tag = ("train", "eval")[seed % 2]
-            status, body = (post_infer if seed % 5 == 0 else post_loss)(self.url, tag, seed=seed)
+            status, body = send(self.url, tag, seed)
             if status != 200:
                 self.failed.append(body)
             self.sent += 1
@@ -82,8 +98,9 @@ def page():
         shot.unlink()
     with circled("--workers", "2") as url, tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         # Some history before the page opens: the first scrape has data.
-        for seed in range(6):
-            assert post_loss(url, ("train", "eval")[seed % 2], seed=seed)[0] == 200
+        for seed in range(1, 7):
+            status, body = send(url, ("train", "eval")[seed % 2], seed)
+            assert status == 200, body
         dashboard = f"{url}/dashboard?interval={POLL_S}"
         with Traffic(url) as traffic:
             dom = chromium(dashboard, "--dump-dom", profile=profile)
@@ -169,3 +186,85 @@ def test_dashboard_should_say_when_metrics_cannot_be_read(tmp_path):
     assert "404" in (attr(dom, r"<html[^>]*>", "data-error") or ""), dom[:500]
     assert 'id="status" class="bad"' in dom
     assert attr(dom, r"<html[^>]*>", "data-samples") == "0"
+
+
+# ---------------------------------------------------------------------------
+# The Retrieval chart against a /metrics whose figures are known
+# ---------------------------------------------------------------------------
+
+RETRIEVAL_FIGURES = {"precision_at_1": 0.75, "r_precision": 0.5, "map_at_r": 0.375}
+
+
+def stand_in_metrics(k):
+    """The k-th scrape (k >= 1) of a stand-in /metrics: tags "train" (the
+    most recently active, without retrieval figures) and "eval" (with them),
+    one more request each per scrape."""
+    lines = []
+    for tag, ts in (("train", 2_000_000_000 + k), ("eval", 1_900_000_000 + k)):
+        lines += [f'circled_tag_last_timestamp_seconds{{tag="{tag}"}} {ts}',
+                  f'circled_quality_loss_last{{tag="{tag}"}} 2',
+                  f'circled_quality_loss_sum{{tag="{tag}"}} {2 * k}',
+                  f'circled_quality_loss_count{{tag="{tag}"}} {k}']
+    for fig, v in RETRIEVAL_FIGURES.items():
+        lines += [f'circled_quality_{fig}_last{{tag="eval"}} {v}',
+                  f'circled_quality_{fig}_sum{{tag="eval"}} {v * k}',
+                  f'circled_quality_{fig}_count{{tag="eval"}} {k}']
+    return ("\n".join(f"# TYPE {ln.split('{')[0]} untyped\n{ln}" for ln in lines) + "\n").encode()
+
+
+def test_retrieval_chart_should_follow_the_tag_with_retrieval_figures():
+    """With all tags shown, the Retrieval chart and tiles show the most
+    recently active tag that has retrieval figures ("eval"), not the most
+    recent tag ("train", which has none): three lines of the known means, one
+    point per figure and scrape."""
+    with circled() as url:
+        status, _, page = http("GET", url + "/dashboard")
+        assert status == 200
+    scrapes = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/dashboard"):
+                body, ctype = page, "text/html; charset=utf-8"
+            elif self.path.startswith("/metrics"):
+                scrapes.append(None)
+                body, ctype = stand_in_metrics(len(scrapes)), "text/plain; version=0.0.4"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+            dom = chromium(f"http://127.0.0.1:{server.server_port}/dashboard?interval={POLL_S}",
+                           "--dump-dom", profile=profile)
+    finally:
+        server.shutdown()
+        server.server_close()
+    samples = int(attr(dom, r"<html[^>]*>", "data-samples"))
+    assert samples >= 5 and attr(dom, r"<html[^>]*>", "data-error") is None, dom[:500]
+    # Every scrape adds one request per tag: each poll draws the three
+    # figures of "eval" (the first from the _last gauges, later ones from the
+    # _sum/_count deltas), and nothing of "train".
+    points = int(attr(dom, r'<canvas id="c-retrieval"[^>]*>', "data-points") or 0)
+    assert points == 3 * samples, (points, samples)
+    ret = re.search(r'<p id="p-ret"[^>]*>(.*?)</p>', dom, re.S).group(1)
+    assert ret.endswith("— tag eval"), ret
+    # The loss chart follows every tag; the other multi-figure charts the
+    # most recent one.
+    assert re.search(r'<p id="p-sims"[^>]*>[^<]*— tag train</p>', dom)
+    tiles = dict(re.findall(r'<div class="tile"><div class="k">(.*?)</div><div class="v">(.*?)</div>', dom))
+    assert tiles["last precision@1 (eval)"] == "0.75", tiles
+    assert tiles["last R-precision"] == "0.5", tiles
+    assert tiles["last MAP@R"] == "0.375", tiles
+    assert tiles["last loss (train)"] == "2", tiles

@@ -9,7 +9,9 @@ What the traffic is, so every expected number is known:
   - circled runs with --max-tags 2;
   - /v1/loss: tag "a" x 3, tag "b" x 2, tag "c" x 2 (past the cap: "other"),
     untagged x 1, and 2 bad requests (400) tagged "a";
-  - /v2 infer: tag "b" x 1.
+  - /v2 infer: tag "b" x 1;
+  - the retrieval figures asked for by tag "a"'s /v1 requests and by the /v2
+    request, and by no other.
 Values are compared exactly where both sides print shortest round-trip
 doubles (the stats in a /v1 response and the _last gauge in Prometheus).
 """
@@ -27,7 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from obs_util import ROOT, circled, free_port, http, post_infer, post_loss, wait_for
+from obs_util import (RETRIEVAL_OUTPUTS, ROOT, circled, free_port, http, post_infer,
+                      post_loss, wait_for)
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -41,15 +44,19 @@ pytestmark = pytest.mark.skipif(
 SENT_V1_OK = {"a": 3, "b": 2, "c": 2, None: 1}
 SENT_V1_BAD = 2
 SENT_V2_OK = {"b": 1}
+RETRIEVAL_TAGS = {"a"}  # /v1 tags that ask for the retrieval figures (and /v2)
+RETRIEVAL_FIGURES = ("precision_at_1", "r_precision", "map_at_r")
 
 
 class Stack:
     """circled + Prometheus, with the traffic above already sent."""
 
-    def __init__(self, circled_url, prom_url, last_stats):
+    def __init__(self, circled_url, prom_url, last_stats, last_retrieval):
         self.circled = circled_url
         self.prom = prom_url
         self.last_stats = last_stats  # tag -> stats of its last /v1 response
+        # tag -> retrieval figures of its last response that has them
+        self.last_retrieval = last_retrieval
 
     def query(self, promql):
         """The result of an instant query (a list of {metric, value})."""
@@ -96,24 +103,30 @@ def stack():
                     return False
             wait_for("Prometheus to be ready", ready, 30)
 
-            last = {}
+            last, last_ret = {}, {}
             seed = 0
             for tag, count in SENT_V1_OK.items():
                 for _ in range(count):
                     seed += 1
-                    status, body = post_loss(url, tag, seed=seed)
+                    extra = {"outputs": RETRIEVAL_OUTPUTS} if tag in RETRIEVAL_TAGS else {}
+                    status, body = post_loss(url, tag, seed=seed, **extra)
                     assert status == 200, body
                     last[tag] = body["stats"]
+                    if extra:
+                        last_ret[tag] = body["retrieval"]
             for _ in range(SENT_V1_BAD):
                 status, _, _ = http("POST", url + "/v1/loss", {"labels": [0], "tag": "a"})
                 assert status == 400
             for tag, count in SENT_V2_OK.items():
                 for _ in range(count):
                     seed += 1
-                    status, body = post_infer(url, tag, seed=seed)
+                    status, body = post_infer(url, tag, seed=seed, retrieval=True)
                     assert status == 200, body
+                    params = body["parameters"]
+                    last_ret[tag] = {k: params["retrieval_" + k]
+                                     for k in RETRIEVAL_FIGURES + ("queries",)}
 
-            s = Stack(url, prom, last)
+            s = Stack(url, prom, last, last_ret)
             # Bounded wait: a scrape after the last request has landed.
             wait_for("the last computation to be scraped",
                      lambda: s.value('sum(circled_computations_total{job="circled"})') == 9, 30)
@@ -195,6 +208,26 @@ def test_prometheus_quality_series_should_equal_the_stats_of_v1_responses(stack)
     assert math.isfinite(mean) and mean > 0
     med = stack.value('histogram_quantile(0.5, circled_quality_recall_at_1_bucket{tag="a"})')
     assert 0 <= med <= 1
+
+
+def test_prometheus_retrieval_series_should_equal_the_figures_of_the_responses(stack):
+    """The retrieval _last gauges hold exactly what the last response of the
+    tag that asked for them returned (/v1 "retrieval" for "a", the /v2
+    response parameters for "b"); tags that never asked have no series."""
+    for tag, ret in stack.last_retrieval.items():
+        # The premise: obs_util's batches (16 rows, 4 classes) have a query
+        # in every row, so the figures are measurements.
+        assert ret["queries"] == 16, (tag, ret)
+        for fig in RETRIEVAL_FIGURES:
+            got = stack.value(f'circled_quality_{fig}_last{{job="circled",tag="{tag}"}}')
+            assert got == ret[fig], (tag, fig, got, ret[fig])
+    asked = {t: n for t, n in SENT_V1_OK.items() if t in RETRIEVAL_TAGS}
+    for fig in RETRIEVAL_FIGURES:
+        by = {r["metric"].get("tag", ""): float(r["value"][1])
+              for r in stack.query(f'circled_quality_{fig}_count{{job="circled"}}')}
+        assert by == {**asked, **SENT_V2_OK}, (fig, by)
+    mean = stack.value('circled_quality_map_at_r_sum{tag="a"} / circled_quality_map_at_r_count{tag="a"}')
+    assert 0 < mean <= 1
 
 
 def test_promtool_should_accept_the_exposition(stack):
