@@ -12,7 +12,12 @@
  * figures and with the stats asked for too, timed in interleaved rounds,
  * and what each adds in per cent.
  *
- * Usage: bench_loss [--quick] [--stats] [--extras] [--no-baseline] [--n N,...] [--d D,...] [--reps R]
+ * --threads T runs only that thread count; --cpu times with the process'
+ * CPU clock instead of the wall clock (meaningful with --threads 1 on a
+ * machine other work shares).
+ *
+ * Usage: bench_loss [--quick] [--stats] [--extras] [--no-baseline] [--cpu]
+ *                   [--threads T] [--n N,...] [--d D,...] [--reps R]
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -49,7 +54,7 @@ static void make_batch(size_t n, size_t d, float *xf, double *xd, int64_t *lab) 
  * stats; rounds interleave the three so drift on a shared machine hits
  * all alike. */
 static int bench_extras(const size_t *ns, size_t nn, const size_t *ds,
-                        size_t nd, int reps, unsigned all) {
+                        size_t nd, int reps, unsigned all, unsigned only) {
   printf("| n | d | threads | loss+grad ms | + retrieval ms | extra | "
          "+ retrieval + stats ms | extra |\n");
   printf("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -62,8 +67,8 @@ static int bench_extras(const size_t *ns, size_t nn, const size_t *ds,
       int64_t *lab = malloc(n * sizeof *lab);
       if (!xf || !ps || !g || !xd || !lab) return 1;
       make_batch(n, d, xf, xd, lab);
-      unsigned tlist[2] = {1, all};
-      for (int ti = 0; ti < (all > 1 ? 2 : 1); ti++) {
+      unsigned tlist[2] = {only ? only : 1, all};
+      for (int ti = 0; ti < (only ? 1 : all > 1 ? 2 : 1); ti++) {
         circle_engine_opts o = {.threads = tlist[ti]};
         circle_engine *e;
         if (circle_engine_init(&e, &o) != CIRCLE_OK) return 1;
@@ -108,11 +113,16 @@ int main(int argc, char **argv) {
   size_t nn = 3, nd = 2;
   int reps = 5;
   bool stats = false, baseline = true, extras = false;
+  unsigned only_threads = 0;
   for (int a = 1; a < argc; a++) {
     if (!strcmp(argv[a], "--stats")) {
       stats = true;
     } else if (!strcmp(argv[a], "--extras")) {
       extras = true;
+    } else if (!strcmp(argv[a], "--cpu")) {
+      bench_clock = CLOCK_PROCESS_CPUTIME_ID; /* use with --threads 1 */
+    } else if (!strcmp(argv[a], "--threads") && a + 1 < argc) {
+      only_threads = (unsigned)atoi(argv[++a]);
     } else if (!strcmp(argv[a], "--no-baseline")) {
       baseline = false; /* engine only: for peak-RSS measurements */
     } else if (!strcmp(argv[a], "--quick")) {
@@ -125,7 +135,8 @@ int main(int argc, char **argv) {
     } else if (!strcmp(argv[a], "--reps") && a + 1 < argc) {
       reps = atoi(argv[++a]);
     } else {
-      fprintf(stderr, "usage: %s [--quick] [--n N,..] [--d D,..] [--reps R]\n",
+      fprintf(stderr, "usage: %s [--quick] [--stats] [--extras] [--no-baseline] [--cpu] "
+                      "[--threads T] [--n N,..] [--d D,..] [--reps R]\n",
               argv[0]);
       return 2;
     }
@@ -134,7 +145,7 @@ int main(int argc, char **argv) {
   unsigned all = (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
   printf("# circle engine bench: OpenBLAS core %s, %u cores, median of %d\n",
          circle_blas_corename(), all, reps);
-  if (extras) return bench_extras(ns, nn, ds, nd, reps, all);
+  if (extras) return bench_extras(ns, nn, ds, nd, reps, all, only_threads);
   printf("| n | d | dtype | threads | loss+grad ms | sgemm ms | ratio vs sgemm"
          " | dgemm ms | ratio vs dgemm |\n");
   printf("|---:|---:|---|---:|---:|---:|---:|---:|---:|\n");
@@ -154,6 +165,7 @@ int main(int argc, char **argv) {
       unsigned tlist[2] = {1, all};
       int nt = all > 1 ? 2 : 1;
       if (!baseline) tlist[0] = all, nt = 1;
+      if (only_threads) tlist[0] = only_threads, nt = 1;
       for (int ti = 0; ti < nt; ti++) {
         unsigned th = tlist[ti];
         circle_engine_opts o = {.threads = th};

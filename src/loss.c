@@ -165,6 +165,8 @@ static inline float exp_f(float x) {
                                per-thread tile scratch (see loss_impl.h) */   \
     atomic_size_t *next;    /* streamed lower triangle: dX_b's next strip */  \
     T *yb;                  /* ... and each thread's H[b, 0:lo)^T X_b */      \
+    T *keep;                /* ... and strips keep_from.. kept from pass 1 */ \
+    size_t keep_from;                                                         \
     const T *X, *R;                                                           \
     const T *raw;           /* the query embeddings as given (norm_dev) */    \
     T *S, *Xc, *dX, *dR;                                                      \
@@ -238,7 +240,7 @@ typedef struct {
   size_t wide, ld, off_ids, off_sort, off_cls, off_ebuf, off_rows, off_vd,
       off_coef, off_stats, off_ret, off_cand, off_xn, off_rn, off_inv_x,
       off_inv_r, off_s, off_xc, off_rst, off_part, off_zt, off_rowbuf,
-      off_next, off_yb, total;
+      off_next, off_yb, off_keep, keep_from, total;
 } plan;
 
 static bool add_bytes(size_t *total, size_t *off, size_t count, size_t size) {
@@ -265,6 +267,7 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
                       : (p->n <= 512 ? 32 : p->n <= 2048 ? 128 : 256);
   size_t nm, n4;
   if (__builtin_mul_overflow(p->n, p->m, &nm)) return false;
+  p->keep_from = SIZE_MAX; /* no kept strips unless streamed, see below */
   if (__builtin_mul_overflow(p->n, (size_t)4, &n4)) return false;
   p->materialize = nm <= o->materialize_bytes / p->esz;
   bool need_grad = want & (CIRCLE_OUT_GRAD | CIRCLE_OUT_REF_GRAD);
@@ -353,6 +356,25 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
       if (__builtin_mul_overflow(nd, p->nth, &yb)) return false;
       ok = add_bytes(&t, &p->off_next, nb, sizeof(atomic_size_t)) &&
            add_bytes(&t, &p->off_yb, yb, p->esz);
+      /* Strips kept from pass 1 for pass 2, the last (largest) first, as
+       * many as fit in what the materialize limit and an eighth more
+       * leave (so the scratch stays cached, see pool.c): pass 2 computes
+       * only the others again. Packed, each strip its own width. */
+      if (ok && p->tri) {
+        size_t mb = o->materialize_bytes;
+        size_t cap = mb > SIZE_MAX / 9 * 8 ? SIZE_MAX : mb + mb / 8;
+        size_t room = cap > t ? (cap - t) / p->esz : 0, used = 0;
+        p->keep_from = nb;
+        while (p->keep_from > 0) {
+          size_t b = p->keep_from - 1, lo = b * p->bs;
+          size_t hi = lo + p->bs < p->n ? lo + p->bs : p->n;
+          size_t add = (hi - lo) * hi; /* no overflow: hi <= n, n*n fits */
+          if (used + add > room) break;
+          used += add;
+          p->keep_from = b;
+        }
+        ok = add_bytes(&t, &p->off_keep, used, p->esz);
+      }
     }
   }
   if (!ok) return false;
@@ -551,6 +573,8 @@ static void reduce_retrieval(const row_retrieval *rr, size_t n,
     x.zt = (T *)(mem + p->off_zt);                                             \
     x.next = (atomic_size_t *)(mem + p->off_next);                             \
     x.yb = (T *)(mem + p->off_yb);                                             \
+    x.keep = (T *)(mem + p->off_keep);                                         \
+    x.keep_from = p->keep_from;                                                \
     size_t mb = (p->m + p->bs - 1) / p->bs;                                    \
     bool want_g = want & CIRCLE_OUT_GRAD;                                      \
     bool want_r = !p->self && (want & CIRCLE_OUT_REF_GRAD);                    \

@@ -891,6 +891,17 @@ static void F(blk_scale_x)(void *ctx, size_t b, unsigned ith) {
   }
 }
 
+/* Streamed self-reference: strip b (b >= keep_from) where pass 1 keeps it
+ * for pass 2, packed after strips keep_from..b-1 (each bs rows, except the
+ * last, of its own width hi); *ld gets its width. */
+static inline T *F(kept_strip)(const struct F(ctx) *x, size_t b, size_t *ld) {
+  size_t bs = x->bs, kf = x->keep_from;
+  /* strips kf..b-1 are whole: bs rows of width (b' + 1) bs */
+  size_t off = bs * bs * ((b * (b + 1) - kf * (kf + 1)) / 2);
+  *ld = F(block_end)(x, b, x->n);
+  return x->keep + off;
+}
+
 /* Self-reference, lower triangle: the strip S[b, 0:hi) of row block b
  * (into S when materialized, else this thread's buffer; *ld its row
  * stride) with its diagonal tile mirrored, so that tile is exactly
@@ -899,6 +910,7 @@ static T *F(tri_strip)(struct F(ctx) *x, size_t b, unsigned ith, size_t *ld) {
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
   size_t l = x->mat ? x->ld : x->m;
   T *buf = x->mat ? x->S + lo * l : x->S + (size_t)ith * x->bs * x->m;
+  if (b >= x->keep_from) buf = F(kept_strip)(x, b, &l);
   GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)hi,
        (int)x->d, 1, x->X + lo * x->d, (int)x->d, x->X, (int)x->d, 0, buf,
        (int)l);
@@ -1024,7 +1036,9 @@ static void F(blk_tri_dx)(void *ctx, size_t b, unsigned ith) {
 static void F(blk_tri_dx_stream)(void *ctx, size_t b, unsigned ith) {
   struct F(ctx) *x = ctx;
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n), d = x->d, ld;
-  T *buf = F(tri_strip)(x, b, ith, &ld);
+  /* a strip kept from pass 1 is used as it is; the others come again */
+  T *buf = b >= x->keep_from ? F(kept_strip)(x, b, &ld)
+                             : F(tri_strip)(x, b, ith, &ld);
   F(strip_h)(x, b, ith, buf, ld);
   T *y = x->yb + (size_t)ith * x->n * d;
   if (lo > 0)

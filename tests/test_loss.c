@@ -623,6 +623,40 @@ START_TEST(loss_should_agree_streamed_or_materialized) {
 }
 END_TEST
 
+/* Streamed with room under the materialize limit (n x n over it, the
+ * lower triangle not): pass 1 keeps its last strips for pass 2, which
+ * computes only the others again. A kept strip holds what pass 2 would
+ * compute, so the results are bitwise those of a streamed call that keeps
+ * none, on any thread count; the scratch grows by the kept strips. */
+START_TEST(loss_should_keep_strips_for_pass_2_without_changing_a_bit) {
+  problem p;
+  determinism_problem(&p, _i); /* variants 0, 1: self-referenced */
+  /* Stats and retrieval take a full-row pass 1, which keeps nothing. */
+  unsigned want = CIRCLE_OUT_LOSS | CIRCLE_OUT_PER_SAMPLE | CIRCLE_OUT_GRAD;
+  size_t esz = p.cfg.dtype == CIRCLE_DTYPE_FLOAT32 ? 4 : 8, n = p.in.n;
+  size_t lim = n * n * esz - 1;
+  circle_engine *e[4] = {engine_new(2, 16, 1), engine_new(2, 16, lim),
+                         engine_new(1, 16, lim), engine_new(3, 16, lim)};
+  size_t s_none = circle_loss_scratch_bytes(e[0], &p.cfg, &p.in, want);
+  size_t s_some = circle_loss_scratch_bytes(e[1], &p.cfg, &p.in, want);
+  /* at least a third of the triangle kept */
+  ck_assert_msg(s_some >= s_none + n * n * esz / 6, "scratch %zu vs %zu",
+                s_some, s_none);
+  ck_assert_uint_le(s_some, lim + lim / 8 + 64);
+  result r[4];
+  for (int k = 0; k < 4; k++) {
+    run(e[k], &p.cfg, &p.in, want, &r[k]);
+    ck_assert_int_eq(r[k].rc, CIRCLE_OK);
+    circle_engine_free(e[k]);
+  }
+  expect_identical("kept strips vs none", &r[0], &r[1]);
+  expect_identical("kept strips: 1 vs 2 threads", &r[1], &r[2]);
+  expect_identical("kept strips: 3 vs 2 threads", &r[1], &r[3]);
+  for (int k = 0; k < 4; k++) result_free(&r[k]);
+  problem_free(&p);
+}
+END_TEST
+
 /* Rows on either side of softplus' subnormal flush (the flush_mixed_* and
  * flush_ref_* golden cases): which rows are kept must not depend on the
  * thread count, materialized or streamed, so the outputs are bitwise equal. */
@@ -1764,6 +1798,8 @@ static Suite *loss_suite(void) {
   tcase_add_loop_test(
       num, loss_should_agree_streamed_or_materialized,
       0, 4);
+  tcase_add_loop_test(num, loss_should_keep_strips_for_pass_2_without_changing_a_bit,
+                      0, 2);
   tcase_add_test(num, loss_should_flush_the_same_rows_on_any_thread_count);
   tcase_add_test(num, loss_should_stay_finite_at_large_gamma);
   tcase_add_test(num, loss_should_stay_finite_when_rows_have_no_pairs);
