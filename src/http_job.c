@@ -357,7 +357,7 @@ static job_result job_decode(struct exchange *ex, struct timespec *mark) {
 
   /* 2. Decode into a request of its own, seeded from the server defaults. */
   int rc;
-  if (ex->route == ROUTE_V1_LOSS) {
+  if (ex->route->compute == COMPUTE_V1) {
     rc = circle_json_decode(ex->body ? ex->body : "", ex->len, &o->defaults,
                             o->name, &o->limits, req, &ex->err);
   } else {
@@ -399,7 +399,7 @@ static job_result job_compute(struct exchange *ex, struct timespec *mark) {
   circle_output out;
 
   /* 4.-6. Admission, outputs, compute (the engine parallelises inside). */
-  bool binary_out = ex->route == ROUTE_V2_INFER &&
+  bool binary_out = ex->route->compute == COMPUTE_OIP &&
                     (req->want & ~req->binary_outputs &
                      ~(unsigned)CIRCLE_OUT_STATS) == 0;
   int rc = circle__http_compute(srv, req, &in, &out, binary_out, &ex->reserved,
@@ -412,7 +412,7 @@ static job_result job_compute(struct exchange *ex, struct timespec *mark) {
   phase_end(ex, PH_COMPUTE, mark);
 
   /* 7. Encode straight into the response buffer. */
-  if (ex->route == ROUTE_V1_LOSS) {
+  if (ex->route->compute == COMPUTE_V1) {
     rc = circle_json_encode(req, &out, &ex->resp);
     ex->binary = false;
   } else {
