@@ -558,7 +558,8 @@ static void on_done(gcall *c) {
   pthread_mutex_unlock(&g->mu);
 }
 
-/* Posts one request_call, unless the server is shutting down. */
+/* Posts one request_call, unless the server is shutting down. Takes g->mu:
+ * called without it. */
 static void post_request(circle_grpc *g) {
   pthread_mutex_lock(&g->mu);
   if (g->shutting) {
@@ -734,13 +735,14 @@ static void server_shutdown(circle_grpc *g) {
   if (first) grpc_server_shutdown_and_notify(g->server, g->cq, &g->shutdown_tag);
 }
 
+/* wait_for's predicates: called with g->mu held. */
 static bool no_call_active(const circle_grpc *g) { return g->active == 0; }
 static bool all_gone(const circle_grpc *g) {
   return g->shutdown_done && g->live == 0;
 }
 
 /* Waits on g->cv until done(g) holds or the deadline passes (NULL: never).
- * Returns done(g). */
+ * Returns done(g). Takes g->mu; done is called with it held. */
 static bool wait_for(circle_grpc *g, const struct timespec *deadline,
                      bool (*done)(const circle_grpc *)) {
   pthread_mutex_lock(&g->mu);

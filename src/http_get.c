@@ -24,7 +24,8 @@
 /* GET /metrics: the renderer thread                                        */
 /* ======================================================================== */
 
-/* Renders the whole exposition, with the live gauges, into b. */
+/* Renders the whole exposition, with the live gauges, into b. Called
+ * without srv->mu: it takes hundreds of ms with many tags. */
 static void metrics_render(circle_http *srv, circle_buf *b) {
   circle_metrics_live live = {
       .requests_in_flight = atomic_load(&srv->active),
@@ -39,7 +40,8 @@ static void metrics_render(circle_http *srv, circle_buf *b) {
 }
 
 /* Queues ex for the renderer and suspends its connection. False when the
- * renderer is not running (the caller renders on its own thread). */
+ * renderer is not running (the caller renders on its own thread). Takes
+ * srv->mu: called without it. */
 static bool metrics_queue(struct exchange *ex) {
   circle_http *srv = ex->srv;
   pthread_mutex_lock(&srv->mu);

@@ -318,7 +318,8 @@ bool circle__http_job_cancelled(void *arg) {
   return client_gone(ex);
 }
 
-/* True once the drain's deadline has passed: queued work is refused. */
+/* True once the drain's deadline has passed: queued work is refused. Takes
+ * srv->mu: called without it. */
 static bool srv_stopping(circle_http *srv) {
   pthread_mutex_lock(&srv->mu);
   bool stopping = srv->stopping;
