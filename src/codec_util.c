@@ -658,8 +658,12 @@ bool circle__json_locate(const char *body, size_t len,
   return true;
 }
 
-int circle__json_token_int64(const char *s, const char *end, int64_t *out,
-                             size_t *used) {
+/* Reads the JSON number token at s (strict syntax, at most end - s bytes)
+ * as an exact int64: "12", "-3", "1.0", "2e3" and "9007199254740993" are
+ * integers; the value is decided on the decimal text, never through a
+ * double. *used receives the token length. */
+static int json_token_int64(const char *s, const char *end, int64_t *out,
+                            size_t *used) {
   size_t n = number_len(s, end);
   if (n == 0) return CIRCLE__INT_NOT_NUMBER;
   *used = n;
@@ -728,8 +732,8 @@ typedef struct {
 static bool leaf_int64(void *ctx, size_t off, size_t i) {
   int64s *c = ctx;
   size_t used = 0;
-  c->rc = i < c->n ? circle__json_token_int64(c->body + off, c->body + c->len,
-                                              &c->out[i], &used)
+  c->rc = i < c->n ? json_token_int64(c->body + off, c->body + c->len,
+                                      &c->out[i], &used)
                    : CIRCLE__INT_NOT_NUMBER;
   c->bad = i;
   return c->rc == CIRCLE__INT_OK;

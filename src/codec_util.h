@@ -125,13 +125,6 @@ enum {
   CIRCLE__INT_NOT_NUMBER = 3   /* not a number token at all */
 };
 
-/* Reads the JSON number token at s (strict syntax, at most end - s bytes)
- * as an exact int64: "12", "-3", "1.0", "2e3" and "9007199254740993" are
- * integers; the value is decided on the decimal text, never through a
- * double. *used receives the token length. */
-int circle__json_token_int64(const char *s, const char *end, int64_t *out,
-                             size_t *used);
-
 /* Reads the numbers of the (possibly nested) array at body[offset] in
  * document order as exact int64 into out[0..n). Returns CIRCLE__INT_OK, or
  * the first failure with *bad_index set to the flat index of the element.

@@ -62,42 +62,96 @@
  * queue thread posts again. */
 #define PREPOSTED 16
 
-/* The RPCs, by method path. Open ones need no bearer token (as the HTTP
- * health endpoints). */
-typedef enum {
-  RPC_UNKNOWN = 0,
-  RPC_SERVER_LIVE,
-  RPC_SERVER_READY,
-  RPC_MODEL_READY,
-  RPC_SERVER_METADATA,
-  RPC_MODEL_METADATA,
-  RPC_MODEL_CONFIG,
-  RPC_MODEL_INFER,
-  RPC_HEALTH_CHECK
-} rpc_id;
+/* A small RPC's answer, written into b from its request message (msg,
+ * len) on the queue thread: 0, or a status with *err filled. ready: the
+ * server is not draining. */
+typedef int (*rpc_answer)(circle_http *http, const uint8_t *msg, size_t len,
+                          bool ready, circle_buf *b, circle_error *err);
 
-static const struct {
+static int answer_live(circle_http *http, const uint8_t *msg, size_t len,
+                       bool ready, circle_buf *b, circle_error *err) {
+  (void)http, (void)msg, (void)len, (void)ready, (void)err;
+  circle_grpc_bool_response(true, b);
+  return 0;
+}
+
+static int answer_ready(circle_http *http, const uint8_t *msg, size_t len,
+                        bool ready, circle_buf *b, circle_error *err) {
+  (void)http, (void)msg, (void)len, (void)err;
+  circle_grpc_bool_response(ready, b);
+  return 0;
+}
+
+static int answer_model_ready(circle_http *http, const uint8_t *msg,
+                              size_t len, bool ready, circle_buf *b,
+                              circle_error *err) {
+  (void)http;
+  int rc = circle_grpc_model_request_check(msg, len, err);
+  if (rc == 0) circle_grpc_bool_response(ready, b);
+  return rc;
+}
+
+static int answer_server_metadata(circle_http *http, const uint8_t *msg,
+                                  size_t len, bool ready, circle_buf *b,
+                                  circle_error *err) {
+  (void)http, (void)msg, (void)len, (void)ready, (void)err;
+  circle_grpc_server_metadata(CIRCLE_HTTP_VERSION, b);
+  return 0;
+}
+
+static int answer_model_metadata(circle_http *http, const uint8_t *msg,
+                                 size_t len, bool ready, circle_buf *b,
+                                 circle_error *err) {
+  (void)http, (void)ready;
+  int rc = circle_grpc_model_request_check(msg, len, err);
+  if (rc == 0) circle_grpc_model_metadata(b);
+  return rc;
+}
+
+static int answer_model_config(circle_http *http, const uint8_t *msg,
+                               size_t len, bool ready, circle_buf *b,
+                               circle_error *err) {
+  (void)ready;
+  int rc = circle_grpc_model_request_check(msg, len, err);
+  if (rc == 0) circle_grpc_model_config(&circle__http_opts(http)->defaults, b);
+  return rc;
+}
+
+static int answer_health_check(circle_http *http, const uint8_t *msg,
+                               size_t len, bool ready, circle_buf *b,
+                               circle_error *err) {
+  (void)http;
+  return circle_grpc_health_check(msg, len, ready, b, err);
+}
+
+/* The RPCs, one row each: method path, open (needs no bearer token, as
+ * the HTTP health endpoints), the endpoint label in /metrics, and the
+ * answer of a small RPC, given on the queue thread; NULL for ModelInfer
+ * alone, which is computed on the pool (submit_infer). */
+typedef struct {
   const char *path;
-  rpc_id id;
   bool open;
   circle_endpoint ep;
-} rpcs[] = {
-    {"/inference.GRPCInferenceService/ServerLive", RPC_SERVER_LIVE, true,
-     CIRCLE_ENDPOINT_GRPC_HEALTH},
-    {"/inference.GRPCInferenceService/ServerReady", RPC_SERVER_READY, true,
-     CIRCLE_ENDPOINT_GRPC_HEALTH},
-    {"/inference.GRPCInferenceService/ModelReady", RPC_MODEL_READY, false,
-     CIRCLE_ENDPOINT_GRPC_HEALTH},
-    {"/inference.GRPCInferenceService/ServerMetadata", RPC_SERVER_METADATA,
-     false, CIRCLE_ENDPOINT_GRPC_METADATA},
-    {"/inference.GRPCInferenceService/ModelMetadata", RPC_MODEL_METADATA, false,
-     CIRCLE_ENDPOINT_GRPC_METADATA},
-    {"/inference.GRPCInferenceService/ModelConfig", RPC_MODEL_CONFIG, false,
-     CIRCLE_ENDPOINT_GRPC_METADATA},
-    {"/inference.GRPCInferenceService/ModelInfer", RPC_MODEL_INFER, false,
-     CIRCLE_ENDPOINT_GRPC_INFER},
-    {"/grpc.health.v1.Health/Check", RPC_HEALTH_CHECK, true,
-     CIRCLE_ENDPOINT_GRPC_HEALTH},
+  rpc_answer answer;
+} rpc;
+
+static const rpc rpcs[] = {
+    {"/inference.GRPCInferenceService/ServerLive", true,
+     CIRCLE_ENDPOINT_GRPC_HEALTH, answer_live},
+    {"/inference.GRPCInferenceService/ServerReady", true,
+     CIRCLE_ENDPOINT_GRPC_HEALTH, answer_ready},
+    {"/inference.GRPCInferenceService/ModelReady", false,
+     CIRCLE_ENDPOINT_GRPC_HEALTH, answer_model_ready},
+    {"/inference.GRPCInferenceService/ServerMetadata", false,
+     CIRCLE_ENDPOINT_GRPC_METADATA, answer_server_metadata},
+    {"/inference.GRPCInferenceService/ModelMetadata", false,
+     CIRCLE_ENDPOINT_GRPC_METADATA, answer_model_metadata},
+    {"/inference.GRPCInferenceService/ModelConfig", false,
+     CIRCLE_ENDPOINT_GRPC_METADATA, answer_model_config},
+    {"/inference.GRPCInferenceService/ModelInfer", false,
+     CIRCLE_ENDPOINT_GRPC_INFER, NULL},
+    {"/grpc.health.v1.Health/Check", true, CIRCLE_ENDPOINT_GRPC_HEALTH,
+     answer_health_check},
 };
 #define N_RPCS (sizeof rpcs / sizeof rpcs[0])
 
@@ -139,8 +193,7 @@ typedef struct {
   grpc_slice status_details;
   bool has_details;
   int cancelled;
-  rpc_id rpc;
-  size_t rpc_index; /* into rpcs; N_RPCS when unknown */
+  const rpc *rpc;   /* its row of rpcs; NULL when unknown */
   bool late;        /* began after a drain had begun: refused */
   struct timespec t0;
   size_t bytes_in, bytes_out;
@@ -376,7 +429,7 @@ static void on_read(gcall *c, bool success) {
     return;
   }
   c->bytes_in = grpc_byte_buffer_length(c->recv);
-  if (c->rpc == RPC_UNKNOWN) {
+  if (!c->rpc) {
     circle_error err;
     char method[160];
     size_t n = GRPC_SLICE_LENGTH(c->details.method);
@@ -385,6 +438,7 @@ static void on_read(gcall *c, bool success) {
     method[n] = '\0';
     for (size_t i = 0; i < n; i++)
       if (method[i] < 0x20 || method[i] > 0x7e) method[i] = '?';
+    /* The message names the rows of rpcs: a new row belongs in it. */
     circle_error_set(&err, 501, "not_found",
                      "no method %s on this server; it serves "
                      "inference.GRPCInferenceService (ServerLive, "
@@ -395,7 +449,7 @@ static void on_read(gcall *c, bool success) {
     finish(c, &err); /* 501: UNIMPLEMENTED */
     return;
   }
-  if (!rpcs[c->rpc_index].open) {
+  if (!c->rpc->open) {
     const char *tok = NULL;
     size_t len = 0;
     if (!bearer_token(c, &tok, &len)) tok = NULL;
@@ -406,7 +460,7 @@ static void on_read(gcall *c, bool success) {
       return;
     }
   }
-  if (c->rpc == RPC_MODEL_INFER) {
+  if (!c->rpc->answer) { /* ModelInfer */
     /* A call begun before the drain is served, as an HTTP request still
      * uploading is; one begun after it is refused. */
     if (c->late)
@@ -430,36 +484,7 @@ static void on_read(gcall *c, bool success) {
   circle_error err;
   circle_buf b;
   circle_buf_init(&b);
-  int rc = 0;
-  switch (c->rpc) {
-  case RPC_SERVER_LIVE:
-    circle_grpc_bool_response(true, &b);
-    break;
-  case RPC_SERVER_READY:
-    circle_grpc_bool_response(ready, &b);
-    break;
-  case RPC_MODEL_READY:
-    rc = circle_grpc_model_request_check(p, len, &err);
-    if (rc == 0) circle_grpc_bool_response(ready, &b);
-    break;
-  case RPC_SERVER_METADATA:
-    circle_grpc_server_metadata(CIRCLE_HTTP_VERSION, &b);
-    break;
-  case RPC_MODEL_METADATA:
-    rc = circle_grpc_model_request_check(p, len, &err);
-    if (rc == 0) circle_grpc_model_metadata(&b);
-    break;
-  case RPC_MODEL_CONFIG:
-    rc = circle_grpc_model_request_check(p, len, &err);
-    if (rc == 0) circle_grpc_model_config(&circle__http_opts(http)->defaults, &b);
-    break;
-  case RPC_HEALTH_CHECK:
-    rc = circle_grpc_health_check(p, len, ready, &b, &err);
-    break;
-  default:
-    rc = circle_error_set(&err, 500, "internal", "RPC without a handler");
-    break;
-  }
+  int rc = c->rpc->answer(http, p, len, ready, &b, &err);
   grpc_slice_unref(msg);
   if (rc == 0 && !take_response(c, &b))
     rc = circle_error_set(&err, 503, "overloaded",
@@ -489,13 +514,10 @@ static void on_new(gcall *c, bool success) {
   clock_gettime(CLOCK_MONOTONIC, &c->t0);
   c->late = circle__http_draining(g->http);
   circle__http_active_add(g->http, 1);
-  c->rpc = RPC_UNKNOWN;
-  c->rpc_index = N_RPCS;
-  for (size_t i = 0; i < N_RPCS; i++)
-    if (grpc_slice_str_cmp(c->details.method, rpcs[i].path) == 0) {
-      c->rpc = rpcs[i].id;
-      c->rpc_index = i;
-    }
+  c->rpc = NULL;
+  for (size_t i = 0; i < N_RPCS && !c->rpc; i++)
+    if (grpc_slice_str_cmp(c->details.method, rpcs[i].path) == 0)
+      c->rpc = &rpcs[i];
   atomic_store(&c->state, CALL_READ);
   grpc_op op;
   memset(&op, 0, sizeof op);
@@ -510,13 +532,13 @@ static void on_done(gcall *c) {
   circle_grpc *g = c->g;
   circle_http *http = g->http;
   double ms = ms_since(&c->t0);
-  const char *name = c->rpc_index < N_RPCS ? rpcs[c->rpc_index].path : "?";
+  const char *name = c->rpc ? c->rpc->path : "?";
   if (!g->opts.quiet)
     fprintf(stderr, "circled: grpc %s %d %zu %.3fms%s\n", name, (int)c->code,
             c->bytes_out, ms, c->cancelled ? " (cancelled)" : "");
   circle_metrics_observe_request(
       circle__http_metrics(http),
-      c->rpc_index < N_RPCS ? rpcs[c->rpc_index].ep : CIRCLE_ENDPOINT_GRPC_OTHER,
+      c->rpc ? c->rpc->ep : CIRCLE_ENDPOINT_GRPC_OTHER,
       c->cancelled && c->code == GRPC_STATUS_OK ? 0 : c->http_status, ms / 1e3,
       c->bytes_in, c->bytes_out);
   circle__http_release(http, &c->held, atomic_load(&c->held));
@@ -536,7 +558,8 @@ static void on_done(gcall *c) {
   pthread_mutex_unlock(&g->mu);
 }
 
-/* Posts one request_call, unless the server is shutting down. */
+/* Posts one request_call, unless the server is shutting down. Takes g->mu:
+ * called without it. */
 static void post_request(circle_grpc *g) {
   pthread_mutex_lock(&g->mu);
   if (g->shutting) {
@@ -712,13 +735,14 @@ static void server_shutdown(circle_grpc *g) {
   if (first) grpc_server_shutdown_and_notify(g->server, g->cq, &g->shutdown_tag);
 }
 
+/* wait_for's predicates: called with g->mu held. */
 static bool no_call_active(const circle_grpc *g) { return g->active == 0; }
 static bool all_gone(const circle_grpc *g) {
   return g->shutdown_done && g->live == 0;
 }
 
 /* Waits on g->cv until done(g) holds or the deadline passes (NULL: never).
- * Returns done(g). */
+ * Returns done(g). Takes g->mu; done is called with it held. */
 static bool wait_for(circle_grpc *g, const struct timespec *deadline,
                      bool (*done)(const circle_grpc *)) {
   pthread_mutex_lock(&g->mu);

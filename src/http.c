@@ -232,7 +232,9 @@ int circle_http_init(circle_http **out, const circle_http_opts *opts,
 
 uint16_t circle_http_port(const circle_http *srv) { return srv ? srv->port : 0; }
 
-/* Waits on srv->cv until pred holds or the deadline passes (NULL: never). */
+/* Waits on srv->cv until no job is left (jobs_only) or no job and no
+ * request, or the deadline passes (NULL: never). Takes srv->mu: called
+ * without it. */
 static void wait_until_idle(circle_http *srv, const struct timespec *deadline,
                             bool jobs_only) {
   pthread_mutex_lock(&srv->mu);

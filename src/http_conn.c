@@ -34,7 +34,7 @@
 /* ======================================================================== */
 
 /* Records a finished request in srv->metrics (src/metrics.h; GET /metrics
- * renders it in handle_get, and job_process records each computation's
+ * renders it in get_metrics, and job_process records each computation's
  * loss and stats). Called exactly once per finished request, on a network
  * thread, from the completed callback, with the route, the status sent (0
  * when none was, or when the connection ended before all of it was sent),
@@ -43,47 +43,8 @@
  * blocks. */
 static void metrics_observe(const struct exchange *ex, double ms,
                             enum MHD_RequestTerminationCode toe) {
-  circle_endpoint ep;
-  switch (ex->route) {
-  case ROUTE_V1_LOSS:
-    ep = CIRCLE_ENDPOINT_V1_LOSS;
-    break;
-  case ROUTE_V2_INFER:
-    ep = CIRCLE_ENDPOINT_V2_INFER;
-    break;
-  case ROUTE_V2_MODEL:
-  case ROUTE_V2_MODEL_READY:
-  case ROUTE_V2_MODEL_CONFIG:
-    ep = CIRCLE_ENDPOINT_V2_MODEL;
-    break;
-  case ROUTE_V2_SERVER:
-    ep = CIRCLE_ENDPOINT_V2_SERVER;
-    break;
-  case ROUTE_V2_LIVE:
-  case ROUTE_V2_READY:
-    ep = CIRCLE_ENDPOINT_V2_HEALTH;
-    break;
-  case ROUTE_CONFIG:
-    ep = CIRCLE_ENDPOINT_CONFIG;
-    break;
-  case ROUTE_HEALTHZ:
-    ep = CIRCLE_ENDPOINT_HEALTHZ;
-    break;
-  case ROUTE_READYZ:
-    ep = CIRCLE_ENDPOINT_READYZ;
-    break;
-  case ROUTE_METRICS:
-    ep = CIRCLE_ENDPOINT_METRICS;
-    break;
-  case ROUTE_DASHBOARD:
-    ep = CIRCLE_ENDPOINT_DASHBOARD;
-    break;
-  default: /* not found, unknown model */
-    ep = CIRCLE_ENDPOINT_OTHER;
-    break;
-  }
   bool delivered = ex->answered && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
-  circle_metrics_observe_request(ex->srv->metrics, ep,
+  circle_metrics_observe_request(ex->srv->metrics, ex->route->ep,
                                  delivered ? ex->status : 0, ms / 1e3,
                                  ex->received,
                                  delivered ? ex->bytes : ex->sent);
@@ -347,7 +308,7 @@ enum MHD_Result circle__http_on_request(void *cls, struct MHD_Connection *conn,
   /* The whole request is in: its deadline no longer runs. */
   request_owed(conn, false);
   if (ex->answered) return MHD_YES;
-  if (ex->pending == PENDING_GET) return circle__http_handle_get(ex);
+  if (ex->pending == PENDING_GET) return ex->route->get(ex);
   if (ex->pending == PENDING_ERROR)
     return circle__http_respond_error(ex, &ex->err);
 

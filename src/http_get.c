@@ -24,7 +24,8 @@
 /* GET /metrics: the renderer thread                                        */
 /* ======================================================================== */
 
-/* Renders the whole exposition, with the live gauges, into b. */
+/* Renders the whole exposition, with the live gauges, into b. Called
+ * without srv->mu: it takes hundreds of ms with many tags. */
 static void metrics_render(circle_http *srv, circle_buf *b) {
   circle_metrics_live live = {
       .requests_in_flight = atomic_load(&srv->active),
@@ -39,7 +40,8 @@ static void metrics_render(circle_http *srv, circle_buf *b) {
 }
 
 /* Queues ex for the renderer and suspends its connection. False when the
- * renderer is not running (the caller renders on its own thread). */
+ * renderer is not running (the caller renders on its own thread). Takes
+ * srv->mu: called without it. */
 static bool metrics_queue(struct exchange *ex) {
   circle_http *srv = ex->srv;
   pthread_mutex_lock(&srv->mu);
@@ -116,58 +118,77 @@ static enum MHD_Result respond_ready(struct exchange *ex, const char *ready,
   return respond_text(ex, 200, ready);
 }
 
-enum MHD_Result circle__http_handle_get(struct exchange *ex) {
+/* The route table's GET handlers (http_route.c), one per route. */
+
+enum MHD_Result circle__http_get_healthz(struct exchange *ex) {
+  return respond_text(ex, 200, "{\"status\": \"ok\"}");
+}
+
+enum MHD_Result circle__http_get_readyz(struct exchange *ex) {
+  return respond_ready(ex, "{\"status\": \"ready\"}",
+                       "{\"status\": \"draining\"}",
+                       "{\"status\": \"saturated\"}");
+}
+
+enum MHD_Result circle__http_get_config(struct exchange *ex) {
   circle_http *srv = ex->srv;
   circle_buf b;
-  circle_error err;
-  switch (ex->route) {
-  case ROUTE_HEALTHZ:
-    return respond_text(ex, 200, "{\"status\": \"ok\"}");
-  case ROUTE_READYZ:
-    return respond_ready(ex, "{\"status\": \"ready\"}",
-                         "{\"status\": \"draining\"}",
-                         "{\"status\": \"saturated\"}");
-  case ROUTE_CONFIG:
-    circle_buf_init(&b);
-    circle_json_config_write(&b, &srv->opts.defaults, srv->opts.name);
-    return circle__http_respond(ex, 200, &b, "application/json");
-  case ROUTE_METRICS:
-    if (ex->rendered || !metrics_queue(ex)) {
-      if (!ex->rendered) metrics_render(srv, &ex->resp);
-      return circle__http_respond(ex, 200, &ex->resp,
-                                  CIRCLE_METRICS_CONTENT_TYPE);
-    }
-    return MHD_YES; /* suspended until the renderer resumes it */
-  case ROUTE_DASHBOARD: {
-    size_t len;
-    const char *page = circle_dashboard_html(&len);
-    circle_buf_init(&b);
-    circle_buf_append(&b, page, len);
-    return circle__http_respond(ex, 200, &b, CIRCLE_DASHBOARD_CONTENT_TYPE);
+  circle_buf_init(&b);
+  circle_json_config_write(&b, &srv->opts.defaults, srv->opts.name);
+  return circle__http_respond(ex, 200, &b, "application/json");
+}
+
+/* Called again once the renderer has resumed the request (ex->rendered). */
+enum MHD_Result circle__http_get_metrics(struct exchange *ex) {
+  if (ex->rendered || !metrics_queue(ex)) {
+    if (!ex->rendered) metrics_render(ex->srv, &ex->resp);
+    return circle__http_respond(ex, 200, &ex->resp,
+                                CIRCLE_METRICS_CONTENT_TYPE);
   }
-  case ROUTE_V2_SERVER:
-    circle_buf_init(&b);
-    circle_oip_server_metadata(&b, CIRCLE_HTTP_VERSION);
-    return circle__http_respond(ex, 200, &b, "application/json");
-  case ROUTE_V2_LIVE:
-    return respond_text(ex, 200, "{\"live\": true}");
-  case ROUTE_V2_READY:
-    return respond_ready(ex, "{\"ready\": true}", "{\"ready\": false}",
-                         "{\"ready\": false}");
-  case ROUTE_V2_MODEL:
-    circle_buf_init(&b);
-    circle_oip_model_metadata(&b);
-    return circle__http_respond(ex, 200, &b, "application/json");
-  case ROUTE_V2_MODEL_CONFIG:
-    circle_buf_init(&b);
-    circle_oip_model_config(&b, &srv->opts.defaults);
-    return circle__http_respond(ex, 200, &b, "application/json");
-  case ROUTE_V2_MODEL_READY:
-    return respond_ready(ex, "{\"name\": \"circle\", \"ready\": true}",
-                         "{\"name\": \"circle\", \"ready\": false}",
-                         "{\"name\": \"circle\", \"ready\": false}");
-  default:
-    circle_error_set(&err, 500, "internal", "route has no GET handler");
-    return circle__http_respond_error(ex, &err);
-  }
+  return MHD_YES; /* suspended until the renderer resumes it */
+}
+
+enum MHD_Result circle__http_get_dashboard(struct exchange *ex) {
+  size_t len;
+  const char *page = circle_dashboard_html(&len);
+  circle_buf b;
+  circle_buf_init(&b);
+  circle_buf_append(&b, page, len);
+  return circle__http_respond(ex, 200, &b, CIRCLE_DASHBOARD_CONTENT_TYPE);
+}
+
+enum MHD_Result circle__http_get_v2_server(struct exchange *ex) {
+  circle_buf b;
+  circle_buf_init(&b);
+  circle_oip_server_metadata(&b, CIRCLE_HTTP_VERSION);
+  return circle__http_respond(ex, 200, &b, "application/json");
+}
+
+enum MHD_Result circle__http_get_v2_live(struct exchange *ex) {
+  return respond_text(ex, 200, "{\"live\": true}");
+}
+
+enum MHD_Result circle__http_get_v2_ready(struct exchange *ex) {
+  return respond_ready(ex, "{\"ready\": true}", "{\"ready\": false}",
+                       "{\"ready\": false}");
+}
+
+enum MHD_Result circle__http_get_v2_model(struct exchange *ex) {
+  circle_buf b;
+  circle_buf_init(&b);
+  circle_oip_model_metadata(&b);
+  return circle__http_respond(ex, 200, &b, "application/json");
+}
+
+enum MHD_Result circle__http_get_v2_model_config(struct exchange *ex) {
+  circle_buf b;
+  circle_buf_init(&b);
+  circle_oip_model_config(&b, &ex->srv->opts.defaults);
+  return circle__http_respond(ex, 200, &b, "application/json");
+}
+
+enum MHD_Result circle__http_get_v2_model_ready(struct exchange *ex) {
+  return respond_ready(ex, "{\"name\": \"circle\", \"ready\": true}",
+                       "{\"name\": \"circle\", \"ready\": false}",
+                       "{\"name\": \"circle\", \"ready\": false}");
 }

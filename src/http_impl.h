@@ -4,7 +4,7 @@
  * one file of the server calls in another.
  *
  *   http.c          life cycle: init, drain, free, options; the gRPC accessors
- *   http_route.c    routing, auth, methods, the request head (first call)
+ *   http_route.c    the route table; routing, auth, methods, the request head
  *   http_frame.c    framing checks: what libmicrohttpd 0.9.75 lets through
  *   http_respond.c  errors -> HTTP statuses, the one function that queues
  *   http_get.c      GET endpoints and the /metrics renderer thread
@@ -115,23 +115,41 @@ struct watch {
   const char *uri_end;   /* where the raw URI's string ends (on_uri) */
 };
 
+struct exchange;
+
+/* How a route's request is answered: a GET handler on the network thread,
+ * or a computation on an engine worker with the codec of its protocol. */
 typedef enum {
-  ROUTE_NOT_FOUND = 0,
-  ROUTE_UNKNOWN_MODEL, /* /v2/models/<other>...: Triton's 404 */
-  ROUTE_HEALTHZ,
-  ROUTE_READYZ,
-  ROUTE_CONFIG,
-  ROUTE_METRICS,
-  ROUTE_DASHBOARD,
-  ROUTE_V1_LOSS,
-  ROUTE_V2_SERVER,
-  ROUTE_V2_LIVE,
-  ROUTE_V2_READY,
-  ROUTE_V2_MODEL,
-  ROUTE_V2_MODEL_READY,
-  ROUTE_V2_MODEL_CONFIG,
-  ROUTE_V2_INFER
-} route_id;
+  COMPUTE_NONE = 0, /* a GET: answered by the route's handler */
+  COMPUTE_V1,       /* /v1 JSON (codec_json.c) */
+  COMPUTE_OIP       /* Open Inference Protocol, JSON or binary (codec_oip.c) */
+} route_compute;
+
+/* One endpoint: a row of the route table in http_route.c, which the
+ * router, the auth check, the method check (405 and its Allow header),
+ * metrics labelling, Vary and the GET dispatch all read. Adding an
+ * endpoint is adding a row (and, for a GET, its handler in http_get.c). */
+typedef struct route {
+  /* The path, exact; under MODEL_PATH ("/v2/models/{model}") it matches
+   * /v2/models/<name>[/versions/<version>] followed by the rest, and a
+   * model other than circle gets Triton's 404. NULL: the rows that stand
+   * for no endpoint (not found, unknown model), matched by no path. */
+  const char *path;
+  /* The methods allowed, as the Allow header lists them. */
+  const char *methods;
+  /* Needs no bearer token even with --api-key-file (health checks). */
+  bool open;
+  /* Computed on an engine worker; its answers carry Vary: Accept-Encoding
+   * since they may be compressed. */
+  route_compute compute;
+  /* The endpoint label of its requests in /metrics. */
+  circle_endpoint ep;
+  /* Answers a GET route on the network thread (NULL for compute routes). */
+  enum MHD_Result (*get)(struct exchange *ex);
+} route;
+
+/* The path prefix of the model routes in the route table. */
+#define MODEL_PATH "/v2/models/{model}"
 
 /* Error bodies come in two shapes: /v1 and everything outside /v2 use
  * {"error": {"code", "message"}}; /v2 uses Triton's {"error": "message"}. */
@@ -155,9 +173,9 @@ struct exchange {
   struct timespec t0;
   char method[16];
   char url[LOG_URL_MAX + 1];
-  route_id route;
+  const route *route; /* its row of the route table; never NULL */
   family fam;
-  char model_msg[256]; /* ROUTE_UNKNOWN_MODEL's message */
+  char model_msg[256]; /* an unknown model's 404 message */
 
   /* An answer decided at the first call but sent at the final one, so the
    * connection stays open for the next request: libmicrohttpd closes a
@@ -284,8 +302,8 @@ bool circle__http_phases_format(const struct exchange *ex, char *dst,
 
 /* http_route.c: routing and the request head. */
 
-/* The Allow header of a route ("POST", or "GET, HEAD"). */
-const char *circle__http_route_allow(route_id r);
+/* The Allow header of a route ("POST", or "GET, HEAD"): its methods. */
+const char *circle__http_route_allow(const route *r);
 /* The access handler's first call: route, framing, auth, method and the
  * body's declared size. MHD_YES with or without a queued response. */
 enum MHD_Result circle__http_first_call(struct exchange *ex, const char *url,
@@ -303,8 +321,19 @@ void *circle__http_on_uri(void *cls, const char *uri,
 
 /* http_get.c: GET endpoints. */
 
-/* Answers a GET route (or suspends a /metrics request for the renderer). */
-enum MHD_Result circle__http_handle_get(struct exchange *ex);
+/* The GET handlers of the route table: each answers its route (the
+ * /metrics one may suspend the request for the renderer instead). */
+enum MHD_Result circle__http_get_healthz(struct exchange *ex);
+enum MHD_Result circle__http_get_readyz(struct exchange *ex);
+enum MHD_Result circle__http_get_config(struct exchange *ex);
+enum MHD_Result circle__http_get_metrics(struct exchange *ex);
+enum MHD_Result circle__http_get_dashboard(struct exchange *ex);
+enum MHD_Result circle__http_get_v2_server(struct exchange *ex);
+enum MHD_Result circle__http_get_v2_live(struct exchange *ex);
+enum MHD_Result circle__http_get_v2_ready(struct exchange *ex);
+enum MHD_Result circle__http_get_v2_model(struct exchange *ex);
+enum MHD_Result circle__http_get_v2_model_config(struct exchange *ex);
+enum MHD_Result circle__http_get_v2_model_ready(struct exchange *ex);
 /* The /metrics renderer thread (arg: the server). */
 void *circle__http_renderer_main(void *arg);
 

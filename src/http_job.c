@@ -324,7 +324,8 @@ bool circle__http_job_cancelled(void *arg) {
   return client_gone(ex);
 }
 
-/* True once the drain's deadline has passed: queued work is refused. */
+/* True once the drain's deadline has passed: queued work is refused. Takes
+ * srv->mu: called without it. */
 static bool srv_stopping(circle_http *srv) {
   pthread_mutex_lock(&srv->mu);
   bool stopping = srv->stopping;
@@ -363,7 +364,7 @@ static job_result job_decode(struct exchange *ex, struct timespec *mark) {
 
   /* 2. Decode into a request of its own, seeded from the server defaults. */
   int rc;
-  if (ex->route == ROUTE_V1_LOSS) {
+  if (ex->route->compute == COMPUTE_V1) {
     rc = circle_json_decode(ex->body ? ex->body : "", ex->len, &o->defaults,
                             o->name, &o->limits, req, &ex->err);
   } else {
@@ -407,7 +408,7 @@ static job_result job_compute(struct exchange *ex, struct timespec *mark) {
   /* 4.-6. Admission, outputs, compute (the engine parallelises inside). */
   /* Binary out: every tensor asked for goes as binary data (the figures,
    * stats and retrieval, are response parameters, never tensors). */
-  bool binary_out = ex->route == ROUTE_V2_INFER &&
+  bool binary_out = ex->route->compute == COMPUTE_OIP &&
                     (req->want & ~req->binary_outputs & ~CIRCLE__OUT_FIGURES) == 0;
   int rc = circle__http_compute(srv, req, &in, &out, binary_out, &ex->reserved,
                                 &ex->err);
@@ -419,7 +420,7 @@ static job_result job_compute(struct exchange *ex, struct timespec *mark) {
   phase_end(ex, PH_COMPUTE, mark);
 
   /* 7. Encode straight into the response buffer. */
-  if (ex->route == ROUTE_V1_LOSS) {
+  if (ex->route->compute == COMPUTE_V1) {
     rc = circle_json_encode(req, &out, &ex->resp);
     ex->binary = false;
   } else {

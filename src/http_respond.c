@@ -179,7 +179,7 @@ enum MHD_Result circle__http_respond(struct exchange *ex, unsigned status,
     if (circle__http_phases_format(ex, timing, sizeof timing, ", ", ";dur="))
       MHD_add_response_header(resp, "Server-Timing", timing);
   }
-  if (ex->route == ROUTE_V1_LOSS || ex->route == ROUTE_V2_INFER)
+  if (ex->route->compute) /* the body may be compressed */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_VARY, "Accept-Encoding");
   if (ex->close || atomic_load(&ex->srv->draining))
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");

@@ -1,11 +1,14 @@
-/* http_route.c -- what is decided from a request's line and headers, on
- * the network thread, before any of its body is read: the route and its
- * error family, framing (http_frame.c), the bearer token, the method, the
- * body's declared size and codings. It keeps true: auth is checked before
- * 404 and 405 so the routes are not revealed, the token is compared in
- * time that does not depend on where it differs, and a request refused
- * with no body to come is answered at its final call, so its connection
- * stays open.
+/* http_route.c -- the route table, and what is decided from a request's
+ * line and headers, on the network thread, before any of its body is read:
+ * the route and its error family, framing (http_frame.c), the bearer
+ * token, the method, the body's declared size and codings. It keeps true:
+ * every property of an endpoint (path, methods, open or behind the token,
+ * GET or compute, metrics label, GET handler) is in its one row of the
+ * table, so adding an endpoint is adding a row; auth is checked before 404
+ * and 405 so the routes are not revealed, the token is compared in time
+ * that does not depend on where it differs, and a request refused with no
+ * body to come is answered at its final call, so its connection stays
+ * open.
  */
 #include "http_impl.h"
 
@@ -15,94 +18,123 @@
 #include "codec_oip.h"
 
 /* ======================================================================== */
+/* The route table                                                          */
+/* ======================================================================== */
+
+/* Every endpoint, one row each (see struct route in http_impl.h): the
+ * router, auth, the method check and Allow, metrics labels, Vary and the
+ * GET dispatch read nothing else. Fixed paths and model paths may come in
+ * any order: no path matches two rows. */
+static const route routes[] = {
+    /* path, methods, open, compute, metrics label, GET handler */
+    {"/healthz", "GET, HEAD", true, COMPUTE_NONE, CIRCLE_ENDPOINT_HEALTHZ,
+     circle__http_get_healthz},
+    {"/readyz", "GET, HEAD", true, COMPUTE_NONE, CIRCLE_ENDPOINT_READYZ,
+     circle__http_get_readyz},
+    {"/config", "GET, HEAD", false, COMPUTE_NONE, CIRCLE_ENDPOINT_CONFIG,
+     circle__http_get_config},
+    {"/metrics", "GET, HEAD", false, COMPUTE_NONE, CIRCLE_ENDPOINT_METRICS,
+     circle__http_get_metrics},
+    {"/dashboard", "GET, HEAD", false, COMPUTE_NONE, CIRCLE_ENDPOINT_DASHBOARD,
+     circle__http_get_dashboard},
+    {"/v1/loss", "POST", false, COMPUTE_V1, CIRCLE_ENDPOINT_V1_LOSS, NULL},
+    {"/v2", "GET, HEAD", false, COMPUTE_NONE, CIRCLE_ENDPOINT_V2_SERVER,
+     circle__http_get_v2_server},
+    {"/v2/health/live", "GET, HEAD", true, COMPUTE_NONE,
+     CIRCLE_ENDPOINT_V2_HEALTH, circle__http_get_v2_live},
+    {"/v2/health/ready", "GET, HEAD", true, COMPUTE_NONE,
+     CIRCLE_ENDPOINT_V2_HEALTH, circle__http_get_v2_ready},
+    {MODEL_PATH, "GET, HEAD", false, COMPUTE_NONE, CIRCLE_ENDPOINT_V2_MODEL,
+     circle__http_get_v2_model},
+    {MODEL_PATH "/ready", "GET, HEAD", false, COMPUTE_NONE,
+     CIRCLE_ENDPOINT_V2_MODEL, circle__http_get_v2_model_ready},
+    {MODEL_PATH "/config", "GET, HEAD", false, COMPUTE_NONE,
+     CIRCLE_ENDPOINT_V2_MODEL, circle__http_get_v2_model_config},
+    {MODEL_PATH "/infer", "POST", false, COMPUTE_OIP, CIRCLE_ENDPOINT_V2_INFER,
+     NULL},
+};
+
+/* The rows of no endpoint: a path no row matches, and a model route of a
+ * model other than circle. Neither is open, so auth comes before their
+ * 404 and the routes are not revealed. */
+static const route not_found = {NULL, "GET, HEAD", false, COMPUTE_NONE,
+                                CIRCLE_ENDPOINT_OTHER, NULL};
+static const route unknown_model = {NULL, "GET, HEAD", false, COMPUTE_NONE,
+                                    CIRCLE_ENDPOINT_OTHER, NULL};
+
+const char *circle__http_route_allow(const route *r) { return r->methods; }
+
+/* ======================================================================== */
 /* Routing                                                                  */
 /* ======================================================================== */
 
-const char *circle__http_route_allow(route_id r) {
-  switch (r) {
-  case ROUTE_V1_LOSS:
-  case ROUTE_V2_INFER:
-    return "POST";
-  default:
-    return "GET, HEAD";
-  }
-}
+/* A model route's path, taken apart: /v2/models/<name>[/versions/<ver>]
+ * and the rest (tail). */
+typedef struct {
+  const char *name, *ver, *tail;
+  size_t name_len, ver_len;
+} model_path;
 
-static bool match_model_tail(const char *p, route_id *out) {
-  if (*p == '\0')
-    *out = ROUTE_V2_MODEL;
-  else if (!strcmp(p, "/ready"))
-    *out = ROUTE_V2_MODEL_READY;
-  else if (!strcmp(p, "/infer"))
-    *out = ROUTE_V2_INFER;
-  else if (!strcmp(p, "/config"))
-    *out = ROUTE_V2_MODEL_CONFIG;
-  else
-    return false;
+/* Takes url apart as a model route; false when it is none (no name, or an
+ * empty version). */
+static bool model_path_split(const char *url, model_path *m) {
+  static const char models[] = "/v2/models/";
+  if (strncmp(url, models, sizeof models - 1)) return false;
+  m->name = url + sizeof models - 1;
+  m->name_len = strcspn(m->name, "/");
+  if (m->name_len == 0) return false;
+  const char *p = m->name + m->name_len;
+  m->ver = NULL;
+  m->ver_len = 0;
+  if (!strncmp(p, "/versions/", 10)) {
+    m->ver = p + 10;
+    m->ver_len = strcspn(m->ver, "/");
+    if (m->ver_len == 0) return false;
+    p = m->ver + m->ver_len;
+  }
+  m->tail = p;
   return true;
 }
 
 /* Sets ex->route and ex->fam from the path (query string already removed
  * by libmicrohttpd). */
-static void route(struct exchange *ex, const char *url) {
-  static const struct {
-    const char *path;
-    route_id id;
-  } fixed[] = {
-      {"/healthz", ROUTE_HEALTHZ},      {"/readyz", ROUTE_READYZ},
-      {"/config", ROUTE_CONFIG},        {"/metrics", ROUTE_METRICS},
-      {"/dashboard", ROUTE_DASHBOARD},
-      {"/v1/loss", ROUTE_V1_LOSS},      {"/v2", ROUTE_V2_SERVER},
-      {"/v2/health/live", ROUTE_V2_LIVE}, {"/v2/health/ready", ROUTE_V2_READY},
-  };
+static void route_request(struct exchange *ex, const char *url) {
+  static const char model_prefix[] = MODEL_PATH;
   ex->fam = (!strncmp(url, "/v2", 3) && (url[3] == '\0' || url[3] == '/'))
                 ? FAMILY_OIP
                 : FAMILY_V1;
-  ex->route = ROUTE_NOT_FOUND;
-  for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
-    if (!strcmp(url, fixed[i].path)) {
-      ex->route = fixed[i].id;
+  ex->route = &not_found;
+  model_path m;
+  bool is_model = model_path_split(url, &m);
+  for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+    const route *r = &routes[i];
+    if (strncmp(r->path, model_prefix, sizeof model_prefix - 1)) {
+      if (strcmp(url, r->path)) continue;
+      ex->route = r;
       return;
     }
-
-  static const char models[] = "/v2/models/";
-  if (strncmp(url, models, sizeof models - 1)) return;
-  const char *name = url + sizeof models - 1;
-  size_t name_len = strcspn(name, "/");
-  if (name_len == 0) return;
-  const char *p = name + name_len;
-  const char *ver = NULL;
-  size_t ver_len = 0;
-  if (!strncmp(p, "/versions/", 10)) {
-    ver = p + 10;
-    ver_len = strcspn(ver, "/");
-    if (ver_len == 0) return;
-    p = ver + ver_len;
-  }
-  route_id tail;
-  if (!match_model_tail(p, &tail)) return;
-  circle_error merr;
-  if (circle__oip_model_check(name, name_len, ver, ver ? ver_len : 0, &merr)) {
-    ex->route = ROUTE_UNKNOWN_MODEL;
-    snprintf(ex->model_msg, sizeof ex->model_msg, "%.200s", merr.message);
-  } else {
-    ex->route = tail;
+    if (!is_model || strcmp(m.tail, r->path + sizeof model_prefix - 1))
+      continue;
+    circle_error merr;
+    if (circle__oip_model_check(m.name, m.name_len, m.ver, m.ver_len, &merr)) {
+      ex->route = &unknown_model;
+      snprintf(ex->model_msg, sizeof ex->model_msg, "%.200s", merr.message);
+    } else {
+      ex->route = r;
+    }
+    return;
   }
 }
 
-static bool route_is_open(route_id r) {
-  return r == ROUTE_HEALTHZ || r == ROUTE_READYZ || r == ROUTE_V2_LIVE ||
-         r == ROUTE_V2_READY;
-}
-
-static bool route_is_compute(route_id r) {
-  return r == ROUTE_V1_LOSS || r == ROUTE_V2_INFER;
-}
-
-static bool method_allowed(route_id r, const char *method) {
-  if (route_is_compute(r)) return !strcmp(method, MHD_HTTP_METHOD_POST);
-  return !strcmp(method, MHD_HTTP_METHOD_GET) ||
-         !strcmp(method, MHD_HTTP_METHOD_HEAD);
+static bool method_allowed(const route *r, const char *method) {
+  size_t n = strlen(method);
+  for (const char *p = r->methods; *p;) {
+    size_t k = strcspn(p, ",");
+    if (k == n && !strncmp(p, method, n)) return true;
+    p += k;
+    p += strspn(p, ", ");
+  }
+  return false;
 }
 
 /* ======================================================================== */
@@ -218,7 +250,7 @@ enum MHD_Result circle__http_first_call(struct exchange *ex, const char *url,
                                         const char *version) {
   circle_http *srv = ex->srv;
   circle_error err;
-  route(ex, url);
+  route_request(ex, url);
 
   /* Framing comes first: a request whose extent is in doubt is answered
    * and its connection closed before anything else is read of it. */
@@ -228,19 +260,19 @@ enum MHD_Result circle__http_first_call(struct exchange *ex, const char *url,
   }
 
   /* Auth comes before 404 and 405 so that the routes are not revealed. */
-  if (!route_is_open(ex->route) && !authorized(ex)) {
+  if (!ex->route->open && !authorized(ex)) {
     circle_error_set(&err, 401, "unauthorized",
                      "missing or wrong bearer token: send the header "
                      "'Authorization: Bearer <key>'");
     return refuse(ex, &err);
   }
-  if (ex->route == ROUTE_NOT_FOUND) {
+  if (ex->route == &not_found) {
     circle_error_set(&err, 404, "not_found",
                      "no endpoint at %.100s; see GET /v2 and POST /v1/loss",
                      ex->url);
     return refuse(ex, &err);
   }
-  if (ex->route == ROUTE_UNKNOWN_MODEL) {
+  if (ex->route == &unknown_model) {
     circle_error_set(&err, 404, "not_found", "%s", ex->model_msg);
     return refuse(ex, &err);
   }
@@ -250,7 +282,7 @@ enum MHD_Result circle__http_first_call(struct exchange *ex, const char *url,
                      ex->url, circle__http_route_allow(ex->route));
     return refuse(ex, &err);
   }
-  if (!route_is_compute(ex->route)) {
+  if (!ex->route->compute) {
     ex->pending = PENDING_GET;
     return MHD_YES;
   }
@@ -309,7 +341,7 @@ enum MHD_Result circle__http_first_call(struct exchange *ex, const char *url,
     }
   }
 
-  if (ex->route == ROUTE_V2_INFER) {
+  if (ex->route->compute == COMPUTE_OIP) {
     const char *ih = MHD_lookup_connection_value(
         c, MHD_HEADER_KIND, "Inference-Header-Content-Length");
     if (ih) {

@@ -102,6 +102,8 @@ struct circle_engine {
   size_t lent_bytes;
 };
 
+/* Runs blocks of l until none is left or the loop is cancelled. Called with
+ * e->mu released: blocks are claimed through l->next_block alone. */
 static void run_blocks(loop *l, unsigned ith) {
   for (;;) {
     if (l->cancelled &&
@@ -115,6 +117,8 @@ static void run_blocks(loop *l, unsigned ith) {
   }
 }
 
+/* Unlinks h from e->helpers and marks it no longer queued. Called with
+ * e->mu held. */
 static void unlink_helper(circle_engine *e, helper *h) {
   if (h->prev) h->prev->next = h->next; else e->helpers = h->next;
   if (h->next) h->next->prev = h->prev;
@@ -122,7 +126,8 @@ static void unlink_helper(circle_engine *e, helper *h) {
   h->queued = false;
 }
 
-/* Unlinks the first job of *head / *tail; NULL when empty. Under e->mu. */
+/* Unlinks the first job of *head / *tail; NULL when empty. Called with
+ * e->mu held. */
 static job *pop_job(circle_engine *e, job **head, job **tail) {
   job *j = *head;
   if (j == NULL) return NULL;
@@ -132,7 +137,8 @@ static job *pop_job(circle_engine *e, job **head, job **tail) {
   return j;
 }
 
-/* Runs j with e->mu released (held on entry and return), frees it. */
+/* Runs j with e->mu released, frees it. Called with e->mu held, and
+ * returns with it held again. */
 static void run_job(circle_engine *e, job *j) {
   pthread_mutex_unlock(&e->mu);
   tl_job = j;
@@ -356,7 +362,8 @@ int circle_engine_submit_job(circle_engine *e, void (*fn)(void *arg),
 /* The largest buffer kept between calls: CIRCLE__SCRATCH_CACHE_MAX, or
  * materialize_bytes and an eighth more (the rest of a call's scratch) when
  * that is larger, so a call whose similarity matrix is kept whole does not
- * map and fault it in again on every call. */
+ * map and fault it in again on every call. Its callers hold e->mu; it
+ * needs none (e->opts is fixed at init). */
 static size_t scratch_keep_max(const circle_engine *e) {
   size_t mb = e->opts.materialize_bytes;
   size_t keep = mb > SIZE_MAX / 9 * 8 ? SIZE_MAX : mb + mb / 8;

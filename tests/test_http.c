@@ -436,6 +436,48 @@ START_TEST(http_should_405_with_allow) {
 }
 END_TEST
 
+/* Vary: Accept-Encoding on every answer of a compute route (its body may
+ * be compressed), errors included, and on no other route. */
+START_TEST(http_should_vary_on_accept_encoding_on_compute_routes_only) {
+  char *v1 = v1_body(4, 3, 1, NULL);
+  static const struct {
+    const char *method, *path;
+    bool body, vary;
+  } cases[] = {
+      {"POST", "/v1/loss", true, true},
+      {"POST", "/v1/loss", false, true},
+      {"GET", "/v1/loss", false, true},
+      {"POST", "/v2/models/circle/infer", false, true},
+      {"POST", "/v2/models/circle/versions/1/infer", false, true},
+      {"GET", "/healthz", false, false},
+      {"GET", "/config", false, false},
+      {"GET", "/v2/models/circle", false, false},
+      {"GET", "/v2/health/ready", false, false},
+      {"POST", "/healthz", false, false},
+      {"GET", "/nowhere", false, false},
+      {"GET", "/v2/models/other/infer", false, false},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    td_resp r;
+    req(&g_d, cases[i].method, cases[i].path, cases[i].body ? v1 : NULL, &r);
+    ck_assert_msg(r.status >= 200, "%s %s: no answer", cases[i].method,
+                  cases[i].path);
+    char vary[64];
+    const char *got = td_header(&r, "Vary", vary, sizeof vary);
+    if (cases[i].vary) {
+      ck_assert_msg(got != NULL, "%s %s (%ld): no Vary", cases[i].method,
+                    cases[i].path, r.status);
+      ck_assert_str_eq(vary, "Accept-Encoding");
+    } else {
+      ck_assert_msg(got == NULL, "%s %s (%ld): Vary %s", cases[i].method,
+                    cases[i].path, r.status, vary);
+    }
+    td_resp_free(&r);
+  }
+  free(v1);
+}
+END_TEST
+
 START_TEST(http_should_answer_head_without_body) {
   td_resp r;
   req(&g_d, "HEAD", "/config", NULL, &r);
@@ -2569,6 +2611,7 @@ static Suite *http_suite(void) {
   tcase_add_test(shared, http_should_404_unknown_model_like_triton);
   tcase_add_test(shared, http_should_404_unknown_paths_in_each_family);
   tcase_add_test(shared, http_should_405_with_allow);
+  tcase_add_test(shared, http_should_vary_on_accept_encoding_on_compute_routes_only);
   tcase_add_test(shared, http_should_answer_head_without_body);
   tcase_add_test(shared, http_should_keep_connections_alive);
   tcase_add_test(shared, http_should_compute_v1_loss_like_the_engine);
