@@ -324,14 +324,15 @@ VALGRIND := valgrind --leak-check=full --show-leak-kinds=definite,indirect,possi
 VALGRIND_SECONDS ?= 20
 # `make tsan`: the suites that run threads against each other -- the engine
 # pool (test_pool: jobs, short jobs, cancellation; test_loss: computations
-# on several threads), the metrics registry (test_metrics) and the daemon
+# on several threads; test_retrieval: the retrieval figures on several
+# threads), the metrics registry (test_metrics) and the daemon
 # itself (test_http: concurrent requests, suspend/resume, the reaper,
 # drains) -- built with ThreadSanitizer, circled included, then the gRPC
 # tests (tests/py/test_grpc.py) against the TSan circled and a 20 s soak of
 # it at 64 connections and 8 gRPC clients. Any report fails; reports inside
 # gRPC core and abseil, which are not built with TSan, are suppressed
 # (tests/tsan.supp says why).
-TSAN_TESTS := test_pool test_loss test_metrics test_http
+TSAN_TESTS := test_pool test_loss test_retrieval test_metrics test_http
 .PHONY: tsan
 tsan: deps-c deps-py
 	$(MAKE) SAN=thread all $(TSAN_TESTS:%=build/tsan/tests/%)

@@ -12,12 +12,12 @@
  * figures and with the stats asked for too, timed in interleaved rounds,
  * and what each adds in per cent.
  *
- * --threads T runs only that thread count; --cpu times with the process'
+ * --threads T runs only that thread count, --float32 only that dtype; --cpu times with the process'
  * CPU clock instead of the wall clock (meaningful with --threads 1 on a
  * machine other work shares).
  *
  * Usage: bench_loss [--quick] [--stats] [--extras] [--no-baseline] [--cpu]
- *                   [--threads T] [--n N,...] [--d D,...] [--reps R]
+ *                   [--threads T] [--float32] [--n N,...] [--d D,...] [--reps R]
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -114,11 +114,14 @@ int main(int argc, char **argv) {
   int reps = 5;
   bool stats = false, baseline = true, extras = false;
   unsigned only_threads = 0;
+  bool f32_only = false;
   for (int a = 1; a < argc; a++) {
     if (!strcmp(argv[a], "--stats")) {
       stats = true;
     } else if (!strcmp(argv[a], "--extras")) {
       extras = true;
+    } else if (!strcmp(argv[a], "--float32")) {
+      f32_only = true;
     } else if (!strcmp(argv[a], "--cpu")) {
       bench_clock = CLOCK_PROCESS_CPUTIME_ID; /* use with --threads 1 */
     } else if (!strcmp(argv[a], "--threads") && a + 1 < argc) {
@@ -136,7 +139,7 @@ int main(int argc, char **argv) {
       reps = atoi(argv[++a]);
     } else {
       fprintf(stderr, "usage: %s [--quick] [--stats] [--extras] [--no-baseline] [--cpu] "
-                      "[--threads T] [--n N,..] [--d D,..] [--reps R]\n",
+                      "[--threads T] [--float32] [--n N,..] [--d D,..] [--reps R]\n",
               argv[0]);
       return 2;
     }
@@ -193,7 +196,7 @@ int main(int argc, char **argv) {
         openblas_set_num_threads(1);
         double sg = greps ? median(tg, greps) : 0;
         double dg = dreps ? median(td, dreps) : 0;
-        for (int dt = 0; dt < (baseline ? 2 : 1); dt++) {
+        for (int dt = 0; dt < (baseline && !f32_only ? 2 : 1); dt++) {
           circle_config cfg;
           circle_config_init(&cfg);
           cfg.dtype = dt ? CIRCLE_DTYPE_FLOAT64 : CIRCLE_DTYPE_FLOAT32;
