@@ -11,7 +11,8 @@ import os
 
 import numpy as np
 
-OUT_LOSS, OUT_PER_SAMPLE, OUT_GRAD, OUT_REF_GRAD, OUT_STATS = 1, 2, 4, 8, 16
+OUT_LOSS, OUT_PER_SAMPLE, OUT_GRAD, OUT_REF_GRAD, OUT_STATS, OUT_RETRIEVAL = \
+    1, 2, 4, 8, 16, 32
 REDUCTIONS = {"sum_over_batch_size": 0, "sum": 1, "mean": 2,
               "mean_with_sample_weight": 3, "none": 4}
 
@@ -19,7 +20,8 @@ REDUCTIONS = {"sum_over_batch_size": 0, "sum": 1, "mean": 2,
 class Config(C.Structure):
     _fields_ = [("gamma", C.c_double), ("margin", C.c_double),
                 ("remove_diagonal", C.c_bool), ("reduction", C.c_int),
-                ("dtype", C.c_int), ("normalize", C.c_bool)]
+                ("dtype", C.c_int), ("half", C.c_int),
+                ("normalize", C.c_bool)]
 
 
 class Input(C.Structure):

@@ -264,7 +264,11 @@ typedef struct {
   size_t block_rows;        /* rows per work item; 0 = automatic */
   size_t materialize_bytes; /* largest n*m similarity matrix kept whole
                                (faster); above it the engine streams row
-                               blocks. 0 = 256 MiB */
+                               blocks, and a self-referenced batch keeps
+                               lower-triangle strips for its gradient pass
+                               within this budget (and an eighth more,
+                               the rest of the scratch included).
+                               0 = 256 MiB */
 } circle_engine_opts;
 
 /* Creates an engine with its thread pool (opts.threads compute threads and
