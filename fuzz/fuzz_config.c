@@ -39,7 +39,8 @@ static void parse_once(const cJSON *root, size_t name_len) {
   if (rc != 0) {
     FUZZ_CHECK(rc < 0, "rc %d", rc);
     fuzz_check_error(&err);
-    FUZZ_CHECK(err.http_status == 400, "status %d", err.http_status);
+    FUZZ_CHECK(circle_error_http(err.kind) == 400, "status %d",
+               circle_error_http(err.kind));
     FUZZ_CHECK(memcmp(&cfg, &before, sizeof cfg) == 0,
                "the config changed on failure");
     FUZZ_CHECK(memcmp(name, name_before, sizeof name) == 0,

@@ -76,7 +76,7 @@ static int parse_fn(const cJSON *fn, circle_error *err) {
         strcmp(f[2].item->valuestring, "circle") == 0)
       return 0;
   }
-  return circle_error_set(err, 400, "bad_config",
+  return circle_error_set(err, CIRCLE_ERR_BAD_CONFIG,
                           "config.fn must be \"circle\" (or Keras' "
                           "serialization of it); this service computes only "
                           "the circle loss");
@@ -102,7 +102,7 @@ static int parse_policy_name(const cJSON *it, const char *field,
     return 0;
   char q[80];
   describe(it, q, sizeof(q));
-  return circle_error_set(err, 400, "bad_config", "%s is %s; expected %s",
+  return circle_error_set(err, CIRCLE_ERR_BAD_CONFIG, "%s is %s; expected %s",
                           field, q, dtype_list);
 }
 
@@ -119,7 +119,7 @@ static int parse_dtype(const cJSON *it, circle_config *c, circle_error *err) {
   const cJSON *cls = f[1].item, *conf = f[2].item;
   for (int k = 0; k < 4; k += 3)
     if (f[k].item && !cJSON_IsNull(f[k].item) && !cJSON_IsString(f[k].item))
-      return circle_error_set(err, 400, "bad_config",
+      return circle_error_set(err, CIRCLE_ERR_BAD_CONFIG,
                               "config.dtype.%s is %s; expected a string or "
                               "null (config.dtype takes %s)",
                               f[k].name, circle__json_kind(f[k].item),
@@ -129,13 +129,13 @@ static int parse_dtype(const cJSON *it, circle_config *c, circle_error *err) {
     char q[80];
     if (cls) describe(cls, q, sizeof(q));
     else snprintf(q, sizeof(q), "missing");
-    return circle_error_set(err, 400, "bad_config",
+    return circle_error_set(err, CIRCLE_ERR_BAD_CONFIG,
                             "config.dtype.class_name is %s; expected "
                             "\"DTypePolicy\" (config.dtype takes %s)",
                             q, dtype_list);
   }
   if (!cJSON_IsObject(conf))
-    return circle_error_set(err, 400, "bad_config",
+    return circle_error_set(err, CIRCLE_ERR_BAD_CONFIG,
                             "config.dtype.config is %s; expected an object "
                             "{\"name\": ...} (config.dtype takes %s)",
                             conf ? circle__json_kind(conf) : "missing",
@@ -153,11 +153,11 @@ int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
   const cJSON *obj = cjson_object;
   if (obj == NULL || cfg == NULL || err == NULL ||
       (name == NULL && name_len != 0))
-    return err ? circle_error_set(err, 500, "internal",
+    return err ? circle_error_set(err, CIRCLE_ERR_INTERNAL,
                                   "circle_json_config_parse: bad argument")
                : CIRCLE_EINVAL;
   if (!cJSON_IsObject(obj))
-    return circle_error_set(err, 400, "bad_config",
+    return circle_error_set(err, CIRCLE_ERR_BAD_CONFIG,
                             "config is %s; expected an object like Keras' "
                             "Circle.get_config()",
                             circle__json_kind(obj));
@@ -176,18 +176,18 @@ int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
 
   if ((it = f[CF_NAME].item) != NULL && !cJSON_IsNull(it)) {
     if (!cJSON_IsString(it))
-      return circle_error_set(err, 400, "bad_config",
+      return circle_error_set(err, CIRCLE_ERR_BAD_CONFIG,
                               "config.name is %s; expected a string",
                               circle__json_kind(it));
     /* The name is echoed in get_config(): it must come back as sent, and
      * bytes that are not UTF-8 would come back as U+FFFD. */
     if (!circle__utf8_valid(it->valuestring))
-      return circle_error_set(err, 400, "bad_config",
+      return circle_error_set(err, CIRCLE_ERR_BAD_CONFIG,
                               "config.name is not valid UTF-8; send the name "
                               "as UTF-8 text");
     size_t l = strlen(it->valuestring);
     if (l == 0 || l >= sizeof(nm) || l >= name_len)
-      return circle_error_set(err, 400, "bad_config",
+      return circle_error_set(err, CIRCLE_ERR_BAD_CONFIG,
                               "config.name has %zu bytes; expected 1 to %zu",
                               l, (name_len < sizeof(nm) ? name_len : sizeof(nm)) - 1);
     memcpy(nm, it->valuestring, l + 1);
@@ -200,18 +200,18 @@ int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
                circle_reduction_parse(it->valuestring, &c.reduction) != 0) {
       char q[80];
       describe(it, q, sizeof(q));
-      return circle_error_set(err, 400, "bad_config",
+      return circle_error_set(err, CIRCLE_ERR_BAD_CONFIG,
                               "config.reduction is %s; expected %s", q,
                               reduction_list);
     }
   }
   if ((it = f[CF_GAMMA].item) != NULL) {
     if (!cJSON_IsNumber(it))
-      return circle_error_set(err, 400, "bad_config",
+      return circle_error_set(err, CIRCLE_ERR_BAD_CONFIG,
                               "config.gamma is %s; expected a number > 0",
                               circle__json_kind(it));
     if (!(it->valuedouble > 0) || !isfinite(it->valuedouble))
-      return circle_error_set(err, 400, "bad_config",
+      return circle_error_set(err, CIRCLE_ERR_BAD_CONFIG,
                               "config.gamma is %s; expected a finite number "
                               "> 0 (Keras' default is 80.0)",
                               circle__short_number(vb, it->valuedouble));
@@ -219,29 +219,29 @@ int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
   }
   if ((it = f[CF_MARGIN].item) != NULL) {
     if (!cJSON_IsNumber(it))
-      return circle_error_set(err, 400, "bad_config",
+      return circle_error_set(err, CIRCLE_ERR_BAD_CONFIG,
                               "config.margin is %s; expected a number",
                               circle__json_kind(it));
     if (!isfinite(it->valuedouble))
-      return circle_error_set(err, 400, "bad_config",
+      return circle_error_set(err, CIRCLE_ERR_BAD_CONFIG,
                               "config.margin overflows a double; expected a "
                               "finite number (Keras' default is 0.4)");
     c.margin = it->valuedouble;
   }
   if ((it = f[CF_REMOVE_DIAGONAL].item) != NULL &&
       circle__bool_parse(it, &c.remove_diagonal, "config.remove_diagonal",
-                         "bad_config", err) != 0)
+                         CIRCLE_ERR_BAD_CONFIG, err) != 0)
     return CIRCLE_EINVAL;
   if ((it = f[CF_DTYPE].item) != NULL && parse_dtype(it, &c, err) != 0)
     return CIRCLE_EINVAL;
   if ((it = f[CF_FN].item) != NULL && parse_fn(it, err) != 0)
     return CIRCLE_EINVAL;
   if ((it = f[CF_NORMALIZE].item) != NULL &&
-      circle__bool_parse(it, &c.normalize, "config.normalize", "bad_config",
-                         err) != 0)
+      circle__bool_parse(it, &c.normalize, "config.normalize",
+                         CIRCLE_ERR_BAD_CONFIG, err) != 0)
     return CIRCLE_EINVAL;
   if (circle_config_validate(&c) != 0)
-    return circle_error_set(err, 400, "bad_config",
+    return circle_error_set(err, CIRCLE_ERR_BAD_CONFIG,
                             "config is out of range (gamma must be > 0 and "
                             "finite, margin finite)");
   *cfg = c;
@@ -297,7 +297,7 @@ typedef struct {
 } decoder;
 
 static int missing(circle_error *err, const char *field, const char *what) {
-  return circle_error_set(err, 400, "missing_field",
+  return circle_error_set(err, CIRCLE_ERR_MISSING_FIELD,
                           "%s is missing; expected %s", field, what);
 }
 
@@ -305,7 +305,7 @@ static int missing(circle_error *err, const char *field, const char *what) {
 static int array_len(const cJSON *a, const char *field, const char *what,
                      size_t *out, circle_error *err) {
   if (!cJSON_IsArray(a))
-    return circle_error_set(err, 400, "wrong_type", "%s is %s; expected %s",
+    return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE, "%s is %s; expected %s",
                             field, circle__json_kind(a), what);
   size_t n = 0;
   const cJSON *it;
@@ -328,7 +328,7 @@ static int parse_labels(decoder *dc, const cJSON *arr, const char *field,
     if (cJSON_IsNumber(it)) kind = KIND_INT;
     else if (cJSON_IsString(it)) kind = KIND_STRING;
     else
-      return circle_error_set(err, 400, "bad_label",
+      return circle_error_set(err, CIRCLE_ERR_BAD_LABEL,
                               "%s[%zu] is %s; labels must be integers or "
                               "strings",
                               field, i, circle__json_kind(it));
@@ -337,7 +337,7 @@ static int parse_labels(decoder *dc, const cJSON *arr, const char *field,
       first_field = field;
     } else if (dc->kind != kind) {
       return circle_error_set(
-          err, 400, "bad_label",
+          err, CIRCLE_ERR_BAD_LABEL,
           "%s[%zu] is %s but %s[0] is %s; use integers or strings for all "
           "labels and ref_labels, not both",
           field, i, kind == KIND_INT ? "a number" : "a string", first_field,
@@ -345,13 +345,13 @@ static int parse_labels(decoder *dc, const cJSON *arr, const char *field,
     }
     if (kind == KIND_STRING) {
       if (!circle__labels_add(&dc->strings, it->valuestring, &out[i]))
-        return circle_error_set(err, 503, "overloaded",
+        return circle_error_set(err, CIRCLE_ERR_OVERLOADED,
                                 "out of memory reading %s; retry later", field);
     } else {
       double v = it->valuedouble;
       if (fabs(v) < EXACT_INT_LIMIT) {
         if (v != trunc(v))
-          return circle_error_set(err, 400, "bad_label",
+          return circle_error_set(err, CIRCLE_ERR_BAD_LABEL,
                                   "%s[%zu] is %s; labels must be integers or "
                                   "strings",
                                   field, i, circle__short_number(vb, v));
@@ -370,17 +370,17 @@ static int parse_labels(decoder *dc, const cJSON *arr, const char *field,
     if (circle__json_locate(dc->body, dc->len, path, 1, &off))
       rc = circle__json_read_int64s(dc->body, dc->len, off, out, n, &bad);
     if (rc == CIRCLE__INT_RANGE)
-      return circle_error_set(err, 400, "bad_label",
+      return circle_error_set(err, CIRCLE_ERR_BAD_LABEL,
                               "%s[%zu] is outside the int64 range; send "
                               "integers in [-2^63, 2^63) or strings",
                               field, bad);
     if (rc == CIRCLE__INT_NOT_INTEGER)
-      return circle_error_set(err, 400, "bad_label",
+      return circle_error_set(err, CIRCLE_ERR_BAD_LABEL,
                               "%s[%zu] is not an integer; labels must be "
                               "integers or strings",
                               field, bad);
     if (rc != CIRCLE__INT_OK)
-      return circle_error_set(err, 400, "bad_label",
+      return circle_error_set(err, CIRCLE_ERR_BAD_LABEL,
                               "%s holds integers too large to read exactly; "
                               "send them as strings",
                               field);
@@ -407,12 +407,12 @@ static int non_finite(circle_error *err, const char *field, size_t r,
   else snprintf(idx, sizeof(idx), "%s[%zu]", field, r);
   if (isfinite(v)) {
     char vb[40];
-    return circle_error_set(err, 400, "non_finite",
+    return circle_error_set(err, CIRCLE_ERR_NON_FINITE,
                             "%s is %s, which overflows float32; use config "
                             "dtype \"float64\" or rescale the values",
                             idx, circle__short_number(vb, v));
   }
-  return circle_error_set(err, 400, "non_finite",
+  return circle_error_set(err, CIRCLE_ERR_NON_FINITE,
                           "%s overflows to infinity; every number must be "
                           "finite",
                           idx);
@@ -426,14 +426,14 @@ static int narrow_half(circle_error *err, const circle_config *cfg, void **arr,
   size_t k = 0;
   int rc = circle__half_narrow_array(cfg->half, arr, rows * d, &k);
   if (rc == CIRCLE_ENOMEM)
-    return circle_error_set(err, 503, "overloaded",
+    return circle_error_set(err, CIRCLE_ERR_OVERLOADED,
                             "out of memory for %s; retry later", field);
   if (rc != 0) {
     char idx[64], vb[40];
     double v = ((const double *)*arr)[k];
     if (two_d) snprintf(idx, sizeof(idx), "%s[%zu][%zu]", field, k / d, k % d);
     else snprintf(idx, sizeof(idx), "%s[%zu]", field, k);
-    return circle_error_set(err, 400, "non_finite",
+    return circle_error_set(err, CIRCLE_ERR_NON_FINITE,
                             "%s is %s, beyond %s's largest finite value %g; "
                             "use config dtype \"float32\" or rescale the "
                             "values",
@@ -469,17 +469,17 @@ static int parse_matrix(decoder *dc, size_t off, const char *field,
   circle__json_iter_init(&it, t, tl, off);
   if (dd == 0) {
     if (!circle__json_iter_next(&it, &at) || t[at] != '[')
-      return circle_error_set(err, 400, "wrong_type",
+      return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                               "%s[0] is %s; expected an array of numbers",
                               field, circle__json_text_kind(t, tl, at));
     dd = text_count(t, tl, at);
     if (dd == 0)
-      return circle_error_set(err, 400, "shape_mismatch",
+      return circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                               "%s[0] is empty; each row needs at least one "
                               "number",
                               field);
     if (dd > dc->lim->max_d)
-      return circle_error_set(err, 413, "limit_exceeded",
+      return circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
                               "%s[0] has %zu numbers; the dimension limit D "
                               "is %zu",
                               field, dd, dc->lim->max_d);
@@ -487,13 +487,13 @@ static int parse_matrix(decoder *dc, size_t off, const char *field,
   }
   while (circle__json_iter_next(&it, &at)) {
     if (t[at] != '[')
-      return circle_error_set(err, 400, "wrong_type",
+      return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                               "%s[%zu] is %s; expected an array of %zu "
                               "numbers",
                               field, r, circle__json_text_kind(t, tl, at), dd);
     size_t have = text_count(t, tl, at);
     if (have != dd) /* within one matrix: ragged; against another: D */
-      return circle_error_set(err, 400, *d ? "shape_mismatch" : "ragged_rows",
+      return circle_error_set(err, *d ? CIRCLE_ERR_SHAPE_MISMATCH : CIRCLE_ERR_RAGGED_ROWS,
                               "%s[%zu] has %zu numbers; expected %zu like %s",
                               field, r, have, dd, like);
     r++;
@@ -502,11 +502,11 @@ static int parse_matrix(decoder *dc, size_t off, const char *field,
   uint64_t total;
   if (!circle__mul_u64(rows, dd, &total) || !circle__mul_u64(total, esz, &total) ||
       total > SIZE_MAX)
-    return circle_error_set(err, 413, "limit_exceeded",
+    return circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
                             "%s is too large (%zu x %zu)", field, rows, dd);
   void *m = malloc(total ? (size_t)total : 1);
   if (m == NULL)
-    return circle_error_set(err, 503, "overloaded",
+    return circle_error_set(err, CIRCLE_ERR_OVERLOADED,
                             "out of memory for %s (%zu x %zu); retry later or "
                             "send a smaller batch",
                             field, rows, dd);
@@ -522,7 +522,7 @@ static int parse_matrix(decoder *dc, size_t off, const char *field,
        * some other value. */
       if (circle__json_fast_number(t + at, t + tl, &v) == 0) {
         free(m);
-        return circle_error_set(err, 400, "wrong_type",
+        return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                                 "%s[%zu][%zu] is %s; expected a number",
                                 field, r, c, circle__json_text_kind(t, tl, at));
       }
@@ -553,7 +553,7 @@ static int parse_outputs(const cJSON *a, bool has_ref, unsigned *want,
       "\"loss\", \"per_sample_loss\", \"embeddings_grad\", "
       "\"ref_embeddings_grad\", \"stats\"";
   if (!cJSON_IsArray(a))
-    return circle_error_set(err, 400, "bad_output",
+    return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                             "outputs is %s; expected an array of names from "
                             "%s",
                             circle__json_kind(a), list);
@@ -562,7 +562,7 @@ static int parse_outputs(const cJSON *a, bool has_ref, unsigned *want,
   const cJSON *it;
   cJSON_ArrayForEach(it, a) {
     if (!cJSON_IsString(it))
-      return circle_error_set(err, 400, "bad_output",
+      return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                               "outputs[%zu] is %s; expected one of %s", i,
                               circle__json_kind(it), list);
     size_t k;
@@ -571,16 +571,16 @@ static int parse_outputs(const cJSON *a, bool has_ref, unsigned *want,
     char q[72];
     circle__json_quote(q, sizeof(q), it->valuestring, 64);
     if (k == sizeof(names) / sizeof(names[0]))
-      return circle_error_set(err, 400, "bad_output",
+      return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                               "outputs[%zu] is \"%s\"; expected one of %s", i,
                               q, list);
     if (w & names[k].bit)
-      return circle_error_set(err, 400, "bad_output",
+      return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                               "outputs[%zu] repeats \"%s\"; name each output "
                               "once",
                               i, q);
     if (names[k].bit == CIRCLE_OUT_REF_GRAD && !has_ref)
-      return circle_error_set(err, 400, "bad_output",
+      return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                               "outputs[%zu] asks for \"ref_embeddings_grad\" "
                               "but the request has no reference set; send "
                               "ref_labels and ref_embeddings",
@@ -589,7 +589,7 @@ static int parse_outputs(const cJSON *a, bool has_ref, unsigned *want,
     i++;
   }
   if (w == 0)
-    return circle_error_set(err, 400, "bad_output",
+    return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                             "outputs is empty; name at least one of %s (or "
                             "leave outputs out for all)",
                             list);
@@ -605,7 +605,7 @@ static int take_fast_matrix(decoder *dc, circle__json_fast_matrix *fm,
                             void **out) {
   if (!fm->found || fm->rows != rows || fm->d > dc->lim->max_d ||
       (*d && fm->d != *d))
-    return circle_error_set(dc->err, 400, "shape_mismatch", "fast path");
+    return circle_error_set(dc->err, CIRCLE_ERR_SHAPE_MISMATCH, "fast path");
   size_t count = rows * fm->d;
   if (dt == CIRCLE_DTYPE_FLOAT32) {
     /* In place, front to back: float i overwrites bytes of double i / 2,
@@ -616,7 +616,7 @@ static int take_fast_matrix(decoder *dc, circle__json_fast_matrix *fm,
       memcpy(&v, bytes + i * sizeof(double), sizeof v);
       float f = (float)v;
       if (!isfinite(f))
-        return circle_error_set(dc->err, 400, "non_finite", "fast path");
+        return circle_error_set(dc->err, CIRCLE_ERR_NON_FINITE, "fast path");
       memcpy(bytes + i * sizeof f, &f, sizeof f);
     }
     void *shrunk = realloc(fm->v, count * sizeof(float));
@@ -676,7 +676,7 @@ static int decode_slow(const char *body, size_t len,
       if (emb || ref) {
         /* Every copy of the key is cut; the tree then reports a repeat. */
         if (nspans == sizeof spans / sizeof *spans / 2)
-          return circle_error_set(err, 400, "duplicate_key",
+          return circle_error_set(err, CIRCLE_ERR_DUPLICATE_KEY,
                                   "duplicate key \"%s\" in the request body; "
                                   "send each key once",
                                   key);
@@ -696,7 +696,7 @@ static int decode_slow(const char *body, size_t len,
       size_t k = text_count(body, len, at);
       if (k > cap)
         return circle_error_set(
-            err, 413, "limit_exceeded", "%s has %zu %s; the %s limit %s is %zu",
+            err, CIRCLE_ERR_LIMIT_EXCEEDED, "%s has %zu %s; the %s limit %s is %zu",
             key, k, strcmp(key, "sample_weight") ? "rows" : "numbers",
             strcmp(key, "ref_labels") ? "batch" : "reference",
             strcmp(key, "ref_labels") ? "N" : "M", cap);
@@ -705,7 +705,7 @@ static int decode_slow(const char *body, size_t len,
   char *copy;
   size_t copy_len;
   if (!circle__json_cut(body, len, spans, nspans, &copy, &copy_len))
-    return circle_error_set(err, 503, "overloaded",
+    return circle_error_set(err, CIRCLE_ERR_OVERLOADED,
                             "out of memory reading the request; retry later");
   int rc = decode(copy, copy_len, defaults, default_name, lim, req, err, NULL,
                   &cut);
@@ -723,7 +723,7 @@ int circle_json_decode(const char *body, size_t len,
                        const circle_limits *lim, circle_request *req,
                        circle_error *err) {
   if (req == NULL || err == NULL || lim == NULL || (body == NULL && len)) {
-    if (err) circle_error_set(err, 500, "internal", "circle_json_decode: bad argument");
+    if (err) circle_error_set(err, CIRCLE_ERR_INTERNAL, "circle_json_decode: bad argument");
     return CIRCLE_EINVAL;
   }
   if (body == NULL) body = "";
@@ -758,7 +758,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
   int rc = CIRCLE_EINVAL;
 
   if (!cJSON_IsObject(root)) {
-    circle_error_set(err, 400, "wrong_type",
+    circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                      "the body is %s; expected a JSON object with labels and "
                      "embeddings",
                      circle__json_kind(root));
@@ -782,7 +782,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
   if (f[F_NORMALIZE].item) {
     const cJSON *it = f[F_NORMALIZE].item;
     if (!cJSON_IsBool(it)) {
-      circle_error_set(err, 400, "wrong_type",
+      circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                        "normalize is %s; expected true or false",
                        circle__json_kind(it));
       goto fail;
@@ -792,7 +792,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
                                                              "normalize")
                           : NULL;
     if (cn && cJSON_IsTrue(cn) != cJSON_IsTrue(it)) {
-      circle_error_set(err, 400, "bad_config",
+      circle_error_set(err, CIRCLE_ERR_BAD_CONFIG,
                        "normalize is %s but config.normalize is %s; give it "
                        "once",
                        cJSON_IsTrue(it) ? "true" : "false",
@@ -823,12 +823,12 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
                 &n, err) != 0)
     goto fail;
   if (n == 0) {
-    circle_error_set(err, 400, "empty_batch",
+    circle_error_set(err, CIRCLE_ERR_EMPTY_BATCH,
                      "labels is empty; send at least one row");
     goto fail;
   }
   if (n > lim->max_n) {
-    circle_error_set(err, 413, "limit_exceeded",
+    circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
                      "labels has %zu rows; the batch limit N is %zu", n,
                      lim->max_n);
     goto fail;
@@ -840,14 +840,14 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
   if (fb) rows = fb->emb.rows;
   else if (cut && cut->emb) rows = text_count(cut->text, cut->len, cut->emb_off);
   if (rows != n) {
-    circle_error_set(err, 400, rows == 0 ? "empty_batch" : "shape_mismatch",
+    circle_error_set(err, rows == 0 ? CIRCLE_ERR_EMPTY_BATCH : CIRCLE_ERR_SHAPE_MISMATCH,
                      "embeddings has %zu rows; expected %zu, one per label",
                      rows, n);
     goto fail;
   }
   const cJSON *rl = f[F_REF_LABELS].item, *re = f[F_REF_EMBEDDINGS].item;
   if ((rl == NULL) != (re == NULL)) {
-    circle_error_set(err, 400, "half_reference",
+    circle_error_set(err, CIRCLE_ERR_HALF_REFERENCE,
                      "%s is given without %s; send both ref_labels and "
                      "ref_embeddings, or neither",
                      rl ? "ref_labels" : "ref_embeddings",
@@ -866,19 +866,19 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
     if (fb) mrows = fb->ref.found ? fb->ref.rows : 0;
     else if (cut && cut->ref) mrows = text_count(cut->text, cut->len, cut->ref_off);
     if (m == 0) {
-      circle_error_set(err, 400, "empty_batch",
+      circle_error_set(err, CIRCLE_ERR_EMPTY_BATCH,
                        "ref_labels is empty; send at least one reference row "
                        "or leave the reference set out");
       goto fail;
     }
     if (m > lim->max_m) {
-      circle_error_set(err, 413, "limit_exceeded",
+      circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
                        "ref_labels has %zu rows; the reference limit M is %zu",
                        m, lim->max_m);
       goto fail;
     }
     if (mrows != m) {
-      circle_error_set(err, 400, "shape_mismatch",
+      circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                        "ref_embeddings has %zu rows; expected %zu, one per "
                        "ref label",
                        mrows, m);
@@ -887,7 +887,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
   }
   uint64_t pairs;
   if (!circle__mul_u64(n, r.has_ref ? m : n, &pairs) || pairs > lim->max_pairs) {
-    circle_error_set(err, 413, "limit_exceeded",
+    circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
                      "%zu x %zu = %llu pairs exceeds the work limit of %llu "
                      "pairs; send a smaller batch",
                      n, r.has_ref ? m : n,
@@ -906,7 +906,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
   r.labels = malloc(n * sizeof(int64_t));
   if (r.has_ref) r.ref_labels = malloc(m * sizeof(int64_t));
   if (r.labels == NULL || (r.has_ref && r.ref_labels == NULL)) {
-    circle_error_set(err, 503, "overloaded", "out of memory for labels; retry later");
+    circle_error_set(err, CIRCLE_ERR_OVERLOADED, "out of memory for labels; retry later");
     goto fail;
   }
   if (parse_labels(&dc, f[F_LABELS].item, "labels", n, r.labels) != 0) goto fail;
@@ -936,7 +936,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
     if (array_len(sw, "sample_weight", "an array of N numbers >= 0", &k, err) != 0)
       goto fail;
     if (k != n) {
-      circle_error_set(err, 400, "shape_mismatch",
+      circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                        "sample_weight has %zu numbers; expected %zu, one per "
                        "label",
                        k, n);
@@ -944,7 +944,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
     }
     r.sw = malloc(n * circle_dtype_size(adt));
     if (r.sw == NULL) {
-      circle_error_set(err, 503, "overloaded", "out of memory; retry later");
+      circle_error_set(err, CIRCLE_ERR_OVERLOADED, "out of memory; retry later");
       goto fail;
     }
     size_t i = 0;
@@ -952,7 +952,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
     char vb[40];
     cJSON_ArrayForEach(it, sw) {
       if (!cJSON_IsNumber(it)) {
-        circle_error_set(err, 400, "wrong_type",
+        circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                          "sample_weight[%zu] is %s; expected a number >= 0", i,
                          circle__json_kind(it));
         goto fail;
@@ -962,7 +962,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
         goto fail;
       }
       if (it->valuedouble < 0) {
-        circle_error_set(err, 400, "wrong_type",
+        circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                          "sample_weight[%zu] is %s; sample weights must be "
                          ">= 0",
                          i, circle__short_number(vb, it->valuedouble));
@@ -975,7 +975,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
   if (narrow_half(err, &r.cfg, &r.sw, n, 1, "sample_weight", false) != 0)
     goto fail;
   if (!circle__labels_assign(&dc.strings)) {
-    circle_error_set(err, 503, "overloaded", "out of memory for labels; retry later");
+    circle_error_set(err, CIRCLE_ERR_OVERLOADED, "out of memory for labels; retry later");
     goto fail;
   }
   r.n = n;
@@ -1092,7 +1092,7 @@ int circle_json_encode(const circle_request *req, const circle_output *out,
 void circle_json_error(const circle_error *err, circle_buf *b) {
   if (err == NULL || b == NULL) return;
   circle_buf_puts(b, "{\"error\": {\"code\": ");
-  circle_buf_json_string(b, err->code[0] ? err->code : "internal");
+  circle_buf_json_string(b, circle_error_code(err->kind));
   circle_buf_puts(b, ", \"message\": ");
   circle_buf_json_string(b, err->message);
   circle_buf_puts(b, "}}");

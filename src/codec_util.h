@@ -163,9 +163,9 @@ int circle__tag_parse(const cJSON *item, char *tag, size_t tag_len,
                       const char *field, circle_error *err);
 
 /* Reads a JSON boolean into *out. Returns 0, or CIRCLE_EINVAL with *err =
- * 400 `code`: "<field> is <kind>; expected true or false". */
+ * kind: "<field> is <kind>; expected true or false". */
 int circle__bool_parse(const cJSON *item, bool *out, const char *field,
-                       const char *code, circle_error *err);
+                       circle_error_kind kind, circle_error *err);
 
 /* For a config with a half format, whose arrays the codecs read as
  * float64: replaces *arr (count doubles, malloc'd) by a new malloc'd float32

@@ -167,7 +167,7 @@ enum MHD_Result circle__http_handle_get(struct exchange *ex) {
                          "{\"name\": \"circle\", \"ready\": false}",
                          "{\"name\": \"circle\", \"ready\": false}");
   default:
-    circle_error_set(&err, 500, "internal", "route has no GET handler");
+    circle_error_set(&err, CIRCLE_ERR_INTERNAL, "route has no GET handler");
     return circle__http_respond_error(ex, &err);
   }
 }

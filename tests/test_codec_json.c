@@ -42,8 +42,8 @@ static void expect_error_lim(const char *body, const circle_limits *l,
   circle_error err;
   int rc = decode_lim(body, l, &req, &err);
   ck_assert_msg(rc != 0, "decoded although an error was expected: %s", body);
-  ck_assert_int_eq(err.http_status, status);
-  ck_assert_str_eq(err.code, code);
+  ck_assert_int_eq(circle_error_http(err.kind), status);
+  ck_assert_str_eq(circle_error_code(err.kind), code);
   va_list ap;
   va_start(ap, code);
   const char *frag;
@@ -582,7 +582,7 @@ START_TEST(codec_json_should_report_invalid_json_with_the_byte_offset) {
   ck_assert_int_ne(circle_json_decode(nul, sizeof(nul) - 1, NULL, NULL, &lim,
                                       &req, &err),
                    0);
-  ck_assert_str_eq(err.code, "invalid_json");
+  ck_assert_str_eq(circle_error_code(err.kind), "invalid_json");
 }
 END_TEST
 
@@ -1014,7 +1014,7 @@ START_TEST(codec_json_should_refuse_bad_arguments) {
   circle_limits_init(&lim);
   ck_assert_int_eq(circle_json_decode("{}", 2, NULL, NULL, NULL, &req, &err),
                    CIRCLE_EINVAL);
-  ck_assert_int_eq(err.http_status, 500);
+  ck_assert_int_eq(circle_error_http(err.kind), 500);
   ck_assert_int_eq(circle_json_decode("{}", 2, NULL, NULL, &lim, NULL, &err),
                    CIRCLE_EINVAL);
   ck_assert_int_eq(circle_json_decode("{}", 2, NULL, NULL, &lim, &req, NULL),
@@ -1046,7 +1046,7 @@ START_TEST(codec_json_should_refuse_bad_arguments) {
   cJSON *j = cJSON_Parse(cj);
   ck_assert_int_eq(circle_json_config_parse(j, &c, name, sizeof(name), &err),
                    CIRCLE_EINVAL);
-  ck_assert_str_eq(err.code, "bad_config");
+  ck_assert_str_eq(circle_error_code(err.kind), "bad_config");
   cJSON_Delete(j);
 }
 END_TEST
@@ -1142,7 +1142,7 @@ END_TEST
 
 START_TEST(codec_json_should_write_errors_as_valid_json) {
   circle_error err;
-  circle_error_set(&err, 400, "bad_label", "labels[%d] is \"%s\"\n", 2,
+  circle_error_set(&err, CIRCLE_ERR_BAD_LABEL, "labels[%d] is \"%s\"\n", 2,
                    "\x01\xff\xc3\xa9");
   circle_buf b;
   circle_buf_init(&b);

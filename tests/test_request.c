@@ -780,18 +780,32 @@ START_TEST(request_should_init_limits_requests_and_errors) {
   circle_request_free(NULL);
 
   circle_error e;
-  ck_assert_int_eq(circle_error_set(&e, 413, "limit_exceeded", "n=%d", 5), CIRCLE_EINVAL);
-  ck_assert_int_eq(e.http_status, 413);
-  ck_assert_str_eq(e.code, "limit_exceeded");
+  ck_assert_int_eq(circle_error_set(&e, CIRCLE_ERR_LIMIT_EXCEEDED, "n=%d", 5), CIRCLE_EINVAL);
+  ck_assert_int_eq(e.kind, CIRCLE_ERR_LIMIT_EXCEEDED);
+  ck_assert_int_eq(circle_error_http(e.kind), 413);
+  ck_assert_str_eq(circle_error_code(e.kind), "limit_exceeded");
   ck_assert_str_eq(e.message, "n=5");
-  ck_assert_int_eq(circle_error_set(NULL, 400, "x", "y"), CIRCLE_EINVAL);
+  ck_assert_int_eq(circle_error_set(NULL, CIRCLE_ERR_WRONG_TYPE, "y"), CIRCLE_EINVAL);
+  /* One code, two statuses: the row decides. */
+  ck_assert_str_eq(circle_error_code(CIRCLE_ERR_TOO_DEEP), "limit_exceeded");
+  ck_assert_int_eq(circle_error_http(CIRCLE_ERR_TOO_DEEP), 400);
+  ck_assert_str_eq(circle_error_code(CIRCLE_ERR_UNSUPPORTED_ENCODING), "bad_encoding");
+  ck_assert_int_eq(circle_error_http(CIRCLE_ERR_UNSUPPORTED_ENCODING), 415);
+  ck_assert_int_eq(circle_error_http(CIRCLE_ERR_BAD_ENCODING), 400);
+  /* An error never set, or a value outside the table, reads as internal. */
+  circle_error z = {0};
+  ck_assert_str_eq(circle_error_code(z.kind), "internal");
+  ck_assert_int_eq(circle_error_http(z.kind), 500);
+  ck_assert_int_eq(circle_error_grpc(z.kind), 13);
+  ck_assert_str_eq(circle_error_code(CIRCLE_ERR_COUNT), "internal");
+  ck_assert_int_eq(circle_error_http((circle_error_kind)-1), 500);
   /* Long messages are cut, not overflowed. */
   char big[2000];
   memset(big, 'm', sizeof(big) - 1);
   big[sizeof(big) - 1] = '\0';
-  circle_error_set(&e, 400, "a_code_that_is_much_longer_than_thirty_two_bytes", "%s", big);
+  circle_error_set(&e, CIRCLE_ERR_BAD_TAG, "%s", big);
   ck_assert_uint_eq(strlen(e.message), sizeof(e.message) - 1);
-  ck_assert_uint_eq(strlen(e.code), sizeof(e.code) - 1);
+  ck_assert_str_eq(circle_error_code(e.kind), "bad_tag");
 }
 END_TEST
 
