@@ -37,7 +37,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "codec_json.h"
+#include "codec_config.h"
 #include "codec_util.h"
 #include "json_fast.h"
 
@@ -292,7 +292,7 @@ static int parse_params(circle__oip_decoder *dc, const cJSON *p, circle_request 
       return circle_error_set(err, CIRCLE_ERR_OVERLOADED, "out of memory; retry later");
     }
   }
-  int rc = circle_json_config_parse(cfg, &r->cfg, r->name, sizeof(r->name), err);
+  int rc = circle__config_from_json(cfg, &r->cfg, r->name, sizeof(r->name), err);
   cJSON_Delete(cfg);
   if (rc != 0) {
     /* Name the parameters, not a config object. */

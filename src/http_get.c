@@ -16,7 +16,7 @@
  */
 #include "http_impl.h"
 
-#include "codec_json.h"
+#include "codec_config.h"
 #include "codec_oip.h"
 #include "dashboard.h"
 
@@ -129,7 +129,7 @@ enum MHD_Result circle__http_handle_get(struct exchange *ex) {
                          "{\"status\": \"saturated\"}");
   case ROUTE_CONFIG:
     circle_buf_init(&b);
-    circle_json_config_write(&b, &srv->opts.defaults, srv->opts.name);
+    circle__config_to_json(&b, &srv->opts.defaults, srv->opts.name);
     return circle__http_respond(ex, 200, &b, "application/json");
   case ROUTE_METRICS:
     if (ex->rendered || !metrics_queue(ex)) {
