@@ -162,18 +162,6 @@ static int parse_labels(decoder *dc, const cJSON *arr, const char *field,
   return 0;
 }
 
-/* Stores v at out[idx] in dtype; false when it does not fit (float32
- * overflow). */
-static inline bool store(void *out, size_t idx, double v, circle_dtype dt) {
-  if (dt == CIRCLE_DTYPE_FLOAT32) {
-    float f = (float)v;
-    ((float *)out)[idx] = f;
-    return isfinite(f);
-  }
-  ((double *)out)[idx] = v;
-  return isfinite(v);
-}
-
 static int non_finite(circle_error *err, const char *field, size_t r,
                       size_t c, bool two_d, double v, circle_dtype dt) {
   char idx[64];
@@ -300,7 +288,7 @@ static int parse_matrix(decoder *dc, size_t off, const char *field,
                                 "%s[%zu][%zu] is %s; expected a number",
                                 field, r, c, circle__json_text_kind(t, tl, at));
       }
-      if (!store(m, base + c, v, dt)) {
+      if (!circle__store_finite(m, base + c, v, dt)) {
         free(m);
         return non_finite(err, field, r, c, true, v, dt);
       }
@@ -387,9 +375,9 @@ static int take_fast_matrix(decoder *dc, circle__json_fast_matrix *fm,
     char *bytes = (char *)fm->v;
     for (size_t i = 0; i < count; i++) {
       double v;
+      float f;
       memcpy(&v, bytes + i * sizeof(double), sizeof v);
-      float f = (float)v;
-      if (!isfinite(f))
+      if (!circle__store_finite(&f, 0, v, CIRCLE_DTYPE_FLOAT32))
         return circle_error_set(dc->err, CIRCLE_ERR_NON_FINITE, "fast path");
       memcpy(bytes + i * sizeof f, &f, sizeof f);
     }
@@ -656,16 +644,9 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
       goto fail;
     }
   }
-  uint64_t pairs;
-  if (!circle__mul_u64(n, r.has_ref ? m : n, &pairs) || pairs > lim->max_pairs) {
-    circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
-                     "%zu x %zu = %llu pairs exceeds the work limit of %llu "
-                     "pairs; send a smaller batch",
-                     n, r.has_ref ? m : n,
-                     (unsigned long long)((uint64_t)n * (r.has_ref ? m : n)),
-                     (unsigned long long)lim->max_pairs);
-    goto fail;
-  }
+  /* N and M are in their limits (checked above, naming the array); D is
+   * checked row by row as the rows are read. */
+  if (circle__limits_check(lim, n, m, r.has_ref, 0, err) != 0) goto fail;
 
   unsigned want = CIRCLE_OUT_LOSS | CIRCLE_OUT_PER_SAMPLE | CIRCLE_OUT_GRAD |
                   CIRCLE_OUT_STATS | (r.has_ref ? CIRCLE_OUT_REF_GRAD : 0u);
@@ -728,7 +709,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
                          circle__json_kind(it));
         goto fail;
       }
-      if (!store(r.sw, i, it->valuedouble, adt)) {
+      if (!circle__store_finite(r.sw, i, it->valuedouble, adt)) {
         non_finite(err, "sample_weight", i, 0, false, it->valuedouble, adt);
         goto fail;
       }

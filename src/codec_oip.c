@@ -646,27 +646,7 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
       goto fail;
     }
   }
-  if (n > lim->max_n || m > lim->max_m || d > lim->max_d) {
-    const char *what = n > lim->max_n ? "N" : (m > lim->max_m ? "M" : "D");
-    unsigned long long have = n > lim->max_n ? n : (m > lim->max_m ? m : d);
-    size_t cap = n > lim->max_n ? lim->max_n
-                                : (m > lim->max_m ? lim->max_m : lim->max_d);
-    circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
-                     "%s = %llu exceeds this server's limit of %zu", what,
-                     have, cap);
-    goto fail;
-  }
-  uint64_t pairs;
-  if (!circle__mul_u64(n, r.has_ref ? m : n, &pairs) || pairs > lim->max_pairs) {
-    circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
-                     "%llu x %llu = %llu pairs exceeds the work limit of %llu "
-                     "pairs; send a smaller batch",
-                     (unsigned long long)n,
-                     (unsigned long long)(r.has_ref ? m : n),
-                     (unsigned long long)(n * (r.has_ref ? m : n)),
-                     (unsigned long long)lim->max_pairs);
-    goto fail;
-  }
+  if (circle__limits_check(lim, n, m, r.has_ref, d, err) != 0) goto fail;
 
   /* The compute dtype, and the one the inputs are read in: float64 for a
    * half format, rounded to it once read. */

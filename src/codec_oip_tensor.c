@@ -147,14 +147,11 @@ static bool bad_value(fill_ctx *c, size_t i, double v) {
 /* Stores v at out[i] in the compute dtype; false (and the error) when it is
  * not finite there, or negative for weights. */
 static inline bool put_float(fill_ctx *c, size_t i, double v) {
-  if (c->dt == CIRCLE_DTYPE_FLOAT32) {
-    float f = (float)v;
-    ((float *)c->out)[i] = f;
-    if (!isfinite(f) || (c->weights && f < 0)) return bad_value(c, i, v);
-  } else {
-    ((double *)c->out)[i] = v;
-    if (!isfinite(v) || (c->weights && v < 0)) return bad_value(c, i, v);
-  }
+  if (!circle__store_finite(c->out, i, v, c->dt)) return bad_value(c, i, v);
+  /* The sign of the value stored: -1e-50 is -0.0 in float32, not < 0. */
+  if (c->weights &&
+      (c->dt == CIRCLE_DTYPE_FLOAT32 ? (double)(float)v : v) < 0)
+    return bad_value(c, i, v);
   return true;
 }
 

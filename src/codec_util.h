@@ -6,6 +6,7 @@
 #ifndef CIRCLE_CODEC_UTIL_H
 #define CIRCLE_CODEC_UTIL_H
 
+#include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -189,6 +190,21 @@ int circle__half_narrow_array(circle_half half, void **arr, size_t count,
 /* Appends the stats object: {"pos_row_frac": ..., ..., "pos_pairs": N,
  * "neg_pairs": N}, figures as float64 numbers (null if non-finite). */
 void circle__json_stats_write(circle_buf *b, const circle_stats *s);
+
+/* Stores v at ((dt *)out)[i] (float32 or float64); false when the stored
+ * value is not finite: NaN, an infinity, or a float32 overflow. The one
+ * finiteness test the codecs (/v1, OIP, gRPC through OIP) make of every
+ * number they store; each names the bad element in its own words. */
+static inline bool circle__store_finite(void *out, size_t i, double v,
+                                        circle_dtype dt) {
+  if (dt == CIRCLE_DTYPE_FLOAT32) {
+    float f = (float)v;
+    ((float *)out)[i] = f;
+    return isfinite(f);
+  }
+  ((double *)out)[i] = v;
+  return isfinite(v);
+}
 
 /* a * b into *out; false when it overflows uint64. */
 static inline bool circle__mul_u64(uint64_t a, uint64_t b, uint64_t *out) {

@@ -809,6 +809,43 @@ START_TEST(request_should_init_limits_requests_and_errors) {
 }
 END_TEST
 
+START_TEST(request_should_check_sizes_against_the_limits) {
+  circle_limits lim;
+  circle_limits_init(&lim);
+  lim.max_n = 100;
+  lim.max_m = 50;
+  lim.max_d = 8;
+  lim.max_pairs = 1000;
+  circle_error e;
+  memset(&e, 0, sizeof e);
+  /* At every limit: accepted, *err untouched. */
+  ck_assert_int_eq(circle__limits_check(&lim, 20, 50, true, 8, &e), 0);
+  ck_assert_int_eq(circle__limits_check(&lim, 31, 0, false, 0, &e), 0);
+  ck_assert_int_eq(e.kind, CIRCLE_ERR_NONE);
+  ck_assert_int_eq(circle__limits_check(&lim, 101, 0, false, 1, &e), CIRCLE_EINVAL);
+  ck_assert_int_eq(e.kind, CIRCLE_ERR_LIMIT_EXCEEDED);
+  ck_assert_str_eq(e.message, "N = 101 exceeds this server's limit of 100");
+  circle__limits_check(&lim, 1, 51, true, 1, &e);
+  ck_assert_str_eq(e.message, "M = 51 exceeds this server's limit of 50");
+  circle__limits_check(&lim, 1, 1, true, 9, &e);
+  ck_assert_str_eq(e.message, "D = 9 exceeds this server's limit of 8");
+  /* N x N without a reference set, N x M with one. */
+  circle__limits_check(&lim, 32, 0, false, 1, &e);
+  ck_assert_str_eq(e.message, "32 x 32 = 1024 pairs exceeds the work limit of "
+                              "1000 pairs; send a smaller batch");
+  circle__limits_check(&lim, 21, 50, true, 1, &e);
+  ck_assert_str_eq(e.message, "21 x 50 = 1050 pairs exceeds the work limit of "
+                              "1000 pairs; send a smaller batch");
+  /* A product past uint64 is over any limit, never wrapped under it. */
+  lim.max_n = lim.max_m = SIZE_MAX;
+  lim.max_pairs = UINT64_MAX;
+  ck_assert_int_eq(circle__limits_check(&lim, (uint64_t)1 << 32,
+                                        ((uint64_t)1 << 32) + 1, true, 1, &e),
+                   CIRCLE_EINVAL);
+  ck_assert_int_eq(circle_error_http(e.kind), 413);
+}
+END_TEST
+
 START_TEST(request_should_ignore_null_arguments) {
   circle_limits_init(NULL);
   circle_request_init(NULL);
@@ -851,6 +888,7 @@ int main(void) {
   tcase_add_test(tc, request_should_write_strings_as_valid_json);
   tcase_add_test(tc, request_should_write_python_floats);
   tcase_add_test(tc, request_should_init_limits_requests_and_errors);
+  tcase_add_test(tc, request_should_check_sizes_against_the_limits);
   tcase_add_test(tc, request_should_ignore_null_arguments);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
