@@ -41,6 +41,71 @@
 #define EXACT_INT_LIMIT 9007199254740992.0
 
 /* ------------------------------------------------------------------------ */
+/* String labels                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* Maps strings to dense ids (0, 1, 2, ...) with equal strings getting equal
+ * ids: collect every label with label_set_add, then call label_set_assign.
+ * Sorting, not hashing, so crafted labels cannot make it quadratic. The
+ * strings are borrowed (they live in the cJSON tree). */
+typedef struct {
+  const char **str;
+  int64_t **dst; /* where each string's id goes */
+  size_t len, cap;
+} label_set;
+
+static void label_set_init(label_set *l) { memset(l, 0, sizeof(*l)); }
+
+static void label_set_free(label_set *l) {
+  if (l == NULL) return;
+  free(l->str);
+  free(l->dst);
+  label_set_init(l);
+}
+
+/* Returns false on ENOMEM. */
+static bool label_set_add(label_set *l, const char *s, int64_t *dst) {
+  if (l->len == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 64;
+    const char **ns = realloc(l->str, cap * sizeof(*ns));
+    if (ns == NULL) return false;
+    l->str = ns;
+    int64_t **nd = realloc(l->dst, cap * sizeof(*nd));
+    if (nd == NULL) return false;
+    l->dst = nd;
+    l->cap = cap;
+  }
+  l->str[l->len] = s;
+  l->dst[l->len] = dst;
+  l->len++;
+  return true;
+}
+
+static int cmp_label_index(const void *a, const void *b, void *ctx) {
+  const char **str = ctx;
+  size_t i = *(const size_t *)a, j = *(const size_t *)b;
+  int c = strcmp(str[i], str[j]);
+  if (c) return c;
+  return i < j ? -1 : i > j; /* stable: ids follow first appearance */
+}
+
+/* Writes every id. Returns false on ENOMEM. */
+static bool label_set_assign(label_set *l) {
+  if (l->len == 0) return true;
+  size_t *order = malloc(l->len * sizeof(*order));
+  if (order == NULL) return false;
+  for (size_t i = 0; i < l->len; i++) order[i] = i;
+  qsort_r(order, l->len, sizeof(*order), cmp_label_index, l->str);
+  int64_t id = -1;
+  for (size_t k = 0; k < l->len; k++) {
+    if (k == 0 || strcmp(l->str[order[k]], l->str[order[k - 1]]) != 0) id++;
+    *l->dst[order[k]] = id;
+  }
+  free(order);
+  return true;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Decoding                                                                 */
 /* ------------------------------------------------------------------------ */
 
@@ -65,7 +130,7 @@ typedef struct {
   size_t len;
   const circle_limits *lim;
   circle_error *err;
-  circle__labels strings; /* string labels of both sets */
+  label_set strings; /* string labels of both sets */
   int kind;               /* of the labels seen so far */
   const cut_matrices *cut; /* NULL unless the matrices were cut */
 } decoder;
@@ -118,7 +183,7 @@ static int parse_labels(decoder *dc, const cJSON *arr, const char *field,
           dc->kind == KIND_INT ? "a number" : "a string");
     }
     if (kind == KIND_STRING) {
-      if (!circle__labels_add(&dc->strings, it->valuestring, &out[i]))
+      if (!label_set_add(&dc->strings, it->valuestring, &out[i]))
         return circle_error_set(err, CIRCLE_ERR_OVERLOADED,
                                 "out of memory reading %s; retry later", field);
     } else {
@@ -511,7 +576,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
   if (root == NULL) return CIRCLE_EINVAL;
 
   decoder dc = {body, len, lim, err, {0}, KIND_NONE, cut};
-  circle__labels_init(&dc.strings);
+  label_set_init(&dc.strings);
   circle_request r;
   circle_request_init(&r);
   r.proto = CIRCLE_PROTO_V1;
@@ -726,7 +791,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
 
   if (narrow_half(err, &r.cfg, &r.sw, n, 1, "sample_weight", false) != 0)
     goto fail;
-  if (!circle__labels_assign(&dc.strings)) {
+  if (!label_set_assign(&dc.strings)) {
     circle_error_set(err, CIRCLE_ERR_OVERLOADED, "out of memory for labels; retry later");
     goto fail;
   }
@@ -740,7 +805,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
 fail:
   circle_request_free(&r);
 done:
-  circle__labels_free(&dc.strings);
+  label_set_free(&dc.strings);
   cJSON_Delete(root);
   return rc;
 }

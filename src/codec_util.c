@@ -1,7 +1,8 @@
 /* codec_util.c -- shared codec helpers: the pre-scan that guards cJSON, key
- * tables, exact integers from raw JSON text, string label interning. Must
- * keep true: nothing here recurses on client data, and nothing is
- * quadratic in client data.
+ * tables, exact integers from raw JSON text, the request pieces both codecs
+ * read alike (booleans, tags, half-precision arrays) and the stats object
+ * both encoders write. Must keep true: nothing here recurses on client
+ * data, and nothing is quadratic in client data.
  */
 #include "codec_util.h"
 
@@ -658,8 +659,12 @@ bool circle__json_locate(const char *body, size_t len,
   return true;
 }
 
-int circle__json_token_int64(const char *s, const char *end, int64_t *out,
-                             size_t *used) {
+/* Reads the JSON number token at s (strict syntax, at most end - s bytes)
+ * as an exact int64: "12", "-3", "1.0", "2e3" and "9007199254740993" are
+ * integers; the value is decided on the decimal text, never through a
+ * double. *used receives the token length. */
+static int token_int64(const char *s, const char *end, int64_t *out,
+                       size_t *used) {
   size_t n = number_len(s, end);
   if (n == 0) return CIRCLE__INT_NOT_NUMBER;
   *used = n;
@@ -728,7 +733,7 @@ typedef struct {
 static bool leaf_int64(void *ctx, size_t off, size_t i) {
   int64s *c = ctx;
   size_t used = 0;
-  c->rc = i < c->n ? circle__json_token_int64(c->body + off, c->body + c->len,
+  c->rc = i < c->n ? token_int64(c->body + off, c->body + c->len,
                                               &c->out[i], &used)
                    : CIRCLE__INT_NOT_NUMBER;
   c->bad = i;
@@ -748,59 +753,6 @@ int circle__json_read_int64s(const char *body, size_t len, size_t offset,
     return CIRCLE__INT_NOT_NUMBER;
   }
   return CIRCLE__INT_OK;
-}
-
-/* ------------------------------------------------------------------------ */
-/* String labels                                                            */
-/* ------------------------------------------------------------------------ */
-
-void circle__labels_init(circle__labels *l) { memset(l, 0, sizeof(*l)); }
-
-void circle__labels_free(circle__labels *l) {
-  if (l == NULL) return;
-  free(l->str);
-  free(l->dst);
-  circle__labels_init(l);
-}
-
-bool circle__labels_add(circle__labels *l, const char *s, int64_t *dst) {
-  if (l->len == l->cap) {
-    size_t cap = l->cap ? l->cap * 2 : 64;
-    const char **ns = realloc(l->str, cap * sizeof(*ns));
-    if (ns == NULL) return false;
-    l->str = ns;
-    int64_t **nd = realloc(l->dst, cap * sizeof(*nd));
-    if (nd == NULL) return false;
-    l->dst = nd;
-    l->cap = cap;
-  }
-  l->str[l->len] = s;
-  l->dst[l->len] = dst;
-  l->len++;
-  return true;
-}
-
-static int cmp_label_index(const void *a, const void *b, void *ctx) {
-  const char **str = ctx;
-  size_t i = *(const size_t *)a, j = *(const size_t *)b;
-  int c = strcmp(str[i], str[j]);
-  if (c) return c;
-  return i < j ? -1 : i > j; /* stable: ids follow first appearance */
-}
-
-bool circle__labels_assign(circle__labels *l) {
-  if (l->len == 0) return true;
-  size_t *order = malloc(l->len * sizeof(*order));
-  if (order == NULL) return false;
-  for (size_t i = 0; i < l->len; i++) order[i] = i;
-  qsort_r(order, l->len, sizeof(*order), cmp_label_index, l->str);
-  int64_t id = -1;
-  for (size_t k = 0; k < l->len; k++) {
-    if (k == 0 || strcmp(l->str[order[k]], l->str[order[k - 1]]) != 0) id++;
-    *l->dst[order[k]] = id;
-  }
-  free(order);
-  return true;
 }
 
 /* ------------------------------------------------------------------------ */

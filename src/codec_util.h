@@ -1,7 +1,8 @@
 /* codec_util.h -- helpers shared by the JSON and OIP codecs (private): the
  * cheap pre-scan that runs before cJSON, key tables that reject unknown and
- * duplicate keys, exact integer reading from the raw JSON text, and string
- * label interning.
+ * duplicate keys, exact integer reading from the raw JSON text, and the
+ * request pieces both read the same way (booleans, tags, half-precision
+ * arrays, the stats object).
  */
 #ifndef CIRCLE_CODEC_UTIL_H
 #define CIRCLE_CODEC_UTIL_H
@@ -126,36 +127,12 @@ enum {
   CIRCLE__INT_NOT_NUMBER = 3   /* not a number token at all */
 };
 
-/* Reads the JSON number token at s (strict syntax, at most end - s bytes)
- * as an exact int64: "12", "-3", "1.0", "2e3" and "9007199254740993" are
- * integers; the value is decided on the decimal text, never through a
- * double. *used receives the token length. */
-int circle__json_token_int64(const char *s, const char *end, int64_t *out,
-                             size_t *used);
-
 /* Reads the numbers of the (possibly nested) array at body[offset] in
  * document order as exact int64 into out[0..n). Returns CIRCLE__INT_OK, or
  * the first failure with *bad_index set to the flat index of the element.
  * The array must hold exactly n numbers (the caller checked the tree). */
 int circle__json_read_int64s(const char *body, size_t len, size_t offset,
                              int64_t *out, size_t n, size_t *bad_index);
-
-/* Maps strings to dense ids (0, 1, 2, ...) with equal strings getting equal
- * ids: collect every label with circle__labels_add, then call
- * circle__labels_assign. Sorting, not hashing, so crafted labels cannot make
- * it quadratic. The strings are borrowed (they live in the cJSON tree). */
-typedef struct {
-  const char **str;
-  int64_t **dst; /* where each string's id goes */
-  size_t len, cap;
-} circle__labels;
-
-void circle__labels_init(circle__labels *l);
-void circle__labels_free(circle__labels *l);
-/* Returns false on ENOMEM. */
-bool circle__labels_add(circle__labels *l, const char *s, int64_t *dst);
-/* Writes every id. Returns false on ENOMEM. */
-bool circle__labels_assign(circle__labels *l);
 
 /* Reads a metrics tag (a string of at most tag_len - 1 bytes from
  * [A-Za-z0-9_.:-]; null means none) into tag. Returns 0 or CIRCLE_EINVAL
