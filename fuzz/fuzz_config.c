@@ -1,12 +1,12 @@
 /* fuzz_config.c -- libFuzzer harness for the Keras config parser
- * (circle_json_config_parse), fed any JSON value cJSON can parse from the
+ * (circle__config_from_json), fed any JSON value cJSON can parse from the
  * input, without circled's pre-scan in front: the parser's contract is any
  * cJSON node.
  *
  * It must keep true: no crash, leak or out-of-bounds read; on failure the
  * caller's config and name are untouched and the error is a 400 with a
  * printable message; on success the config is valid, and writing it with
- * circle_json_config_write and parsing that again gives the same gamma and
+ * circle__config_to_json and parsing that again gives the same gamma and
  * margin (bit for bit), reduction, remove_diagonal and name. The parse runs
  * twice, with a 128-byte name buffer and a 6-byte one, so the "name does
  * not fit" path is reached too.
@@ -16,7 +16,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "codec_json.h"
+#include "codec_config.h"
 #include "fuzz_util.h"
 
 static void parse_once(const cJSON *root, size_t name_len) {
@@ -35,11 +35,12 @@ static void parse_once(const cJSON *root, size_t name_len) {
   circle_error err;
   memset(&err, 0, sizeof err);
 
-  int rc = circle_json_config_parse(root, &cfg, name, name_len, &err);
+  int rc = circle__config_from_json(root, &cfg, name, name_len, &err);
   if (rc != 0) {
     FUZZ_CHECK(rc < 0, "rc %d", rc);
     fuzz_check_error(&err);
-    FUZZ_CHECK(err.http_status == 400, "status %d", err.http_status);
+    FUZZ_CHECK(circle_error_http(err.kind) == 400, "status %d",
+               circle_error_http(err.kind));
     FUZZ_CHECK(memcmp(&cfg, &before, sizeof cfg) == 0,
                "the config changed on failure");
     FUZZ_CHECK(memcmp(name, name_before, sizeof name) == 0,
@@ -54,7 +55,7 @@ static void parse_once(const cJSON *root, size_t name_len) {
 
   circle_buf b;
   circle_buf_init(&b);
-  circle_json_config_write(&b, &cfg, name);
+  circle__config_to_json(&b, &cfg, name);
   FUZZ_CHECK(!b.failed, "write failed");
   cJSON *again = fuzz_parse_exact(b.data, b.len);
   FUZZ_CHECK(again != NULL, "get_config() text is not JSON: %s", b.data);
@@ -63,7 +64,7 @@ static void parse_once(const cJSON *root, size_t name_len) {
   back.dtype = cfg.dtype;
   back.normalize = cfg.normalize;
   char name2[128] = "";
-  rc = circle_json_config_parse(again, &back, name2, sizeof name2, &err);
+  rc = circle__config_from_json(again, &back, name2, sizeof name2, &err);
   FUZZ_CHECK(rc == 0, "get_config() text does not parse back: %s (%s)",
              err.message, b.data);
   FUZZ_CHECK(memcmp(&back.gamma, &cfg.gamma, sizeof cfg.gamma) == 0,

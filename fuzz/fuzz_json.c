@@ -18,6 +18,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "codec_config.h"
 #include "codec_json.h"
 #include "json_fast.h"
 #include "fuzz_util.h"
@@ -84,7 +85,7 @@ static void check_encoding(const circle_request *req) {
   char name[128] = "";
   circle_error err;
   it = cJSON_GetObjectItemCaseSensitive(root, "config");
-  FUZZ_CHECK(circle_json_config_parse(it, &back, name, sizeof name, &err) == 0,
+  FUZZ_CHECK(circle__config_from_json(it, &back, name, sizeof name, &err) == 0,
              "the config echo does not parse: %s", err.message);
   FUZZ_CHECK(memcmp(&back.gamma, &req->cfg.gamma, sizeof back.gamma) == 0 &&
                  memcmp(&back.margin, &req->cfg.margin, sizeof back.margin) == 0 &&

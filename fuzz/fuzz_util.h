@@ -44,18 +44,20 @@ static inline void fuzz_limits(circle_limits *lim) {
   lim->max_inflated = 64 << 10;
 }
 
-/* What every rejection must look like: a 4xx (or 503 when memory ran out)
- * with a code and a message, both NUL-terminated, and a message of
+/* What every rejection must look like: a row of the error table that is a
+ * 4xx (or 503 when memory ran out), and a NUL-terminated message of
  * printable ASCII only (it goes into a JSON response and into logs, so a
  * client's raw bytes must never reach it unquoted). */
 static inline void fuzz_check_error(const circle_error *err) {
-  FUZZ_CHECK((err->http_status >= 400 && err->http_status < 500) ||
-                 err->http_status == 503,
-             "status %d (%s: %s)", err->http_status, err->code, err->message);
-  FUZZ_CHECK(memchr(err->code, 0, sizeof err->code) && err->code[0],
-             "empty or unterminated code");
+  int status = circle_error_http(err->kind);
+  const char *code = circle_error_code(err->kind);
+  FUZZ_CHECK(err->kind > CIRCLE_ERR_NONE && err->kind < CIRCLE_ERR_COUNT,
+             "error kind %d is no row of the table (%s)", (int)err->kind,
+             err->message);
+  FUZZ_CHECK((status >= 400 && status < 500) || status == 503,
+             "status %d (%s: %s)", status, code, err->message);
   FUZZ_CHECK(memchr(err->message, 0, sizeof err->message) && err->message[0],
-             "empty or unterminated message (code %s)", err->code);
+             "empty or unterminated message (code %s)", code);
   for (const char *p = err->message; *p; p++)
     FUZZ_CHECK((unsigned char)*p >= 0x20 && (unsigned char)*p < 0x7f,
                "byte 0x%02x in the message: %s", (unsigned char)*p,

@@ -188,7 +188,7 @@ static bool typed_field(const infer_input *in, int *which, input_bytes *bytes,
   for (int k = 0; k < (int)(sizeof f / sizeof f[0]); k++) {
     if (f[k].n == 0) continue;
     if (*which >= 0) {
-      circle_error_set(err, 400, "wrong_type",
+      circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                        "input '%s' has values in both %s and %s; send "
                        "them in one field",
                        q, typed_names[*which], typed_names[k]);
@@ -237,14 +237,14 @@ static int input_data(const infer_req *m, size_t i, input_bytes *out,
       input_bytes ignored;
       if (!typed_field(in, &which, &ignored, &values, err)) return CIRCLE_EINVAL;
       if (which >= 0)
-        return circle_error_set(err, 400, "wrong_type",
+        return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                                 "input '%s' has both %s and "
                                 "raw_input_contents[%zu]; send one",
                                 q, typed_names[which], i);
     }
     uint64_t want;
     if (sized && (!circle__mul_u64(count, esz, &want) || want != raw->len))
-      return circle_error_set(err, 400, "shape_mismatch",
+      return circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                               "input '%s': raw_input_contents[%zu] has %zu "
                               "bytes but shape %s of %s needs %llu",
                               q, i, raw->len, st,
@@ -261,19 +261,19 @@ static int input_data(const infer_req *m, size_t i, input_bytes *out,
   if (t == CIRCLE_OIP_UNKNOWN) return 0;
   int expect = typed_field_for(t);
   if (expect < 0 && (which >= 0 || !sized || count > 0))
-    return circle_error_set(err, 400, "wrong_type",
+    return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                             "input '%s' has datatype %s, which has no "
                             "typed contents field; send it in "
                             "raw_input_contents",
                             q, circle__oip_datatype_name(t));
   if (which >= 0 && which != expect)
-    return circle_error_set(err, 400, "wrong_type",
+    return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                             "input '%s' has datatype %s: send its values "
                             "in %s (or raw_input_contents), not %s",
                             q, circle__oip_datatype_name(t),
                             typed_names[expect], typed_names[which]);
   if (sized && values != count)
-    return circle_error_set(err, 400, "shape_mismatch",
+    return circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                             "input '%s': %s has %zu values but shape %s "
                             "holds %llu",
                             q, typed_names[expect], values, st,
@@ -342,14 +342,14 @@ static int decode_message(const infer_req *m, const circle_config *defaults,
                               err) != 0)
     return CIRCLE_EINVAL;
   if (m->n_raw_input_contents && m->n_raw_input_contents != m->n_inputs)
-    return circle_error_set(err, 400, "shape_mismatch",
+    return circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                             "raw_input_contents has %zu entries but the "
                             "request has %zu inputs; send one entry per "
                             "input, in input order, or typed contents only",
                             m->n_raw_input_contents, m->n_inputs);
   input_bytes *bytes = calloc(m->n_inputs ? m->n_inputs : 1, sizeof *bytes);
   if (bytes == NULL)
-    return circle_error_set(err, 503, "overloaded",
+    return circle_error_set(err, CIRCLE_ERR_OVERLOADED,
                             "out of memory; retry later");
   int rc = CIRCLE_EINVAL;
   size_t data_len = 0;
@@ -367,7 +367,7 @@ static int decode_message(const infer_req *m, const circle_config *defaults,
       circle_buf_append(&body, bytes[i].data, bytes[i].len);
   if (body.failed) {
     circle_buf_free(&body);
-    circle_error_set(err, 503, "overloaded",
+    circle_error_set(err, CIRCLE_ERR_OVERLOADED,
                      "out of memory for the request; retry later or send a "
                      "smaller batch");
     goto done;
@@ -386,11 +386,11 @@ int circle_grpc_infer_decode(const uint8_t *msg, size_t len,
                              circle_error *err) {
   if (err == NULL) return CIRCLE_EINVAL;
   if (lim == NULL || req == NULL || (msg == NULL && len))
-    return circle_error_set(err, 500, "internal", "missing argument");
+    return circle_error_set(err, CIRCLE_ERR_INTERNAL, "missing argument");
   circle_request_free(req);
   infer_req *m = inference__model_infer_request__unpack(NULL, len, msg);
   if (m == NULL)
-    return circle_error_set(err, 400, "invalid_message",
+    return circle_error_set(err, CIRCLE_ERR_INVALID_MESSAGE,
                             "the message is not a valid ModelInferRequest "
                             "(protobuf); send what the inference.proto "
                             "ModelInferRequest encodes");
@@ -509,7 +509,7 @@ int circle_grpc_model_request_check(const uint8_t *msg, size_t len,
   Inference__ModelReadyRequest *m =
       inference__model_ready_request__unpack(NULL, len, msg);
   if (m == NULL)
-    return circle_error_set(err, 400, "invalid_message",
+    return circle_error_set(err, CIRCLE_ERR_INVALID_MESSAGE,
                             "the message is not a valid request for a model "
                             "(protobuf: name = 1, version = 2)");
   int rc = circle__oip_model_check(m->name, strlen(m->name), m->version,
@@ -672,7 +672,7 @@ int circle_grpc_health_check(const uint8_t *msg, size_t len, bool serving,
   Grpc__Health__V1__HealthCheckRequest *m =
       grpc__health__v1__health_check_request__unpack(NULL, len, msg);
   if (m == NULL)
-    return circle_error_set(err, 400, "invalid_message",
+    return circle_error_set(err, CIRCLE_ERR_INVALID_MESSAGE,
                             "the message is not a valid HealthCheckRequest "
                             "(protobuf: service = 1)");
   bool ours = m->service[0] == '\0' ||
@@ -681,7 +681,7 @@ int circle_grpc_health_check(const uint8_t *msg, size_t len, bool serving,
   if (!ours) circle__json_quote(q, sizeof q, m->service, 64);
   grpc__health__v1__health_check_request__free_unpacked(m, NULL);
   if (!ours)
-    return circle_error_set(err, 404, "not_found",
+    return circle_error_set(err, CIRCLE_ERR_NOT_FOUND,
                             "unknown service '%s'; this server serves \"\" "
                             "and \"inference.GRPCInferenceService\"",
                             q);
@@ -699,16 +699,6 @@ int circle_grpc_health_check(const uint8_t *msg, size_t len, bool serving,
 /* ======================================================================== */
 
 int circle_grpc_status_of(const circle_error *err) {
-  if (err == NULL) return 13;
-  switch (err->http_status) {
-  case 400: return 3;  /* INVALID_ARGUMENT */
-  case 401: return 16; /* UNAUTHENTICATED */
-  case 404: return 5;  /* NOT_FOUND */
-  case 413: return 8;  /* RESOURCE_EXHAUSTED */
-  case 501: return 12; /* UNIMPLEMENTED */
-  case 503:
-    return strcmp(err->code, "shutting_down") == 0 ? 14 /* UNAVAILABLE */
-                                                   : 8; /* RESOURCE_EXHAUSTED */
-  default: return 13; /* INTERNAL */
-  }
+  /* The gRPC code is a column of the error table (error.h). */
+  return circle_error_grpc(err ? err->kind : CIRCLE_ERR_INTERNAL);
 }

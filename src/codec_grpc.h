@@ -76,11 +76,11 @@ int circle_grpc_health_check(const uint8_t *msg, size_t len, bool serving,
                              circle_buf *b, circle_error *err);
 
 /* The gRPC status code (grpc_status_code's numbering, which is the gRPC
- * protocol's) for a circle_error: 400 INVALID_ARGUMENT (3), 401
- * UNAUTHENTICATED (16), 404 NOT_FOUND (5), 501 UNIMPLEMENTED (12), 413
- * and 503 "overloaded"
+ * protocol's) for a circle_error: its row's column in CIRCLE_ERROR_MAP
+ * (error.h). 400 rows are INVALID_ARGUMENT (3), 401 UNAUTHENTICATED (16),
+ * 404 NOT_FOUND (5), 501 UNIMPLEMENTED (12), 413 and 503 "overloaded"
  * RESOURCE_EXHAUSTED (8), 503 "shutting_down" UNAVAILABLE (14), anything
- * else INTERNAL (13). */
+ * else (a NULL err too) INTERNAL (13). */
 int circle_grpc_status_of(const circle_error *err);
 
 #endif /* CIRCLE_CODEC_GRPC_H */

@@ -33,237 +33,76 @@
 
 #include <cjson/cJSON.h>
 
+#include "codec_config.h"
 #include "codec_util.h"
 #include "json_fast.h"
 
 /* 2^53: every integer of smaller magnitude is exact in a double. */
 #define EXACT_INT_LIMIT 9007199254740992.0
 
-/* A value for a message: a string quoted (cut, made printable), anything
- * else by its kind ("a number"). */
-static void describe(const cJSON *it, char *q, size_t qlen) {
-  if (cJSON_IsString(it)) {
-    char t[72];
-    circle__json_quote(t, sizeof(t), it->valuestring, 64);
-    snprintf(q, qlen, "\"%s\"", t);
-  } else {
-    snprintf(q, qlen, "%s", circle__json_kind(it));
-  }
-}
-
 /* ------------------------------------------------------------------------ */
-/* Config                                                                   */
+/* String labels                                                            */
 /* ------------------------------------------------------------------------ */
 
-enum {
-  CF_NAME, CF_REDUCTION, CF_GAMMA, CF_MARGIN, CF_REMOVE_DIAGONAL, CF_DTYPE,
-  CF_FN, CF_NORMALIZE, CF_COUNT
-};
+/* Maps strings to dense ids (0, 1, 2, ...) with equal strings getting equal
+ * ids: collect every label with label_set_add, then call label_set_assign.
+ * Sorting, not hashing, so crafted labels cannot make it quadratic. The
+ * strings are borrowed (they live in the cJSON tree). */
+typedef struct {
+  const char **str;
+  int64_t **dst; /* where each string's id goes */
+  size_t len, cap;
+} label_set;
 
-static const char *const reduction_list =
-    "\"sum_over_batch_size\", \"sum\", \"mean\", \"mean_with_sample_weight\", "
-    "\"none\" or null";
+static void label_set_init(label_set *l) { memset(l, 0, sizeof(*l)); }
 
-/* config.fn as Keras' LossFunctionWrapper serializes it: "circle", or
- * {"module": ..., "class_name": "function", "config": "circle", ...}. */
-static int parse_fn(const cJSON *fn, circle_error *err) {
-  if (cJSON_IsString(fn) && strcmp(fn->valuestring, "circle") == 0) return 0;
-  if (cJSON_IsObject(fn)) {
-    circle__json_field f[] = {{"module", NULL}, {"class_name", NULL},
-                              {"config", NULL}, {"registered_name", NULL}};
-    if (circle__json_fields(fn, "config.fn", f, 4, err) != 0) return -1;
-    if (cJSON_IsString(f[2].item) &&
-        strcmp(f[2].item->valuestring, "circle") == 0)
-      return 0;
-  }
-  return circle_error_set(err, 400, "bad_config",
-                          "config.fn must be \"circle\" (or Keras' "
-                          "serialization of it); this service computes only "
-                          "the circle loss");
+static void label_set_free(label_set *l) {
+  if (l == NULL) return;
+  free(l->str);
+  free(l->dst);
+  label_set_init(l);
 }
 
-static const char *const dtype_list =
-    "null (Keras' floatx, float32), \"float16\", \"bfloat16\", \"float32\", "
-    "\"float64\", \"mixed_float16\", \"mixed_bfloat16\", or a DTypePolicy "
-    "as keras.saving.serialize_keras_object writes it: {\"module\": \"keras\", "
-    "\"class_name\": \"DTypePolicy\", \"config\": {\"name\": \"float16\"}, "
-    "\"registered_name\": null}";
-
-/* A policy name (string, or null for floatx) into c's dtype and half. */
-static int parse_policy_name(const cJSON *it, const char *field,
-                             circle_config *c, circle_error *err) {
-  if (cJSON_IsNull(it)) {
-    c->dtype = CIRCLE_DTYPE_FLOAT32;
-    c->half = CIRCLE_HALF_NONE;
-    return 0;
+/* Returns false on ENOMEM. */
+static bool label_set_add(label_set *l, const char *s, int64_t *dst) {
+  if (l->len == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 64;
+    const char **ns = realloc(l->str, cap * sizeof(*ns));
+    if (ns == NULL) return false;
+    l->str = ns;
+    int64_t **nd = realloc(l->dst, cap * sizeof(*nd));
+    if (nd == NULL) return false;
+    l->dst = nd;
+    l->cap = cap;
   }
-  if (cJSON_IsString(it) &&
-      circle_dtype_policy_parse(it->valuestring, &c->dtype, &c->half) == 0)
-    return 0;
-  char q[80];
-  describe(it, q, sizeof(q));
-  return circle_error_set(err, 400, "bad_config", "%s is %s; expected %s",
-                          field, q, dtype_list);
+  l->str[l->len] = s;
+  l->dst[l->len] = dst;
+  l->len++;
+  return true;
 }
 
-/* config.dtype as Keras' Loss takes it: a DTypePolicy name, null, or the
- * policy serialized. Keras' deserializer ignores module and registered_name
- * and knows the class by its current name and its Keras 3.0-3.3 one; its
- * config holds only the name (absent or null: floatx). */
-static int parse_dtype(const cJSON *it, circle_config *c, circle_error *err) {
-  if (!cJSON_IsObject(it))
-    return parse_policy_name(it, "config.dtype", c, err);
-  circle__json_field f[] = {{"module", NULL}, {"class_name", NULL},
-                            {"config", NULL}, {"registered_name", NULL}};
-  if (circle__json_fields(it, "config.dtype", f, 4, err) != 0) return -1;
-  const cJSON *cls = f[1].item, *conf = f[2].item;
-  for (int k = 0; k < 4; k += 3)
-    if (f[k].item && !cJSON_IsNull(f[k].item) && !cJSON_IsString(f[k].item))
-      return circle_error_set(err, 400, "bad_config",
-                              "config.dtype.%s is %s; expected a string or "
-                              "null (config.dtype takes %s)",
-                              f[k].name, circle__json_kind(f[k].item),
-                              dtype_list);
-  if (!cJSON_IsString(cls) || (strcmp(cls->valuestring, "DTypePolicy") != 0 &&
-                               strcmp(cls->valuestring, "FloatDTypePolicy") != 0)) {
-    char q[80];
-    if (cls) describe(cls, q, sizeof(q));
-    else snprintf(q, sizeof(q), "missing");
-    return circle_error_set(err, 400, "bad_config",
-                            "config.dtype.class_name is %s; expected "
-                            "\"DTypePolicy\" (config.dtype takes %s)",
-                            q, dtype_list);
-  }
-  if (!cJSON_IsObject(conf))
-    return circle_error_set(err, 400, "bad_config",
-                            "config.dtype.config is %s; expected an object "
-                            "{\"name\": ...} (config.dtype takes %s)",
-                            conf ? circle__json_kind(conf) : "missing",
-                            dtype_list);
-  circle__json_field nf[] = {{"name", NULL}};
-  if (circle__json_fields(conf, "config.dtype.config", nf, 1, err) != 0)
-    return -1;
-  static const cJSON null_item = {.type = cJSON_NULL};
-  return parse_policy_name(nf[0].item ? nf[0].item : &null_item,
-                           "config.dtype.config.name", c, err);
+static int cmp_label_index(const void *a, const void *b, void *ctx) {
+  const char **str = ctx;
+  size_t i = *(const size_t *)a, j = *(const size_t *)b;
+  int c = strcmp(str[i], str[j]);
+  if (c) return c;
+  return i < j ? -1 : i > j; /* stable: ids follow first appearance */
 }
 
-int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
-                             char *name, size_t name_len, circle_error *err) {
-  const cJSON *obj = cjson_object;
-  if (obj == NULL || cfg == NULL || err == NULL ||
-      (name == NULL && name_len != 0))
-    return err ? circle_error_set(err, 500, "internal",
-                                  "circle_json_config_parse: bad argument")
-               : CIRCLE_EINVAL;
-  if (!cJSON_IsObject(obj))
-    return circle_error_set(err, 400, "bad_config",
-                            "config is %s; expected an object like Keras' "
-                            "Circle.get_config()",
-                            circle__json_kind(obj));
-  circle__json_field f[CF_COUNT] = {
-      {"name", NULL},   {"reduction", NULL}, {"gamma", NULL},
-      {"margin", NULL}, {"remove_diagonal", NULL}, {"dtype", NULL},
-      {"fn", NULL},     {"normalize", NULL}};
-  if (circle__json_fields(obj, "config", f, CF_COUNT, err) != 0)
-    return CIRCLE_EINVAL;
-
-  circle_config c = *cfg;
-  char nm[128] = "";
-  bool has_name = false;
-  char vb[40];
-  const cJSON *it;
-
-  if ((it = f[CF_NAME].item) != NULL && !cJSON_IsNull(it)) {
-    if (!cJSON_IsString(it))
-      return circle_error_set(err, 400, "bad_config",
-                              "config.name is %s; expected a string",
-                              circle__json_kind(it));
-    /* The name is echoed in get_config(): it must come back as sent, and
-     * bytes that are not UTF-8 would come back as U+FFFD. */
-    if (!circle__utf8_valid(it->valuestring))
-      return circle_error_set(err, 400, "bad_config",
-                              "config.name is not valid UTF-8; send the name "
-                              "as UTF-8 text");
-    size_t l = strlen(it->valuestring);
-    if (l == 0 || l >= sizeof(nm) || l >= name_len)
-      return circle_error_set(err, 400, "bad_config",
-                              "config.name has %zu bytes; expected 1 to %zu",
-                              l, (name_len < sizeof(nm) ? name_len : sizeof(nm)) - 1);
-    memcpy(nm, it->valuestring, l + 1);
-    has_name = true;
+/* Writes every id. Returns false on ENOMEM. */
+static bool label_set_assign(label_set *l) {
+  if (l->len == 0) return true;
+  size_t *order = malloc(l->len * sizeof(*order));
+  if (order == NULL) return false;
+  for (size_t i = 0; i < l->len; i++) order[i] = i;
+  qsort_r(order, l->len, sizeof(*order), cmp_label_index, l->str);
+  int64_t id = -1;
+  for (size_t k = 0; k < l->len; k++) {
+    if (k == 0 || strcmp(l->str[order[k]], l->str[order[k - 1]]) != 0) id++;
+    *l->dst[order[k]] = id;
   }
-  if ((it = f[CF_REDUCTION].item) != NULL) {
-    if (cJSON_IsNull(it)) {
-      c.reduction = CIRCLE_REDUCTION_NULL;
-    } else if (!cJSON_IsString(it) ||
-               circle_reduction_parse(it->valuestring, &c.reduction) != 0) {
-      char q[80];
-      describe(it, q, sizeof(q));
-      return circle_error_set(err, 400, "bad_config",
-                              "config.reduction is %s; expected %s", q,
-                              reduction_list);
-    }
-  }
-  if ((it = f[CF_GAMMA].item) != NULL) {
-    if (!cJSON_IsNumber(it))
-      return circle_error_set(err, 400, "bad_config",
-                              "config.gamma is %s; expected a number > 0",
-                              circle__json_kind(it));
-    if (!(it->valuedouble > 0) || !isfinite(it->valuedouble))
-      return circle_error_set(err, 400, "bad_config",
-                              "config.gamma is %s; expected a finite number "
-                              "> 0 (Keras' default is 80.0)",
-                              circle__short_number(vb, it->valuedouble));
-    c.gamma = it->valuedouble;
-  }
-  if ((it = f[CF_MARGIN].item) != NULL) {
-    if (!cJSON_IsNumber(it))
-      return circle_error_set(err, 400, "bad_config",
-                              "config.margin is %s; expected a number",
-                              circle__json_kind(it));
-    if (!isfinite(it->valuedouble))
-      return circle_error_set(err, 400, "bad_config",
-                              "config.margin overflows a double; expected a "
-                              "finite number (Keras' default is 0.4)");
-    c.margin = it->valuedouble;
-  }
-  if ((it = f[CF_REMOVE_DIAGONAL].item) != NULL &&
-      circle__bool_parse(it, &c.remove_diagonal, "config.remove_diagonal",
-                         "bad_config", err) != 0)
-    return CIRCLE_EINVAL;
-  if ((it = f[CF_DTYPE].item) != NULL && parse_dtype(it, &c, err) != 0)
-    return CIRCLE_EINVAL;
-  if ((it = f[CF_FN].item) != NULL && parse_fn(it, err) != 0)
-    return CIRCLE_EINVAL;
-  if ((it = f[CF_NORMALIZE].item) != NULL &&
-      circle__bool_parse(it, &c.normalize, "config.normalize", "bad_config",
-                         err) != 0)
-    return CIRCLE_EINVAL;
-  if (circle_config_validate(&c) != 0)
-    return circle_error_set(err, 400, "bad_config",
-                            "config is out of range (gamma must be > 0 and "
-                            "finite, margin finite)");
-  *cfg = c;
-  if (has_name && name && name_len) snprintf(name, name_len, "%s", nm);
-  return 0;
-}
-
-void circle_json_config_write(circle_buf *b, const circle_config *cfg,
-                              const char *name) {
-  if (b == NULL || cfg == NULL) return;
-  circle_buf_puts(b, "{\"name\": ");
-  circle_buf_json_string(b, name ? name : "circle");
-  circle_buf_puts(b, ", \"reduction\": ");
-  const char *r = circle_reduction_name(cfg->reduction);
-  if (r) circle_buf_json_string(b, r);
-  else circle_buf_puts(b, "null");
-  circle_buf_puts(b, ", \"gamma\": ");
-  circle_buf_python_float(b, cfg->gamma);
-  circle_buf_puts(b, ", \"margin\": ");
-  circle_buf_python_float(b, cfg->margin);
-  circle_buf_puts(b, ", \"remove_diagonal\": ");
-  circle_buf_puts(b, cfg->remove_diagonal ? "true}" : "false}");
+  free(order);
+  return true;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -291,13 +130,13 @@ typedef struct {
   size_t len;
   const circle_limits *lim;
   circle_error *err;
-  circle__labels strings; /* string labels of both sets */
+  label_set strings; /* string labels of both sets */
   int kind;               /* of the labels seen so far */
   const cut_matrices *cut; /* NULL unless the matrices were cut */
 } decoder;
 
 static int missing(circle_error *err, const char *field, const char *what) {
-  return circle_error_set(err, 400, "missing_field",
+  return circle_error_set(err, CIRCLE_ERR_MISSING_FIELD,
                           "%s is missing; expected %s", field, what);
 }
 
@@ -305,7 +144,7 @@ static int missing(circle_error *err, const char *field, const char *what) {
 static int array_len(const cJSON *a, const char *field, const char *what,
                      size_t *out, circle_error *err) {
   if (!cJSON_IsArray(a))
-    return circle_error_set(err, 400, "wrong_type", "%s is %s; expected %s",
+    return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE, "%s is %s; expected %s",
                             field, circle__json_kind(a), what);
   size_t n = 0;
   const cJSON *it;
@@ -328,7 +167,7 @@ static int parse_labels(decoder *dc, const cJSON *arr, const char *field,
     if (cJSON_IsNumber(it)) kind = KIND_INT;
     else if (cJSON_IsString(it)) kind = KIND_STRING;
     else
-      return circle_error_set(err, 400, "bad_label",
+      return circle_error_set(err, CIRCLE_ERR_BAD_LABEL,
                               "%s[%zu] is %s; labels must be integers or "
                               "strings",
                               field, i, circle__json_kind(it));
@@ -337,21 +176,21 @@ static int parse_labels(decoder *dc, const cJSON *arr, const char *field,
       first_field = field;
     } else if (dc->kind != kind) {
       return circle_error_set(
-          err, 400, "bad_label",
+          err, CIRCLE_ERR_BAD_LABEL,
           "%s[%zu] is %s but %s[0] is %s; use integers or strings for all "
           "labels and ref_labels, not both",
           field, i, kind == KIND_INT ? "a number" : "a string", first_field,
           dc->kind == KIND_INT ? "a number" : "a string");
     }
     if (kind == KIND_STRING) {
-      if (!circle__labels_add(&dc->strings, it->valuestring, &out[i]))
-        return circle_error_set(err, 503, "overloaded",
+      if (!label_set_add(&dc->strings, it->valuestring, &out[i]))
+        return circle_error_set(err, CIRCLE_ERR_OVERLOADED,
                                 "out of memory reading %s; retry later", field);
     } else {
       double v = it->valuedouble;
       if (fabs(v) < EXACT_INT_LIMIT) {
         if (v != trunc(v))
-          return circle_error_set(err, 400, "bad_label",
+          return circle_error_set(err, CIRCLE_ERR_BAD_LABEL,
                                   "%s[%zu] is %s; labels must be integers or "
                                   "strings",
                                   field, i, circle__short_number(vb, v));
@@ -370,34 +209,22 @@ static int parse_labels(decoder *dc, const cJSON *arr, const char *field,
     if (circle__json_locate(dc->body, dc->len, path, 1, &off))
       rc = circle__json_read_int64s(dc->body, dc->len, off, out, n, &bad);
     if (rc == CIRCLE__INT_RANGE)
-      return circle_error_set(err, 400, "bad_label",
+      return circle_error_set(err, CIRCLE_ERR_BAD_LABEL,
                               "%s[%zu] is outside the int64 range; send "
                               "integers in [-2^63, 2^63) or strings",
                               field, bad);
     if (rc == CIRCLE__INT_NOT_INTEGER)
-      return circle_error_set(err, 400, "bad_label",
+      return circle_error_set(err, CIRCLE_ERR_BAD_LABEL,
                               "%s[%zu] is not an integer; labels must be "
                               "integers or strings",
                               field, bad);
     if (rc != CIRCLE__INT_OK)
-      return circle_error_set(err, 400, "bad_label",
+      return circle_error_set(err, CIRCLE_ERR_BAD_LABEL,
                               "%s holds integers too large to read exactly; "
                               "send them as strings",
                               field);
   }
   return 0;
-}
-
-/* Stores v at out[idx] in dtype; false when it does not fit (float32
- * overflow). */
-static inline bool store(void *out, size_t idx, double v, circle_dtype dt) {
-  if (dt == CIRCLE_DTYPE_FLOAT32) {
-    float f = (float)v;
-    ((float *)out)[idx] = f;
-    return isfinite(f);
-  }
-  ((double *)out)[idx] = v;
-  return isfinite(v);
 }
 
 static int non_finite(circle_error *err, const char *field, size_t r,
@@ -407,12 +234,12 @@ static int non_finite(circle_error *err, const char *field, size_t r,
   else snprintf(idx, sizeof(idx), "%s[%zu]", field, r);
   if (isfinite(v)) {
     char vb[40];
-    return circle_error_set(err, 400, "non_finite",
+    return circle_error_set(err, CIRCLE_ERR_NON_FINITE,
                             "%s is %s, which overflows float32; use config "
                             "dtype \"float64\" or rescale the values",
                             idx, circle__short_number(vb, v));
   }
-  return circle_error_set(err, 400, "non_finite",
+  return circle_error_set(err, CIRCLE_ERR_NON_FINITE,
                           "%s overflows to infinity; every number must be "
                           "finite",
                           idx);
@@ -426,14 +253,14 @@ static int narrow_half(circle_error *err, const circle_config *cfg, void **arr,
   size_t k = 0;
   int rc = circle__half_narrow_array(cfg->half, arr, rows * d, &k);
   if (rc == CIRCLE_ENOMEM)
-    return circle_error_set(err, 503, "overloaded",
+    return circle_error_set(err, CIRCLE_ERR_OVERLOADED,
                             "out of memory for %s; retry later", field);
   if (rc != 0) {
     char idx[64], vb[40];
     double v = ((const double *)*arr)[k];
     if (two_d) snprintf(idx, sizeof(idx), "%s[%zu][%zu]", field, k / d, k % d);
     else snprintf(idx, sizeof(idx), "%s[%zu]", field, k);
-    return circle_error_set(err, 400, "non_finite",
+    return circle_error_set(err, CIRCLE_ERR_NON_FINITE,
                             "%s is %s, beyond %s's largest finite value %g; "
                             "use config dtype \"float32\" or rescale the "
                             "values",
@@ -469,17 +296,17 @@ static int parse_matrix(decoder *dc, size_t off, const char *field,
   circle__json_iter_init(&it, t, tl, off);
   if (dd == 0) {
     if (!circle__json_iter_next(&it, &at) || t[at] != '[')
-      return circle_error_set(err, 400, "wrong_type",
+      return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                               "%s[0] is %s; expected an array of numbers",
                               field, circle__json_text_kind(t, tl, at));
     dd = text_count(t, tl, at);
     if (dd == 0)
-      return circle_error_set(err, 400, "shape_mismatch",
+      return circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                               "%s[0] is empty; each row needs at least one "
                               "number",
                               field);
     if (dd > dc->lim->max_d)
-      return circle_error_set(err, 413, "limit_exceeded",
+      return circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
                               "%s[0] has %zu numbers; the dimension limit D "
                               "is %zu",
                               field, dd, dc->lim->max_d);
@@ -487,13 +314,13 @@ static int parse_matrix(decoder *dc, size_t off, const char *field,
   }
   while (circle__json_iter_next(&it, &at)) {
     if (t[at] != '[')
-      return circle_error_set(err, 400, "wrong_type",
+      return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                               "%s[%zu] is %s; expected an array of %zu "
                               "numbers",
                               field, r, circle__json_text_kind(t, tl, at), dd);
     size_t have = text_count(t, tl, at);
     if (have != dd) /* within one matrix: ragged; against another: D */
-      return circle_error_set(err, 400, *d ? "shape_mismatch" : "ragged_rows",
+      return circle_error_set(err, *d ? CIRCLE_ERR_SHAPE_MISMATCH : CIRCLE_ERR_RAGGED_ROWS,
                               "%s[%zu] has %zu numbers; expected %zu like %s",
                               field, r, have, dd, like);
     r++;
@@ -502,11 +329,11 @@ static int parse_matrix(decoder *dc, size_t off, const char *field,
   uint64_t total;
   if (!circle__mul_u64(rows, dd, &total) || !circle__mul_u64(total, esz, &total) ||
       total > SIZE_MAX)
-    return circle_error_set(err, 413, "limit_exceeded",
+    return circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
                             "%s is too large (%zu x %zu)", field, rows, dd);
   void *m = malloc(total ? (size_t)total : 1);
   if (m == NULL)
-    return circle_error_set(err, 503, "overloaded",
+    return circle_error_set(err, CIRCLE_ERR_OVERLOADED,
                             "out of memory for %s (%zu x %zu); retry later or "
                             "send a smaller batch",
                             field, rows, dd);
@@ -522,11 +349,11 @@ static int parse_matrix(decoder *dc, size_t off, const char *field,
        * some other value. */
       if (circle__json_fast_number(t + at, t + tl, &v) == 0) {
         free(m);
-        return circle_error_set(err, 400, "wrong_type",
+        return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                                 "%s[%zu][%zu] is %s; expected a number",
                                 field, r, c, circle__json_text_kind(t, tl, at));
       }
-      if (!store(m, base + c, v, dt)) {
+      if (!circle__store_finite(m, base + c, v, dt)) {
         free(m);
         return non_finite(err, field, r, c, true, v, dt);
       }
@@ -554,7 +381,7 @@ static int parse_outputs(const cJSON *a, bool has_ref, unsigned *want,
       "\"loss\", \"per_sample_loss\", \"embeddings_grad\", "
       "\"ref_embeddings_grad\", \"stats\", \"retrieval\"";
   if (!cJSON_IsArray(a))
-    return circle_error_set(err, 400, "bad_output",
+    return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                             "outputs is %s; expected an array of names from "
                             "%s",
                             circle__json_kind(a), list);
@@ -563,7 +390,7 @@ static int parse_outputs(const cJSON *a, bool has_ref, unsigned *want,
   const cJSON *it;
   cJSON_ArrayForEach(it, a) {
     if (!cJSON_IsString(it))
-      return circle_error_set(err, 400, "bad_output",
+      return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                               "outputs[%zu] is %s; expected one of %s", i,
                               circle__json_kind(it), list);
     size_t k;
@@ -572,16 +399,16 @@ static int parse_outputs(const cJSON *a, bool has_ref, unsigned *want,
     char q[72];
     circle__json_quote(q, sizeof(q), it->valuestring, 64);
     if (k == sizeof(names) / sizeof(names[0]))
-      return circle_error_set(err, 400, "bad_output",
+      return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                               "outputs[%zu] is \"%s\"; expected one of %s", i,
                               q, list);
     if (w & names[k].bit)
-      return circle_error_set(err, 400, "bad_output",
+      return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                               "outputs[%zu] repeats \"%s\"; name each output "
                               "once",
                               i, q);
     if (names[k].bit == CIRCLE_OUT_REF_GRAD && !has_ref)
-      return circle_error_set(err, 400, "bad_output",
+      return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                               "outputs[%zu] asks for \"ref_embeddings_grad\" "
                               "but the request has no reference set; send "
                               "ref_labels and ref_embeddings",
@@ -590,7 +417,7 @@ static int parse_outputs(const cJSON *a, bool has_ref, unsigned *want,
     i++;
   }
   if (w == 0)
-    return circle_error_set(err, 400, "bad_output",
+    return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                             "outputs is empty; name at least one of %s (or "
                             "leave outputs out for all)",
                             list);
@@ -606,7 +433,7 @@ static int take_fast_matrix(decoder *dc, circle__json_fast_matrix *fm,
                             void **out) {
   if (!fm->found || fm->rows != rows || fm->d > dc->lim->max_d ||
       (*d && fm->d != *d))
-    return circle_error_set(dc->err, 400, "shape_mismatch", "fast path");
+    return circle_error_set(dc->err, CIRCLE_ERR_SHAPE_MISMATCH, "fast path");
   size_t count = rows * fm->d;
   if (dt == CIRCLE_DTYPE_FLOAT32) {
     /* In place, front to back: float i overwrites bytes of double i / 2,
@@ -614,10 +441,10 @@ static int take_fast_matrix(decoder *dc, circle__json_fast_matrix *fm,
     char *bytes = (char *)fm->v;
     for (size_t i = 0; i < count; i++) {
       double v;
+      float f;
       memcpy(&v, bytes + i * sizeof(double), sizeof v);
-      float f = (float)v;
-      if (!isfinite(f))
-        return circle_error_set(dc->err, 400, "non_finite", "fast path");
+      if (!circle__store_finite(&f, 0, v, CIRCLE_DTYPE_FLOAT32))
+        return circle_error_set(dc->err, CIRCLE_ERR_NON_FINITE, "fast path");
       memcpy(bytes + i * sizeof f, &f, sizeof f);
     }
     void *shrunk = realloc(fm->v, count * sizeof(float));
@@ -677,7 +504,7 @@ static int decode_slow(const char *body, size_t len,
       if (emb || ref) {
         /* Every copy of the key is cut; the tree then reports a repeat. */
         if (nspans == sizeof spans / sizeof *spans / 2)
-          return circle_error_set(err, 400, "duplicate_key",
+          return circle_error_set(err, CIRCLE_ERR_DUPLICATE_KEY,
                                   "duplicate key \"%s\" in the request body; "
                                   "send each key once",
                                   key);
@@ -697,7 +524,7 @@ static int decode_slow(const char *body, size_t len,
       size_t k = text_count(body, len, at);
       if (k > cap)
         return circle_error_set(
-            err, 413, "limit_exceeded", "%s has %zu %s; the %s limit %s is %zu",
+            err, CIRCLE_ERR_LIMIT_EXCEEDED, "%s has %zu %s; the %s limit %s is %zu",
             key, k, strcmp(key, "sample_weight") ? "rows" : "numbers",
             strcmp(key, "ref_labels") ? "batch" : "reference",
             strcmp(key, "ref_labels") ? "N" : "M", cap);
@@ -706,7 +533,7 @@ static int decode_slow(const char *body, size_t len,
   char *copy;
   size_t copy_len;
   if (!circle__json_cut(body, len, spans, nspans, &copy, &copy_len))
-    return circle_error_set(err, 503, "overloaded",
+    return circle_error_set(err, CIRCLE_ERR_OVERLOADED,
                             "out of memory reading the request; retry later");
   int rc = decode(copy, copy_len, defaults, default_name, lim, req, err, NULL,
                   &cut);
@@ -724,7 +551,7 @@ int circle_json_decode(const char *body, size_t len,
                        const circle_limits *lim, circle_request *req,
                        circle_error *err) {
   if (req == NULL || err == NULL || lim == NULL || (body == NULL && len)) {
-    if (err) circle_error_set(err, 500, "internal", "circle_json_decode: bad argument");
+    if (err) circle_error_set(err, CIRCLE_ERR_INTERNAL, "circle_json_decode: bad argument");
     return CIRCLE_EINVAL;
   }
   if (body == NULL) body = "";
@@ -750,7 +577,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
   if (root == NULL) return CIRCLE_EINVAL;
 
   decoder dc = {body, len, lim, err, {0}, KIND_NONE, cut};
-  circle__labels_init(&dc.strings);
+  label_set_init(&dc.strings);
   circle_request r;
   circle_request_init(&r);
   r.proto = CIRCLE_PROTO_V1;
@@ -759,7 +586,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
   int rc = CIRCLE_EINVAL;
 
   if (!cJSON_IsObject(root)) {
-    circle_error_set(err, 400, "wrong_type",
+    circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                      "the body is %s; expected a JSON object with labels and "
                      "embeddings",
                      circle__json_kind(root));
@@ -777,30 +604,27 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
 
   /* Options first: they decide the dtype the arrays are converted to. */
   if (f[F_CONFIG].item &&
-      circle_json_config_parse(f[F_CONFIG].item, &r.cfg, r.name,
+      circle__config_from_json(f[F_CONFIG].item, &r.cfg, r.name,
                                sizeof(r.name), err) != 0)
     goto fail;
   if (f[F_NORMALIZE].item) {
-    const cJSON *it = f[F_NORMALIZE].item;
-    if (!cJSON_IsBool(it)) {
-      circle_error_set(err, 400, "wrong_type",
-                       "normalize is %s; expected true or false",
-                       circle__json_kind(it));
+    bool normalize;
+    if (circle__bool_parse(f[F_NORMALIZE].item, &normalize, "normalize",
+                           CIRCLE_ERR_WRONG_TYPE, err) != 0)
       goto fail;
-    }
     const cJSON *cn = f[F_CONFIG].item
                           ? cJSON_GetObjectItemCaseSensitive(f[F_CONFIG].item,
                                                              "normalize")
                           : NULL;
-    if (cn && cJSON_IsTrue(cn) != cJSON_IsTrue(it)) {
-      circle_error_set(err, 400, "bad_config",
+    if (cn && (bool)cJSON_IsTrue(cn) != normalize) {
+      circle_error_set(err, CIRCLE_ERR_BAD_CONFIG,
                        "normalize is %s but config.normalize is %s; give it "
                        "once",
-                       cJSON_IsTrue(it) ? "true" : "false",
+                       normalize ? "true" : "false",
                        cJSON_IsTrue(cn) ? "true" : "false");
       goto fail;
     }
-    r.cfg.normalize = cJSON_IsTrue(it);
+    r.cfg.normalize = normalize;
   }
   if (f[F_TAG].item &&
       circle__tag_parse(f[F_TAG].item, r.tag, sizeof(r.tag), "tag", err) != 0)
@@ -824,12 +648,12 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
                 &n, err) != 0)
     goto fail;
   if (n == 0) {
-    circle_error_set(err, 400, "empty_batch",
+    circle_error_set(err, CIRCLE_ERR_EMPTY_BATCH,
                      "labels is empty; send at least one row");
     goto fail;
   }
   if (n > lim->max_n) {
-    circle_error_set(err, 413, "limit_exceeded",
+    circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
                      "labels has %zu rows; the batch limit N is %zu", n,
                      lim->max_n);
     goto fail;
@@ -841,14 +665,14 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
   if (fb) rows = fb->emb.rows;
   else if (cut && cut->emb) rows = text_count(cut->text, cut->len, cut->emb_off);
   if (rows != n) {
-    circle_error_set(err, 400, rows == 0 ? "empty_batch" : "shape_mismatch",
+    circle_error_set(err, rows == 0 ? CIRCLE_ERR_EMPTY_BATCH : CIRCLE_ERR_SHAPE_MISMATCH,
                      "embeddings has %zu rows; expected %zu, one per label",
                      rows, n);
     goto fail;
   }
   const cJSON *rl = f[F_REF_LABELS].item, *re = f[F_REF_EMBEDDINGS].item;
   if ((rl == NULL) != (re == NULL)) {
-    circle_error_set(err, 400, "half_reference",
+    circle_error_set(err, CIRCLE_ERR_HALF_REFERENCE,
                      "%s is given without %s; send both ref_labels and "
                      "ref_embeddings, or neither",
                      rl ? "ref_labels" : "ref_embeddings",
@@ -867,35 +691,28 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
     if (fb) mrows = fb->ref.found ? fb->ref.rows : 0;
     else if (cut && cut->ref) mrows = text_count(cut->text, cut->len, cut->ref_off);
     if (m == 0) {
-      circle_error_set(err, 400, "empty_batch",
+      circle_error_set(err, CIRCLE_ERR_EMPTY_BATCH,
                        "ref_labels is empty; send at least one reference row "
                        "or leave the reference set out");
       goto fail;
     }
     if (m > lim->max_m) {
-      circle_error_set(err, 413, "limit_exceeded",
+      circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
                        "ref_labels has %zu rows; the reference limit M is %zu",
                        m, lim->max_m);
       goto fail;
     }
     if (mrows != m) {
-      circle_error_set(err, 400, "shape_mismatch",
+      circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                        "ref_embeddings has %zu rows; expected %zu, one per "
                        "ref label",
                        mrows, m);
       goto fail;
     }
   }
-  uint64_t pairs;
-  if (!circle__mul_u64(n, r.has_ref ? m : n, &pairs) || pairs > lim->max_pairs) {
-    circle_error_set(err, 413, "limit_exceeded",
-                     "%zu x %zu = %llu pairs exceeds the work limit of %llu "
-                     "pairs; send a smaller batch",
-                     n, r.has_ref ? m : n,
-                     (unsigned long long)((uint64_t)n * (r.has_ref ? m : n)),
-                     (unsigned long long)lim->max_pairs);
-    goto fail;
-  }
+  /* N and M are in their limits (checked above, naming the array); D is
+   * checked row by row as the rows are read. */
+  if (circle__limits_check(lim, n, m, r.has_ref, 0, err) != 0) goto fail;
 
   /* Without outputs: everything that applies but the retrieval figures,
    * which cost a ranking per row and are computed only when named. */
@@ -909,7 +726,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
   r.labels = malloc(n * sizeof(int64_t));
   if (r.has_ref) r.ref_labels = malloc(m * sizeof(int64_t));
   if (r.labels == NULL || (r.has_ref && r.ref_labels == NULL)) {
-    circle_error_set(err, 503, "overloaded", "out of memory for labels; retry later");
+    circle_error_set(err, CIRCLE_ERR_OVERLOADED, "out of memory for labels; retry later");
     goto fail;
   }
   if (parse_labels(&dc, f[F_LABELS].item, "labels", n, r.labels) != 0) goto fail;
@@ -939,7 +756,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
     if (array_len(sw, "sample_weight", "an array of N numbers >= 0", &k, err) != 0)
       goto fail;
     if (k != n) {
-      circle_error_set(err, 400, "shape_mismatch",
+      circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                        "sample_weight has %zu numbers; expected %zu, one per "
                        "label",
                        k, n);
@@ -947,7 +764,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
     }
     r.sw = malloc(n * circle_dtype_size(adt));
     if (r.sw == NULL) {
-      circle_error_set(err, 503, "overloaded", "out of memory; retry later");
+      circle_error_set(err, CIRCLE_ERR_OVERLOADED, "out of memory; retry later");
       goto fail;
     }
     size_t i = 0;
@@ -955,17 +772,17 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
     char vb[40];
     cJSON_ArrayForEach(it, sw) {
       if (!cJSON_IsNumber(it)) {
-        circle_error_set(err, 400, "wrong_type",
+        circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                          "sample_weight[%zu] is %s; expected a number >= 0", i,
                          circle__json_kind(it));
         goto fail;
       }
-      if (!store(r.sw, i, it->valuedouble, adt)) {
+      if (!circle__store_finite(r.sw, i, it->valuedouble, adt)) {
         non_finite(err, "sample_weight", i, 0, false, it->valuedouble, adt);
         goto fail;
       }
       if (it->valuedouble < 0) {
-        circle_error_set(err, 400, "wrong_type",
+        circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                          "sample_weight[%zu] is %s; sample weights must be "
                          ">= 0",
                          i, circle__short_number(vb, it->valuedouble));
@@ -977,8 +794,8 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
 
   if (narrow_half(err, &r.cfg, &r.sw, n, 1, "sample_weight", false) != 0)
     goto fail;
-  if (!circle__labels_assign(&dc.strings)) {
-    circle_error_set(err, 503, "overloaded", "out of memory for labels; retry later");
+  if (!label_set_assign(&dc.strings)) {
+    circle_error_set(err, CIRCLE_ERR_OVERLOADED, "out of memory for labels; retry later");
     goto fail;
   }
   r.n = n;
@@ -991,7 +808,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
 fail:
   circle_request_free(&r);
 done:
-  circle__labels_free(&dc.strings);
+  label_set_free(&dc.strings);
   cJSON_Delete(root);
   return rc;
 }
@@ -1085,7 +902,7 @@ int circle_json_encode(const circle_request *req, const circle_output *out,
   SEP();
 #undef SEP
   circle_buf_puts(b, "\"config\": ");
-  circle_json_config_write(b, &req->cfg, req->name);
+  circle__config_to_json(b, &req->cfg, req->name);
   circle_buf_puts(b, ", \"dtype\": ");
   circle_buf_json_string(b, circle_config_dtype_name(&req->cfg));
   circle_buf_puts(b, ", \"n\": ");
@@ -1101,7 +918,7 @@ int circle_json_encode(const circle_request *req, const circle_output *out,
 void circle_json_error(const circle_error *err, circle_buf *b) {
   if (err == NULL || b == NULL) return;
   circle_buf_puts(b, "{\"error\": {\"code\": ");
-  circle_buf_json_string(b, err->code[0] ? err->code : "internal");
+  circle_buf_json_string(b, circle_error_code(err->kind));
   circle_buf_puts(b, ", \"message\": ");
   circle_buf_json_string(b, err->message);
   circle_buf_puts(b, "}}");

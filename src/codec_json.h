@@ -13,27 +13,6 @@
 
 #include "request.h"
 
-/* Parses a Keras get_config()-style object (cJSON node passed as void* to
- * keep cJSON out of this header) into cfg/name: gamma, margin,
- * remove_diagonal, reduction (string or null), name, dtype (every spelling
- * Keras' Circle takes: a DTypePolicy name, null for floatx = float32, or the
- * serialized DTypePolicy object; into cfg->dtype and cfg->half); also accepts
- * "fn" (Keras' LossFunctionWrapper form, must be circle) and "normalize".
- * cfg and name are in/out: members the object does not mention keep their
- * values (name is written only when the object has a name, and a name
- * that does not fit name_len is an error). Unknown keys are an error.
- * Returns 0 or CIRCLE_EINVAL with *err filled (400 "bad_config",
- * "unknown_key" or "duplicate_key"); cfg and name are untouched then. */
-int circle_json_config_parse(const void *cjson_object, circle_config *cfg,
-                             char *name, size_t name_len, circle_error *err);
-
-/* Writes the get_config() JSON of cfg/name:
- * {"name": ..., "reduction": ..., "gamma": ..., "margin": ...,
- *  "remove_diagonal": ...} (gamma and margin always with a decimal point,
- * as Python prints floats). */
-void circle_json_config_write(circle_buf *b, const circle_config *cfg,
-                              const char *name);
-
 /* Decodes a /v1/loss body. defaults seeds req->cfg and req->name. Returns 0,
  * or a negative status with *err filled (4xx, precise message with field,
  * row and byte offset where it applies). req must be circle_request_init'ed;

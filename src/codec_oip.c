@@ -37,7 +37,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "codec_json.h"
+#include "codec_config.h"
 #include "codec_util.h"
 #include "json_fast.h"
 
@@ -66,7 +66,7 @@ static int parse_input_params(circle__oip_decoder *dc, const cJSON *p,
   char where[64];
   snprintf(where, sizeof(where), "the parameters of input '%s'", name);
   if (!cJSON_IsObject(p))
-    return circle_error_set(err, 400, "wrong_type",
+    return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                             "the parameters of input '%s' are %s; expected "
                             "an object",
                             name, circle__json_kind(p));
@@ -77,7 +77,7 @@ static int parse_input_params(circle__oip_decoder *dc, const cJSON *p,
                             {"content_type", NULL}};
   if (circle__json_fields(p, where, f, 5, err) != 0) return CIRCLE_EINVAL;
   if (f[1].item || f[2].item || f[3].item)
-    return circle_error_set(err, 400, "wrong_type",
+    return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                             "input '%s' uses shared memory, which circled "
                             "does not support; send the data in the body "
                             "(JSON or binary_data_size)",
@@ -85,7 +85,7 @@ static int parse_input_params(circle__oip_decoder *dc, const cJSON *p,
   /* content_type (KServe / MLServer codecs) is informational: ignored. */
   if (f[0].item) {
     if (!json_uint(f[0].item, bin_size))
-      return circle_error_set(err, 400, "wrong_type",
+      return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                               "input '%s': binary_data_size must be an "
                               "integer >= 0",
                               name);
@@ -102,7 +102,7 @@ static int parse_input(circle__oip_decoder *dc, const cJSON *obj,
   char where[32];
   snprintf(where, sizeof(where), "inputs[%zu]", index);
   if (!cJSON_IsObject(obj))
-    return circle_error_set(err, 400, "wrong_type",
+    return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                             "inputs[%zu] is %s; expected an object with "
                             "name, shape, datatype and data",
                             index, circle__json_kind(obj));
@@ -111,7 +111,7 @@ static int parse_input(circle__oip_decoder *dc, const cJSON *obj,
                             {"data", NULL}};
   if (circle__json_fields(obj, where, f, 5, err) != 0) return CIRCLE_EINVAL;
   if (!cJSON_IsString(f[0].item))
-    return circle_error_set(err, 400, f[0].item ? "wrong_type" : "missing_field",
+    return circle_error_set(err, f[0].item ? CIRCLE_ERR_WRONG_TYPE : CIRCLE_ERR_MISSING_FIELD,
                             "inputs[%zu].name is %s; expected one of labels, "
                             "embeddings, sample_weight, ref_labels, "
                             "ref_embeddings",
@@ -122,7 +122,7 @@ static int parse_input(circle__oip_decoder *dc, const cJSON *obj,
   char q[72];
   circle__json_quote(q, sizeof(q), f[0].item->valuestring, 64);
   if (k == CIRCLE__OIP_IN_COUNT)
-    return circle_error_set(err, 400, "unknown_key",
+    return circle_error_set(err, CIRCLE_ERR_UNKNOWN_KEY,
                             "model 'circle' has no input '%s'; its inputs "
                             "are labels, embeddings, sample_weight, "
                             "ref_labels and ref_embeddings",
@@ -130,7 +130,7 @@ static int parse_input(circle__oip_decoder *dc, const cJSON *obj,
   const char *name = circle__oip_input_names[k];
   circle__oip_input *in = &dc->in[k];
   if (in->present)
-    return circle_error_set(err, 400, "duplicate_key",
+    return circle_error_set(err, CIRCLE_ERR_DUPLICATE_KEY,
                             "input '%s' is given twice (inputs[%zu] and "
                             "inputs[%zu])",
                             name, in->index, index);
@@ -139,7 +139,7 @@ static int parse_input(circle__oip_decoder *dc, const cJSON *obj,
 
   /* datatype */
   if (!cJSON_IsString(f[2].item))
-    return circle_error_set(err, 400, f[2].item ? "wrong_type" : "missing_field",
+    return circle_error_set(err, f[2].item ? CIRCLE_ERR_WRONG_TYPE : CIRCLE_ERR_MISSING_FIELD,
                             "input '%s': datatype is %s; expected a string "
                             "such as \"FP32\"",
                             name, circle__json_kind(f[2].item));
@@ -147,12 +147,12 @@ static int parse_input(circle__oip_decoder *dc, const cJSON *obj,
   circle__json_quote(q, sizeof(q), f[2].item->valuestring, 64);
   bool is_label = k == CIRCLE__OIP_IN_LABELS || k == CIRCLE__OIP_IN_REF_LABELS;
   if (is_label && in->type != CIRCLE_OIP_INT32 && in->type != CIRCLE_OIP_INT64)
-    return circle_error_set(err, 400, "wrong_type",
+    return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                             "input '%s' has datatype \"%s\"; expected INT32 "
                             "or INT64",
                             name, q);
   if (!is_label && !is_float_type(in->type))
-    return circle_error_set(err, 400, "wrong_type",
+    return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                             "input '%s' has datatype \"%s\"; expected FP32 or "
                             "FP64 (FP16 and BF16 also accepted)",
                             name, q);
@@ -160,7 +160,7 @@ static int parse_input(circle__oip_decoder *dc, const cJSON *obj,
   /* shape */
   const cJSON *sh = f[1].item;
   if (!cJSON_IsArray(sh))
-    return circle_error_set(err, 400, sh ? "wrong_type" : "missing_field",
+    return circle_error_set(err, sh ? CIRCLE_ERR_WRONG_TYPE : CIRCLE_ERR_MISSING_FIELD,
                             "input '%s': shape is %s; expected an array of "
                             "dimensions",
                             name, circle__json_kind(sh));
@@ -170,12 +170,12 @@ static int parse_input(circle__oip_decoder *dc, const cJSON *obj,
   cJSON_ArrayForEach(it, sh) {
     uint64_t dim;
     if (!json_uint(it, &dim))
-      return circle_error_set(err, 400, "wrong_type",
+      return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                               "input '%s': shape[%zu] is not an integer >= 0",
                               name, rank);
     if (rank < 2) in->shape[rank] = dim;
     if (!circle__mul_u64(count, dim, &count))
-      return circle_error_set(err, 413, "limit_exceeded",
+      return circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
                               "input '%s': the shape's element count "
                               "overflows",
                               name);
@@ -187,7 +187,7 @@ static int parse_input(circle__oip_decoder *dc, const cJSON *obj,
       k == CIRCLE__OIP_IN_EMBEDDINGS || k == CIRCLE__OIP_IN_REF_EMBEDDINGS;
   bool ok_rank = matrix ? rank == 2 : (rank == 1 || (rank == 2 && in->shape[1] == 1));
   if (!ok_rank)
-    return circle_error_set(err, 400, "shape_mismatch",
+    return circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                             "input '%s' has rank %zu; expected %s", name, rank,
                             matrix ? "[N, D]" : "[N] or [N, 1]");
 
@@ -198,24 +198,24 @@ static int parse_input(circle__oip_decoder *dc, const cJSON *obj,
       parse_input_params(dc, f[3].item, name, &has_bin, &bin_size) != 0)
     return CIRCLE_EINVAL;
   if (has_bin && f[4].item)
-    return circle_error_set(err, 400, "wrong_type",
+    return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                             "input '%s' has both JSON data and "
                             "binary_data_size; send one",
                             name);
   if (!has_bin) {
     if (f[4].item == NULL)
-      return circle_error_set(err, 400, "missing_field",
+      return circle_error_set(err, CIRCLE_ERR_MISSING_FIELD,
                               "input '%s' has no data; send \"data\" or "
                               "parameters.binary_data_size with the bytes "
                               "after the JSON",
                               name);
     if (!cJSON_IsArray(f[4].item))
-      return circle_error_set(err, 400, "wrong_type",
+      return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                               "input '%s': data is %s; expected an array",
                               name, circle__json_kind(f[4].item));
     /* cannot happen: see cut */
     if (index >= CIRCLE__OIP_CUT_INPUTS || !dc->cut[index])
-      return circle_error_set(err, 500, "internal",
+      return circle_error_set(err, CIRCLE_ERR_INTERNAL,
                               "input '%s': its data was not found in the text",
                               name);
     in->json = true;
@@ -227,7 +227,7 @@ static int parse_input(circle__oip_decoder *dc, const cJSON *obj,
   if (!circle__mul_u64(count, esz, &want) || want != bin_size) {
     char st[64];
     circle__oip_shape_text(st, sizeof(st), in);
-    return circle_error_set(err, 400, "shape_mismatch",
+    return circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                             "input '%s': binary_data_size is %llu bytes but "
                             "shape %s of %s needs %llu",
                             name, (unsigned long long)bin_size, st,
@@ -236,7 +236,7 @@ static int parse_input(circle__oip_decoder *dc, const cJSON *obj,
   }
   size_t avail = body_len - *bin_off;
   if (bin_size > avail)
-    return circle_error_set(err, 400, "shape_mismatch",
+    return circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                             "input '%s' needs %llu bytes of binary data at "
                             "byte %zu, but the body has only %zu bytes "
                             "left there (truncated body, or a wrong "
@@ -262,7 +262,7 @@ static int parse_params(circle__oip_decoder *dc, const cJSON *p, circle_request 
                         bool *retrieval) {
   circle_error *err = dc->err;
   if (!cJSON_IsObject(p))
-    return circle_error_set(err, 400, "wrong_type",
+    return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                             "parameters is %s; expected an object",
                             circle__json_kind(p));
   /* The last five are Triton's scheduling parameters (tritonclient sends
@@ -281,7 +281,7 @@ static int parse_params(circle__oip_decoder *dc, const cJSON *p, circle_request 
    * config; reuse its parser on an object of just those members. */
   cJSON *cfg = cJSON_CreateObject();
   if (cfg == NULL)
-    return circle_error_set(err, 503, "overloaded", "out of memory; retry later");
+    return circle_error_set(err, CIRCLE_ERR_OVERLOADED, "out of memory; retry later");
   static const int cfg_keys[] = {P_GAMMA, P_MARGIN, P_REMOVE_DIAGONAL,
                                  P_REDUCTION, P_DTYPE};
   for (size_t i = 0; i < sizeof(cfg_keys) / sizeof(cfg_keys[0]); i++) {
@@ -291,10 +291,10 @@ static int parse_params(circle__oip_decoder *dc, const cJSON *p, circle_request 
     if (dup == NULL || !cJSON_AddItemToObject(cfg, f[cfg_keys[i]].name, dup)) {
       cJSON_Delete(dup);
       cJSON_Delete(cfg);
-      return circle_error_set(err, 503, "overloaded", "out of memory; retry later");
+      return circle_error_set(err, CIRCLE_ERR_OVERLOADED, "out of memory; retry later");
     }
   }
-  int rc = circle_json_config_parse(cfg, &r->cfg, r->name, sizeof(r->name), err);
+  int rc = circle__config_from_json(cfg, &r->cfg, r->name, sizeof(r->name), err);
   cJSON_Delete(cfg);
   if (rc != 0) {
     /* Name the parameters, not a config object. */
@@ -309,27 +309,28 @@ static int parse_params(circle__oip_decoder *dc, const cJSON *p, circle_request 
   *dtype_given = f[P_DTYPE].item != NULL;
   if (f[P_NORMALIZE].item &&
       circle__bool_parse(f[P_NORMALIZE].item, &r->cfg.normalize,
-                         "parameters.normalize", "bad_config", err) != 0)
+                         "parameters.normalize", CIRCLE_ERR_BAD_CONFIG, err) != 0)
     return CIRCLE_EINVAL;
   if (f[P_TAG].item &&
       circle__tag_parse(f[P_TAG].item, r->tag, sizeof(r->tag), "parameters.tag", err) != 0)
     return CIRCLE_EINVAL;
   if (f[P_BINARY_DATA_OUTPUT].item &&
       circle__bool_parse(f[P_BINARY_DATA_OUTPUT].item, binary_default,
-                         "parameters.binary_data_output", "wrong_type", err) != 0)
+                         "parameters.binary_data_output", CIRCLE_ERR_WRONG_TYPE,
+                         err) != 0)
     return CIRCLE_EINVAL;
   /* stats: false skips the quality figures (response parameters and
    * /metrics) for a client that wants the loss and gradients alone. */
   if (f[P_STATS].item &&
-      circle__bool_parse(f[P_STATS].item, stats, "parameters.stats", "wrong_type",
-                         err) != 0)
+      circle__bool_parse(f[P_STATS].item, stats, "parameters.stats",
+                         CIRCLE_ERR_WRONG_TYPE, err) != 0)
     return CIRCLE_EINVAL;
   /* retrieval: true adds the retrieval figures (precision@1, R-precision,
    * MAP@R) to the response parameters; off by default, as they cost a
    * ranking per row. */
   if (f[P_RETRIEVAL].item &&
       circle__bool_parse(f[P_RETRIEVAL].item, retrieval, "parameters.retrieval",
-                         "wrong_type", err) != 0)
+                         CIRCLE_ERR_WRONG_TYPE, err) != 0)
     return CIRCLE_EINVAL;
   return 0;
 }
@@ -340,7 +341,7 @@ static int parse_outputs(circle__oip_decoder *dc, const cJSON *a,
   static const char *const list =
       "loss, per_sample_loss, embeddings_grad, ref_embeddings_grad";
   if (!cJSON_IsArray(a))
-    return circle_error_set(err, 400, "bad_output",
+    return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                             "outputs is %s; expected an array of {\"name\": "
                             "...}",
                             circle__json_kind(a));
@@ -350,13 +351,13 @@ static int parse_outputs(circle__oip_decoder *dc, const cJSON *a,
     char where[32];
     snprintf(where, sizeof(where), "outputs[%zu]", i);
     if (!cJSON_IsObject(o))
-      return circle_error_set(err, 400, "bad_output",
+      return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                               "outputs[%zu] is %s; expected {\"name\": ...}",
                               i, circle__json_kind(o));
     circle__json_field f[] = {{"name", NULL}, {"parameters", NULL}};
     if (circle__json_fields(o, where, f, 2, err) != 0) return CIRCLE_EINVAL;
     if (!cJSON_IsString(f[0].item))
-      return circle_error_set(err, 400, "bad_output",
+      return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                               "outputs[%zu].name is %s; expected one of %s", i,
                               circle__json_kind(f[0].item), list);
     size_t k;
@@ -366,16 +367,16 @@ static int parse_outputs(circle__oip_decoder *dc, const cJSON *a,
     char q[72];
     circle__json_quote(q, sizeof(q), f[0].item->valuestring, 64);
     if (k == CIRCLE_OIP_N_OUTPUTS)
-      return circle_error_set(err, 400, "bad_output",
+      return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                               "model 'circle' has no output '%s'; its outputs "
                               "are %s",
                               q, list);
     unsigned bit = circle__oip_output_names[k].bit;
     if (r->want & bit)
-      return circle_error_set(err, 400, "bad_output",
+      return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                               "output '%s' is requested twice", q);
     if (bit == CIRCLE_OUT_REF_GRAD && !r->has_ref)
-      return circle_error_set(err, 400, "bad_output",
+      return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                               "output 'ref_embeddings_grad' needs the inputs "
                               "ref_labels and ref_embeddings");
     bool binary = binary_default;
@@ -384,18 +385,18 @@ static int parse_outputs(circle__oip_decoder *dc, const cJSON *a,
       char pw[112];
       snprintf(pw, sizeof(pw), "the parameters of output '%s'", q);
       if (!cJSON_IsObject(p))
-        return circle_error_set(err, 400, "bad_output", "%s are %s; expected an object",
+        return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT, "%s are %s; expected an object",
                                 pw, circle__json_kind(p));
       circle__json_field pf[] = {{"binary_data", NULL}, {"classification", NULL}};
       if (circle__json_fields(p, pw, pf, 2, err) != 0) return CIRCLE_EINVAL;
       if (pf[1].item)
-        return circle_error_set(err, 400, "bad_output",
+        return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                                 "output '%s' asks for classification, which "
                                 "a loss does not have",
                                 q);
       if (pf[0].item) {
         if (!cJSON_IsBool(pf[0].item))
-          return circle_error_set(err, 400, "bad_output",
+          return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                                   "output '%s': binary_data is %s; expected "
                                   "true or false",
                                   q, circle__json_kind(pf[0].item));
@@ -408,7 +409,7 @@ static int parse_outputs(circle__oip_decoder *dc, const cJSON *a,
     i++;
   }
   if (i == 0)
-    return circle_error_set(err, 400, "bad_output",
+    return circle_error_set(err, CIRCLE_ERR_BAD_OUTPUT,
                             "outputs is empty; name at least one of %s, or "
                             "leave outputs out for all",
                             list);
@@ -469,7 +470,7 @@ static cJSON *parse_header(circle__oip_decoder *dc) {
   char *copy;
   size_t copy_len;
   if (!circle__json_cut(b, hl, spans, nspans, &copy, &copy_len)) {
-    circle_error_set(dc->err, 503, "overloaded",
+    circle_error_set(dc->err, CIRCLE_ERR_OVERLOADED,
                      "out of memory reading the request; retry later");
     return NULL;
   }
@@ -485,8 +486,9 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
   if (req == NULL || err == NULL || lim == NULL || (body == NULL && len) ||
       header_len > len) {
     if (err)
-      circle_error_set(err, header_len > len && body ? 400 : 500,
-                       header_len > len && body ? "bad_encoding" : "internal",
+      circle_error_set(err,
+                       header_len > len && body ? CIRCLE_ERR_BAD_ENCODING
+                                                : CIRCLE_ERR_INTERNAL,
                        header_len > len && body
                            ? "Inference-Header-Content-Length is larger than "
                              "the body"
@@ -510,7 +512,7 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
   int rc = CIRCLE_EINVAL;
 
   if (!cJSON_IsObject(root)) {
-    circle_error_set(err, 400, "wrong_type",
+    circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                      "the inference request is %s; expected a JSON object "
                      "with inputs",
                      circle__json_kind(root));
@@ -524,7 +526,7 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
   const cJSON *it;
   if ((it = f[0].item) != NULL && !cJSON_IsNull(it)) {
     if (!cJSON_IsString(it) || strlen(it->valuestring) >= sizeof(r.id)) {
-      circle_error_set(err, 400, "wrong_type",
+      circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                        "id must be a string of at most %zu bytes",
                        sizeof(r.id) - 1);
       goto fail;
@@ -532,7 +534,7 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
     /* The id is echoed in the response: it must come back as sent, and
      * bytes that are not UTF-8 would come back as U+FFFD. */
     if (!circle__utf8_valid(it->valuestring)) {
-      circle_error_set(err, 400, "wrong_type",
+      circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                        "id is not valid UTF-8; send the id as UTF-8 text");
       goto fail;
     }
@@ -540,7 +542,7 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
   }
   if ((it = f[1].item) != NULL &&
       (!cJSON_IsString(it) || strcmp(it->valuestring, "circle") != 0)) {
-    circle_error_set(err, 400, "wrong_type",
+    circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                      "model_name must be \"circle\", the only model served "
                      "here");
     goto fail;
@@ -548,7 +550,7 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
   if ((it = f[2].item) != NULL &&
       (!cJSON_IsString(it) ||
        (it->valuestring[0] && strcmp(it->valuestring, "1") != 0))) {
-    circle_error_set(err, 400, "wrong_type",
+    circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                      "model_version must be \"1\", the only version served "
                      "here");
     goto fail;
@@ -565,12 +567,12 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
   /* Inputs, and where each one's binary data lies. */
   const cJSON *inputs = f[3].item;
   if (inputs == NULL) {
-    circle_error_set(err, 400, "missing_field",
+    circle_error_set(err, CIRCLE_ERR_MISSING_FIELD,
                      "inputs is missing; send labels and embeddings");
     goto fail;
   }
   if (!cJSON_IsArray(inputs)) {
-    circle_error_set(err, 400, "wrong_type",
+    circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                      "inputs is %s; expected an array of tensors",
                      circle__json_kind(inputs));
     goto fail;
@@ -581,7 +583,7 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
     idx++;
   }
   if (bin_off != len) {
-    circle_error_set(err, 400, "shape_mismatch",
+    circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                      "the body has %zu bytes after the binary data of the "
                      "inputs (the JSON header is %zu bytes, binary data "
                      "ends at byte %zu); check binary_data_size and "
@@ -595,14 +597,14 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
                     *RL = &dc.in[CIRCLE__OIP_IN_REF_LABELS],
                     *RE = &dc.in[CIRCLE__OIP_IN_REF_EMBEDDINGS];
   if (!L->present || !E->present) {
-    circle_error_set(err, 400, "missing_field",
+    circle_error_set(err, CIRCLE_ERR_MISSING_FIELD,
                      "input '%s' is missing; model 'circle' needs labels "
                      "(INT32/INT64 [N]) and embeddings (FP32/FP64 [N, D])",
                      L->present ? "embeddings" : "labels");
     goto fail;
   }
   if (RL->present != RE->present) {
-    circle_error_set(err, 400, "half_reference",
+    circle_error_set(err, CIRCLE_ERR_HALF_REFERENCE,
                      "input '%s' is given without '%s'; send both "
                      "ref_labels and ref_embeddings, or neither",
                      RL->present ? "ref_labels" : "ref_embeddings",
@@ -611,26 +613,26 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
   }
   uint64_t n = L->shape[0], d = E->shape[1], m = RL->present ? RL->shape[0] : 0;
   if (n == 0) {
-    circle_error_set(err, 400, "empty_batch",
+    circle_error_set(err, CIRCLE_ERR_EMPTY_BATCH,
                      "input 'labels' has shape [0]; send at least one row");
     goto fail;
   }
   if (E->shape[0] != n) {
-    circle_error_set(err, 400, "shape_mismatch",
+    circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                      "input 'embeddings' has %llu rows; expected %llu, one "
                      "per label",
                      (unsigned long long)E->shape[0], (unsigned long long)n);
     goto fail;
   }
   if (d == 0) {
-    circle_error_set(err, 400, "shape_mismatch",
+    circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                      "input 'embeddings' has shape [%llu, 0]; each row needs "
                      "at least one number",
                      (unsigned long long)n);
     goto fail;
   }
   if (W->present && W->shape[0] != n) {
-    circle_error_set(err, 400, "shape_mismatch",
+    circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                      "input 'sample_weight' has %llu elements; expected %llu, "
                      "one per label",
                      (unsigned long long)W->shape[0], (unsigned long long)n);
@@ -639,13 +641,13 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
   r.has_ref = RL->present;
   if (r.has_ref) {
     if (m == 0) {
-      circle_error_set(err, 400, "empty_batch",
+      circle_error_set(err, CIRCLE_ERR_EMPTY_BATCH,
                        "input 'ref_labels' has shape [0]; send at least one "
                        "reference row or leave the reference set out");
       goto fail;
     }
     if (RE->shape[0] != m || RE->shape[1] != d) {
-      circle_error_set(err, 400, "shape_mismatch",
+      circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                        "input 'ref_embeddings' has shape [%llu, %llu]; "
                        "expected [%llu, %llu] (M from ref_labels, D from "
                        "embeddings)",
@@ -655,27 +657,7 @@ int circle_oip_decode(const char *body, size_t len, size_t header_len,
       goto fail;
     }
   }
-  if (n > lim->max_n || m > lim->max_m || d > lim->max_d) {
-    const char *what = n > lim->max_n ? "N" : (m > lim->max_m ? "M" : "D");
-    unsigned long long have = n > lim->max_n ? n : (m > lim->max_m ? m : d);
-    size_t cap = n > lim->max_n ? lim->max_n
-                                : (m > lim->max_m ? lim->max_m : lim->max_d);
-    circle_error_set(err, 413, "limit_exceeded",
-                     "%s = %llu exceeds this server's limit of %zu", what,
-                     have, cap);
-    goto fail;
-  }
-  uint64_t pairs;
-  if (!circle__mul_u64(n, r.has_ref ? m : n, &pairs) || pairs > lim->max_pairs) {
-    circle_error_set(err, 413, "limit_exceeded",
-                     "%llu x %llu = %llu pairs exceeds the work limit of %llu "
-                     "pairs; send a smaller batch",
-                     (unsigned long long)n,
-                     (unsigned long long)(r.has_ref ? m : n),
-                     (unsigned long long)(n * (r.has_ref ? m : n)),
-                     (unsigned long long)lim->max_pairs);
-    goto fail;
-  }
+  if (circle__limits_check(lim, n, m, r.has_ref, d, err) != 0) goto fail;
 
   /* The compute dtype, and the one the inputs are read in: float64 for a
    * half format, rounded to it once read. */

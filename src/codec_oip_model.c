@@ -138,14 +138,14 @@ int circle__oip_model_check(const char *name, size_t name_len,
   if (name_len != 6 || strncmp(name, "circle", 6)) {
     snprintf(raw, sizeof raw, "%.*s", (int)(name_len > 100 ? 100 : name_len), name);
     circle__json_quote(q, sizeof q, raw, 100);
-    return circle_error_set(err, 404, "not_found",
+    return circle_error_set(err, CIRCLE_ERR_NOT_FOUND,
                             "Request for unknown model: '%s' is not found", q);
   }
   if (version_len && (version_len != 1 || version[0] != '1')) {
     snprintf(raw, sizeof raw, "%.*s", (int)(version_len > 40 ? 40 : version_len),
              version);
     circle__json_quote(q, sizeof q, raw, 40);
-    return circle_error_set(err, 404, "not_found",
+    return circle_error_set(err, CIRCLE_ERR_NOT_FOUND,
                             "Request for unknown model: 'circle' version %s "
                             "is not found",
                             q);

@@ -123,7 +123,7 @@ static bool bad_value(fill_ctx *c, size_t i, double v) {
   char e[96], vb[40];
   elem_name(e, sizeof(e), c->name, c->in, i);
   if (!isfinite(v)) {
-    circle_error_set(c->dc->err, 400, "non_finite",
+    circle_error_set(c->dc->err, CIRCLE_ERR_NON_FINITE,
                      "input '%s': element %s is %s; every number must be "
                      "finite",
                      c->name, e, isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf"));
@@ -131,13 +131,13 @@ static bool bad_value(fill_ctx *c, size_t i, double v) {
   }
   circle__short_number(vb, v);
   if (c->weights && v < 0) {
-    circle_error_set(c->dc->err, 400, "wrong_type",
+    circle_error_set(c->dc->err, CIRCLE_ERR_WRONG_TYPE,
                      "input '%s': element %s is %s; sample weights must be "
                      ">= 0",
                      c->name, e, vb);
     return false;
   }
-  circle_error_set(c->dc->err, 400, "non_finite",
+  circle_error_set(c->dc->err, CIRCLE_ERR_NON_FINITE,
                    "input '%s': element %s is %s, which overflows float32; "
                    "send parameters.dtype \"float64\" or rescale",
                    c->name, e, vb);
@@ -147,14 +147,11 @@ static bool bad_value(fill_ctx *c, size_t i, double v) {
 /* Stores v at out[i] in the compute dtype; false (and the error) when it is
  * not finite there, or negative for weights. */
 static inline bool put_float(fill_ctx *c, size_t i, double v) {
-  if (c->dt == CIRCLE_DTYPE_FLOAT32) {
-    float f = (float)v;
-    ((float *)c->out)[i] = f;
-    if (!isfinite(f) || (c->weights && f < 0)) return bad_value(c, i, v);
-  } else {
-    ((double *)c->out)[i] = v;
-    if (!isfinite(v) || (c->weights && v < 0)) return bad_value(c, i, v);
-  }
+  if (!circle__store_finite(c->out, i, v, c->dt)) return bad_value(c, i, v);
+  /* The sign of the value stored: -1e-50 is -0.0 in float32, not < 0. */
+  if (c->weights &&
+      (c->dt == CIRCLE_DTYPE_FLOAT32 ? (double)(float)v : v) < 0)
+    return bad_value(c, i, v);
   return true;
 }
 
@@ -210,8 +207,8 @@ static double half_max(circle_oip_datatype t) {
 /* Reads the JSON leaf at header offset off as a number into *v; false
  * (and the error, with want saying what was expected) when it is some
  * other value. */
-static bool leaf_number(fill_ctx *c, size_t off, size_t i, const char *code,
-                        const char *want, double *v) {
+static bool leaf_number(fill_ctx *c, size_t off, size_t i,
+                        circle_error_kind kind, const char *want, double *v) {
   const char *t = c->dc->body;
   size_t tl = c->dc->header_len;
   /* The pre-scan passed every number: a token that does not read is some
@@ -219,7 +216,7 @@ static bool leaf_number(fill_ctx *c, size_t off, size_t i, const char *code,
   if (circle__json_fast_number(t + off, t + tl, v) != 0) return true;
   char e[96];
   elem_name(e, sizeof(e), c->name, c->in, i);
-  circle_error_set(c->dc->err, 400, code,
+  circle_error_set(c->dc->err, kind,
                    "input '%s': element %s is %s; expected %s", c->name, e,
                    circle__json_text_kind(t, tl, off), want);
   return false;
@@ -229,7 +226,7 @@ static bool leaf_float(void *ctx, size_t off, size_t i) {
   fill_ctx *c = ctx;
   char e[96];
   double v;
-  if (!leaf_number(c, off, i, "wrong_type", "a number", &v)) return false;
+  if (!leaf_number(c, off, i, CIRCLE_ERR_WRONG_TYPE, "a number", &v)) return false;
   /* JSON data for an FP16 or BF16 input must be a value of that datatype:
    * binary data cannot hold more than its largest finite value, and JSON
    * data must not mean more than binary data could. */
@@ -237,7 +234,7 @@ static bool leaf_float(void *ctx, size_t off, size_t i) {
   if (fabs(v) > top) {
     char vb[40], tb[40];
     elem_name(e, sizeof(e), c->name, c->in, i);
-    circle_error_set(c->dc->err, 400, "non_finite",
+    circle_error_set(c->dc->err, CIRCLE_ERR_NON_FINITE,
                      "input '%s': element %s is %s, beyond %s's largest "
                      "finite value %s; send datatype FP32 or rescale",
                      c->name, e, circle__short_number(vb, v),
@@ -251,7 +248,7 @@ static bool leaf_int(void *ctx, size_t off, size_t i) {
   fill_ctx *c = ctx;
   char e[96], vb[40];
   double v;
-  if (!leaf_number(c, off, i, "bad_label", "an integer", &v)) return false;
+  if (!leaf_number(c, off, i, CIRCLE_ERR_BAD_LABEL, "an integer", &v)) return false;
   int64_t *out = c->out;
   if (fabs(v) >= CIRCLE__OIP_EXACT_INT_LIMIT) {
     c->need_raw = true;
@@ -261,7 +258,7 @@ static bool leaf_int(void *ctx, size_t off, size_t i) {
       (c->in->type == CIRCLE_OIP_INT32 && (v < INT32_MIN || v > INT32_MAX))) {
     elem_name(e, sizeof(e), c->name, c->in, i);
     circle__short_number(vb, v);
-    circle_error_set(c->dc->err, 400, "bad_label",
+    circle_error_set(c->dc->err, CIRCLE_ERR_BAD_LABEL,
                      "input '%s': element %s is %s; expected an %s", c->name,
                      e, vb, c->in->type == CIRCLE_OIP_INT32 ? "INT32" : "INT64");
     return false;
@@ -288,7 +285,7 @@ int circle__oip_read_input(circle__oip_decoder *dc, int k, circle_dtype dt,
     if (have != count) {
       char st[64];
       circle__oip_shape_text(st, sizeof(st), in);
-      return circle_error_set(err, 400, "shape_mismatch",
+      return circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                               "input '%s': data has %zu elements but shape "
                               "%s holds %zu",
                               name, have, st, count);
@@ -296,7 +293,7 @@ int circle__oip_read_input(circle__oip_decoder *dc, int k, circle_dtype dt,
   }
   void *buf = malloc(count ? count * esz : 1);
   if (buf == NULL)
-    return circle_error_set(err, 503, "overloaded",
+    return circle_error_set(err, CIRCLE_ERR_OVERLOADED,
                             "out of memory for input '%s'; retry later or "
                             "send a smaller batch",
                             name);
@@ -326,7 +323,7 @@ int circle__oip_read_input(circle__oip_decoder *dc, int k, circle_dtype dt,
       }
       if (rc != CIRCLE__INT_OK) {
         free(buf);
-        return circle_error_set(err, 400, "bad_label",
+        return circle_error_set(err, CIRCLE_ERR_BAD_LABEL,
                                 "input '%s': element %s[%zu] is %s", name,
                                 name, bad,
                                 rc == CIRCLE__INT_RANGE
@@ -383,7 +380,7 @@ int circle__oip_read_input(circle__oip_decoder *dc, int k, circle_dtype dt,
       }
       break;
     default: /* excluded when the input was parsed */
-      circle_error_set(err, 500, "internal", "input '%s': unexpected datatype",
+      circle_error_set(err, CIRCLE_ERR_INTERNAL, "input '%s': unexpected datatype",
                        name);
       goto bad;
   }
@@ -403,12 +400,12 @@ int circle__oip_narrow_input(circle__oip_decoder *dc, int k, circle_half half,
   int rc = circle__half_narrow_array(half, arr, (size_t)in->count, &bad);
   if (rc == 0) return 0;
   if (rc == CIRCLE_ENOMEM)
-    return circle_error_set(dc->err, 503, "overloaded",
+    return circle_error_set(dc->err, CIRCLE_ERR_OVERLOADED,
                             "out of memory for input '%s'; retry later",
                             circle__oip_input_names[k]);
   char e[96], vb[40];
   elem_name(e, sizeof(e), circle__oip_input_names[k], in, bad);
-  return circle_error_set(dc->err, 400, "non_finite",
+  return circle_error_set(dc->err, CIRCLE_ERR_NON_FINITE,
                           "input '%s': element %s is %s, beyond %s's largest "
                           "finite value %g; send parameters.dtype \"float32\" "
                           "or rescale",

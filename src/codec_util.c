@@ -1,7 +1,8 @@
 /* codec_util.c -- shared codec helpers: the pre-scan that guards cJSON, key
- * tables, exact integers from raw JSON text, string label interning. Must
- * keep true: nothing here recurses on client data, and nothing is
- * quadratic in client data.
+ * tables, exact integers from raw JSON text, the request pieces both codecs
+ * read alike (booleans, tags, half-precision arrays) and the stats object
+ * both encoders write. Must keep true: nothing here recurses on client
+ * data, and nothing is quadratic in client data.
  */
 #include "codec_util.h"
 
@@ -101,14 +102,14 @@ static int prescan(const char *body, size_t len, size_t max_depth,
       const char *q = p + 1;
       for (;;) {
         if (q >= end)
-          return circle_error_set(err, 400, "invalid_json",
+          return circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
                                   "invalid JSON: the string that starts at "
                                   "byte %zu is never closed",
                                   (size_t)(p - s));
         unsigned char u = (unsigned char)*q;
         if (u == '"') break;
         if (u < 0x20)
-          return circle_error_set(err, 400, "invalid_json",
+          return circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
                                   "invalid JSON: control character 0x%02x "
                                   "inside a string at byte %zu; escape it",
                                   u, (size_t)(q - s));
@@ -121,12 +122,12 @@ static int prescan(const char *body, size_t len, size_t max_depth,
           if (e == 'u') {
             if (end - q < 6 || !is_hex(q[2]) || !is_hex(q[3]) ||
                 !is_hex(q[4]) || !is_hex(q[5]))
-              return circle_error_set(err, 400, "invalid_json",
+              return circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
                                       "invalid JSON: \\u escape at byte %zu "
                                       "needs four hex digits",
                                       (size_t)(q - s));
             if (q[2] == '0' && q[3] == '0' && q[4] == '0' && q[5] == '0')
-              return circle_error_set(err, 400, "invalid_json",
+              return circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
                                       "invalid request: \\u0000 (NUL) at "
                                       "byte %zu; strings must not contain "
                                       "NUL characters",
@@ -139,7 +140,7 @@ static int prescan(const char *body, size_t len, size_t max_depth,
                         is_hex(q[9]) && is_hex(q[10]) && is_hex(q[11]) &&
                         hex4(q + 8) >= 0xdc00 && hex4(q + 8) <= 0xdfff;
             if (u16 >= 0xd800 && u16 <= 0xdfff && !pair)
-              return circle_error_set(err, 400, "invalid_json",
+              return circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
                                       "invalid JSON: \\u escape at byte %zu "
                                       "is half of a UTF-16 surrogate pair",
                                       (size_t)(q - s));
@@ -147,7 +148,7 @@ static int prescan(const char *body, size_t len, size_t max_depth,
             continue;
           }
           if (strchr("\"\\/bfnrt", e) == NULL || e == '\0')
-            return circle_error_set(err, 400, "invalid_json",
+            return circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
                                     "invalid JSON: unknown escape \\%c at "
                                     "byte %zu",
                                     (e >= 0x20 && e < 0x7f) ? e : '?',
@@ -160,7 +161,7 @@ static int prescan(const char *body, size_t len, size_t max_depth,
       p = q + 1;
     } else if (c == '[' || c == '{') {
       if (++depth > max_depth)
-        return circle_error_set(err, 400, "limit_exceeded",
+        return circle_error_set(err, CIRCLE_ERR_TOO_DEEP,
                                 "JSON nesting deeper than %zu levels at "
                                 "byte %zu; the limit is %zu",
                                 max_depth, (size_t)(p - s), max_depth);
@@ -173,20 +174,20 @@ static int prescan(const char *body, size_t len, size_t max_depth,
       while (q < end && is_number_char(*q)) q++;
       size_t span = (size_t)(q - p);
       if (number_len(p, q) != span)
-        return circle_error_set(err, 400, "invalid_json",
+        return circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
                                 "invalid JSON: malformed number \"%.*s\" at "
                                 "byte %zu",
                                 span > 40 ? 40 : (int)span, p,
                                 (size_t)(p - s));
       if (span > 63)
-        return circle_error_set(err, 400, "invalid_json",
+        return circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
                                 "invalid JSON: the number at byte %zu has %zu "
                                 "characters; at most 63 are accepted",
                                 (size_t)(p - s), span);
       p = q;
     } else if ((unsigned char)c < 0x20 && !is_ws(c)) {
       /* cJSON would skip these as whitespace. */
-      return circle_error_set(err, 400, "invalid_json",
+      return circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
                               "invalid JSON: control character 0x%02x at "
                               "byte %zu",
                               (unsigned char)c, (size_t)(p - s));
@@ -306,15 +307,15 @@ static void syntax_error(const char *body, size_t len, size_t off, size_t open,
                          circle_error *err) {
   if (off > len) off = len;
   if (len == 0)
-    circle_error_set(err, 400, "invalid_json",
+    circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
                      "invalid JSON: the body is empty; send a JSON object");
   else if (open > 0 && off + 1 >= len)
-    circle_error_set(err, 400, "invalid_json",
+    circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
                      "invalid JSON: the body ends at byte %zu with %zu "
                      "unclosed brackets (truncated?)",
                      len, open);
   else if (off >= len)
-    circle_error_set(err, 400, "invalid_json",
+    circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
                      "invalid JSON: the body ends early at byte %zu "
                      "(truncated?)",
                      len);
@@ -326,7 +327,7 @@ static void syntax_error(const char *body, size_t len, size_t off, size_t open,
     memcpy(raw, body + off, k);
     raw[k] = '\0';
     circle__json_quote(near, sizeof(near), raw, 20);
-    circle_error_set(err, 400, "invalid_json",
+    circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
                      "invalid JSON at byte %zu (near \"%s\")", off, near);
   }
 }
@@ -343,7 +344,7 @@ int circle__json_validate(const char *body, size_t len, size_t max_depth,
   size_t off = stop;
   while (off < len && is_ws(body[off])) off++;
   if (off < len)
-    return circle_error_set(err, 400, "invalid_json",
+    return circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
                             "invalid JSON: unexpected data after the JSON "
                             "value at byte %zu",
                             off);
@@ -357,7 +358,7 @@ cJSON *circle__json_parse(const char *body, size_t len, size_t max_depth,
   if (circle__json_validate(body, len, max_depth, &values, err) != 0)
     return NULL;
   if (values > max_values) {
-    circle_error_set(err, 413, "limit_exceeded",
+    circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
                      "the request has %zu JSON values and keys besides its "
                      "numeric arrays; no request within this server's limits "
                      "needs more than %zu",
@@ -372,7 +373,7 @@ cJSON *circle__json_parse(const char *body, size_t len, size_t max_depth,
     /* The text is valid JSON: only memory (or cJSON's own nesting limit,
      * past a --max-depth of 1000) can stop cJSON now. */
     if (cjson_oom) {
-      circle_error_set(err, 503, "overloaded",
+      circle_error_set(err, CIRCLE_ERR_OVERLOADED,
                        "out of memory while parsing the request; retry "
                        "later or send a smaller batch");
       return NULL;
@@ -441,12 +442,12 @@ int circle__json_fields(const cJSON *obj, const char *where,
       for (size_t j = 0; j < nfields && o < sizeof(list); j++)
         o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s",
                               j ? ", " : "", fields[j].name);
-      return circle_error_set(err, 400, "unknown_key",
+      return circle_error_set(err, CIRCLE_ERR_UNKNOWN_KEY,
                               "unknown key \"%s\" in %s; expected one of: %s",
                               q, where, list);
     }
     if (fields[i].item != NULL)
-      return circle_error_set(err, 400, "duplicate_key",
+      return circle_error_set(err, CIRCLE_ERR_DUPLICATE_KEY,
                               "duplicate key \"%s\" in %s; send each key once",
                               q, where);
     fields[i].item = it;
@@ -662,8 +663,8 @@ bool circle__json_locate(const char *body, size_t len,
  * as an exact int64: "12", "-3", "1.0", "2e3" and "9007199254740993" are
  * integers; the value is decided on the decimal text, never through a
  * double. *used receives the token length. */
-static int json_token_int64(const char *s, const char *end, int64_t *out,
-                            size_t *used) {
+static int token_int64(const char *s, const char *end, int64_t *out,
+                       size_t *used) {
   size_t n = number_len(s, end);
   if (n == 0) return CIRCLE__INT_NOT_NUMBER;
   *used = n;
@@ -732,8 +733,8 @@ typedef struct {
 static bool leaf_int64(void *ctx, size_t off, size_t i) {
   int64s *c = ctx;
   size_t used = 0;
-  c->rc = i < c->n ? json_token_int64(c->body + off, c->body + c->len,
-                                      &c->out[i], &used)
+  c->rc = i < c->n ? token_int64(c->body + off, c->body + c->len,
+                                              &c->out[i], &used)
                    : CIRCLE__INT_NOT_NUMBER;
   c->bad = i;
   return c->rc == CIRCLE__INT_OK;
@@ -755,66 +756,13 @@ int circle__json_read_int64s(const char *body, size_t len, size_t offset,
 }
 
 /* ------------------------------------------------------------------------ */
-/* String labels                                                            */
-/* ------------------------------------------------------------------------ */
-
-void circle__labels_init(circle__labels *l) { memset(l, 0, sizeof(*l)); }
-
-void circle__labels_free(circle__labels *l) {
-  if (l == NULL) return;
-  free(l->str);
-  free(l->dst);
-  circle__labels_init(l);
-}
-
-bool circle__labels_add(circle__labels *l, const char *s, int64_t *dst) {
-  if (l->len == l->cap) {
-    size_t cap = l->cap ? l->cap * 2 : 64;
-    const char **ns = realloc(l->str, cap * sizeof(*ns));
-    if (ns == NULL) return false;
-    l->str = ns;
-    int64_t **nd = realloc(l->dst, cap * sizeof(*nd));
-    if (nd == NULL) return false;
-    l->dst = nd;
-    l->cap = cap;
-  }
-  l->str[l->len] = s;
-  l->dst[l->len] = dst;
-  l->len++;
-  return true;
-}
-
-static int cmp_label_index(const void *a, const void *b, void *ctx) {
-  const char **str = ctx;
-  size_t i = *(const size_t *)a, j = *(const size_t *)b;
-  int c = strcmp(str[i], str[j]);
-  if (c) return c;
-  return i < j ? -1 : i > j; /* stable: ids follow first appearance */
-}
-
-bool circle__labels_assign(circle__labels *l) {
-  if (l->len == 0) return true;
-  size_t *order = malloc(l->len * sizeof(*order));
-  if (order == NULL) return false;
-  for (size_t i = 0; i < l->len; i++) order[i] = i;
-  qsort_r(order, l->len, sizeof(*order), cmp_label_index, l->str);
-  int64_t id = -1;
-  for (size_t k = 0; k < l->len; k++) {
-    if (k == 0 || strcmp(l->str[order[k]], l->str[order[k - 1]]) != 0) id++;
-    *l->dst[order[k]] = id;
-  }
-  free(order);
-  return true;
-}
-
-/* ------------------------------------------------------------------------ */
 /* Shared request and response pieces                                       */
 /* ------------------------------------------------------------------------ */
 
 int circle__bool_parse(const cJSON *it, bool *out, const char *field,
-                       const char *code, circle_error *err) {
+                       circle_error_kind kind, circle_error *err) {
   if (!cJSON_IsBool(it))
-    return circle_error_set(err, 400, code, "%s is %s; expected true or false",
+    return circle_error_set(err, kind, "%s is %s; expected true or false",
                             field, circle__json_kind(it));
   *out = cJSON_IsTrue(it);
   return 0;
@@ -827,14 +775,14 @@ int circle__tag_parse(const cJSON *it, char *tag, size_t tag_len,
     return 0;
   }
   if (!cJSON_IsString(it))
-    return circle_error_set(err, 400, "bad_tag",
+    return circle_error_set(err, CIRCLE_ERR_BAD_TAG,
                             "%s is %s; expected a string of at most %zu "
                             "characters from [A-Za-z0-9_.:-]",
                             field, circle__json_kind(it), tag_len - 1);
   const char *s = it->valuestring;
   size_t l = strlen(s);
   if (l >= tag_len)
-    return circle_error_set(err, 400, "bad_tag",
+    return circle_error_set(err, CIRCLE_ERR_BAD_TAG,
                             "%s has %zu bytes; at most %zu are allowed", field,
                             l, tag_len - 1);
   for (size_t i = 0; i < l; i++) {
@@ -843,7 +791,7 @@ int circle__tag_parse(const cJSON *it, char *tag, size_t tag_len,
               (c >= '0' && c <= '9') || c == '_' || c == '.' || c == ':' ||
               c == '-';
     if (!ok)
-      return circle_error_set(err, 400, "bad_tag",
+      return circle_error_set(err, CIRCLE_ERR_BAD_TAG,
                               "%s has the character %s%c%s at byte %zu; "
                               "use only [A-Za-z0-9_.:-]",
                               field, c >= 0x20 && c < 0x7f ? "'" : "",

@@ -1,11 +1,13 @@
 /* codec_util.h -- helpers shared by the JSON and OIP codecs (private): the
  * cheap pre-scan that runs before cJSON, key tables that reject unknown and
- * duplicate keys, exact integer reading from the raw JSON text, and string
- * label interning.
+ * duplicate keys, exact integer reading from the raw JSON text, and the
+ * request pieces both read the same way (booleans, tags, half-precision
+ * arrays, the stats object).
  */
 #ifndef CIRCLE_CODEC_UTIL_H
 #define CIRCLE_CODEC_UTIL_H
 
+#include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -132,23 +134,6 @@ enum {
 int circle__json_read_int64s(const char *body, size_t len, size_t offset,
                              int64_t *out, size_t n, size_t *bad_index);
 
-/* Maps strings to dense ids (0, 1, 2, ...) with equal strings getting equal
- * ids: collect every label with circle__labels_add, then call
- * circle__labels_assign. Sorting, not hashing, so crafted labels cannot make
- * it quadratic. The strings are borrowed (they live in the cJSON tree). */
-typedef struct {
-  const char **str;
-  int64_t **dst; /* where each string's id goes */
-  size_t len, cap;
-} circle__labels;
-
-void circle__labels_init(circle__labels *l);
-void circle__labels_free(circle__labels *l);
-/* Returns false on ENOMEM. */
-bool circle__labels_add(circle__labels *l, const char *s, int64_t *dst);
-/* Writes every id. Returns false on ENOMEM. */
-bool circle__labels_assign(circle__labels *l);
-
 /* Reads a metrics tag (a string of at most tag_len - 1 bytes from
  * [A-Za-z0-9_.:-]; null means none) into tag. Returns 0 or CIRCLE_EINVAL
  * with *err = 400 "bad_tag" naming field. */
@@ -156,9 +141,9 @@ int circle__tag_parse(const cJSON *item, char *tag, size_t tag_len,
                       const char *field, circle_error *err);
 
 /* Reads a JSON boolean into *out. Returns 0, or CIRCLE_EINVAL with *err =
- * 400 `code`: "<field> is <kind>; expected true or false". */
+ * kind: "<field> is <kind>; expected true or false". */
 int circle__bool_parse(const cJSON *item, bool *out, const char *field,
-                       const char *code, circle_error *err);
+                       circle_error_kind kind, circle_error *err);
 
 /* For a config with a half format, whose arrays the codecs read as
  * float64: replaces *arr (count doubles, malloc'd) by a new malloc'd float32
@@ -198,6 +183,20 @@ void circle__json_stats_write(circle_buf *b, const circle_stats *s);
 void circle__json_figures_members(circle_buf *b, const circle_stats *s,
                                   const circle_retrieval *r,
                                   const char *retrieval_prefix, bool first);
+/* Stores v at ((dt *)out)[i] (float32 or float64); false when the stored
+ * value is not finite: NaN, an infinity, or a float32 overflow. The one
+ * finiteness test the codecs (/v1, OIP, gRPC through OIP) make of every
+ * number they store; each names the bad element in its own words. */
+static inline bool circle__store_finite(void *out, size_t i, double v,
+                                        circle_dtype dt) {
+  if (dt == CIRCLE_DTYPE_FLOAT32) {
+    float f = (float)v;
+    ((float *)out)[i] = f;
+    return isfinite(f);
+  }
+  ((double *)out)[i] = v;
+  return isfinite(v);
+}
 
 /* a * b into *out; false when it overflows uint64. */
 static inline bool circle__mul_u64(uint64_t a, uint64_t b, uint64_t *out) {

@@ -260,7 +260,7 @@ static bool take_response(gcall *c, circle_buf *b) {
 static void finish(gcall *c, const circle_error *err) {
   if (err) {
     c->code = (grpc_status_code)circle_grpc_status_of(err);
-    c->http_status = (unsigned)err->http_status;
+    c->http_status = (unsigned)circle_error_http(err->kind);
     c->status_details = grpc_slice_from_copied_string(err->message);
     if (c->send) {
       grpc_byte_buffer_destroy(c->send);
@@ -304,10 +304,9 @@ static void finish(gcall *c, const circle_error *err) {
   }
 }
 
-static void finish_error(gcall *c, int http_status, const char *code,
-                         const char *msg) {
+static void finish_error(gcall *c, circle_error_kind kind, const char *msg) {
   circle_error err;
-  circle_error_set(&err, http_status, code, "%s", msg);
+  circle_error_set(&err, kind, "%s", msg);
   finish(c, &err);
 }
 
@@ -343,7 +342,7 @@ static void infer_job(void *arg) {
   if (circle__http_compute(http, &req, &in, &out, true, &c->held, &err) != 0)
     goto done;
   if (circle_grpc_infer_encode(&req, &out, &b) != 0 || b.failed) {
-    circle_error_set(&err, 503, "overloaded",
+    circle_error_set(&err, CIRCLE_ERR_OVERLOADED,
                      "the server ran out of memory writing the response; "
                      "retry later");
     goto done;
@@ -362,7 +361,7 @@ done:
   }
   circle_buf_free(&b);
   if (ok)
-    circle_error_set(&err, 503, "overloaded",
+    circle_error_set(&err, CIRCLE_ERR_OVERLOADED,
                      "the server ran out of memory writing the response; "
                      "retry later");
   finish(c, &err);
@@ -377,7 +376,7 @@ static void post_request(circle_grpc *g);
 /* What a ModelInfer gets once a drain has begun, or when the engine is
  * stopping: UNAVAILABLE, so clients retry elsewhere. */
 static void refuse_shutting_down(gcall *c) {
-  finish_error(c, 503, "shutting_down",
+  finish_error(c, CIRCLE_ERR_SHUTTING_DOWN,
                "the server is shutting down; retry on another instance");
 }
 
@@ -388,7 +387,7 @@ static void submit_infer(gcall *c) {
   circle_http *http = g->http;
   grpc_byte_buffer_reader r;
   if (!grpc_byte_buffer_reader_init(&r, c->recv)) {
-    finish_error(c, 400, "invalid_message",
+    finish_error(c, CIRCLE_ERR_INVALID_MESSAGE,
                  "the message could not be read (compressed with an "
                  "algorithm this server does not have?)");
     return;
@@ -396,7 +395,7 @@ static void submit_infer(gcall *c) {
   size_t len = grpc_byte_buffer_length(c->recv);
   if (!circle__http_reserve(http, &c->held, len)) {
     grpc_byte_buffer_reader_destroy(&r);
-    finish_error(c, 503, "overloaded",
+    finish_error(c, CIRCLE_ERR_OVERLOADED,
                  "the server has too many requests in flight; retry after a "
                  "second");
     return;
@@ -412,7 +411,7 @@ static void submit_infer(gcall *c) {
   c->has_msg = false;
   circle__http_release(http, &c->held, atomic_load(&c->held));
   if (rc == CIRCLE_EBUSY)
-    finish_error(c, 503, "overloaded",
+    finish_error(c, CIRCLE_ERR_OVERLOADED,
                  "the compute queue is full; retry after a second");
   else
     refuse_shutting_down(c);
@@ -423,7 +422,7 @@ static void on_read(gcall *c, bool success) {
   circle_grpc *g = c->g;
   circle_http *http = g->http;
   if (!success || c->recv == NULL) {
-    finish_error(c, 400, "invalid_message",
+    finish_error(c, CIRCLE_ERR_INVALID_MESSAGE,
                  success ? "the call carried no request message"
                          : "the request message could not be received");
     return;
@@ -439,7 +438,7 @@ static void on_read(gcall *c, bool success) {
     for (size_t i = 0; i < n; i++)
       if (method[i] < 0x20 || method[i] > 0x7e) method[i] = '?';
     /* The message names the rows of rpcs: a new row belongs in it. */
-    circle_error_set(&err, 501, "not_found",
+    circle_error_set(&err, CIRCLE_ERR_UNKNOWN_METHOD,
                      "no method %s on this server; it serves "
                      "inference.GRPCInferenceService (ServerLive, "
                      "ServerReady, ModelReady, ServerMetadata, "
@@ -454,7 +453,7 @@ static void on_read(gcall *c, bool success) {
     size_t len = 0;
     if (!bearer_token(c, &tok, &len)) tok = NULL;
     if (!circle__http_token_ok(http, tok, len)) {
-      finish_error(c, 401, "unauthorized",
+      finish_error(c, CIRCLE_ERR_UNAUTHORIZED,
                    "missing or wrong bearer token: send the metadata "
                    "'authorization: Bearer <key>'");
       return;
@@ -487,7 +486,7 @@ static void on_read(gcall *c, bool success) {
   int rc = c->rpc->answer(http, p, len, ready, &b, &err);
   grpc_slice_unref(msg);
   if (rc == 0 && !take_response(c, &b))
-    rc = circle_error_set(&err, 503, "overloaded",
+    rc = circle_error_set(&err, CIRCLE_ERR_OVERLOADED,
                           "out of memory; retry after a second");
   circle_buf_free(&b);
   finish(c, rc == 0 ? NULL : &err);
@@ -524,7 +523,7 @@ static void on_new(gcall *c, bool success) {
   op.op = GRPC_OP_RECV_MESSAGE;
   op.data.recv_message.recv_message = &c->recv;
   if (grpc_call_start_batch(c->call, &op, 1, c, NULL) != GRPC_CALL_OK)
-    finish_error(c, 500, "internal", "the call could not be read");
+    finish_error(c, CIRCLE_ERR_INTERNAL, "the call could not be read");
 }
 
 /* The final batch completed: the call is over. */

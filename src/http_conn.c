@@ -113,7 +113,7 @@ static enum MHD_Result final_call(struct exchange *ex) {
   circle_http *srv = ex->srv;
   circle_error err;
   if (ex->too_large) {
-    circle_error_set(&err, 413, "body_too_large",
+    circle_error_set(&err, CIRCLE_ERR_BODY_TOO_LARGE,
                      "the body is over %zu bytes; this server accepts at "
                      "most %zu bytes (--max-body-mb %zu): send a smaller "
                      "batch or compress it",

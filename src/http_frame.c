@@ -145,50 +145,50 @@ bool circle__http_framing_ok(struct exchange *ex, const char *version,
   check_prev_end(&sc, NULL);
   const struct watch *w = watch_of(c);
   if (sc.folded) {
-    circle_error_set(err, 400, "bad_request",
+    circle_error_set(err, CIRCLE_ERR_BAD_REQUEST,
                      "a header line is folded onto the next one (obs-fold, "
                      "seen at '%s'); send every header on one line",
                      sc.name);
   } else if (sc.bad_name) {
-    circle_error_set(err, 400, "bad_request",
+    circle_error_set(err, CIRCLE_ERR_BAD_REQUEST,
                      "the header name '%s' is not a token (RFC 9110): write "
                      "'Name: value', with no space before the colon",
                      sc.name);
   } else if (sc.nul) {
-    circle_error_set(err, 400, "bad_request",
+    circle_error_set(err, CIRCLE_ERR_BAD_REQUEST,
                      "a header value holds a NUL byte; send header values "
                      "without control characters");
   } else if (w && w->nul_in_path) {
-    circle_error_set(err, 400, "bad_request",
+    circle_error_set(err, CIRCLE_ERR_BAD_REQUEST,
                      "the path holds an encoded NUL byte (%%00); remove it");
   } else if (HEAD_LAYOUT_CHECKS && w && w->uri_end && version &&
              w->uri_end + 1 != version) {
     /* 0.9.75 ends the URI with the blank before the version, overwritten
      * with NUL, and the version follows: the raw URI's string ended
      * sooner, at a NUL byte of the request line. */
-    circle_error_set(err, 400, "bad_request",
+    circle_error_set(err, CIRCLE_ERR_BAD_REQUEST,
                      "the request line holds a NUL byte; send a path "
                      "without control characters");
   } else if (sc.host > 1) {
-    circle_error_set(err, 400, "bad_request",
+    circle_error_set(err, CIRCLE_ERR_BAD_REQUEST,
                      "the request has %u Host headers; send exactly one",
                      sc.host);
   } else if (sc.host == 0 && version && !strcmp(version, "HTTP/1.1")) {
-    circle_error_set(err, 400, "bad_request",
+    circle_error_set(err, CIRCLE_ERR_BAD_REQUEST,
                      "an HTTP/1.1 request needs a Host header (RFC 9112 "
                      "3.2); send one");
   } else if (sc.cl_disagree) {
-    circle_error_set(err, 400, "bad_request",
+    circle_error_set(err, CIRCLE_ERR_BAD_REQUEST,
                      "the request has Content-Length headers that disagree; "
                      "send exactly one");
   } else if (sc.cl && sc.te) {
-    circle_error_set(err, 400, "bad_request",
+    circle_error_set(err, CIRCLE_ERR_BAD_REQUEST,
                      "the request has both Content-Length and "
                      "Transfer-Encoding (RFC 9112 6.3); send one of them");
   } else if (sc.te > 1 || (sc.te && !value_is(sc.te_value, "chunked"))) {
     char te[40];
     copy_printable(te, sizeof te, sc.te_value);
-    circle_error_set(err, 501, "not_implemented",
+    circle_error_set(err, CIRCLE_ERR_NOT_IMPLEMENTED,
                      "Transfer-Encoding '%s'%s is not supported; send the "
                      "body with Content-Length or Transfer-Encoding: chunked "
                      "(compress it with Content-Encoding)",

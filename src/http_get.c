@@ -16,7 +16,7 @@
  */
 #include "http_impl.h"
 
-#include "codec_json.h"
+#include "codec_config.h"
 #include "codec_oip.h"
 #include "dashboard.h"
 
@@ -134,7 +134,7 @@ enum MHD_Result circle__http_get_config(struct exchange *ex) {
   circle_http *srv = ex->srv;
   circle_buf b;
   circle_buf_init(&b);
-  circle_json_config_write(&b, &srv->opts.defaults, srv->opts.name);
+  circle__config_to_json(&b, &srv->opts.defaults, srv->opts.name);
   return circle__http_respond(ex, 200, &b, "application/json");
 }
 

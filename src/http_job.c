@@ -370,7 +370,7 @@ static job_result job_decode(struct exchange *ex, struct timespec *mark) {
   } else {
     size_t header_len = ex->has_ihcl ? ex->ihcl : ex->len;
     if (header_len > ex->len) {
-      circle_error_set(&ex->err, 400, "bad_encoding",
+      circle_error_set(&ex->err, CIRCLE_ERR_BAD_ENCODING,
                        "Inference-Header-Content-Length is %zu but the body "
                        "has only %zu bytes",
                        header_len, ex->len);
@@ -385,7 +385,7 @@ static job_result job_decode(struct exchange *ex, struct timespec *mark) {
   ex->len = ex->cap = 0;
   release(ex, atomic_load(&ex->reserved));
   if (rc != 0) {
-    if (ex->err.http_status < 400)
+    if (ex->err.kind == CIRCLE_ERR_NONE)
       circle__http_error_from_status(rc, NULL, &ex->err);
     return JOB_FAILED;
   }

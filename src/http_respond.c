@@ -43,41 +43,41 @@ void circle__http_error_from_status(int status, const char *what,
   const char *w = (what && *what) ? what : NULL;
   switch (status) {
   case CIRCLE_EEMPTY:
-    circle_error_set(err, 400, "empty_batch", "%s",
+    circle_error_set(err, CIRCLE_ERR_EMPTY_BATCH, "%s",
                      w ? w : "the batch is empty: send at least one row");
     break;
   case CIRCLE_ENONFINITE:
-    circle_error_set(err, 400, "non_finite", "%s",
+    circle_error_set(err, CIRCLE_ERR_NON_FINITE, "%s",
                      w ? w : "an input holds NaN or Infinity; send finite "
                              "numbers only");
     break;
   case CIRCLE_ERANGE:
-    circle_error_set(err, 400, "out_of_range", "%s",
+    circle_error_set(err, CIRCLE_ERR_OUT_OF_RANGE, "%s",
                      w ? w : "embeddings are too large for the dtype; scale "
                              "them down, set normalize, or use float64");
     break;
   case CIRCLE_EINVAL:
-    circle_error_set(err, 400, "invalid_input", "%s",
+    circle_error_set(err, CIRCLE_ERR_INVALID_INPUT, "%s",
                      w ? w : "the input is invalid");
     break;
   case CIRCLE_EOVERFLOW:
   case CIRCLE_ELIMIT:
-    circle_error_set(err, 413, "limit_exceeded", "%s",
+    circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED, "%s",
                      w ? w : "the request exceeds a size limit of this "
                              "server; send a smaller batch");
     break;
   case CIRCLE_ENOMEM:
   case CIRCLE_EBUSY:
-    circle_error_set(err, 503, "overloaded", "%s",
+    circle_error_set(err, CIRCLE_ERR_OVERLOADED, "%s",
                      w ? w : "the server is busy; retry after a second");
     break;
   case CIRCLE_ESHUTDOWN:
-    circle_error_set(err, 503, "shutting_down",
+    circle_error_set(err, CIRCLE_ERR_SHUTTING_DOWN,
                      "the server is shutting down; retry on another "
                      "instance");
     break;
   default:
-    circle_error_set(err, 500, "internal", "internal error (%s): %s",
+    circle_error_set(err, CIRCLE_ERR_INTERNAL, "internal error (%s): %s",
                      circle_status_name(status), circle_status_str(status));
     break;
   }
@@ -203,8 +203,7 @@ enum MHD_Result circle__http_respond_error(struct exchange *ex,
     circle_oip_error(err, &b);
   else
     circle_json_error(err, &b);
-  int status = err->http_status >= 400 && err->http_status < 600
-                   ? err->http_status
-                   : 500;
+  /* The one place an error's HTTP status is chosen: its table row. */
+  int status = circle_error_http(err->kind);
   return circle__http_respond(ex, (unsigned)status, &b, "application/json");
 }

@@ -261,23 +261,23 @@ enum MHD_Result circle__http_first_call(struct exchange *ex, const char *url,
 
   /* Auth comes before 404 and 405 so that the routes are not revealed. */
   if (!ex->route->open && !authorized(ex)) {
-    circle_error_set(&err, 401, "unauthorized",
+    circle_error_set(&err, CIRCLE_ERR_UNAUTHORIZED,
                      "missing or wrong bearer token: send the header "
                      "'Authorization: Bearer <key>'");
     return refuse(ex, &err);
   }
   if (ex->route == &not_found) {
-    circle_error_set(&err, 404, "not_found",
+    circle_error_set(&err, CIRCLE_ERR_NOT_FOUND,
                      "no endpoint at %.100s; see GET /v2 and POST /v1/loss",
                      ex->url);
     return refuse(ex, &err);
   }
   if (ex->route == &unknown_model) {
-    circle_error_set(&err, 404, "not_found", "%s", ex->model_msg);
+    circle_error_set(&err, CIRCLE_ERR_NOT_FOUND, "%s", ex->model_msg);
     return refuse(ex, &err);
   }
   if (!method_allowed(ex->route, ex->method)) {
-    circle_error_set(&err, 405, "method_not_allowed",
+    circle_error_set(&err, CIRCLE_ERR_METHOD_NOT_ALLOWED,
                      "%.16s is not allowed on %.100s; use %s", ex->method,
                      ex->url, circle__http_route_allow(ex->route));
     return refuse(ex, &err);
@@ -298,12 +298,12 @@ enum MHD_Result circle__http_first_call(struct exchange *ex, const char *url,
   if (cl && !te) {
     size_t v;
     if (!parse_size(cl, &v)) {
-      circle_error_set(&err, 400, "bad_encoding",
+      circle_error_set(&err, CIRCLE_ERR_BAD_ENCODING,
                        "Content-Length is not a number");
       return refuse(ex, &err);
     }
     if (v > max_body) {
-      circle_error_set(&err, 413, "body_too_large",
+      circle_error_set(&err, CIRCLE_ERR_BODY_TOO_LARGE,
                        "the body is %zu bytes; this server accepts at most "
                        "%zu bytes (--max-body-mb %zu): send a smaller batch "
                        "or compress it",
@@ -328,14 +328,14 @@ enum MHD_Result circle__http_first_call(struct exchange *ex, const char *url,
     } else if (n == 7 && !strncasecmp(ce, "deflate", 7)) {
       strcpy(ex->content_encoding, "deflate");
     } else {
-      circle_error_set(&err, 415, "bad_encoding",
+      circle_error_set(&err, CIRCLE_ERR_UNSUPPORTED_ENCODING,
                        "Content-Encoding %.32s is not supported; send gzip, "
                        "deflate or identity",
                        ce);
       return refuse(ex, &err);
     }
     if (ce[n] != '\0' && strspn(ce + n, " \t") != strlen(ce + n)) {
-      circle_error_set(&err, 415, "bad_encoding",
+      circle_error_set(&err, CIRCLE_ERR_UNSUPPORTED_ENCODING,
                        "only one Content-Encoding is supported");
       return refuse(ex, &err);
     }
@@ -346,7 +346,7 @@ enum MHD_Result circle__http_first_call(struct exchange *ex, const char *url,
         c, MHD_HEADER_KIND, "Inference-Header-Content-Length");
     if (ih) {
       if (!parse_size(ih, &ex->ihcl)) {
-        circle_error_set(&err, 400, "bad_encoding",
+        circle_error_set(&err, CIRCLE_ERR_BAD_ENCODING,
                          "Inference-Header-Content-Length is not a number");
         return refuse(ex, &err);
       }

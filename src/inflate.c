@@ -29,7 +29,7 @@ static bool looks_zlib(const unsigned char *p, size_t n) {
 }
 
 static void too_big(circle_error *err, const char *what, size_t max_out) {
-  circle_error_set(err, 413, "limit_exceeded",
+  circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
                    "the %s body inflates to more than %zu bytes, the "
                    "decompressed-size limit; send a smaller batch",
                    what, max_out);
@@ -40,19 +40,19 @@ int circle_inflate(const char *encoding, const char *in, size_t in_len,
                    circle_error *err) {
   if (encoding == NULL || (in == NULL && in_len) || out == NULL ||
       out_len == NULL || err == NULL) {
-    if (err) circle_error_set(err, 500, "internal", "circle_inflate: bad argument");
+    if (err) circle_error_set(err, CIRCLE_ERR_INTERNAL, "circle_inflate: bad argument");
     return CIRCLE_EINVAL;
   }
   bool gzip = strcasecmp(encoding, "gzip") == 0 || strcasecmp(encoding, "x-gzip") == 0;
   bool deflate = strcasecmp(encoding, "deflate") == 0;
   if (strcasecmp(encoding, "identity") == 0) {
     if (in_len > max_out)
-      return circle_error_set(err, 413, "limit_exceeded",
+      return circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
                               "the body has %zu bytes; the limit is %zu",
                               in_len, max_out);
     char *copy = malloc(in_len ? in_len : 1);
     if (copy == NULL)
-      return circle_error_set(err, 503, "overloaded", "out of memory; retry later");
+      return circle_error_set(err, CIRCLE_ERR_OVERLOADED, "out of memory; retry later");
     if (in_len) memcpy(copy, in, in_len);
     *out = copy;
     *out_len = in_len;
@@ -66,14 +66,14 @@ int circle_inflate(const char *encoding, const char *in, size_t in_len,
       q[i] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
     }
     q[i] = '\0';
-    return circle_error_set(err, 415, "bad_encoding",
+    return circle_error_set(err, CIRCLE_ERR_UNSUPPORTED_ENCODING,
                             "Content-Encoding \"%s\" is not supported; use "
                             "gzip, deflate or identity",
                             q);
   }
   const char *what = gzip ? "gzip" : "deflate";
   if (in_len == 0)
-    return circle_error_set(err, 400, "bad_encoding",
+    return circle_error_set(err, CIRCLE_ERR_BAD_ENCODING,
                             "the body is empty but Content-Encoding is %s",
                             what);
 
@@ -84,7 +84,7 @@ int circle_inflate(const char *encoding, const char *in, size_t in_len,
   memset(&zs, 0, sizeof(zs));
   int zrc = inflateInit2(&zs, wbits);
   if (zrc != Z_OK)
-    return circle_error_set(err, 503, "overloaded",
+    return circle_error_set(err, CIRCLE_ERR_OVERLOADED,
                             "cannot start the %s decoder (%s); retry later",
                             what, zrc == Z_MEM_ERROR ? "out of memory" : "zlib error");
 
@@ -97,7 +97,7 @@ int circle_inflate(const char *encoding, const char *in, size_t in_len,
   size_t have = 0, fed = 0;
   int rc = CIRCLE_EINVAL;
   if (buf == NULL) {
-    circle_error_set(err, 503, "overloaded", "out of memory; retry later");
+    circle_error_set(err, CIRCLE_ERR_OVERLOADED, "out of memory; retry later");
     goto done;
   }
   for (;;) {
@@ -115,7 +115,7 @@ int circle_inflate(const char *encoding, const char *in, size_t in_len,
       size_t ncap = cap > limit / 2 ? limit : cap * 2;
       char *nb = realloc(buf, ncap);
       if (nb == NULL) {
-        circle_error_set(err, 503, "overloaded", "out of memory; retry later");
+        circle_error_set(err, CIRCLE_ERR_OVERLOADED, "out of memory; retry later");
         goto done;
       }
       buf = nb;
@@ -141,7 +141,7 @@ int circle_inflate(const char *encoding, const char *in, size_t in_len,
           continue;
         }
       }
-      circle_error_set(err, 400, "bad_encoding",
+      circle_error_set(err, CIRCLE_ERR_BAD_ENCODING,
                        "the %s body has %zu bytes of garbage after the "
                        "compressed data",
                        what, rest);
@@ -150,7 +150,7 @@ int circle_inflate(const char *encoding, const char *in, size_t in_len,
     if (zrc == Z_OK) continue;
     if (zrc == Z_BUF_ERROR) {
       if (zs.avail_in == 0 && fed == in_len) {
-        circle_error_set(err, 400, "bad_encoding",
+        circle_error_set(err, CIRCLE_ERR_BAD_ENCODING,
                          "the %s body ends early (truncated after %zu "
                          "compressed bytes)",
                          what, in_len);
@@ -159,10 +159,10 @@ int circle_inflate(const char *encoding, const char *in, size_t in_len,
       continue; /* no room: the loop grows the buffer */
     }
     if (zrc == Z_MEM_ERROR) {
-      circle_error_set(err, 503, "overloaded", "out of memory; retry later");
+      circle_error_set(err, CIRCLE_ERR_OVERLOADED, "out of memory; retry later");
       goto done;
     }
-    circle_error_set(err, 400, "bad_encoding", "corrupt %s data: %s", what,
+    circle_error_set(err, CIRCLE_ERR_BAD_ENCODING, "corrupt %s data: %s", what,
                      zs.msg ? zs.msg : "invalid stream");
     goto done;
   }
@@ -175,7 +175,7 @@ int circle_inflate(const char *encoding, const char *in, size_t in_len,
   if (have == cap) {
     char *nb = realloc(buf, cap + 1);
     if (nb == NULL) {
-      circle_error_set(err, 503, "overloaded", "out of memory; retry later");
+      circle_error_set(err, CIRCLE_ERR_OVERLOADED, "out of memory; retry later");
       goto done;
     }
     buf = nb;

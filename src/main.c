@@ -20,7 +20,7 @@
 #include <cjson/cJSON.h>
 
 #include "circle/circle.h"
-#include "codec_json.h"
+#include "codec_config.h"
 #include "grpc_server.h"
 #include "http.h"
 #include "metrics.h"
@@ -336,7 +336,7 @@ static bool set_value(settings *s, size_t i, const char *v, char *why,
     bool ok = obj != NULL && val != NULL &&
               cJSON_AddItemToObject(obj, "dtype", val);
     if (!ok) cJSON_Delete(val);
-    ok = ok && circle_json_config_parse(obj, &c, NULL, 0, &err) == 0;
+    ok = ok && circle__config_from_json(obj, &c, NULL, 0, &err) == 0;
     cJSON_Delete(obj);
     if (!ok) {
       snprintf(why, why_len,

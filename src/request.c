@@ -26,6 +26,28 @@ void circle_limits_init(circle_limits *lim) {
   lim->max_inflated = (size_t)256 << 20;
 }
 
+int circle__limits_check(const circle_limits *lim, uint64_t n, uint64_t m,
+                         bool has_ref, uint64_t d, circle_error *err) {
+  if (n > lim->max_n || m > lim->max_m || d > lim->max_d) {
+    const char *what = n > lim->max_n ? "N" : (m > lim->max_m ? "M" : "D");
+    unsigned long long have = n > lim->max_n ? n : (m > lim->max_m ? m : d);
+    size_t cap = n > lim->max_n ? lim->max_n
+                                : (m > lim->max_m ? lim->max_m : lim->max_d);
+    return circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
+                            "%s = %llu exceeds this server's limit of %zu",
+                            what, have, cap);
+  }
+  uint64_t k = has_ref ? m : n, pairs;
+  if (__builtin_mul_overflow(n, k, &pairs) || pairs > lim->max_pairs)
+    return circle_error_set(err, CIRCLE_ERR_LIMIT_EXCEEDED,
+                            "%llu x %llu = %llu pairs exceeds the work limit "
+                            "of %llu pairs; send a smaller batch",
+                            (unsigned long long)n, (unsigned long long)k,
+                            (unsigned long long)(n * k),
+                            (unsigned long long)lim->max_pairs);
+  return 0;
+}
+
 void circle_request_init(circle_request *req) {
   if (req == NULL) return;
   memset(req, 0, sizeof(*req));

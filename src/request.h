@@ -34,6 +34,17 @@ void circle_limits_init(circle_limits *lim);
 /* The outputs that are figures, not tensors (stats, retrieval): the OIP
  * codecs carry them as response parameters, never as binary data. */
 #define CIRCLE__OUT_FIGURES ((unsigned)(CIRCLE_OUT_STATS | CIRCLE_OUT_RETRIEVAL))
+/* The one size check every codec (/v1, OIP, gRPC through OIP) makes before
+ * it allocates anything for a request's arrays: n, m (0 without a reference
+ * set), d (0 while not known yet) against their limits, then the pair count
+ * n * m (n * n without a reference set) against max_pairs, overflow
+ * included. Returns 0, or CIRCLE_EINVAL with *err = 413 "limit_exceeded":
+ * "N = 70000 exceeds this server's limit of 65536", or "A x B = P pairs
+ * exceeds the work limit of L pairs; send a smaller batch". A codec that can
+ * name the array over a limit (/v1's "labels has 70000 rows") checks that
+ * first, with its own message. */
+int circle__limits_check(const circle_limits *lim, uint64_t n, uint64_t m,
+                         bool has_ref, uint64_t d, circle_error *err);
 
 typedef enum { CIRCLE_PROTO_V1 = 0, CIRCLE_PROTO_OIP = 1 } circle_proto;
 

@@ -162,7 +162,7 @@ START_TEST(codec_grpc_should_take_parameters_as_infer_parameters) {
   v[0].parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM;
   v[0].string_param = "80";
   ck_assert_int_ne(decode(&m, NULL, &req, &err), 0);
-  ck_assert_int_eq(err.http_status, 400);
+  ck_assert_int_eq(circle_error_http(err.kind), 400);
   ck_assert_ptr_nonnull(strstr(err.message, "parameters.gamma"));
 }
 END_TEST
@@ -201,14 +201,14 @@ START_TEST(codec_grpc_should_take_the_retrieval_parameter) {
   v.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM;
   v.string_param = "true";
   ck_assert_int_ne(decode(&m, NULL, &req, &err), 0);
-  ck_assert_int_eq(err.http_status, 400);
-  ck_assert_str_eq(err.code, "wrong_type");
+  ck_assert_int_eq(circle_error_http(err.kind), 400);
+  ck_assert_str_eq(circle_error_code(err.kind), "wrong_type");
   ck_assert_str_eq(err.message,
                    "parameters.retrieval is a string; expected true or false");
   v.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_INT64_PARAM;
   v.int64_param = 1;
   ck_assert_int_ne(decode(&m, NULL, &req, &err), 0);
-  ck_assert_str_eq(err.code, "wrong_type");
+  ck_assert_str_eq(circle_error_code(err.kind), "wrong_type");
   ck_assert_ptr_nonnull(strstr(err.message, "parameters.retrieval is a number"));
 }
 END_TEST
@@ -253,7 +253,7 @@ START_TEST(codec_grpc_should_check_what_only_grpc_can_get_wrong) {
   ck_assert_str_eq(err.message,
                    "input 'embeddings' has datatype FP16, which has no typed "
                    "contents field; send it in raw_input_contents");
-  ck_assert_int_eq(err.http_status, 400);
+  ck_assert_int_eq(circle_error_http(err.kind), 400);
 }
 END_TEST
 
@@ -273,7 +273,7 @@ START_TEST(codec_grpc_should_give_the_http_checks_and_limits) {
   msg_init(&m, 4, 3, true);
   m.r.model_name = "other";
   ck_assert_int_ne(decode(&m, NULL, &req, &err), 0);
-  ck_assert_int_eq(err.http_status, 404);
+  ck_assert_int_eq(circle_error_http(err.kind), 404);
   ck_assert_str_eq(err.message, "Request for unknown model: 'other' is not found");
 
   msg_init(&m, 4, 3, true);
@@ -281,8 +281,8 @@ START_TEST(codec_grpc_should_give_the_http_checks_and_limits) {
   circle_limits_init(&lim);
   lim.max_n = 3;
   ck_assert_int_ne(decode(&m, &lim, &req, &err), 0);
-  ck_assert_int_eq(err.http_status, 413);
-  ck_assert_str_eq(err.code, "limit_exceeded");
+  ck_assert_int_eq(circle_error_http(err.kind), 413);
+  ck_assert_str_eq(circle_error_code(err.kind), "limit_exceeded");
   ck_assert_ptr_null(req.x);
 }
 END_TEST
@@ -295,8 +295,8 @@ START_TEST(codec_grpc_should_refuse_bad_arguments) {
   circle_limits_init(&lim);
   static const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff};
   ck_assert_int_ne(circle_grpc_infer_decode(junk, sizeof junk, NULL, &lim, &req, &err), 0);
-  ck_assert_int_eq(err.http_status, 400);
-  ck_assert_str_eq(err.code, "invalid_message");
+  ck_assert_int_eq(circle_error_http(err.kind), 400);
+  ck_assert_str_eq(circle_error_code(err.kind), "invalid_message");
   ck_assert_int_ne(circle_grpc_infer_decode(junk, sizeof junk, NULL, NULL, &req, &err), 0);
   ck_assert_int_ne(circle_grpc_infer_decode(NULL, 4, NULL, &lim, &req, &err), 0);
   ck_assert_int_eq(circle_grpc_infer_decode(junk, 4, NULL, &lim, &req, NULL), CIRCLE_EINVAL);
@@ -483,7 +483,7 @@ START_TEST(codec_grpc_should_answer_metadata_config_and_health) {
   ck_assert_mem_eq(b.data, "\x08\x02", 2); /* NOT_SERVING */
   static const uint8_t other[] = {0x0a, 0x03, 'f', 'o', 'o'};
   ck_assert_int_ne(circle_grpc_health_check(other, sizeof other, true, &b, &err), 0);
-  ck_assert_int_eq(err.http_status, 404);
+  ck_assert_int_eq(circle_error_http(err.kind), 404);
   static const uint8_t model_v2[] = {0x0a, 0x06, 'c', 'i', 'r', 'c', 'l', 'e',
                                      0x12, 0x01, '2'};
   ck_assert_int_ne(circle_grpc_model_request_check(model_v2, sizeof model_v2, &err), 0);
@@ -497,15 +497,22 @@ END_TEST
 START_TEST(codec_grpc_should_map_errors_to_status_codes) {
   circle_error e;
   struct {
+    circle_error_kind kind;
     int http;
     const char *code;
     int grpc;
-  } cases[] = {{400, "wrong_type", 3},  {401, "unauthorized", 16},
-               {404, "not_found", 5},   {413, "limit_exceeded", 8},
-               {503, "overloaded", 8},  {503, "shutting_down", 14},
-               {501, "not_found", 12},  {500, "internal", 13}};
+  } cases[] = {{CIRCLE_ERR_WRONG_TYPE, 400, "wrong_type", 3},
+               {CIRCLE_ERR_UNAUTHORIZED, 401, "unauthorized", 16},
+               {CIRCLE_ERR_NOT_FOUND, 404, "not_found", 5},
+               {CIRCLE_ERR_LIMIT_EXCEEDED, 413, "limit_exceeded", 8},
+               {CIRCLE_ERR_OVERLOADED, 503, "overloaded", 8},
+               {CIRCLE_ERR_SHUTTING_DOWN, 503, "shutting_down", 14},
+               {CIRCLE_ERR_UNKNOWN_METHOD, 501, "not_found", 12},
+               {CIRCLE_ERR_INTERNAL, 500, "internal", 13}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    circle_error_set(&e, cases[i].http, cases[i].code, "x");
+    circle_error_set(&e, cases[i].kind, "x");
+    ck_assert_int_eq(circle_error_http(e.kind), cases[i].http);
+    ck_assert_str_eq(circle_error_code(e.kind), cases[i].code);
     ck_assert_int_eq(circle_grpc_status_of(&e), cases[i].grpc);
   }
   ck_assert_int_eq(circle_grpc_status_of(NULL), 13);

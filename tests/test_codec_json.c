@@ -13,6 +13,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "codec_config.h"
 #include "codec_json.h"
 #include "util_mem.h"
 
@@ -42,8 +43,8 @@ static void expect_error_lim(const char *body, const circle_limits *l,
   circle_error err;
   int rc = decode_lim(body, l, &req, &err);
   ck_assert_msg(rc != 0, "decoded although an error was expected: %s", body);
-  ck_assert_int_eq(err.http_status, status);
-  ck_assert_str_eq(err.code, code);
+  ck_assert_int_eq(circle_error_http(err.kind), status);
+  ck_assert_str_eq(circle_error_code(err.kind), code);
   va_list ap;
   va_start(ap, code);
   const char *frag;
@@ -232,7 +233,7 @@ START_TEST(codec_json_should_round_trip_its_own_config_json) {
   c.remove_diagonal = false;
   circle_buf b;
   circle_buf_init(&b);
-  circle_json_config_write(&b, &c, "my\"loss");
+  circle__config_to_json(&b, &c, "my\"loss");
   ck_assert_str_eq(b.data,
                    "{\"name\": \"my\\\"loss\", \"reduction\": null, \"gamma\": "
                    "0.30000000000000004, \"margin\": -1e-05, "
@@ -244,7 +245,7 @@ START_TEST(codec_json_should_round_trip_its_own_config_json) {
   circle_config_init(&d);
   char name[128];
   circle_error err;
-  ck_assert_int_eq(circle_json_config_parse(j, &d, name, sizeof(name), &err), 0);
+  ck_assert_int_eq(circle__config_from_json(j, &d, name, sizeof(name), &err), 0);
   ck_assert(d.gamma == c.gamma && d.margin == c.margin);
   ck_assert_int_eq(d.reduction, c.reduction);
   ck_assert(!d.remove_diagonal);
@@ -285,7 +286,7 @@ START_TEST(codec_json_should_reject_a_config_name_that_is_not_utf8) {
   ck_assert_str_eq(req.name, utf8);
   circle_buf b;
   circle_buf_init(&b);
-  circle_json_config_write(&b, &req.cfg, req.name);
+  circle__config_to_json(&b, &req.cfg, req.name);
   ck_assert_ptr_nonnull(strstr(b.data, utf8));
   circle_buf_free(&b);
   circle_request_free(&req);
@@ -461,7 +462,7 @@ START_TEST(codec_json_should_write_config_floats_as_python_does) {
   circle_config_init(&c);
   circle_buf b;
   circle_buf_init(&b);
-  circle_json_config_write(&b, &c, "circle");
+  circle__config_to_json(&b, &c, "circle");
   ck_assert_str_eq(b.data,
                    "{\"name\": \"circle\", \"reduction\": "
                    "\"sum_over_batch_size\", \"gamma\": 80.0, \"margin\": 0.4, "
@@ -582,7 +583,7 @@ START_TEST(codec_json_should_report_invalid_json_with_the_byte_offset) {
   ck_assert_int_ne(circle_json_decode(nul, sizeof(nul) - 1, NULL, NULL, &lim,
                                       &req, &err),
                    0);
-  ck_assert_str_eq(err.code, "invalid_json");
+  ck_assert_str_eq(circle_error_code(err.kind), "invalid_json");
 }
 END_TEST
 
@@ -1044,7 +1045,7 @@ START_TEST(codec_json_should_refuse_bad_arguments) {
   circle_limits_init(&lim);
   ck_assert_int_eq(circle_json_decode("{}", 2, NULL, NULL, NULL, &req, &err),
                    CIRCLE_EINVAL);
-  ck_assert_int_eq(err.http_status, 500);
+  ck_assert_int_eq(circle_error_http(err.kind), 500);
   ck_assert_int_eq(circle_json_decode("{}", 2, NULL, NULL, &lim, NULL, &err),
                    CIRCLE_EINVAL);
   ck_assert_int_eq(circle_json_decode("{}", 2, NULL, NULL, &lim, &req, NULL),
@@ -1054,9 +1055,9 @@ START_TEST(codec_json_should_refuse_bad_arguments) {
   circle_config c;
   circle_config_init(&c);
   char name[8];
-  ck_assert_int_eq(circle_json_config_parse(NULL, &c, name, sizeof(name), &err),
+  ck_assert_int_eq(circle__config_from_json(NULL, &c, name, sizeof(name), &err),
                    CIRCLE_EINVAL);
-  ck_assert_int_eq(circle_json_config_parse(NULL, &c, name, sizeof(name), NULL),
+  ck_assert_int_eq(circle__config_from_json(NULL, &c, name, sizeof(name), NULL),
                    CIRCLE_EINVAL);
   circle_output out;
   memset(&out, 0, sizeof(out));
@@ -1067,16 +1068,16 @@ START_TEST(codec_json_should_refuse_bad_arguments) {
   ck_assert_int_eq(circle_json_encode(&req, &out, NULL), CIRCLE_EINVAL);
   circle_json_error(NULL, &b);
   circle_json_error(&err, NULL);
-  circle_json_config_write(NULL, &c, "x");
-  circle_json_config_write(&b, NULL, "x");
+  circle__config_to_json(NULL, &c, "x");
+  circle__config_to_json(&b, NULL, "x");
   ck_assert_uint_eq(b.len, 0);
   circle_buf_free(&b);
   /* A config name longer than the caller's buffer is refused, not cut. */
   const char *cj = "{\"name\": \"much_too_long\"}";
   cJSON *j = cJSON_Parse(cj);
-  ck_assert_int_eq(circle_json_config_parse(j, &c, name, sizeof(name), &err),
+  ck_assert_int_eq(circle__config_from_json(j, &c, name, sizeof(name), &err),
                    CIRCLE_EINVAL);
-  ck_assert_str_eq(err.code, "bad_config");
+  ck_assert_str_eq(circle_error_code(err.kind), "bad_config");
   cJSON_Delete(j);
 }
 END_TEST
@@ -1213,7 +1214,7 @@ END_TEST
 
 START_TEST(codec_json_should_write_errors_as_valid_json) {
   circle_error err;
-  circle_error_set(&err, 400, "bad_label", "labels[%d] is \"%s\"\n", 2,
+  circle_error_set(&err, CIRCLE_ERR_BAD_LABEL, "labels[%d] is \"%s\"\n", 2,
                    "\x01\xff\xc3\xa9");
   circle_buf b;
   circle_buf_init(&b);

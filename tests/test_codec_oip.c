@@ -66,8 +66,8 @@ static void expect_error_body(body_t b, const circle_limits *l, int status,
   circle_error err;
   int rc = decode_body(b, l, &req, &err);
   ck_assert_msg(rc != 0, "decoded although an error was expected");
-  ck_assert_int_eq(err.http_status, status);
-  ck_assert_str_eq(err.code, code);
+  ck_assert_int_eq(circle_error_http(err.kind), status);
+  ck_assert_str_eq(circle_error_code(err.kind), code);
   va_list ap;
   va_start(ap, code);
   const char *frag;
@@ -633,7 +633,7 @@ START_TEST(codec_oip_should_check_binary_sizes_against_shapes) {
   circle_error err;
   circle_request_init(&req);
   ck_assert_int_eq(circle_oip_decode("{}", 2, 3, NULL, &l, &req, &err), CIRCLE_EINVAL);
-  ck_assert_int_eq(err.http_status, 400);
+  ck_assert_int_eq(circle_error_http(err.kind), 400);
 }
 END_TEST
 
@@ -872,7 +872,7 @@ START_TEST(codec_oip_should_refuse_bad_arguments) {
   circle_request_init(&req);
   circle_error err;
   ck_assert_int_eq(circle_oip_decode("{}", 2, 2, NULL, NULL, &req, &err), CIRCLE_EINVAL);
-  ck_assert_int_eq(err.http_status, 500);
+  ck_assert_int_eq(circle_error_http(err.kind), 500);
   ck_assert_int_eq(circle_oip_decode("{}", 2, 2, NULL, &l, NULL, &err), CIRCLE_EINVAL);
   ck_assert_int_eq(circle_oip_decode("{}", 2, 2, NULL, &l, &req, NULL), CIRCLE_EINVAL);
   ck_assert_int_eq(circle_oip_decode(NULL, 2, 2, NULL, &l, &req, &err), CIRCLE_EINVAL);
@@ -1297,7 +1297,7 @@ START_TEST(codec_oip_should_write_metadata_and_errors) {
   circle_buf_free(&b);
 
   circle_error err;
-  circle_error_set(&err, 400, "bad_label", "input 'labels': \"x\"");
+  circle_error_set(&err, CIRCLE_ERR_BAD_LABEL, "input 'labels': \"x\"");
   circle_buf_init(&b);
   circle_oip_error(&err, &b);
   ck_assert_str_eq(b.data, "{\"error\": \"input 'labels': \\\"x\\\"\"}");

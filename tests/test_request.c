@@ -780,18 +780,69 @@ START_TEST(request_should_init_limits_requests_and_errors) {
   circle_request_free(NULL);
 
   circle_error e;
-  ck_assert_int_eq(circle_error_set(&e, 413, "limit_exceeded", "n=%d", 5), CIRCLE_EINVAL);
-  ck_assert_int_eq(e.http_status, 413);
-  ck_assert_str_eq(e.code, "limit_exceeded");
+  ck_assert_int_eq(circle_error_set(&e, CIRCLE_ERR_LIMIT_EXCEEDED, "n=%d", 5), CIRCLE_EINVAL);
+  ck_assert_int_eq(e.kind, CIRCLE_ERR_LIMIT_EXCEEDED);
+  ck_assert_int_eq(circle_error_http(e.kind), 413);
+  ck_assert_str_eq(circle_error_code(e.kind), "limit_exceeded");
   ck_assert_str_eq(e.message, "n=5");
-  ck_assert_int_eq(circle_error_set(NULL, 400, "x", "y"), CIRCLE_EINVAL);
+  ck_assert_int_eq(circle_error_set(NULL, CIRCLE_ERR_WRONG_TYPE, "y"), CIRCLE_EINVAL);
+  /* One code, two statuses: the row decides. */
+  ck_assert_str_eq(circle_error_code(CIRCLE_ERR_TOO_DEEP), "limit_exceeded");
+  ck_assert_int_eq(circle_error_http(CIRCLE_ERR_TOO_DEEP), 400);
+  ck_assert_str_eq(circle_error_code(CIRCLE_ERR_UNSUPPORTED_ENCODING), "bad_encoding");
+  ck_assert_int_eq(circle_error_http(CIRCLE_ERR_UNSUPPORTED_ENCODING), 415);
+  ck_assert_int_eq(circle_error_http(CIRCLE_ERR_BAD_ENCODING), 400);
+  /* An error never set, or a value outside the table, reads as internal. */
+  circle_error z = {0};
+  ck_assert_str_eq(circle_error_code(z.kind), "internal");
+  ck_assert_int_eq(circle_error_http(z.kind), 500);
+  ck_assert_int_eq(circle_error_grpc(z.kind), 13);
+  ck_assert_str_eq(circle_error_code(CIRCLE_ERR_COUNT), "internal");
+  ck_assert_int_eq(circle_error_http((circle_error_kind)-1), 500);
   /* Long messages are cut, not overflowed. */
   char big[2000];
   memset(big, 'm', sizeof(big) - 1);
   big[sizeof(big) - 1] = '\0';
-  circle_error_set(&e, 400, "a_code_that_is_much_longer_than_thirty_two_bytes", "%s", big);
+  circle_error_set(&e, CIRCLE_ERR_BAD_TAG, "%s", big);
   ck_assert_uint_eq(strlen(e.message), sizeof(e.message) - 1);
-  ck_assert_uint_eq(strlen(e.code), sizeof(e.code) - 1);
+  ck_assert_str_eq(circle_error_code(e.kind), "bad_tag");
+}
+END_TEST
+
+START_TEST(request_should_check_sizes_against_the_limits) {
+  circle_limits lim;
+  circle_limits_init(&lim);
+  lim.max_n = 100;
+  lim.max_m = 50;
+  lim.max_d = 8;
+  lim.max_pairs = 1000;
+  circle_error e;
+  memset(&e, 0, sizeof e);
+  /* At every limit: accepted, *err untouched. */
+  ck_assert_int_eq(circle__limits_check(&lim, 20, 50, true, 8, &e), 0);
+  ck_assert_int_eq(circle__limits_check(&lim, 31, 0, false, 0, &e), 0);
+  ck_assert_int_eq(e.kind, CIRCLE_ERR_NONE);
+  ck_assert_int_eq(circle__limits_check(&lim, 101, 0, false, 1, &e), CIRCLE_EINVAL);
+  ck_assert_int_eq(e.kind, CIRCLE_ERR_LIMIT_EXCEEDED);
+  ck_assert_str_eq(e.message, "N = 101 exceeds this server's limit of 100");
+  circle__limits_check(&lim, 1, 51, true, 1, &e);
+  ck_assert_str_eq(e.message, "M = 51 exceeds this server's limit of 50");
+  circle__limits_check(&lim, 1, 1, true, 9, &e);
+  ck_assert_str_eq(e.message, "D = 9 exceeds this server's limit of 8");
+  /* N x N without a reference set, N x M with one. */
+  circle__limits_check(&lim, 32, 0, false, 1, &e);
+  ck_assert_str_eq(e.message, "32 x 32 = 1024 pairs exceeds the work limit of "
+                              "1000 pairs; send a smaller batch");
+  circle__limits_check(&lim, 21, 50, true, 1, &e);
+  ck_assert_str_eq(e.message, "21 x 50 = 1050 pairs exceeds the work limit of "
+                              "1000 pairs; send a smaller batch");
+  /* A product past uint64 is over any limit, never wrapped under it. */
+  lim.max_n = lim.max_m = SIZE_MAX;
+  lim.max_pairs = UINT64_MAX;
+  ck_assert_int_eq(circle__limits_check(&lim, (uint64_t)1 << 32,
+                                        ((uint64_t)1 << 32) + 1, true, 1, &e),
+                   CIRCLE_EINVAL);
+  ck_assert_int_eq(circle_error_http(e.kind), 413);
 }
 END_TEST
 
@@ -837,6 +888,7 @@ int main(void) {
   tcase_add_test(tc, request_should_write_strings_as_valid_json);
   tcase_add_test(tc, request_should_write_python_floats);
   tcase_add_test(tc, request_should_init_limits_requests_and_errors);
+  tcase_add_test(tc, request_should_check_sizes_against_the_limits);
   tcase_add_test(tc, request_should_ignore_null_arguments);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
