@@ -251,9 +251,20 @@ static bool add_bytes(size_t *total, size_t *off, size_t count, size_t size) {
   return !__builtin_add_overflow(*total, bytes, total);
 }
 
+static bool plan_for(const circle_engine *e, const circle_config *cfg,
+                     const circle_input *in, unsigned want, unsigned nth,
+                     bool keep, plan *p);
+
 /* Works out the layout of the scratch memory. False on overflow. */
 static bool make_plan(const circle_engine *e, const circle_config *cfg,
                       const circle_input *in, unsigned want, plan *p) {
+  return plan_for(e, cfg, in, want, circle_engine_threads(e), true, p);
+}
+
+/* make_plan for nth threads; without keep, no strips are kept. */
+static bool plan_for(const circle_engine *e, const circle_config *cfg,
+                     const circle_input *in, unsigned want, unsigned nth,
+                     bool keep, plan *p) {
   const circle_engine_opts *o = circle__engine_opts(e);
   *p = (plan){0};
   p->self = in->ref_embeddings == NULL;
@@ -261,7 +272,7 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
   p->m = p->self ? in->n : in->m;
   p->d = in->d;
   p->esz = circle_dtype_size(cfg->dtype);
-  p->nth = circle_engine_threads(e);
+  p->nth = nth;
   p->normalize = cfg->normalize;
   p->bs = o->block_rows ? o->block_rows
                       : (p->n <= 512 ? 32 : p->n <= 2048 ? 128 : 256);
@@ -358,12 +369,15 @@ static bool make_plan(const circle_engine *e, const circle_config *cfg,
            add_bytes(&t, &p->off_yb, yb, p->esz);
       /* Strips kept from pass 1 for pass 2, the last (largest) first, as
        * many as fit in what the materialize limit and an eighth more
-       * leave (so the scratch stays cached, see pool.c): pass 2 computes
-       * only the others again. Packed, each strip its own width. */
-      if (ok && p->tri) {
-        size_t mb = o->materialize_bytes;
+       * leave beside the rest of a one-thread call's scratch (so the
+       * buffer stays cached, see pool.c, and which strips are kept never
+       * depends on the thread count): pass 2 computes only the others
+       * again. Packed, each strip its own width. */
+      plan one;
+      if (ok && keep && plan_for(e, cfg, in, want, 1, false, &one)) {
+        size_t mb = o->materialize_bytes, t1 = one.total;
         size_t cap = mb > SIZE_MAX / 9 * 8 ? SIZE_MAX : mb + mb / 8;
-        size_t room = cap > t ? (cap - t) / p->esz : 0, used = 0;
+        size_t room = cap > t1 ? (cap - t1) / p->esz : 0, used = 0;
         p->keep_from = nb;
         while (p->keep_from > 0) {
           size_t b = p->keep_from - 1, lo = b * p->bs;

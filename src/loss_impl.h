@@ -812,6 +812,17 @@ static void F(blk_dr_full)(void *ctx, size_t b, unsigned ith) {
        x->dR + lo * x->d, (int)x->d);
 }
 
+/* Streamed self-reference: strip b (b >= keep_from) where pass 1 keeps it
+ * for pass 2, packed after strips keep_from..b-1 (each bs rows, except the
+ * last, of its own width hi); *ld gets its width. */
+static inline T *F(kept_strip)(const struct F(ctx) *x, size_t b, size_t *ld) {
+  size_t bs = x->bs, kf = x->keep_from;
+  /* strips kf..b-1 are whole: bs rows of width (b' + 1) bs */
+  size_t off = bs * bs * ((b * (b + 1) - kf * (kf + 1)) / 2);
+  *ld = F(block_end)(x, b, x->n);
+  return x->keep + off;
+}
+
 /* Streamed pass 1: similarities of row block b into this thread's buffer
  * (full rows: self-referenced batches come here only with row extras, their
  * gradients then take the lower triangle's pass 2), then row scalars. */
@@ -822,6 +833,17 @@ static void F(blk_rows_stream)(void *ctx, size_t b, unsigned ith) {
   GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)x->m,
        (int)x->d, 1, x->X + lo * x->d, (int)x->d, x->R, (int)x->d, 0, buf,
        (int)x->m);
+  if (x->self && b >= x->keep_from) {
+    /* the strip pass 2 would compute: columns [0, hi), diagonal tile
+     * mirrored from its lower half, as tri_strip makes it */
+    size_t l;
+    T *k = F(kept_strip)(x, b, &l);
+    for (size_t i = lo; i < hi; i++)
+      memcpy(k + (i - lo) * l, buf + (i - lo) * x->m, hi * sizeof(T));
+    for (size_t i = lo; i < hi; i++)
+      for (size_t j = i + 1; j < hi; j++)
+        k[(i - lo) * l + j] = k[(j - lo) * l + i];
+  }
   T *cls = x->cls + (size_t)ith * x->wide;
   T *ebuf = x->ebuf + (size_t)ith * x->wide;
   for (size_t i = lo; i < hi; i++) {
@@ -889,17 +911,6 @@ static void F(blk_scale_x)(void *ctx, size_t b, unsigned ith) {
     for (size_t k = 0; k < x->d; k++)
       x->Xc[i * x->d + k] = ci * x->X[i * x->d + k];
   }
-}
-
-/* Streamed self-reference: strip b (b >= keep_from) where pass 1 keeps it
- * for pass 2, packed after strips keep_from..b-1 (each bs rows, except the
- * last, of its own width hi); *ld gets its width. */
-static inline T *F(kept_strip)(const struct F(ctx) *x, size_t b, size_t *ld) {
-  size_t bs = x->bs, kf = x->keep_from;
-  /* strips kf..b-1 are whole: bs rows of width (b' + 1) bs */
-  size_t off = bs * bs * ((b * (b + 1) - kf * (kf + 1)) / 2);
-  *ld = F(block_end)(x, b, x->n);
-  return x->keep + off;
 }
 
 /* Self-reference, lower triangle: the strip S[b, 0:hi) of row block b

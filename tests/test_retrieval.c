@@ -15,7 +15,8 @@
  *   those without it when materialized; streamed (the self-referenced
  *   pass 1 then runs over full rows) within 1e-5 relative in float32.
  * Every case runs materialized and streamed (materialize limit 1 byte,
- * blocks of 7 rows), with one and two threads.
+ * blocks of 7 rows), with one and two threads; one case streams with room
+ * to keep strips for the gradient pass, on 1, 2 and 3 threads (bitwise).
  */
 #include <check.h>
 #include <math.h>
@@ -172,11 +173,15 @@ typedef struct {
   void *grad; /* n x d in the dtype, when asked */
 } run_out;
 
+/* Streamed runs' materialize limit: 1 byte (nothing kept) unless a test
+ * sets it. */
+static size_t g_stream_limit = 1;
+
 static run_out run(const rcase *c, circle_dtype dt, unsigned threads,
                    bool streamed, unsigned want) {
   circle_engine_opts o = {.threads = threads,
                           .block_rows = streamed ? 7 : 0,
-                          .materialize_bytes = streamed ? 1 : 0};
+                          .materialize_bytes = streamed ? g_stream_limit : 0};
   circle_engine *e = NULL;
   ck_assert_int_eq(circle_engine_init(&e, &o), CIRCLE_OK);
   size_t esz = dt == CIRCLE_DTYPE_FLOAT32 ? 4 : 8, m = c->m;
@@ -372,6 +377,41 @@ START_TEST(retrieval_should_leave_the_loss_and_gradients_alone) {
 }
 END_TEST
 
+/* Streamed with room to keep lower-triangle strips for the gradient pass
+ * (the full-row pass 1 of a request with retrieval fills them): the same
+ * figures, loss and gradients on 1, 2 and 3 threads, bitwise, and the
+ * gradients those of keeping nothing within 1e-5 relative. */
+START_TEST(retrieval_should_keep_strips_and_stay_thread_independent) {
+  rcase c = case_new(400, 0, 8, 6, false);
+  c.normalize = true;
+  unsigned want = CIRCLE_OUT_LOSS | CIRCLE_OUT_GRAD | CIRCLE_OUT_RETRIEVAL |
+                  CIRCLE_OUT_STATS;
+  run_out none = run(&c, CIRCLE_DTYPE_FLOAT32, 2, true, want);
+  g_stream_limit = c.n * c.n * sizeof(float) - 1;
+  run_out r[3];
+  for (unsigned t = 0; t < 3; t++)
+    r[t] = run(&c, CIRCLE_DTYPE_FLOAT32, t + 1, true, want);
+  g_stream_limit = 1;
+  for (unsigned t = 1; t < 3; t++) {
+    ck_assert(memcmp(&r[0].ret, &r[t].ret, sizeof r[0].ret) == 0);
+    ck_assert(r[0].loss == r[t].loss);
+    ck_assert_msg(memcmp(r[0].grad, r[t].grad, c.n * c.d * sizeof(float)) == 0,
+                  "kept strips: gradients differ between 1 and %u threads", t + 1);
+  }
+  ck_assert(memcmp(&r[0].ret, &none.ret, sizeof none.ret) == 0);
+  const float *ga = none.grad, *gb = r[0].grad;
+  float gmax = 0;
+  for (size_t q = 0; q < c.n * c.d; q++)
+    gmax = fabsf(ga[q]) > gmax ? fabsf(ga[q]) : gmax;
+  for (size_t q = 0; q < c.n * c.d; q++)
+    ck_assert_msg(fabsf(ga[q] - gb[q]) <= 1e-5f * gmax,
+                  "gradient %zu: %.9g kept vs %.9g not", q, gb[q], ga[q]);
+  free(none.grad);
+  for (unsigned t = 0; t < 3; t++) free(r[t].grad);
+  case_free(&c);
+}
+END_TEST
+
 START_TEST(retrieval_should_count_its_scratch) {
   circle_engine *e = NULL;
   ck_assert_int_eq(circle_engine_init(&e, &(circle_engine_opts){.threads = 2}),
@@ -405,6 +445,7 @@ int main(void) {
   tcase_add_test(tc, retrieval_should_be_perfect_for_a_single_class);
   tcase_add_test(tc, retrieval_should_rank_ties_by_gallery_index);
   tcase_add_test(tc, retrieval_should_leave_the_loss_and_gradients_alone);
+  tcase_add_test(tc, retrieval_should_keep_strips_and_stay_thread_independent);
   tcase_add_test(tc, retrieval_should_count_its_scratch);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
