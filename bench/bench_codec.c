@@ -25,7 +25,13 @@
  * per input number: JSON through the fast path, JSON through the slow path
  * (circle__json_fast_enabled off), and OIP binary.
  *
+ * --invalid instead times circle_json_decode of the body and of three
+ * rejected ones made from it: an unknown key after the matrices, the last
+ * number of embeddings made 1e400, and a syntax error in a config after
+ * the matrices (docs/performance.md counts how often each reads the text).
+ *
  * Usage: bench_codec [--n N,..] [--d D,..] [--reps R] [--short] [--mem]
+ *                    [--invalid]
  */
 #include <math.h>
 #include <stdio.h>
@@ -104,20 +110,71 @@ static double decode_peak_bytes(int kind, const circle_buf *body, size_t hlen,
   return grow;
 }
 
+/* The median time of circle_json_decode of text (rc: its result). */
+static double time_decode(const char *text, size_t len, int reps, const circle_limits *lim,
+                          const circle_config *defaults, int *rc) {
+  double t[1000];
+  for (int r = -1; r < reps; r++) {
+    circle_request req;
+    circle_request_init(&req);
+    circle_error err;
+    double t0 = now();
+    *rc = circle_json_decode(text, len, defaults, "circle", lim, &req, &err);
+    if (r >= 0) t[r] = now() - t0;
+    circle_request_free(&req);
+  }
+  return median(t, reps);
+}
+
+/* --invalid: body and the rejected bodies made from it. */
+static void time_invalid(const circle_buf *body, size_t n, size_t d, int reps,
+                         const circle_limits *lim, const circle_config *defaults) {
+  static const char *const names[] = {"valid", "unknown key", "1e400 last",
+                                      "config syntax error"};
+  const char *b = body->data;
+  size_t len = body->len; /* ends "]]}" */
+  size_t last = len - 3;  /* the last number is (cut, last) */
+  size_t cut = last;
+  while (cut > 0 && b[cut - 1] != ' ' && b[cut - 1] != '[') cut--;
+  double valid = 0;
+  for (int v = 0; v < 4; v++) {
+    circle_buf t;
+    circle_buf_init(&t);
+    if (v == 2) {
+      circle_buf_append(&t, b, cut);
+      circle_buf_puts(&t, "1e400]]}");
+    } else {
+      circle_buf_append(&t, b, len - 1);
+      circle_buf_puts(&t, v == 0 ? "}" : v == 1 ? ", \"bogus\": 1}"
+                                                : ", \"config\": {\"gamma\" 2}}");
+    }
+    if (t.failed) die("out of memory building a body");
+    int rc;
+    double ms = time_decode(t.data, t.len, reps, lim, defaults, &rc) * 1e3;
+    if ((rc == 0) != (v == 0)) die("a body was not decoded as expected");
+    if (v == 0) valid = ms;
+    printf("| %zu | %zu | %s | %zu | %.3f | %.2f |\n", n, d, names[v], t.len / 1024, ms,
+           ms / valid);
+    circle_buf_free(&t);
+  }
+}
+
 int main(int argc, char **argv) {
   circle_blas_ensure_kernel(argc, argv);
   size_t ns[8] = {64, 1024, 4096}, ds[8] = {128, 512};
   size_t nn = 3, nd = 2;
   int reps = 7;
-  bool short_numbers = false, mem = false;
+  bool short_numbers = false, mem = false, invalid = false;
   for (int a = 1; a < argc; a++) {
     if (!strcmp(argv[a], "--n") && a + 1 < argc) nn = parse_list(argv[++a], ns, 8);
     else if (!strcmp(argv[a], "--d") && a + 1 < argc) nd = parse_list(argv[++a], ds, 8);
     else if (!strcmp(argv[a], "--reps") && a + 1 < argc) reps = atoi(argv[++a]);
     else if (!strcmp(argv[a], "--short")) short_numbers = true;
     else if (!strcmp(argv[a], "--mem")) mem = true;
+    else if (!strcmp(argv[a], "--invalid")) invalid = true;
     else {
-      fprintf(stderr, "usage: %s [--n N,..] [--d D,..] [--reps R] [--short] [--mem]\n",
+      fprintf(stderr,
+              "usage: %s [--n N,..] [--d D,..] [--reps R] [--short] [--mem] [--invalid]\n",
               argv[0]);
       return 2;
     }
@@ -131,7 +188,12 @@ int main(int argc, char **argv) {
   circle_config defaults;
   circle_config_init(&defaults);
 
-  if (mem) {
+  if (invalid) {
+    printf("# bench_codec --invalid: one thread, median of %d, JSON numbers %s\n", reps,
+           short_numbers ? "with 9 significant digits" : "as Python's repr (float32 tolist)");
+    printf("| n | d | body | KB | json decode ms | x valid |\n");
+    printf("|---:|---:|---|---:|---:|---:|\n");
+  } else if (mem) {
     printf("# bench_codec --mem: peak RSS growth while decoding, bytes per input number;"
            " JSON numbers %s\n",
            short_numbers ? "with 9 significant digits" : "as Python's repr (float32 tolist)");
@@ -184,6 +246,13 @@ int main(int argc, char **argv) {
       }
       circle_buf_puts(&body, "]}");
       if (body.failed) die("out of memory building the body");
+      if (invalid) {
+        time_invalid(&body, n, d, reps, &lim, &defaults);
+        circle_buf_free(&body);
+        free(x);
+        free(lab);
+        continue;
+      }
 
       /* The OIP body: JSON header + labels + embeddings, as tritonclient. */
       circle_buf oip;

@@ -136,6 +136,29 @@ static void check_fast_number(const uint8_t *data, size_t size) {
              v, ref);
 }
 
+/* A body rejected with the fast path on is rejected the same way, code and
+ * message, with it off: the errors the fast path's tree finds stand without
+ * the slow path being run (codec_json.c), so they must be its errors. */
+static void check_same_rejection_slow(const uint8_t *data, size_t size,
+                                      const circle_limits *lim,
+                                      const circle_config *defaults, int rc,
+                                      const circle_error *err) {
+  circle_request req;
+  circle_request_init(&req);
+  circle_error slow;
+  memset(&slow, 0, sizeof slow);
+  circle__json_fast_enabled = false;
+  int rc2 = circle_json_decode((const char *)data, size, defaults, "circle", lim,
+                               &req, &slow);
+  circle__json_fast_enabled = true;
+  circle_request_free(&req);
+  FUZZ_CHECK(rc2 == rc, "slow path: rc %d, fast path: %d", rc2, rc);
+  FUZZ_CHECK(slow.kind == err->kind && strcmp(slow.message, err->message) == 0,
+             "slow path: %s \"%s\"; fast path: %s \"%s\"",
+             circle_error_code(slow.kind), slow.message,
+             circle_error_code(err->kind), err->message);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   check_fast_number(data, size);
   circle_limits lim;
@@ -150,6 +173,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                               &lim, &req, &err);
   if (rc != 0) {
     fuzz_check_rejection(rc, &req, &err, circle_json_error);
+    check_same_rejection_slow(data, size, &lim, &defaults, rc, &err);
     return 0;
   }
   FUZZ_CHECK(req.proto == CIRCLE_PROTO_V1, "proto");

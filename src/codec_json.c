@@ -13,9 +13,12 @@
  *
  * The embedding matrices never become cJSON nodes (80 bytes each, 40 times
  * a body of small numbers): json_fast.c reads those of a body of the usual
- * shape, bit for bit as strtod would; anything else goes the slow way
- * (decode_slow), which validates the whole text first and reads the
- * matrices from it with the same number reader. Labels and weights past N
+ * shape, bit for bit as strtod would, and the error a request of that
+ * shape gets is found from them and the copy's tree, as the slow way would
+ * find it, so the matrices' text is read once (docs/performance.md counts
+ * the passes). Anything else goes the slow way (decode_slow), which
+ * validates the whole text first and reads the matrices from it with the
+ * same number reader. Labels and weights past N
  * and trees past what a request can need are refused before cJSON builds
  * anything. Decoding so holds at most the body, a copy of it, and 8 bytes a
  * number (a number takes 2 bytes of text at least): 6 times the body.
@@ -133,6 +136,7 @@ typedef struct {
   label_set strings; /* string labels of both sets */
   int kind;               /* of the labels seen so far */
   const cut_matrices *cut; /* NULL unless the matrices were cut */
+  bool fast_unsure; /* take_fast_matrix left the error to the slow path */
 } decoder;
 
 static int missing(circle_error *err, const char *field, const char *what) {
@@ -425,15 +429,21 @@ static int parse_outputs(const cJSON *a, bool has_ref, unsigned *want,
   return 0;
 }
 
-/* The fast path's matrix fm (json_fast.c) in dtype dt, as parse_matrix
- * would have read it; d as there. Takes fm->v. Any problem is an error
- * here: the caller then decodes again through cJSON for the message. */
+/* The fast path's matrix fm (json_fast.c) named field in dtype dt, as
+ * parse_matrix would have read it from the same text, with its errors in
+ * its words; d as there. Takes fm->v. A shape json_fast.c should already
+ * have refused sets dc->fast_unsure: then the slow path decides. */
 static int take_fast_matrix(decoder *dc, circle__json_fast_matrix *fm,
-                            size_t rows, size_t *d, circle_dtype dt,
-                            void **out) {
-  if (!fm->found || fm->rows != rows || fm->d > dc->lim->max_d ||
-      (*d && fm->d != *d))
+                            const char *field, size_t rows, size_t *d,
+                            circle_dtype dt, void **out) {
+  if (!fm->found || fm->rows != rows || fm->d > dc->lim->max_d) {
+    dc->fast_unsure = true;
     return circle_error_set(dc->err, CIRCLE_ERR_SHAPE_MISMATCH, "fast path");
+  }
+  if (*d && fm->d != *d) /* parse_matrix: its row 0 against embeddings[0] */
+    return circle_error_set(dc->err, CIRCLE_ERR_SHAPE_MISMATCH,
+                            "%s[%zu] has %zu numbers; expected %zu like %s",
+                            field, (size_t)0, fm->d, *d, "embeddings[0]");
   size_t count = rows * fm->d;
   if (dt == CIRCLE_DTYPE_FLOAT32) {
     /* In place, front to back: float i overwrites bytes of double i / 2,
@@ -444,12 +454,16 @@ static int take_fast_matrix(decoder *dc, circle__json_fast_matrix *fm,
       float f;
       memcpy(&v, bytes + i * sizeof(double), sizeof v);
       if (!circle__store_finite(&f, 0, v, CIRCLE_DTYPE_FLOAT32))
-        return circle_error_set(dc->err, CIRCLE_ERR_NON_FINITE, "fast path");
+        return non_finite(dc->err, field, i / fm->d, i % fm->d, true, v, dt);
       memcpy(bytes + i * sizeof f, &f, sizeof f);
     }
     void *shrunk = realloc(fm->v, count * sizeof(float));
     *out = shrunk ? shrunk : fm->v;
   } else {
+    if (fm->first_inf < count) {
+      size_t i = fm->first_inf;
+      return non_finite(dc->err, field, i / fm->d, i % fm->d, true, fm->v[i], dt);
+    }
     *out = fm->v;
   }
   fm->v = NULL;
@@ -460,7 +474,8 @@ static int take_fast_matrix(decoder *dc, circle__json_fast_matrix *fm,
 static int decode(const char *body, size_t len, const circle_config *defaults,
                   const char *default_name, const circle_limits *lim,
                   circle_request *req, circle_error *err,
-                  circle__json_fast_body *fb, const cut_matrices *cut);
+                  circle__json_fast_body *fb, const cut_matrices *cut,
+                  bool *final);
 
 /* a + b, or SIZE_MAX when that overflows. */
 static size_t add_sat(size_t a, size_t b) {
@@ -536,16 +551,22 @@ static int decode_slow(const char *body, size_t len,
     return circle_error_set(err, CIRCLE_ERR_OVERLOADED,
                             "out of memory reading the request; retry later");
   int rc = decode(copy, copy_len, defaults, default_name, lim, req, err, NULL,
-                  &cut);
+                  &cut, NULL);
   free(copy);
   return rc;
 }
 
 /* The embedding matrices are read from the text by json_fast.c when the
- * body has the common shape (cJSON then parses a copy without them);
- * whatever goes wrong on that path, the body is decoded again the slow way
- * (decode_slow), which alone writes errors. Both give the same request,
- * bit for bit. */
+ * body has the common shape (cJSON then parses a copy without them). Both
+ * ways give the same request, bit for bit, and the same error. An error
+ * found in the tree of that copy is final (decode sets *final): the slow
+ * path would cut the same spans to the same copy, build the same tree and
+ * stop at the same check, so the matrices are not read again. Anything
+ * else -- a body json_fast.c does not take, a copy that does not validate
+ * (its byte offsets are not the body's), a matrix shape take_fast_matrix
+ * leaves to the slow path, out of memory, or an array the slow path's
+ * pre-check would refuse first -- is decoded again the slow way
+ * (decode_slow). */
 int circle_json_decode(const char *body, size_t len,
                        const circle_config *defaults, const char *default_name,
                        const circle_limits *lim, circle_request *req,
@@ -559,24 +580,56 @@ int circle_json_decode(const char *body, size_t len,
   if (circle__json_fast_body_read(body, len, lim->max_depth, lim->max_n,
                                   lim->max_m, lim->max_d, &fb)) {
     circle_error ferr;
+    bool final = false;
     int rc = decode(fb.copy, fb.copy_len, defaults, default_name, lim, req,
-                    &ferr, &fb, NULL);
+                    &ferr, &fb, NULL, &final);
     circle__json_fast_body_free(&fb);
     if (rc == 0) return 0;
+    if (final) {
+      *err = ferr;
+      return rc;
+    }
   }
   circle_request_free(req);
   return decode_slow(body, len, defaults, default_name, lim, req, err);
 }
 
+/* Whether decode_slow's pre-check (before its tree is built) refuses one
+ * of root's members: a labels, ref_labels or sample_weight array longer
+ * than its limit. Then its message, not the tree's, is the answer. */
+static bool slow_precheck_refuses(const cJSON *root, const circle_limits *lim) {
+  const cJSON *it;
+  cJSON_ArrayForEach(it, root) {
+    if (!cJSON_IsArray(it) || it->string == NULL) continue;
+    size_t cap;
+    if (!strcmp(it->string, "labels") || !strcmp(it->string, "sample_weight"))
+      cap = lim->max_n;
+    else if (!strcmp(it->string, "ref_labels"))
+      cap = lim->max_m;
+    else
+      continue;
+    size_t k = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, it) k++;
+    if (k > cap) return true;
+  }
+  return false;
+}
+
+/* Decodes the tree of body (with the matrices cut: from fb, the fast path,
+ * or from cut, the slow one). With fb, *final says on failure whether the
+ * error is the one decode_slow would give too (circle_json_decode). */
 static int decode(const char *body, size_t len, const circle_config *defaults,
                   const char *default_name, const circle_limits *lim,
                   circle_request *req, circle_error *err,
-                  circle__json_fast_body *fb, const cut_matrices *cut) {
+                  circle__json_fast_body *fb, const cut_matrices *cut,
+                  bool *final) {
+  if (final) *final = false;
   circle_request_free(req);
   cJSON *root = circle__json_parse(body, len, lim->max_depth, max_values(lim), err);
   if (root == NULL) return CIRCLE_EINVAL;
 
-  decoder dc = {body, len, lim, err, {0}, KIND_NONE, cut};
+  decoder dc = {body, len, lim, err, {0}, KIND_NONE, cut, false};
   label_set_init(&dc.strings);
   circle_request r;
   circle_request_init(&r);
@@ -735,12 +788,13 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
 
   /* Embeddings. */
   size_t d = 0;
-  if (fb ? take_fast_matrix(&dc, &fb->emb, n, &d, adt, &r.x) != 0
+  if (fb ? take_fast_matrix(&dc, &fb->emb, "embeddings", n, &d, adt, &r.x) != 0
          : parse_matrix(&dc, cut->emb_off, "embeddings", n, &d,
                         "embeddings[0]", adt, &r.x) != 0)
     goto fail;
   if (r.has_ref &&
-      (fb ? take_fast_matrix(&dc, &fb->ref, m, &d, adt, &r.r) != 0
+      (fb ? take_fast_matrix(&dc, &fb->ref, "ref_embeddings", m, &d, adt,
+                               &r.r) != 0
           : parse_matrix(&dc, cut->ref_off, "ref_embeddings", m, &d,
                          "embeddings[0]", adt, &r.r) != 0))
     goto fail;
@@ -806,6 +860,8 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
   goto done;
 
 fail:
+  if (final && fb && !dc.fast_unsure && err->kind != CIRCLE_ERR_OVERLOADED)
+    *final = !slow_precheck_refuses(root, lim);
   circle_request_free(&r);
 done:
   label_set_free(&dc.strings);

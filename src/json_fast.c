@@ -2,7 +2,8 @@
  * true: every number it returns is bit for bit what strtod returns for the
  * same text (so the request is the one the cJSON path would build), and it
  * gives up -- never guesses -- on anything but plain rectangular arrays of
- * finite numbers, leaving every error message to the cJSON path.
+ * numbers (it says where the first infinity is), leaving every error message
+ * to the codec.
  *
  * Why: through cJSON a number costs a node allocation, a locale query, a
  * copy and glibc's strtod (whose exact path for 17-digit numbers, what
@@ -565,7 +566,7 @@ static __attribute__((noinline)) bool read_matrix(const char *b, size_t len, siz
   size_t p = *pos;
   if (p >= len || b[p] != '[') return false;
   p = skip_ws(b, len, p + 1);
-  size_t rows = 0, d = 0, count = 0, cap = 0;
+  size_t rows = 0, d = 0, count = 0, cap = 0, first_inf = SIZE_MAX;
   double *v = NULL;
   for (;;) {
     if (p >= len || b[p] != '[') goto fail;
@@ -592,7 +593,8 @@ static __attribute__((noinline)) bool read_matrix(const char *b, size_t len, siz
 #endif
       {
         used = parse_number(b + p, b + len, &v[count]);
-        if (used == 0 || !isfinite(v[count])) goto fail;
+        if (used == 0) goto fail;
+        if (!isfinite(v[count]) && first_inf == SIZE_MAX) first_inf = count;
       }
       p += used;
       count++;
@@ -621,6 +623,7 @@ static __attribute__((noinline)) bool read_matrix(const char *b, size_t len, siz
   m->rows = rows;
   m->d = d;
   m->v = v;
+  m->first_inf = first_inf == SIZE_MAX ? count : first_inf;
   *pos = p;
   return true;
 fail:

@@ -30,6 +30,9 @@ typedef struct {
   size_t end;
   size_t rows, d; /* rows >= 1, d >= 1 */
   double *v;      /* rows * d values, row-major; malloc'd, owner frees */
+  size_t first_inf; /* index in v of the first infinity (a number past the
+                     * double range, which strtod reads so), rows * d when
+                     * there is none */
 } circle__json_fast_matrix;
 
 /* The big arrays of a /v1 body. */
@@ -41,15 +44,14 @@ typedef struct {
 
 /* Walks the top-level object of a /v1 body and reads the values of
  * "embeddings" and "ref_embeddings" (when present) as rectangular matrices
- * of finite numbers, with at most max_rows rows (max_ref_rows for the
+ * of numbers (an infinity kept, its place in first_inf), with at most max_rows rows (max_ref_rows for the
  * reference set) and max_d columns. On success fills *fb, including a
  * malloc'd NUL-terminated copy of the body in which those values are cut
  * down to [], and returns true; the caller frees with
  * circle__json_fast_body_free. Returns false, with *fb empty, whenever the
  * body is anything but that common shape: not an object, a key with an
  * escape, a repeated key, no "embeddings", a ragged or empty row, a value
- * that is not a number, a number outside double range or over 63
- * characters, a limit passed, malformed JSON, or out of memory. The slow
+ * that is not a number, a number over 63 characters, a limit passed, malformed JSON, or out of memory. The slow
  * path (codec_json.c, decode_slow) then decides. Thread-safe. */
 bool circle__json_fast_body_read(const char *body, size_t len, size_t max_depth,
                                  size_t max_rows, size_t max_ref_rows,
