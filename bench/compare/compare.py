@@ -55,6 +55,29 @@ TITLES = {
 DEFAULT_SIZES = [(n, d) for n in (256, 1024, 4096, 16384) for d in (128, 512)]
 
 
+def blas_coretype(lib_path):
+    """The OPENBLAS_CORETYPE circled would force on this CPU, or None (set
+    already, or OpenBLAS' detection is right): libcircle's own choice
+    (circle_blas_pick_coretype) from the detected core and the CPU flags."""
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        return None
+    import ctypes
+    lib = ctypes.CDLL(lib_path)
+    lib.circle_blas_corename.restype = ctypes.c_char_p
+    lib.circle_blas_pick_coretype.restype = ctypes.c_char_p
+    lib.circle_blas_pick_coretype.argtypes = [ctypes.c_char_p, ctypes.c_bool,
+                                              ctypes.c_bool]
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    pick = lib.circle_blas_pick_coretype(lib.circle_blas_corename(),
+                                         "avx512f" in flags, "avx2" in flags)
+    return pick.decode() if pick else None
+
+
 def rss_bytes(pid):
     try:
         with open("/proc/%d/status" % pid) as f:
@@ -230,6 +253,14 @@ def main():
                PROBE_LIMIT_S=str(args.limit_s),
                JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
                TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    # The in-process engine cannot re-execute itself as circled does
+    # (circle_blas_ensure_kernel), so the kernels it would pick are set here
+    # for every worker before OpenBLAS loads in any of them.
+    core = blas_coretype(args.lib)
+    if core:
+        env["OPENBLAS_CORETYPE"] = core
+        print("OPENBLAS_CORETYPE=%s for the workers (OpenBLAS detected a "
+              "generic core)" % core, flush=True)
     load_before = uptime_load()
     # One circled per compute-thread count the engine is tried with
     # (--workers 1 and 2 here); each end-to-end contestant, like the engine
