@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "circle/circle.h"
+#include "engine_server.h"
 #include "pool_impl.h"
 
 /* Reduction spellings, indexed by circle_reduction. */
@@ -345,8 +346,10 @@ static double weight_limit(const circle_config *cfg, size_t n, size_t m,
   return lt < ld ? lt : ld;
 }
 
-int circle_input_check(const circle_config *cfg, const circle_input *in,
-                       char *where, size_t where_len) {
+/* circle_input_check; scan says whether to look for values that are not
+ * finite (circle__input_check_decoded's callers stored only finite ones). */
+static int input_check(const circle_config *cfg, const circle_input *in,
+                       bool scan, char *where, size_t where_len) {
   if (cfg == NULL || in == NULL)
     return explain(CIRCLE_EINVAL, where, where_len, "config or input is NULL");
   if (circle_config_validate(cfg) != CIRCLE_OK)
@@ -384,12 +387,12 @@ int circle_input_check(const circle_config *cfg, const circle_input *in,
                    "n, m and d are too large: their products overflow");
   nd = in->n * in->d;
   md = m * in->d;
-  size_t k = first_nonfinite(in->embeddings, nd, cfg->dtype);
+  size_t k = scan ? first_nonfinite(in->embeddings, nd, cfg->dtype) : nd;
   if (k < nd)
     return explain(CIRCLE_ENONFINITE, where, where_len,
                    "embeddings[%zu][%zu] is not a finite number", k / in->d,
                    k % in->d);
-  if (has_re) {
+  if (has_re && scan) {
     k = first_nonfinite(in->ref_embeddings, md, cfg->dtype);
     if (k < md)
       return explain(CIRCLE_ENONFINITE, where, where_len,
@@ -435,7 +438,8 @@ int circle_input_check(const circle_config *cfg, const circle_input *in,
                      circle_config_dtype_name(cfg), cfg->gamma, smax);
   }
   if (in->sample_weight != NULL) {
-    k = first_nonfinite(in->sample_weight, in->n, cfg->dtype);
+    k = scan ? first_nonfinite(in->sample_weight, in->n, cfg->dtype)
+             : in->n;
     if (k < in->n)
       return explain(CIRCLE_ENONFINITE, where, where_len,
                      "sample_weight[%zu] is not a finite number", k);
@@ -467,6 +471,17 @@ int circle_input_check(const circle_config *cfg, const circle_input *in,
                      in->n, lim);
   }
   return CIRCLE_OK;
+}
+
+int circle_input_check(const circle_config *cfg, const circle_input *in,
+                       char *where, size_t where_len) {
+  return input_check(cfg, in, true, where, where_len);
+}
+
+int circle__input_check_decoded(const circle_config *cfg,
+                                const circle_input *in, char *where,
+                                size_t where_len) {
+  return input_check(cfg, in, false, where, where_len);
 }
 
 /* Rounds one output array to the format; CIRCLE_ERANGE naming what and the

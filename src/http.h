@@ -108,15 +108,18 @@ void circle__http_release(circle_http *srv, atomic_size_t *held,
                           size_t bytes);
 
 /* Fills *in from a decoded request (dropping a reference gradient without
- * a reference set from req->want) and checks it as the engine will.
- * Returns 0, or a circle status with *err filled (400/413). */
+ * a reference set from req->want) and checks it as the engine will, but
+ * for finiteness: the codec that stored each value tested that
+ * (engine_server.h). Returns 0, or a circle status with *err filled
+ * (400/413). */
 int circle__http_check(circle_request *req, circle_input *in,
                        circle_error *err);
 /* Admits (the bytes it will hold, into *held), allocates the outputs *out
  * asks for, computes and records the computation's metrics. Runs on an
  * engine worker. Returns 0, or a circle status with *err filled (413 over
  * --max-inflight-mb, 503 "overloaded" when the budget or memory is short,
- * the engine's errors). Either way the caller frees *out with
+ * the engine's errors). Only for an input circle__http_check accepted: the
+ * engine does not check it again. Either way the caller frees *out with
  * circle__http_output_free and releases *held. */
 int circle__http_compute(circle_http *srv, circle_request *req,
                          const circle_input *in, circle_output *out,

@@ -28,6 +28,7 @@
 
 #include "codec_json.h"
 #include "codec_oip.h"
+#include "engine_server.h"
 #include "inflate.h"
 
 /* ======================================================================== */
@@ -190,7 +191,7 @@ int circle__http_check(circle_request *req, circle_input *in,
   if (!req->has_ref) req->want &= ~(unsigned)CIRCLE_OUT_REF_GRAD;
   *in = input_of(req);
   char where[256] = "";
-  int rc = circle_input_check(&req->cfg, in, where, sizeof where);
+  int rc = circle__input_check_decoded(&req->cfg, in, where, sizeof where);
   if (rc != 0) circle__http_error_from_status(rc, where, err);
   return rc;
 }
@@ -251,7 +252,7 @@ int circle__http_compute(circle_http *srv, circle_request *req,
 
   /* 6. Compute. A job whose client has gone comes back CIRCLE_ECANCELED,
    * with *err untouched: there is no one to answer. */
-  int rc = circle_loss_compute(srv->engine, &req->cfg, in, out);
+  int rc = circle__loss_compute_checked(srv->engine, &req->cfg, in, out);
   if (rc == CIRCLE_ECANCELED) return rc;
   if (rc != 0) {
     circle__http_error_from_status(rc, NULL, err);

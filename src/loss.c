@@ -46,6 +46,7 @@
 #include <string.h>
 
 #include "circle/circle.h"
+#include "engine_server.h"
 #include "pool_impl.h"
 
 /* Per-row statistics, reduced serially after the row loop. */
@@ -695,6 +696,13 @@ int circle_loss_compute(circle_engine *engine, const circle_config *cfg,
   if (engine == NULL || out == NULL) return CIRCLE_EINVAL;
   int rc = circle_input_check(cfg, in, NULL, 0);
   if (rc != CIRCLE_OK) return rc;
+  return circle__loss_compute_checked(engine, cfg, in, out);
+}
+
+int circle__loss_compute_checked(circle_engine *engine,
+                                 const circle_config *cfg,
+                                 const circle_input *in, circle_output *out) {
+  if (engine == NULL || out == NULL) return CIRCLE_EINVAL;
   unsigned want = out->want;
   if (want & ~(unsigned)CIRCLE_OUT_ALL) return CIRCLE_EINVAL;
   if ((want & CIRCLE_OUT_REF_GRAD) && in->ref_embeddings == NULL)

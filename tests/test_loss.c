@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "circle/circle.h"
+#include "engine_server.h"
 #include "util_engine_golden.h"
 #include "util_engine_new.h"
 
@@ -849,6 +850,42 @@ START_TEST(loss_should_compute_only_what_is_asked) {
 }
 END_TEST
 
+/* The server's entry, for an input it has checked, answers bit for bit as
+ * circle_loss_compute, in both dtypes, with and without a reference set. */
+START_TEST(loss_should_compute_the_same_bits_through_the_server_entry) {
+  for (int dt = 0; dt < 2; dt++)
+    for (int ref = 0; ref < 2; ref++) {
+      problem p;
+      problem_init(&p, 0x91ull + (uint64_t)(dt * 2 + ref), (circle_dtype)dt,
+                   37, ref ? 23 : 0, 5, 4, true, 0.5, 2.0);
+      size_t es = dt == CIRCLE_DTYPE_FLOAT64 ? 8 : 4;
+      circle_engine *e = engine_new(2, 0, 0);
+      unsigned char a[2][37 * 5 * 8 + 23 * 5 * 8 + 37 * 8];
+      memset(a, 0, sizeof a);
+      circle_output out[2];
+      for (int k = 0; k < 2; k++) {
+        unsigned char *b = a[k];
+        out[k] = (circle_output){
+            .want = CIRCLE_OUT_LOSS | CIRCLE_OUT_PER_SAMPLE | CIRCLE_OUT_GRAD |
+                    (ref ? CIRCLE_OUT_REF_GRAD : 0u),
+            .per_sample = b,
+            .grad = b + 37 * es,
+            .ref_grad = ref ? b + 37 * es + 37 * 5 * es : NULL};
+      }
+      ck_assert_int_eq(circle_loss_compute(e, &p.cfg, &p.in, &out[0]),
+                       CIRCLE_OK);
+      ck_assert_int_eq(circle__input_check_decoded(&p.cfg, &p.in, NULL, 0),
+                       CIRCLE_OK);
+      ck_assert_int_eq(circle__loss_compute_checked(e, &p.cfg, &p.in, &out[1]),
+                       CIRCLE_OK);
+      ck_assert(memcmp(&out[0].loss, &out[1].loss, sizeof out[0].loss) == 0);
+      ck_assert(memcmp(a[0], a[1], sizeof a[0]) == 0);
+      circle_engine_free(e);
+      problem_free(&p);
+    }
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 /* Bad arguments, entry point by entry point                                */
 /* ------------------------------------------------------------------------ */
@@ -1010,6 +1047,20 @@ static void expect_check(const small *s, int status, const char *needle) {
   int rc = check_input(s, where, sizeof where);
   ck_assert_msg(rc == status, "status %s, expected %s (where: %s)",
                 circle_status_name(rc), circle_status_name(status), where);
+  /* The server's entry skips only the scans for values that are not
+   * finite: every other verdict is the same, word for word. */
+  char where_decoded[200];
+  memset(where_decoded, 0, sizeof where_decoded);
+  int rc_decoded = circle__input_check_decoded(&s->cfg, &s->in, where_decoded,
+                                               sizeof where_decoded);
+  if (status == CIRCLE_ENONFINITE) {
+    ck_assert_msg(rc_decoded != CIRCLE_ENONFINITE,
+                  "circle__input_check_decoded scanned for non-finite values");
+  } else {
+    ck_assert_msg(rc_decoded == rc, "decoded status %s, full check %s",
+                  circle_status_name(rc_decoded), circle_status_name(rc));
+    ck_assert_str_eq(where_decoded, where);
+  }
   if (status == CIRCLE_OK) return;
   ck_assert_msg(where[0] != 0, "no sentence in where");
   if (needle != NULL)
@@ -1565,6 +1616,7 @@ static Suite *loss_suite(void) {
   tcase_add_test(args, loss_should_leave_outputs_untouched_on_failure);
   tcase_add_test(args, loss_should_compute_stats_as_their_definitions_say);
   tcase_add_test(args, loss_should_report_scratch_bytes_or_zero);
+  tcase_add_test(args, loss_should_compute_the_same_bits_through_the_server_entry);
   suite_add_tcase(s, args);
   return s;
 }
