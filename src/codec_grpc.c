@@ -39,6 +39,7 @@
 #include "circle_grpc.pb-c.h"
 #include "circle_health.pb-c.h"
 #include "codec_oip.h"
+#include "codec_figures.h"
 #include "codec_util.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__

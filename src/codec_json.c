@@ -37,6 +37,7 @@
 #include <cjson/cJSON.h>
 
 #include "codec_config.h"
+#include "codec_figures.h"
 #include "codec_util.h"
 #include "json_fast.h"
 
@@ -946,8 +947,9 @@ int circle_json_encode(const circle_request *req, const circle_output *out,
   }
   if (w & CIRCLE_OUT_STATS) {
     SEP();
-    circle_buf_puts(b, "\"stats\": ");
-    circle__json_stats_write(b, &out->stats);
+    circle_buf_puts(b, "\"stats\": {");
+    circle__json_figures_members(b, &out->stats, NULL, "", true);
+    circle_buf_puts(b, "}");
   }
   if (w & CIRCLE_OUT_RETRIEVAL) {
     SEP();

@@ -14,6 +14,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "codec_figures.h"
 #include "codec_util.h"
 #include "json_fast.h"
 

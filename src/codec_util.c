@@ -1,7 +1,6 @@
 /* codec_util.c -- shared codec helpers: the pre-scan that guards cJSON, key
  * tables, exact integers from raw JSON text, the request pieces both codecs
- * read alike (booleans, tags, half-precision arrays) and the stats object
- * both encoders write. Must keep true: nothing here recurses on client
+ * read alike (booleans, tags, half-precision arrays). Must keep true: nothing here recurses on client
  * data, and nothing is quadratic in client data.
  */
 #include "codec_util.h"
@@ -802,13 +801,6 @@ int circle__tag_parse(const cJSON *it, char *tag, size_t tag_len,
   return 0;
 }
 
-static void write_stat(circle_buf *b, const char *name, double v, bool first) {
-  if (!first) circle_buf_puts(b, ", ");
-  circle_buf_json_string(b, name);
-  circle_buf_puts(b, ": ");
-  circle_buf_json_number(b, v, CIRCLE_DTYPE_FLOAT64);
-}
-
 int circle__half_narrow_array(circle_half half, void **arr, size_t count,
                               size_t *bad) {
   if (half == CIRCLE_HALF_NONE || *arr == NULL) return 0;
@@ -823,46 +815,4 @@ int circle__half_narrow_array(circle_half half, void **arr, size_t count,
   free(*arr);
   *arr = dst;
   return 0;
-}
-
-void circle__json_figures_members(circle_buf *b, const circle_stats *s,
-                                  const circle_retrieval *r,
-                                  const char *retrieval_prefix, bool first) {
-  char name[64];
-#define WRITE_FIGURE(f)                         \
-  write_stat(b, #f, s->f, first);               \
-  first = false;
-#define WRITE_COUNT(f)                          \
-  circle_buf_puts(b, first ? "\"" #f "\": " : ", \"" #f "\": "); \
-  circle_buf_json_uint(b, s->f);                \
-  first = false;
-  if (s) {
-    CIRCLE__STATS_FIGURES(WRITE_FIGURE)
-    CIRCLE__STATS_COUNTS(WRITE_COUNT)
-  }
-#undef WRITE_FIGURE
-#undef WRITE_COUNT
-#define WRITE_FIGURE(f)                                        \
-  snprintf(name, sizeof name, "%s" #f, retrieval_prefix);      \
-  write_stat(b, name, r->f, first);                            \
-  first = false;
-#define WRITE_COUNT(f)                                         \
-  snprintf(name, sizeof name, "%s" #f, retrieval_prefix);      \
-  if (!first) circle_buf_puts(b, ", ");                        \
-  circle_buf_json_string(b, name);                             \
-  circle_buf_puts(b, ": ");                                    \
-  circle_buf_json_uint(b, r->f);                               \
-  first = false;
-  if (r) {
-    CIRCLE__RETRIEVAL_FIGURES(WRITE_FIGURE)
-    CIRCLE__RETRIEVAL_COUNTS(WRITE_COUNT)
-  }
-#undef WRITE_FIGURE
-#undef WRITE_COUNT
-}
-
-void circle__json_stats_write(circle_buf *b, const circle_stats *s) {
-  circle_buf_puts(b, "{");
-  circle__json_figures_members(b, s, NULL, "", true);
-  circle_buf_puts(b, "}");
 }

@@ -2,7 +2,7 @@
  * cheap pre-scan that runs before cJSON, key tables that reject unknown and
  * duplicate keys, exact integer reading from the raw JSON text, and the
  * request pieces both read the same way (booleans, tags, half-precision
- * arrays, the stats object).
+ * arrays). The figures both encoders write are in codec_figures.h.
  */
 #ifndef CIRCLE_CODEC_UTIL_H
 #define CIRCLE_CODEC_UTIL_H
@@ -155,34 +155,6 @@ int circle__bool_parse(const cJSON *item, bool *out, const char *field,
 int circle__half_narrow_array(circle_half half, void **arr, size_t count,
                               size_t *bad);
 
-/* The circle_stats members a response reports, in response order: the
- * figures (double) and then the counts (uint64_t). X(member). Every
- * protocol's encoder walks these, so the names agree everywhere. */
-#define CIRCLE__STATS_FIGURES(X)                                           \
-  X(pos_row_frac) X(mean_pos_sim) X(min_pos_sim) X(mean_neg_sim)           \
-  X(max_neg_sim) X(sim_gap) X(hard_neg_frac) X(recall_at_1)                \
-  X(norm_dev_mean) X(norm_dev_max)
-#define CIRCLE__STATS_COUNTS(X) X(pos_pairs) X(neg_pairs)
-
-/* Appends the stats object: {"pos_row_frac": ..., ..., "pos_pairs": N,
- * "neg_pairs": N}, figures as float64 numbers (null if non-finite). */
-void circle__json_stats_write(circle_buf *b, const circle_stats *s);
-
-/* The circle_retrieval members a response reports, in response order, as
- * CIRCLE__STATS_FIGURES / _COUNTS are for the stats. */
-#define CIRCLE__RETRIEVAL_FIGURES(X) X(precision_at_1) X(r_precision) X(map_at_r)
-#define CIRCLE__RETRIEVAL_COUNTS(X) X(queries)
-
-/* Appends the members of a JSON object for the stats and/or the retrieval
- * figures, without the braces: the stats members as circle__json_stats_write
- * names them, then the retrieval ones, each name prefixed by
- * retrieval_prefix ("" for /v1's "retrieval" object, "retrieval_" for the
- * OIP response parameters). NULL leaves a group out; first says whether
- * nothing precedes the first member. Figures as float64 numbers (null if
- * non-finite), counts as integers. */
-void circle__json_figures_members(circle_buf *b, const circle_stats *s,
-                                  const circle_retrieval *r,
-                                  const char *retrieval_prefix, bool first);
 /* Stores v at ((dt *)out)[i] (float32 or float64); false when the stored
  * value is not finite: NaN, an infinity, or a float32 overflow. The one
  * finiteness test the codecs (/v1, OIP, gRPC through OIP) make of every
