@@ -7,42 +7,35 @@
 
 #include <stdio.h>
 
-static void write_stat(circle_buf *b, const char *name, double v, bool first) {
-  if (!first) circle_buf_puts(b, ", ");
-  circle_buf_json_string(b, name);
+/* Appends one member named prefix + name: ", " first unless *first. */
+static void member_name(circle_buf *b, bool *first, const char *prefix,
+                        const char *name) {
+  char full[64];
+  snprintf(full, sizeof full, "%s%s", prefix, name);
+  if (!*first) circle_buf_puts(b, ", ");
+  circle_buf_json_string(b, full);
   circle_buf_puts(b, ": ");
-  circle_buf_json_number(b, v, CIRCLE_DTYPE_FLOAT64);
+  *first = false;
 }
 
 void circle__json_figures_members(circle_buf *b, const circle_stats *s,
                                   const circle_retrieval *r,
                                   const char *retrieval_prefix, bool first) {
-  char name[64];
 #define WRITE_FIGURE(f)                         \
-  write_stat(b, #f, s->f, first);               \
-  first = false;
+  member_name(b, &first, prefix, #f);           \
+  circle_buf_json_number(b, g->f, CIRCLE_DTYPE_FLOAT64);
 #define WRITE_COUNT(f)                          \
-  circle_buf_puts(b, first ? "\"" #f "\": " : ", \"" #f "\": "); \
-  circle_buf_json_uint(b, s->f);                \
-  first = false;
+  member_name(b, &first, prefix, #f);           \
+  circle_buf_json_uint(b, g->f);
   if (s) {
+    const circle_stats *g = s;
+    const char *prefix = "";
     CIRCLE__STATS_FIGURES(WRITE_FIGURE)
     CIRCLE__STATS_COUNTS(WRITE_COUNT)
   }
-#undef WRITE_FIGURE
-#undef WRITE_COUNT
-#define WRITE_FIGURE(f)                                        \
-  snprintf(name, sizeof name, "%s" #f, retrieval_prefix);      \
-  write_stat(b, name, r->f, first);                            \
-  first = false;
-#define WRITE_COUNT(f)                                         \
-  snprintf(name, sizeof name, "%s" #f, retrieval_prefix);      \
-  if (!first) circle_buf_puts(b, ", ");                        \
-  circle_buf_json_string(b, name);                             \
-  circle_buf_puts(b, ": ");                                    \
-  circle_buf_json_uint(b, r->f);                               \
-  first = false;
   if (r) {
+    const circle_retrieval *g = r;
+    const char *prefix = retrieval_prefix;
     CIRCLE__RETRIEVAL_FIGURES(WRITE_FIGURE)
     CIRCLE__RETRIEVAL_COUNTS(WRITE_COUNT)
   }
