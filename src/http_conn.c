@@ -113,12 +113,7 @@ static enum MHD_Result final_call(struct exchange *ex) {
   circle_http *srv = ex->srv;
   circle_error err;
   if (ex->too_large) {
-    circle_error_set(&err, CIRCLE_ERR_BODY_TOO_LARGE,
-                     "the body is over %zu bytes; this server accepts at "
-                     "most %zu bytes (--max-body-mb %zu): send a smaller "
-                     "batch or compress it",
-                     srv->opts.max_body, srv->opts.max_body,
-                     srv->opts.max_body / 1048576);
+    circle__http_body_too_large(srv, SIZE_MAX, &err);
     return circle__http_respond_error(ex, &err);
   }
   if (ex->overloaded) {

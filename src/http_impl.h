@@ -308,6 +308,10 @@ const char *circle__http_route_allow(const route *r);
  * body's declared size. MHD_YES with or without a queued response. */
 enum MHD_Result circle__http_first_call(struct exchange *ex, const char *url,
                                         const char *version);
+/* The one body_too_large error, for a body of `bytes` (declared), or
+ * SIZE_MAX for one that went past --max-body-mb as it arrived. */
+void circle__http_body_too_large(const circle_http *srv, size_t bytes,
+                                 circle_error *err);
 
 /* http_frame.c: framing checks. */
 

@@ -244,6 +244,23 @@ static enum MHD_Result refuse(struct exchange *ex, const circle_error *err) {
   return MHD_YES;
 }
 
+void circle__http_body_too_large(const circle_http *srv, size_t bytes,
+                                 circle_error *err) {
+  size_t max_body = srv->opts.max_body;
+  if (bytes == SIZE_MAX)
+    circle_error_set(err, CIRCLE_ERR_BODY_TOO_LARGE,
+                     "the body is over %zu bytes; this server accepts at "
+                     "most %zu bytes (--max-body-mb %zu): send a smaller "
+                     "batch or compress it",
+                     max_body, max_body, max_body / 1048576);
+  else
+    circle_error_set(err, CIRCLE_ERR_BODY_TOO_LARGE,
+                     "the body is %zu bytes; this server accepts at most "
+                     "%zu bytes (--max-body-mb %zu): send a smaller batch "
+                     "or compress it",
+                     bytes, max_body, max_body / 1048576);
+}
+
 /* First call: everything decided from the request line and headers. Returns
  * MHD_YES with or without a queued response. */
 enum MHD_Result circle__http_first_call(struct exchange *ex, const char *url,
@@ -303,11 +320,7 @@ enum MHD_Result circle__http_first_call(struct exchange *ex, const char *url,
       return refuse(ex, &err);
     }
     if (v > max_body) {
-      circle_error_set(&err, CIRCLE_ERR_BODY_TOO_LARGE,
-                       "the body is %zu bytes; this server accepts at most "
-                       "%zu bytes (--max-body-mb %zu): send a smaller batch "
-                       "or compress it",
-                       v, max_body, max_body / 1048576);
+      circle__http_body_too_large(srv, v, &err);
       return refuse(ex, &err);
     }
     /* Nothing is reserved yet: the body's bytes are, as they arrive
