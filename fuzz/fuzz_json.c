@@ -136,6 +136,20 @@ static void check_fast_number(const uint8_t *data, size_t size) {
              v, ref);
 }
 
+/* Decodes the input with the fast path off (the slow way alone). */
+static int decode_slow_way(const uint8_t *data, size_t size,
+                           const circle_limits *lim,
+                           const circle_config *defaults, circle_request *req,
+                           circle_error *err) {
+  circle_request_init(req);
+  memset(err, 0, sizeof *err);
+  circle__json_fast_enabled = false;
+  int rc = circle_json_decode((const char *)data, size, defaults, "circle", lim,
+                              req, err);
+  circle__json_fast_enabled = true;
+  return rc;
+}
+
 /* A body rejected with the fast path on is rejected the same way, code and
  * message, with it off: the errors the fast path's tree finds stand without
  * the slow path being run (codec_json.c), so they must be its errors. */
@@ -144,19 +158,38 @@ static void check_same_rejection_slow(const uint8_t *data, size_t size,
                                       const circle_config *defaults, int rc,
                                       const circle_error *err) {
   circle_request req;
-  circle_request_init(&req);
   circle_error slow;
-  memset(&slow, 0, sizeof slow);
-  circle__json_fast_enabled = false;
-  int rc2 = circle_json_decode((const char *)data, size, defaults, "circle", lim,
-                               &req, &slow);
-  circle__json_fast_enabled = true;
+  int rc2 = decode_slow_way(data, size, lim, defaults, &req, &slow);
   circle_request_free(&req);
   FUZZ_CHECK(rc2 == rc, "slow path: rc %d, fast path: %d", rc2, rc);
   FUZZ_CHECK(slow.kind == err->kind && strcmp(slow.message, err->message) == 0,
              "slow path: %s \"%s\"; fast path: %s \"%s\"",
              circle_error_code(slow.kind), slow.message,
              circle_error_code(err->kind), err->message);
+}
+
+/* A body accepted with the fast path on is accepted with it off, as the
+ * same request: the fast walk validates what it copies (json_fast.c), so
+ * the copy's tree is built without a second check and must be the slow
+ * path's. */
+static void check_same_request_slow(const uint8_t *data, size_t size,
+                                    const circle_limits *lim,
+                                    const circle_config *defaults,
+                                    const circle_request *fast) {
+  circle_request req;
+  circle_error slow;
+  int rc = decode_slow_way(data, size, lim, defaults, &req, &slow);
+  FUZZ_CHECK(rc == 0, "fast path accepts, slow path refuses: %s \"%s\"",
+             circle_error_code(slow.kind), slow.message);
+  size_t es = circle_dtype_size(fast->cfg.dtype);
+  FUZZ_CHECK(req.n == fast->n && req.m == fast->m && req.d == fast->d &&
+                 req.has_ref == fast->has_ref && req.want == fast->want &&
+                 memcmp(&req.cfg, &fast->cfg, sizeof req.cfg) == 0 &&
+                 strcmp(req.tag, fast->tag) == 0 &&
+                 memcmp(req.labels, fast->labels, req.n * 8) == 0 &&
+                 memcmp(req.x, fast->x, req.n * req.d * es) == 0,
+             "the slow path decodes another request");
+  circle_request_free(&req);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -179,6 +212,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   FUZZ_CHECK(req.proto == CIRCLE_PROTO_V1, "proto");
   fuzz_check_request(&req, &lim);
   check_numbers_against_strtod(data, size, &req);
+  check_same_request_slow(data, size, &lim, &defaults, &req);
   check_encoding(&req);
   circle_request_free(&req);
   return 0;

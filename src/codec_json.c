@@ -5,8 +5,9 @@
  * go quadratic; the response is valid JSON whose numbers round-trip.
  *
  *   body --json_fast.c: the matrices, read from the text--> double[]
- *        --the rest, matrices cut to [] (at most 2N + M + 1024 values)-->
- *          prescan (depth, strings, numbers) + grammar --> cJSON tree
+ *        --the rest validated as it is walked (depth, strings, numbers,
+ *          grammar, values counted), then copied with the matrices cut to
+ *          [] (at most 2N + M + 1024 values)--> cJSON tree
  *        --keys (unknown, duplicate)--> config, options
  *        --labels (ints exact to int64, or strings -> ids)--> int64[n], [m]
  *        --embeddings (N x D, ragged rows named)--> cfg.dtype arrays
@@ -15,10 +16,11 @@
  * a body of small numbers): json_fast.c reads those of a body of the usual
  * shape, bit for bit as strtod would, and the error a request of that
  * shape gets is found from them and the copy's tree, as the slow way would
- * find it, so the matrices' text is read once (docs/performance.md counts
- * the passes). Anything else goes the slow way (decode_slow), which
- * validates the whole text first and reads the matrices from it with the
- * same number reader. Labels and weights past N
+ * find it, so the matrices' text is read once and the rest is not checked
+ * again before cJSON (docs/performance.md counts the passes). Anything
+ * else goes the slow way (decode_slow), which validates the whole text
+ * first, in one pass, and reads the matrices from it with the same number
+ * reader. Labels and weights past N
  * and trees past what a request can need are refused before cJSON builds
  * anything. Decoding so holds at most the body, a copy of it, and 8 bytes a
  * number (a number takes 2 bytes of text at least): 6 times the body.
@@ -563,11 +565,11 @@ static int decode_slow(const char *body, size_t len,
  * found in the tree of that copy is final (decode sets *final): the slow
  * path would cut the same spans to the same copy, build the same tree and
  * stop at the same check, so the matrices are not read again. Anything
- * else -- a body json_fast.c does not take, a copy that does not validate
- * (its byte offsets are not the body's), a matrix shape take_fast_matrix
- * leaves to the slow path, out of memory, or an array the slow path's
- * pre-check would refuse first -- is decoded again the slow way
- * (decode_slow). */
+ * else -- a body json_fast.c does not take, a copy with more values than
+ * a request needs or one cJSON cannot build (its byte offsets are not the
+ * body's), a matrix shape take_fast_matrix leaves to the slow path, out of
+ * memory, or an array the slow path's pre-check would refuse first -- is
+ * decoded again the slow way (decode_slow). */
 int circle_json_decode(const char *body, size_t len,
                        const circle_config *defaults, const char *default_name,
                        const circle_limits *lim, circle_request *req,
@@ -627,7 +629,9 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
                   bool *final) {
   if (final) *final = false;
   circle_request_free(req);
-  cJSON *root = circle__json_parse(body, len, lim->max_depth, max_values(lim), err);
+  cJSON *root = fb ? circle__json_parse_valid(body, len, fb->values,
+                                              lim->max_depth, max_values(lim), err)
+                   : circle__json_parse(body, len, lim->max_depth, max_values(lim), err);
   if (root == NULL) return CIRCLE_EINVAL;
 
   decoder dc = {body, len, lim, err, {0}, KIND_NONE, cut, false};

@@ -44,8 +44,7 @@ static bool is_ws(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-/* Length of the strict JSON number at s (s < end), 0 if not one. */
-static size_t number_len(const char *s, const char *end) {
+size_t circle__json_number_len(const char *s, const char *end) {
   const char *p = s;
   if (p < end && *p == '-') p++;
   if (p >= end) return 0;
@@ -85,15 +84,154 @@ static unsigned hex4(const char *p) {
   return v;
 }
 
+size_t circle__json_token_len(const char *p, const char *end) {
+  if (p >= end) return 0;
+  if (*p == '-' || is_digit(*p)) {
+    const char *q = p;
+    while (q < end && is_number_char(*q)) q++;
+    size_t span = (size_t)(q - p);
+    return span <= 63 && circle__json_number_len(p, q) == span ? span : 0;
+  }
+  if (*p != '"') return 0;
+  for (const char *q = p + 1; q < end;) {
+    unsigned char u = (unsigned char)*q;
+    if (u == '"') return (size_t)(q + 1 - p);
+    if (u < 0x20) return 0;
+    if (u != '\\') {
+      q++;
+      continue;
+    }
+    if (end - q < 2) return 0;
+    if (q[1] != 'u') {
+      if (strchr("\"\\/bfnrt", q[1]) == NULL || q[1] == '\0') return 0;
+      q += 2;
+      continue;
+    }
+    if (end - q < 6 || !is_hex(q[2]) || !is_hex(q[3]) || !is_hex(q[4]) ||
+        !is_hex(q[5]))
+      return 0;
+    unsigned u16 = hex4(q + 2);
+    if (u16 == 0 || (u16 >= 0xdc00 && u16 <= 0xdfff)) return 0;
+    if (u16 >= 0xd800 && u16 <= 0xdbff) {
+      if (end - q < 12 || q[6] != '\\' || q[7] != 'u' || !is_hex(q[8]) ||
+          !is_hex(q[9]) || !is_hex(q[10]) || !is_hex(q[11]) ||
+          hex4(q + 8) < 0xdc00 || hex4(q + 8) > 0xdfff)
+        return 0;
+      q += 12;
+      continue;
+    }
+    q += 6;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Grammar                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* What may come next in a JSON text. */
+enum { X_VALUE, X_VALUE_OR_CLOSE, X_KEY, X_KEY_OR_CLOSE, X_COLON, X_SEP };
+
+/* The grammar of a JSON text (brackets, commas, colons, keys, literals),
+ * fed the pre-scan's tokens in order, so that one pass over the text finds
+ * both kinds of error. Tokens after the top-level value or after the first
+ * byte that cannot continue a JSON text are not looked at. */
+typedef struct {
+  uint64_t local[8], *kind; /* bit set: that open container is an object */
+  size_t depth;
+  int want;
+  size_t lit_end; /* the letters of a literal end here: not tokens */
+  bool done;      /* the top-level value is complete, ending at stop */
+  bool failed;    /* at bad, the offset of the byte that cannot continue */
+  size_t stop, bad;
+} grammar;
+
+/* Starts g for texts nested at most max_depth deep (the pre-scan refuses
+ * deeper ones before the grammar sees them). False when there is no memory
+ * for the stack: then the grammar is not checked (cJSON finds any error). */
+static bool grammar_init(grammar *g, size_t max_depth) {
+  memset(g, 0, sizeof *g);
+  g->kind = g->local;
+  size_t words = max_depth / 64 + 1;
+  if (words > sizeof g->local / sizeof *g->local) {
+    g->kind = calloc(words, sizeof *g->kind);
+    if (g->kind == NULL) return false;
+  }
+  return true;
+}
+
+static void grammar_free(grammar *g) {
+  if (g->kind != g->local) free(g->kind);
+}
+
+/* The token of tok_len bytes at p, offset off; blanks are skipped. */
+static void grammar_feed(grammar *g, const char *p, const char *end, size_t off,
+                         size_t tok_len) {
+  if (g->done || g->failed || off < g->lit_end || is_ws(*p)) return;
+  char c = *p;
+  bool in_obj = g->depth && (g->kind[(g->depth - 1) / 64] >> ((g->depth - 1) % 64) & 1);
+  if (g->want == X_VALUE || g->want == X_VALUE_OR_CLOSE) {
+    if (c == ']' && g->want == X_VALUE_OR_CLOSE) {
+      g->depth--;
+      g->want = X_SEP;
+    } else if (c == '[' || c == '{') {
+      uint64_t bit = (uint64_t)1 << (g->depth % 64);
+      if (c == '{') g->kind[g->depth / 64] |= bit;
+      else g->kind[g->depth / 64] &= ~bit;
+      g->depth++;
+      g->want = c == '[' ? X_VALUE_OR_CLOSE : X_KEY_OR_CLOSE;
+    } else if (c == '"' || c == '-' || is_digit(c)) {
+      g->want = X_SEP;
+    } else if (end - p >= 4 && (!memcmp(p, "true", 4) || !memcmp(p, "null", 4))) {
+      tok_len = 4;
+      g->lit_end = off + 4;
+      g->want = X_SEP;
+    } else if (end - p >= 5 && !memcmp(p, "false", 5)) {
+      tok_len = 5;
+      g->lit_end = off + 5;
+      g->want = X_SEP;
+    } else {
+      goto fail;
+    }
+  } else if (g->want == X_KEY || g->want == X_KEY_OR_CLOSE) {
+    if (c == '}' && g->want == X_KEY_OR_CLOSE) {
+      g->depth--;
+      g->want = X_SEP;
+    } else if (c == '"') {
+      g->want = X_COLON;
+    } else {
+      goto fail;
+    }
+  } else if (g->want == X_COLON) {
+    if (c != ':') goto fail;
+    g->want = X_VALUE;
+  } else { /* X_SEP inside a container */
+    if (c == ',') g->want = in_obj ? X_KEY : X_VALUE;
+    else if (c == (in_obj ? '}' : ']')) g->depth--;
+    else goto fail;
+  }
+  if (g->want == X_SEP && g->depth == 0) {
+    g->done = true;
+    g->stop = off + tok_len;
+  }
+  return;
+fail:
+  g->failed = true;
+  g->bad = off;
+}
+
 /* The pre-scan proper; *open receives the brackets left open at the end,
  * *values the JSON values and keys seen (what cJSON would allocate a node
- * or a string for). */
+ * or a string for). Each token that passes is fed to g (unless NULL), so
+ * the grammar is checked in the same pass; an error of the pre-scan's own
+ * wins wherever it is, as if the grammar were checked after it. */
 static int prescan(const char *body, size_t len, size_t max_depth,
-                   size_t *open, size_t *values, circle_error *err) {
+                   size_t *open, size_t *values, grammar *g, circle_error *err) {
   const char *s = body, *end = body + len;
   size_t depth = 0, count = 0;
   for (const char *p = s; p < end;) {
     char c = *p;
+    const char *p0 = p; /* this token; the grammar is fed it once passed */
     if (c == '"' || c == '[' || c == '{' || c == '-' || is_digit(c) ||
         c == 't' || c == 'f' || c == 'n')
       count++;
@@ -172,7 +310,7 @@ static int prescan(const char *body, size_t len, size_t max_depth,
       const char *q = p;
       while (q < end && is_number_char(*q)) q++;
       size_t span = (size_t)(q - p);
-      if (number_len(p, q) != span)
+      if (circle__json_number_len(p, q) != span)
         return circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
                                 "invalid JSON: malformed number \"%.*s\" at "
                                 "byte %zu",
@@ -193,111 +331,11 @@ static int prescan(const char *body, size_t len, size_t max_depth,
     } else {
       p++;
     }
+    if (g) grammar_feed(g, p0, end, (size_t)(p0 - s), (size_t)(p - p0));
   }
   *open = depth;
   *values = count;
   return 0;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Structure                                                                */
-/* ------------------------------------------------------------------------ */
-
-/* What may come next in a JSON text. */
-enum { X_VALUE, X_VALUE_OR_CLOSE, X_KEY, X_KEY_OR_CLOSE, X_COLON, X_SEP };
-
-static const char *skip_ws(const char *p, const char *end);
-static const char *skip_string(const char *p, const char *end);
-
-/* Checks the grammar of body[0..len) after the pre-scan passed (strings,
- * numbers, depth and stray bytes are known good): brackets, commas, colons,
- * keys and literals. Returns true, with *stop just past the top-level
- * value, or false with *bad the offset of the first byte that cannot
- * continue a JSON text (len when the text ends early): the byte cJSON
- * would stop at. One pass; the open containers are a bit stack of depth
- * bits (max_depth bounds it). */
-static bool structure_ok(const char *body, size_t len, size_t max_depth,
-                         size_t *bad, size_t *stop) {
-  uint64_t local[8], *kind = local; /* bit set: the container is an object */
-  size_t words = max_depth / 64 + 1;
-  if (words > sizeof local / sizeof *local) {
-    kind = calloc(words, sizeof *kind);
-    if (kind == NULL) { /* then let cJSON find it */
-      *stop = len;
-      return true;
-    }
-  }
-  const char *s = body, *end = body + len, *p = body;
-  size_t depth = 0;
-  int want = X_VALUE;
-  bool ok = false;
-  for (;;) {
-    p = skip_ws(p, end);
-    if (want == X_SEP && depth == 0) {
-      ok = true;
-      break;
-    }
-    if (p >= end) break;
-    char c = *p;
-    bool in_obj = depth && (kind[(depth - 1) / 64] >> ((depth - 1) % 64) & 1);
-    if (want == X_VALUE || want == X_VALUE_OR_CLOSE) {
-      if (c == ']' && want == X_VALUE_OR_CLOSE) {
-        depth--;
-        p++;
-        want = X_SEP;
-      } else if (c == '[' || c == '{') {
-        uint64_t bit = (uint64_t)1 << (depth % 64);
-        if (c == '{') kind[depth / 64] |= bit;
-        else kind[depth / 64] &= ~bit;
-        depth++;
-        p++;
-        want = c == '[' ? X_VALUE_OR_CLOSE : X_KEY_OR_CLOSE;
-      } else if (c == '"') {
-        p = skip_string(p, end);
-        want = X_SEP;
-      } else if (c == '-' || is_digit(c)) {
-        p += number_len(p, end);
-        want = X_SEP;
-      } else if (end - p >= 4 && (!memcmp(p, "true", 4) || !memcmp(p, "null", 4))) {
-        p += 4;
-        want = X_SEP;
-      } else if (end - p >= 5 && !memcmp(p, "false", 5)) {
-        p += 5;
-        want = X_SEP;
-      } else {
-        break;
-      }
-    } else if (want == X_KEY || want == X_KEY_OR_CLOSE) {
-      if (c == '}' && want == X_KEY_OR_CLOSE) {
-        depth--;
-        p++;
-        want = X_SEP;
-      } else if (c == '"') {
-        p = skip_string(p, end);
-        want = X_COLON;
-      } else {
-        break;
-      }
-    } else if (want == X_COLON) {
-      if (c != ':') break;
-      p++;
-      want = X_VALUE;
-    } else { /* X_SEP inside a container */
-      if (c == ',') {
-        p++;
-        want = in_obj ? X_KEY : X_VALUE;
-      } else if (c == (in_obj ? '}' : ']')) {
-        depth--;
-        p++;
-      } else {
-        break;
-      }
-    }
-  }
-  if (kind != local) free(kind);
-  if (ok) *stop = (size_t)(p - s);
-  else *bad = p < end ? (size_t)(p - s) : len;
-  return ok;
 }
 
 /* The invalid_json message for a syntax error at byte off of body (off ==
@@ -333,14 +371,19 @@ static void syntax_error(const char *body, size_t len, size_t off, size_t open,
 
 int circle__json_validate(const char *body, size_t len, size_t max_depth,
                           size_t *values, circle_error *err) {
-  size_t open = 0, count = 0, bad = 0, stop = 0;
-  if (prescan(body, len, max_depth, &open, &count, err) != 0)
-    return CIRCLE_EINVAL;
-  if (!structure_ok(body, len, max_depth, &bad, &stop)) {
-    syntax_error(body, len, bad, open, err);
+  size_t open = 0, count = 0;
+  grammar g;
+  bool checked = grammar_init(&g, max_depth);
+  int rc = prescan(body, len, max_depth, &open, &count, checked ? &g : NULL, err);
+  grammar_free(&g);
+  if (rc != 0) return CIRCLE_EINVAL;
+  if (checked && !g.done) {
+    /* The first byte that cannot continue a JSON text (the text's end when
+     * it ends early): the byte cJSON would stop at. */
+    syntax_error(body, len, g.failed ? g.bad : len, open, err);
     return CIRCLE_EINVAL;
   }
-  size_t off = stop;
+  size_t off = checked ? g.stop : len;
   while (off < len && is_ws(body[off])) off++;
   if (off < len)
     return circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
@@ -350,6 +393,8 @@ int circle__json_validate(const char *body, size_t len, size_t max_depth,
   if (values) *values = count;
   return 0;
 }
+
+static cJSON *tree_build(const char *body, size_t len, circle_error *err);
 
 cJSON *circle__json_parse(const char *body, size_t len, size_t max_depth,
                           size_t max_values, circle_error *err) {
@@ -364,6 +409,27 @@ cJSON *circle__json_parse(const char *body, size_t len, size_t max_depth,
                      values, max_values);
     return NULL;
   }
+  return tree_build(body, len, err);
+}
+
+cJSON *circle__json_parse_valid(const char *body, size_t len, size_t values,
+                                size_t max_depth, size_t max_values,
+                                circle_error *err) {
+  /* Past the tree's bound, or a tree cJSON cannot build: the checks find
+   * why and say it as they would for any body. */
+  if (values > max_values)
+    return circle__json_parse(body, len, max_depth, max_values, err);
+  circle_error e;
+  cJSON *root = tree_build(body, len, &e);
+  if (root == NULL && e.kind == CIRCLE_ERR_OVERLOADED) *err = e;
+  else if (root == NULL)
+    root = circle__json_parse(body, len, max_depth, max_values, err);
+  return root;
+}
+
+/* cJSON's tree of a valid text: NULL with *err overloaded when memory ran
+ * out, invalid_json otherwise (cJSON's own nesting limit). */
+static cJSON *tree_build(const char *body, size_t len, circle_error *err) {
   pthread_once(&hooks_once, hooks_install);
   cjson_oom = false;
   const char *end = NULL;
@@ -664,7 +730,7 @@ bool circle__json_locate(const char *body, size_t len,
  * double. *used receives the token length. */
 static int token_int64(const char *s, const char *end, int64_t *out,
                        size_t *used) {
-  size_t n = number_len(s, end);
+  size_t n = circle__json_number_len(s, end);
   if (n == 0) return CIRCLE__INT_NOT_NUMBER;
   *used = n;
   const char *p = s, *e = s + n;

@@ -39,6 +39,12 @@ int circle__json_validate(const char *body, size_t len, size_t max_depth,
  * memory). */
 cJSON *circle__json_parse(const char *body, size_t len, size_t max_depth,
                           size_t max_values, circle_error *err);
+/* circle__json_parse for a text already known to pass circle__json_validate
+ * (a copy json_fast.c walked) and to hold `values` values and keys: builds
+ * the tree without checking the text again. Errors as circle__json_parse. */
+cJSON *circle__json_parse_valid(const char *body, size_t len, size_t values,
+                                size_t max_depth, size_t max_values,
+                                circle_error *err);
 
 /* One expected key of an object: the caller fills name, the walk fills
  * item (NULL when absent). */
@@ -154,6 +160,17 @@ int circle__bool_parse(const cJSON *item, bool *out, const char *field,
  * range; *arr is untouched on failure. */
 int circle__half_narrow_array(circle_half half, void **arr, size_t count,
                               size_t *bad);
+
+/* Length of the strict JSON number at s (RFC 8259 grammar), 0 if none
+ * starts there. */
+size_t circle__json_number_len(const char *s, const char *end);
+/* Length of the string (quotes included) or number at p that the pre-scan
+ * passes: a string with no raw control character, only known escapes, no
+ * \u0000 and whole surrogate pairs; a number whose run of number
+ * characters is one strict JSON number of at most 63. 0 for anything else.
+ * What a text made only of such tokens, blanks and well-formed brackets,
+ * commas, colons and literals needs to pass circle__json_validate. */
+size_t circle__json_token_len(const char *p, const char *end);
 
 /* Stores v at ((dt *)out)[i] (float32 or float64); false when the stored
  * value is not finite: NaN, an infinity, or a float32 overflow. The one

@@ -41,6 +41,8 @@
  */
 #include "json_fast.h"
 
+#include "codec_util.h"
+
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -631,52 +633,66 @@ fail:
   return false;
 }
 
-/* Skips one JSON value at *pos (string, number, literal, array, object)
- * without converting it; brackets must match and nest at most max_depth
- * deep (counting the enclosing object). Not a validator: cJSON checks the
- * text again; this only has to find where a valid value ends. */
-static bool skip_value(const char *b, size_t len, size_t *pos, size_t max_depth) {
-  char stack[64];
-  size_t depth = 0, p = *pos;
+/* Skips one JSON value at *pos (string, number, literal, array, object),
+ * adding to *values the values and keys it holds (what the pre-scan
+ * counts: what cJSON allocates a node or a string for); brackets nest at
+ * most max_depth deep, counting the enclosing object. A validator: it
+ * takes only what circle__json_validate passes (strings and numbers by
+ * circle__json_token_len, the same grammar, blanks between tokens), so a
+ * copy of a body it walked needs no second check. */
+static bool skip_value(const char *b, size_t len, size_t *pos, size_t max_depth,
+                       size_t *values) {
+  char stack[64]; /* the closing bracket of each open container */
+  size_t depth = 0, p = *pos, count = 0;
   if (max_depth > sizeof stack) max_depth = sizeof stack;
-  do {
+  bool key = false; /* a key (and its colon) comes before the next value */
+  for (;;) {
+    if (key) {
+      size_t k = circle__json_token_len(b + p, b + len);
+      if (k == 0 || b[p] != '"') return false;
+      count++;
+      p = skip_ws(b, len, p + k);
+      if (p >= len || b[p] != ':') return false;
+      p = skip_ws(b, len, p + 1);
+      key = false;
+    }
     if (p >= len) return false;
     char c = b[p];
-    if (c == '"') {
-      for (p++;; p++) {
-        if (p >= len || (unsigned char)b[p] < 0x20) return false;
-        if (b[p] == '\\') {
-          p++;
-          continue;
-        }
-        if (b[p] == '"') break;
-      }
-      p++;
-    } else if (c == '[' || c == '{') {
+    count++;
+    if (c == '[' || c == '{') {
       if (depth + 1 >= max_depth) return false; /* + the top-level object */
       stack[depth++] = c == '[' ? ']' : '}';
-      p++;
-    } else if (c == ']' || c == '}') {
-      if (depth == 0 || stack[depth - 1] != c) return false;
-      depth--;
-      p++;
-    } else if (c == '-' || is_digit(c)) {
-      double x;
-      size_t used = circle__json_fast_number(b + p, b + len, &x);
-      if (used == 0) return false;
-      p += used;
+      p = skip_ws(b, len, p + 1);
+      if (p < len && b[p] == stack[depth - 1]) {
+        p++;
+        depth--;
+      } else {
+        key = c == '{';
+        continue;
+      }
+    } else if (c == '"' || c == '-' || is_digit(c)) {
+      size_t k = circle__json_token_len(b + p, b + len);
+      if (k == 0) return false;
+      p += k;
     } else if (len - p >= 4 && (!memcmp(b + p, "true", 4) || !memcmp(b + p, "null", 4))) {
       p += 4;
     } else if (len - p >= 5 && !memcmp(b + p, "false", 5)) {
       p += 5;
-    } else if (depth > 0 && (c == ',' || c == ':' || c == ' ' || c == '\t' ||
-                             c == '\n' || c == '\r')) {
-      p++;
     } else {
       return false;
     }
-  } while (depth > 0);
+    /* After a value: close containers until one goes on with a comma. */
+    for (; depth > 0; depth--, p++) {
+      p = skip_ws(b, len, p);
+      if (p < len && b[p] == ',') break;
+      if (p >= len || b[p] != stack[depth - 1]) return false;
+    }
+    if (depth == 0) break;
+    p = skip_ws(b, len, p + 1);
+    key = stack[depth - 1] == '}';
+  }
   *pos = p;
+  *values += count;
   return true;
 }
 
@@ -699,6 +715,7 @@ bool circle__json_fast_body_read(const char *body, size_t len, size_t max_depth,
   if (p >= len || body[p] != '{') return false;
   p = skip_ws(body, len, p + 1);
   if (p < len && body[p] == '}') return false;
+  fb->values = 1; /* the object */
   for (;;) {
     if (p >= len || body[p] != '"') goto fail;
     size_t k0 = ++p;
@@ -721,10 +738,12 @@ bool circle__json_fast_body_read(const char *body, size_t len, size_t max_depth,
       m = &fb->ref;
       rows_limit = max_ref_rows;
     }
+    fb->values++; /* the key */
     if (m != NULL) {
       if (m->found) goto fail; /* a repeated key: the cJSON path says so */
       if (!read_matrix(body, len, &p, rows_limit, max_d, m)) goto fail;
-    } else if (!skip_value(body, len, &p, max_depth)) {
+      fb->values++; /* its [] in the copy */
+    } else if (!skip_value(body, len, &p, max_depth, &fb->values)) {
       goto fail;
     }
     int more = next_item(body, len, &p, '}');

@@ -40,6 +40,9 @@ typedef struct {
   circle__json_fast_matrix emb, ref;
   char *copy;      /* the body with those values cut down to [] */
   size_t copy_len; /* its length (a NUL follows) */
+  size_t values;   /* the copy's JSON values and keys, as the pre-scan counts
+                      them; the copy is valid JSON (circle__json_validate
+                      passes it, depth and count aside) */
 } circle__json_fast_body;
 
 /* Walks the top-level object of a /v1 body and reads the values of

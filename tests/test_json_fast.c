@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "codec_json.h"
+#include "codec_util.h"
 #include "json_fast.h"
 
 /* ------------------------------------------------------------------------ */
@@ -138,8 +139,27 @@ static void expect_same_array(const void *a, const void *b, size_t bytes,
   if (a) ck_assert_msg(memcmp(a, b, bytes) == 0, "%s differs", what);
 }
 
+/* A body the fast walk takes leaves a copy that the pre-scan and grammar
+ * pass with the count the walk gave: the tree is then built from it
+ * without checking it again (circle__json_parse_valid). */
+static void expect_walk_valid(const char *body, const circle_limits *lim) {
+  circle__json_fast_body fb;
+  if (!circle__json_fast_body_read(body, strlen(body), lim->max_depth, lim->max_n,
+                                   lim->max_m, lim->max_d, &fb))
+    return;
+  size_t values = 0;
+  circle_error err;
+  int rc = circle__json_validate(fb.copy, fb.copy_len, lim->max_depth, &values, &err);
+  ck_assert_msg(rc == 0, "walked %s, but its copy is refused: %s", body,
+                err.message);
+  ck_assert_msg(values == fb.values, "%s: %zu values, the walk counted %zu", body,
+                values, fb.values);
+  circle__json_fast_body_free(&fb);
+}
+
 /* Decodes body both ways and insists on the same outcome. */
 static void expect_same(const char *body, const circle_limits *lim) {
+  expect_walk_valid(body, lim);
   circle_request r1, r2;
   circle_error e1, e2;
   int rc1 = decode_with(true, body, lim, &r1, &e1);
@@ -791,6 +811,31 @@ START_TEST(json_fast_should_give_the_same_errors_as_cjson) {
       "{\"labels\": [0], \"embeddings\": [[1, 2]], \"config\": \"x\"}",
       "{\"labels\": [0], \"embeddings\": [[1, 2]], \"labels\": [1]}",
       "{\"labels\": [0], \"embeddings\": [[1, 2]], \"x\": \"\\u0000\"}",
+      /* What the pre-scan refuses outside the matrices, and what it takes. */
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"tag\": \"a\\qb\"}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"tag\": \"\\ud800\"}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"tag\": \"\\udc00\\ud800\"}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"tag\": \"\\ud83d\\ude00\"}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"tag\": \"a\\u00e9\\n\\/\"}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"tag\": \"a\tb\"}",
+      "{\"labels\": [01], \"embeddings\": [[1, 2]]}",
+      "{\"labels\": [1.], \"embeddings\": [[1, 2]]}",
+      "{\"labels\": [-], \"embeddings\": [[1, 2]]}",
+      "{\"labels\": [1e5e], \"embeddings\": [[1, 2]]}",
+      "{\"labels\": [0,], \"embeddings\": [[1, 2]]}",
+      "{\"labels\": [0 1], \"embeddings\": [[1, 2]]}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"config\": {\"gamma\" 1}}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"config\": {\"gamma\": 1,}}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"config\": {,}}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"config\": {1: 2}}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"normalize\": truex}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"normalize\": tru}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"x\": [{\"a\": [null, false, {}], \"b\": []}]}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"x\": [1]]}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"x\": \x01 1}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"x\": \"\xc3\xa9\"}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"x\": 1\xc3}",
+      "{\"labels\": [0], \"embeddings\": [[1, 2]], \"x\": 1234567890123456789012345678901234567890123456789012345678901234}",
       "{\"labels\": [0], \"embeddings\": [[1, 2]], \"x\": [[[[[[[[[[[[[[[[[[[[[[[[[[[["
       "[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}",
       "{\"labels\": [9007199254740993, 9007199254740992], \"embeddings\": [[1], [2]]}",
