@@ -129,6 +129,7 @@ typedef struct {
   size_t len;
   bool emb, ref;    /* embeddings / ref_embeddings were cut */
   size_t emb_off, ref_off;
+  size_t emb_rows, ref_rows; /* their elements, counted as they were cut */
 } cut_matrices;
 
 typedef struct {
@@ -278,12 +279,15 @@ static int narrow_half(circle_error *err, const circle_config *cfg, void **arr,
   return 0;
 }
 
-/* The number of elements of the array at text[off] (validated JSON). */
-static size_t text_count(const char *text, size_t len, size_t off) {
+/* The number of elements of the array at text[off] (validated JSON); the
+ * offset just past it in *end (unless NULL). */
+static size_t array_count(const char *text, size_t len, size_t off,
+                          size_t *end) {
   circle__json_iter it;
   circle__json_iter_init(&it, text, len, off);
   size_t n = 0, at;
   while (circle__json_iter_next(&it, &at)) n++;
+  if (end) *end = it.p + 1; /* it.p: the closing bracket */
   return n;
 }
 
@@ -306,7 +310,7 @@ static int parse_matrix(decoder *dc, size_t off, const char *field,
       return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                               "%s[0] is %s; expected an array of numbers",
                               field, circle__json_text_kind(t, tl, at));
-    dd = text_count(t, tl, at);
+    dd = array_count(t, tl, at, NULL);
     if (dd == 0)
       return circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                               "%s[0] is empty; each row needs at least one "
@@ -325,7 +329,7 @@ static int parse_matrix(decoder *dc, size_t off, const char *field,
                               "%s[%zu] is %s; expected an array of %zu "
                               "numbers",
                               field, r, circle__json_text_kind(t, tl, at), dd);
-    size_t have = text_count(t, tl, at);
+    size_t have = array_count(t, tl, at, NULL);
     if (have != dd) /* within one matrix: ragged; against another: D */
       return circle_error_set(err, *d ? CIRCLE_ERR_SHAPE_MISMATCH : CIRCLE_ERR_RAGGED_ROWS,
                               "%s[%zu] has %zu numbers; expected %zu like %s",
@@ -504,7 +508,7 @@ static int decode_slow(const char *body, size_t len,
                        circle_error *err) {
   if (circle__json_validate(body, len, lim->max_depth, NULL, err) != 0)
     return CIRCLE_EINVAL;
-  cut_matrices cut = {body, len, false, false, 0, 0};
+  cut_matrices cut = {body, len, false, false, 0, 0, 0, 0};
   size_t spans[16], nspans = 0;
   size_t top = 0;
   while (top < len && (body[top] == ' ' || body[top] == '\t' ||
@@ -526,11 +530,14 @@ static int decode_slow(const char *body, size_t len,
                                   "duplicate key \"%s\" in the request body; "
                                   "send each key once",
                                   key);
+        /* Its rows counted and its end found in one walk. */
+        size_t end, rows = array_count(body, len, at, &end);
+        circle__json_iter_past(&it, end);
         spans[2 * nspans] = at;
-        spans[2 * nspans + 1] = circle__json_value_end(body, len, at);
+        spans[2 * nspans + 1] = end;
         nspans++;
-        if (emb && !cut.emb) cut.emb = true, cut.emb_off = at;
-        if (ref && !cut.ref) cut.ref = true, cut.ref_off = at;
+        if (emb && !cut.emb) cut.emb = true, cut.emb_off = at, cut.emb_rows = rows;
+        if (ref && !cut.ref) cut.ref = true, cut.ref_off = at, cut.ref_rows = rows;
         continue;
       }
       /* Arrays of one value a row, refused by their length before the
@@ -539,7 +546,8 @@ static int decode_slow(const char *body, size_t len,
       if (strcmp(key, "labels") && strcmp(key, "ref_labels") &&
           strcmp(key, "sample_weight"))
         continue;
-      size_t k = text_count(body, len, at);
+      size_t end, k = array_count(body, len, at, &end);
+      circle__json_iter_past(&it, end);
       if (k > cap)
         return circle_error_set(
             err, CIRCLE_ERR_LIMIT_EXCEEDED, "%s has %zu %s; the %s limit %s is %zu",
@@ -721,7 +729,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
     goto fail;
   /* Cut from the text cJSON saw: counted where they are. */
   if (fb) rows = fb->emb.rows;
-  else if (cut && cut->emb) rows = text_count(cut->text, cut->len, cut->emb_off);
+  else if (cut && cut->emb) rows = cut->emb_rows;
   if (rows != n) {
     circle_error_set(err, rows == 0 ? CIRCLE_ERR_EMPTY_BATCH : CIRCLE_ERR_SHAPE_MISMATCH,
                      "embeddings has %zu rows; expected %zu, one per label",
@@ -747,7 +755,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
                   &mrows, err) != 0)
       goto fail;
     if (fb) mrows = fb->ref.found ? fb->ref.rows : 0;
-    else if (cut && cut->ref) mrows = text_count(cut->text, cut->len, cut->ref_off);
+    else if (cut && cut->ref) mrows = cut->ref_rows;
     if (m == 0) {
       circle_error_set(err, CIRCLE_ERR_EMPTY_BATCH,
                        "ref_labels is empty; send at least one reference row "

@@ -460,7 +460,7 @@ static cJSON *parse_header(circle__oip_decoder *dc) {
           dc->cut[i] = true;
           dc->cut_off[i] = data_at;
           spans[2 * nspans] = data_at;
-          spans[2 * nspans + 1] = circle__json_value_end(b, hl, data_at);
+          spans[2 * nspans + 1] = circle__json_iter_skip(&input);
           nspans++;
         }
       }

@@ -602,20 +602,36 @@ void circle__json_iter_init(circle__json_iter *it, const char *body,
   it->body = body;
   it->len = len;
   it->p = (size_t)(skip_ws(body + off + 1, body + len) - body);
+  it->pending = false;
+}
+
+void circle__json_iter_past(circle__json_iter *it, size_t end) {
+  const char *stop = it->body + it->len;
+  const char *p = skip_ws(it->body + end, stop);
+  if (p < stop && *p == ',') p = skip_ws(p + 1, stop);
+  it->p = (size_t)(p - it->body);
+  it->pending = false;
+}
+
+size_t circle__json_iter_skip(circle__json_iter *it) {
+  const char *p = it->body + it->p;
+  size_t end = (size_t)(skip_value(p, it->body + it->len) - it->body);
+  circle__json_iter_past(it, end);
+  return end;
 }
 
 bool circle__json_iter_next(circle__json_iter *it, size_t *at) {
+  if (it->pending) circle__json_iter_skip(it);
   const char *end = it->body + it->len, *p = it->body + it->p;
   if (p >= end || *p == ']' || *p == '}') return false;
   *at = it->p;
-  p = skip_ws(skip_value(p, end), end);
-  if (p < end && *p == ',') p = skip_ws(p + 1, end);
-  it->p = (size_t)(p - it->body);
+  it->pending = true;
   return true;
 }
 
 bool circle__json_iter_member(circle__json_iter *it, char *key, size_t key_len,
                               bool *key_ok, size_t *at) {
+  if (it->pending) circle__json_iter_skip(it);
   const char *end = it->body + it->len, *p = it->body + it->p;
   if (p >= end || *p != '"') return false;
   *key_ok = read_key(p, end, key, key_len);
@@ -623,10 +639,6 @@ bool circle__json_iter_member(circle__json_iter *it, char *key, size_t key_len,
   if (p < end && *p == ':') p = skip_ws(p + 1, end);
   it->p = (size_t)(p - it->body);
   return circle__json_iter_next(it, at);
-}
-
-size_t circle__json_value_end(const char *body, size_t len, size_t off) {
-  return (size_t)(skip_value(body + off, body + len) - body);
 }
 
 const char *circle__json_text_kind(const char *body, size_t len, size_t off) {

@@ -93,6 +93,9 @@ bool circle__json_locate(const char *body, size_t len,
 typedef struct {
   const char *body;
   size_t len, p; /* p: the next element, or the closing bracket */
+  bool pending;  /* p is the element last returned, not yet skipped: an
+                    element is skipped only when the walk goes on, so a
+                    caller that reads it can say where it ended instead */
 } circle__json_iter;
 
 /* Starts at the opening bracket at body[off]. */
@@ -106,8 +109,12 @@ bool circle__json_iter_next(circle__json_iter *it, size_t *at);
  * *at; false at the closing brace. */
 bool circle__json_iter_member(circle__json_iter *it, char *key, size_t key_len,
                               bool *key_ok, size_t *at);
-/* The offset just past the value at body[off] (validated JSON). */
-size_t circle__json_value_end(const char *body, size_t len, size_t off);
+/* Skips the element or member value last returned; returns the offset
+ * just past it. */
+size_t circle__json_iter_skip(circle__json_iter *it);
+/* Goes on past the element or member value last returned, which the
+ * caller read up to end (the offset just past it). */
+void circle__json_iter_past(circle__json_iter *it, size_t end);
 /* What the value at body[off] is, worded as circle__json_kind does. */
 const char *circle__json_text_kind(const char *body, size_t len, size_t off);
 
