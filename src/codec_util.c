@@ -44,7 +44,8 @@ static bool is_ws(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-size_t circle__json_number_len(const char *s, const char *end) {
+/* Length of the strict JSON number at s (s < end), 0 if not one. */
+static size_t number_len(const char *s, const char *end) {
   const char *p = s;
   if (p < end && *p == '-') p++;
   if (p >= end) return 0;
@@ -90,7 +91,7 @@ size_t circle__json_token_len(const char *p, const char *end) {
     const char *q = p;
     while (q < end && is_number_char(*q)) q++;
     size_t span = (size_t)(q - p);
-    return span <= 63 && circle__json_number_len(p, q) == span ? span : 0;
+    return span <= 63 && number_len(p, q) == span ? span : 0;
   }
   if (*p != '"') return 0;
   for (const char *q = p + 1; q < end;) {
@@ -310,7 +311,7 @@ static int prescan(const char *body, size_t len, size_t max_depth,
       const char *q = p;
       while (q < end && is_number_char(*q)) q++;
       size_t span = (size_t)(q - p);
-      if (circle__json_number_len(p, q) != span)
+      if (number_len(p, q) != span)
         return circle_error_set(err, CIRCLE_ERR_INVALID_JSON,
                                 "invalid JSON: malformed number \"%.*s\" at "
                                 "byte %zu",
@@ -742,7 +743,7 @@ bool circle__json_locate(const char *body, size_t len,
  * double. *used receives the token length. */
 static int token_int64(const char *s, const char *end, int64_t *out,
                        size_t *used) {
-  size_t n = circle__json_number_len(s, end);
+  size_t n = number_len(s, end);
   if (n == 0) return CIRCLE__INT_NOT_NUMBER;
   *used = n;
   const char *p = s, *e = s + n;

@@ -168,9 +168,6 @@ int circle__bool_parse(const cJSON *item, bool *out, const char *field,
 int circle__half_narrow_array(circle_half half, void **arr, size_t count,
                               size_t *bad);
 
-/* Length of the strict JSON number at s (RFC 8259 grammar), 0 if none
- * starts there. */
-size_t circle__json_number_len(const char *s, const char *end);
 /* Length of the string (quotes included) or number at p that the pre-scan
  * passes: a string with no raw control character, only known escapes, no
  * \u0000 and whole surrogate pairs; a number whose run of number
