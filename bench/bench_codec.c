@@ -25,10 +25,11 @@
  * per input number: JSON through the fast path, JSON through the slow path
  * (circle__json_fast_enabled off), and OIP binary.
  *
- * --invalid instead times circle_json_decode of the body and of three
+ * --invalid instead times circle_json_decode of the body and of five
  * rejected ones made from it: an unknown key after the matrices, the last
- * number of embeddings made 1e400, and a syntax error in a config after
- * the matrices (docs/performance.md counts how often each reads the text).
+ * number of embeddings made 1e400, a syntax error in a config after the
+ * matrices, the last number made null, and the last row one number short
+ * (docs/performance.md counts how often each reads the text).
  *
  * Usage: bench_codec [--n N,..] [--d D,..] [--reps R] [--short] [--mem]
  *                    [--invalid]
@@ -130,19 +131,27 @@ static double time_decode(const char *text, size_t len, int reps, const circle_l
 static void time_invalid(const circle_buf *body, size_t n, size_t d, int reps,
                          const circle_limits *lim, const circle_config *defaults) {
   static const char *const names[] = {"valid", "unknown key", "1e400 last",
-                                      "config syntax error"};
+                                      "config syntax error", "null last",
+                                      "last row short"};
   const char *b = body->data;
   size_t len = body->len; /* ends "]]}" */
   size_t last = len - 3;  /* the last number is (cut, last) */
   size_t cut = last;
   while (cut > 0 && b[cut - 1] != ' ' && b[cut - 1] != '[') cut--;
   double valid = 0;
-  for (int v = 0; v < 4; v++) {
+  for (int v = 0; v < 6; v++) {
     circle_buf t;
     circle_buf_init(&t);
-    if (v == 2) {
+    if (v == 5 && !(cut >= 2 && b[cut - 2] == ',')) {
+      circle_buf_free(&t);
+      continue; /* a row of one number cannot be made shorter */
+    }
+    if (v == 2 || v == 4) {
       circle_buf_append(&t, b, cut);
-      circle_buf_puts(&t, "1e400]]}");
+      circle_buf_puts(&t, v == 2 ? "1e400]]}" : "null]]}");
+    } else if (v == 5) {
+      circle_buf_append(&t, b, cut - 2);
+      circle_buf_puts(&t, "]]}");
     } else {
       circle_buf_append(&t, b, len - 1);
       circle_buf_puts(&t, v == 0 ? "}" : v == 1 ? ", \"bogus\": 1}"

@@ -17,10 +17,13 @@
  * shape, bit for bit as strtod would, and the error a request of that
  * shape gets is found from them and the copy's tree, as the slow way would
  * find it, so the matrices' text is read once and the rest is not checked
- * again before cJSON (docs/performance.md counts the passes). Anything
- * else goes the slow way (decode_slow), which validates the whole text
- * first, in one pass, and reads the matrices from it with the same number
- * reader. Labels and weights past N
+ * again before cJSON (docs/performance.md counts the passes). A matrix
+ * that is valid JSON but not the usual shape (a null among the numbers, a
+ * ragged row) is walked to its end with its shape noted: its error is
+ * named from the shape, or from its numbers read once more from the text.
+ * Anything else goes the slow way (decode_slow), which validates the whole
+ * text first, in one pass, and reads the matrices from it with the same
+ * number reader. Labels and weights past N
  * and trees past what a request can need are refused before cJSON builds
  * anything. Decoding so holds at most the body, a copy of it, and 8 bytes a
  * number (a number takes 2 bytes of text at least): 6 times the body.
@@ -139,7 +142,6 @@ typedef struct {
   circle_error *err;
   label_set strings; /* string labels of both sets */
   int kind;               /* of the labels seen so far */
-  const cut_matrices *cut; /* NULL unless the matrices were cut */
   bool fast_unsure; /* take_fast_matrix left the error to the slow path */
 } decoder;
 
@@ -297,20 +299,33 @@ static size_t array_count(const char *text, size_t len, size_t off,
  * names the row that set d, for messages. Shapes are checked before
  * anything is allocated: a body of one full row and many empty ones must
  * not get an N x D allocation before the second row is looked at. */
-static int parse_matrix(decoder *dc, size_t off, const char *field,
-                        size_t rows, size_t *d, const char *like,
-                        circle_dtype dt, void **out) {
+static int parse_matrix(decoder *dc, const char *t, size_t tl, size_t off,
+                        const circle__json_fast_matrix *shape,
+                        const char *field, size_t rows, size_t *d,
+                        const char *like, circle_dtype dt, void **out) {
   circle_error *err = dc->err;
-  const char *t = dc->cut->text;
-  size_t tl = dc->cut->len, dd = *d, at, r = 0;
+  size_t dd = *d, at = off, r = 0;
   circle__json_iter it, row;
   circle__json_iter_init(&it, t, tl, off);
+  /* Row 0 sets D unless *d does: from the shape the walk noted, or read. */
+  bool row0_array = true;
+  size_t row0_off = off, row0_len = 0;
+  if (shape) {
+    row0_array = !(shape->bad_row == 0 && shape->bad_len == SIZE_MAX);
+    row0_off = shape->bad_off;
+    row0_len = shape->row0_len;
+  } else if (dd == 0) {
+    row0_array = circle__json_iter_next(&it, &at) && t[at] == '[';
+    row0_off = at;
+    if (row0_array) row0_len = array_count(t, tl, at, NULL);
+    circle__json_iter_init(&it, t, tl, off);
+  }
   if (dd == 0) {
-    if (!circle__json_iter_next(&it, &at) || t[at] != '[')
+    if (!row0_array)
       return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                               "%s[0] is %s; expected an array of numbers",
-                              field, circle__json_text_kind(t, tl, at));
-    dd = array_count(t, tl, at, NULL);
+                              field, circle__json_text_kind(t, tl, row0_off));
+    dd = row0_len;
     if (dd == 0)
       return circle_error_set(err, CIRCLE_ERR_SHAPE_MISMATCH,
                               "%s[0] is empty; each row needs at least one "
@@ -321,9 +336,23 @@ static int parse_matrix(decoder *dc, size_t off, const char *field,
                               "%s[0] has %zu numbers; the dimension limit D "
                               "is %zu",
                               field, dd, dc->lim->max_d);
-    circle__json_iter_init(&it, t, tl, off);
   }
-  while (circle__json_iter_next(&it, &at)) {
+  if (shape) {
+    /* The verdict of the row checks below, without reading the rows. */
+    size_t bad = shape->bad_row, have = shape->bad_len;
+    if (row0_array && row0_len != dd) bad = 0, have = row0_len;
+    if (bad < rows && have == SIZE_MAX)
+      return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
+                              "%s[%zu] is %s; expected an array of %zu "
+                              "numbers",
+                              field, bad, circle__json_text_kind(t, tl, shape->bad_off),
+                              dd);
+    if (bad < rows)
+      return circle_error_set(err, *d ? CIRCLE_ERR_SHAPE_MISMATCH : CIRCLE_ERR_RAGGED_ROWS,
+                              "%s[%zu] has %zu numbers; expected %zu like %s",
+                              field, bad, have, dd, like);
+  }
+  while (!shape && circle__json_iter_next(&it, &at)) {
     if (t[at] != '[')
       return circle_error_set(err, CIRCLE_ERR_WRONG_TYPE,
                               "%s[%zu] is %s; expected an array of %zu "
@@ -476,6 +505,23 @@ static int take_fast_matrix(decoder *dc, circle__json_fast_matrix *fm,
   fm->v = NULL;
   *d = fm->d;
   return 0;
+}
+
+/* One matrix into a new dt matrix: from the numbers the fast walk read, or
+ * from the text: the slow path's (cut, at cut_off), or the body the walk
+ * found that matrix odd in (its shape noted, so the rows are not read
+ * twice). */
+static int matrix_take(decoder *dc, circle__json_fast_body *fb,
+                       circle__json_fast_matrix *fm, const cut_matrices *cut,
+                       size_t cut_off, const char *field, size_t rows,
+                       size_t *d, circle_dtype dt, void **out) {
+  if (fb && !(fm->found && fm->odd))
+    return take_fast_matrix(dc, fm, field, rows, d, dt, out);
+  if (fb)
+    return parse_matrix(dc, fb->text, fb->text_len, fm->begin, fm, field, rows,
+                        d, "embeddings[0]", dt, out);
+  return parse_matrix(dc, cut->text, cut->len, cut_off, NULL, field, rows, d,
+                      "embeddings[0]", dt, out);
 }
 
 static int decode(const char *body, size_t len, const circle_config *defaults,
@@ -642,7 +688,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
                    : circle__json_parse(body, len, lim->max_depth, max_values(lim), err);
   if (root == NULL) return CIRCLE_EINVAL;
 
-  decoder dc = {body, len, lim, err, {0}, KIND_NONE, cut, false};
+  decoder dc = {body, len, lim, err, {0}, KIND_NONE, false};
   label_set_init(&dc.strings);
   circle_request r;
   circle_request_init(&r);
@@ -801,15 +847,12 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
 
   /* Embeddings. */
   size_t d = 0;
-  if (fb ? take_fast_matrix(&dc, &fb->emb, "embeddings", n, &d, adt, &r.x) != 0
-         : parse_matrix(&dc, cut->emb_off, "embeddings", n, &d,
-                        "embeddings[0]", adt, &r.x) != 0)
+  if (matrix_take(&dc, fb, fb ? &fb->emb : NULL, cut, cut ? cut->emb_off : 0,
+                  "embeddings", n, &d, adt, &r.x) != 0)
     goto fail;
   if (r.has_ref &&
-      (fb ? take_fast_matrix(&dc, &fb->ref, "ref_embeddings", m, &d, adt,
-                               &r.r) != 0
-          : parse_matrix(&dc, cut->ref_off, "ref_embeddings", m, &d,
-                         "embeddings[0]", adt, &r.r) != 0))
+      matrix_take(&dc, fb, fb ? &fb->ref : NULL, cut, cut ? cut->ref_off : 0,
+                  "ref_embeddings", m, &d, adt, &r.r) != 0)
     goto fail;
   if (narrow_half(err, &r.cfg, &r.x, n, d, "embeddings", true) != 0 ||
       narrow_half(err, &r.cfg, &r.r, r.has_ref ? m : 0, d, "ref_embeddings",

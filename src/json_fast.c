@@ -555,6 +555,117 @@ static inline __attribute__((always_inline)) int next_item(const char *b, size_t
   return -1;
 }
 
+static bool skip_value(const char *b, size_t len, size_t *pos, size_t max_depth,
+                       size_t *values);
+
+/* Where read_matrix found that a matrix is not a usual one. */
+typedef enum {
+  ODD_AT_ROW,     /* p: a row that is not an array */
+  ODD_AT_ELEMENT, /* p: an element of the open row not read (in_row before it) */
+  ODD_AFTER_ROW   /* p: just past a row (rows counts it) */
+} odd_state;
+
+/* The rest of a matrix that stopped being a usual one at b[p]: walked as a
+ * validator (what circle__json_validate passes, nested at most max_depth
+ * deep with the enclosing object), counting the rows and noting its shape
+ * in m (see circle__json_fast_matrix's odd). rows complete rows precede,
+ * each of d elements; in_row elements of the row at row_at, when one is
+ * open; bad_row, bad_len: a ragged row already found (bad_row == rows when
+ * none). False on anything that is not valid JSON. */
+static __attribute__((noinline, cold)) bool read_odd(const char *b, size_t len, size_t *pos,
+                                                     size_t p, odd_state st, size_t rows,
+                                                     size_t d, size_t in_row, size_t row_at,
+                                                     size_t bad_row, size_t bad_len,
+                                                     size_t max_depth,
+                                                     circle__json_fast_matrix *m) {
+  size_t unused = 0;
+  m->row0_len = rows ? d : 0;
+  m->bad_row = SIZE_MAX;
+  if (bad_row != rows) {
+    m->bad_row = bad_row;
+    m->bad_off = row_at;
+    m->bad_len = bad_len;
+  }
+  for (;;) {
+    if (st == ODD_AT_ROW) {
+      if (p >= len) return false;
+      if (b[p] != '[') {
+        if (m->bad_row == SIZE_MAX) {
+          m->bad_row = rows;
+          m->bad_off = p;
+          m->bad_len = SIZE_MAX;
+        }
+        if (!skip_value(b, len, &p, max_depth - 1, &unused)) return false;
+        rows++;
+        st = ODD_AFTER_ROW;
+        continue;
+      }
+      row_at = p;
+      in_row = 0;
+      p = skip_ws(b, len, p + 1);
+      if (p < len && b[p] == ']') {
+        p++;
+        goto row_done;
+      }
+      st = ODD_AT_ELEMENT;
+    } else if (st == ODD_AT_ELEMENT) {
+      if (p >= len) return false;
+      if (in_row == 0 && b[p] == ']') { /* an empty row */
+        p++;
+        goto row_done;
+      }
+      if (b[p] == '-' || is_digit(b[p])) {
+        size_t k = circle__json_token_len(b + p, b + len);
+        if (k == 0) return false;
+        p += k;
+      } else if (!skip_value(b, len, &p, max_depth - 2, &unused)) {
+        return false;
+      }
+      in_row++;
+      p = skip_ws(b, len, p);
+      if (p < len && b[p] == ',') {
+        p = skip_ws(b, len, p + 1);
+        continue;
+      }
+      if (p >= len || b[p] != ']') return false;
+      p++;
+      goto row_done;
+    } else {
+      p = skip_ws(b, len, p);
+      if (p < len && b[p] == ',') {
+        p = skip_ws(b, len, p + 1);
+        st = ODD_AT_ROW;
+        continue;
+      }
+      if (p >= len || b[p] != ']') return false;
+      p++;
+      break;
+    }
+    continue;
+  row_done:
+    if (rows == 0) {
+      m->row0_len = in_row;
+    } else if (m->bad_row == SIZE_MAX && in_row != m->row0_len) {
+      m->bad_row = rows;
+      m->bad_off = row_at;
+      m->bad_len = in_row;
+    }
+    rows++;
+    st = ODD_AFTER_ROW;
+  }
+  if (m->bad_row == SIZE_MAX) m->bad_row = rows;
+  m->found = true;
+  m->odd = true;
+  m->begin = *pos;
+  m->end = p;
+  m->rows = rows;
+  m->d = 0;
+  m->v = NULL;
+  m->first_inf = 0;
+  *pos = p;
+  return true;
+}
+
 /* Reads [[n, ...], ...] at *pos into m. Out of line, so that its loop has
  * the registers to itself; built for AVX2 machines too (BMI2's shifts and
  * bit scans) and picked at load time, as the engine's loops are: about 10%
@@ -564,14 +675,22 @@ __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
 static __attribute__((noinline)) bool read_matrix(const char *b, size_t len, size_t *pos,
                                                   size_t max_rows, size_t max_d,
+                                                  size_t max_depth,
                                                   circle__json_fast_matrix *m) {
   size_t p = *pos;
   if (p >= len || b[p] != '[') return false;
   p = skip_ws(b, len, p + 1);
   size_t rows = 0, d = 0, count = 0, cap = 0, first_inf = SIZE_MAX;
   double *v = NULL;
+  /* Where it stops being a usual matrix: read_odd takes over. */
+  odd_state st;
+  size_t in_row = 0, row_at = p;
   for (;;) {
-    if (p >= len || b[p] != '[') goto fail;
+    if (p >= len || b[p] != '[') {
+      st = rows == 0 && p < len && b[p] == ']' ? ODD_AFTER_ROW : ODD_AT_ROW;
+      goto odd;
+    }
+    row_at = p;
     p = skip_ws(b, len, p + 1);
     /* The first row sets d (at most max_d); the others must match it. The
      * row is v[row0, count); one test a number, count == stop, catches
@@ -580,7 +699,11 @@ static __attribute__((noinline)) bool read_matrix(const char *b, size_t len, siz
     size_t stop = cap - row0 < row_max ? cap : row0 + row_max;
     for (;;) {
       if (count == stop) {
-        if (count - row0 == row_max) goto fail; /* one number too many */
+        if (count - row0 == row_max) { /* one number too many */
+          in_row = count - row0;
+          st = ODD_AT_ELEMENT;
+          goto odd;
+        }
         size_t ncap = cap ? 2 * cap : 4096;
         if (ncap > SIZE_MAX / sizeof *v) goto fail;
         double *nv = realloc(v, ncap * sizeof *v);
@@ -595,7 +718,11 @@ static __attribute__((noinline)) bool read_matrix(const char *b, size_t len, siz
 #endif
       {
         used = parse_number(b + p, b + len, &v[count]);
-        if (used == 0) goto fail;
+        if (used == 0) {
+          in_row = count - row0;
+          st = ODD_AT_ELEMENT;
+          goto odd;
+        }
         if (!isfinite(v[count]) && first_inf == SIZE_MAX) first_inf = count;
       }
       p += used;
@@ -611,10 +738,18 @@ static __attribute__((noinline)) bool read_matrix(const char *b, size_t len, siz
       if (more < 0) goto fail;
       if (!more) break;
     }
-    size_t in_row = count - row0;
-    if (rows == 0) d = in_row;
-    else if (in_row != d) goto fail;
-    if (++rows > max_rows) goto fail;
+    in_row = count - row0;
+    if (rows == 0) {
+      d = in_row;
+    } else if (in_row != d) { /* ragged: row `rows` */
+      free(v);
+      return read_odd(b, len, pos, p, ODD_AFTER_ROW, rows + 1, d, 0, row_at, rows,
+                      in_row, max_depth, m);
+    }
+    if (++rows > max_rows) {
+      st = ODD_AFTER_ROW;
+      goto odd;
+    }
     int more = next_item(b, len, &p, ']');
     if (more < 0) goto fail;
     if (!more) break;
@@ -631,6 +766,9 @@ static __attribute__((noinline)) bool read_matrix(const char *b, size_t len, siz
 fail:
   free(v);
   return false;
+odd:
+  free(v);
+  return read_odd(b, len, pos, p, st, rows, d, in_row, row_at, rows, 0, max_depth, m);
 }
 
 /* Skips one JSON value at *pos (string, number, literal, array, object),
@@ -741,7 +879,7 @@ bool circle__json_fast_body_read(const char *body, size_t len, size_t max_depth,
     fb->values++; /* the key */
     if (m != NULL) {
       if (m->found) goto fail; /* a repeated key: the cJSON path says so */
-      if (!read_matrix(body, len, &p, rows_limit, max_d, m)) goto fail;
+      if (!read_matrix(body, len, &p, rows_limit, max_d, max_depth, m)) goto fail;
       fb->values++; /* its [] in the copy */
     } else if (!skip_value(body, len, &p, max_depth, &fb->values)) {
       goto fail;
@@ -772,6 +910,8 @@ bool circle__json_fast_body_read(const char *body, size_t len, size_t max_depth,
   o += len - from;
   fb->copy[o] = '\0';
   fb->copy_len = o;
+  fb->text = body;
+  fb->text_len = len;
   return true;
 fail:
   circle__json_fast_body_free(fb);

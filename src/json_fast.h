@@ -33,12 +33,24 @@ typedef struct {
   size_t first_inf; /* index in v of the first infinity (a number past the
                      * double range, which strtod reads so), rows * d when
                      * there is none */
+  /* odd: valid JSON, but not rows of numbers of one length within the
+   * limits (an element that is not a number, a row that is not an array, a
+   * ragged row, a row past D, more rows than allowed). Then v is NULL, d is
+   * 0, rows counts the elements, and the codec reads the numbers from the
+   * text, knowing the shape: row 0's length (when it is an array) and the
+   * first row that is not an array or has another length than row 0 (its
+   * index, offset and length, SIZE_MAX when it is no array; bad_row ==
+   * rows when there is none). */
+  bool odd;
+  size_t row0_len, bad_row, bad_off, bad_len;
 } circle__json_fast_matrix;
 
 /* The big arrays of a /v1 body. */
 typedef struct {
   circle__json_fast_matrix emb, ref;
   char *copy;      /* the body with those values cut down to [] */
+  const char *text; /* the body walked, of text_len bytes */
+  size_t text_len;
   size_t copy_len; /* its length (a NUL follows) */
   size_t values;   /* the copy's JSON values and keys, as the pre-scan counts
                       them; the copy is valid JSON (circle__json_validate
@@ -47,15 +59,18 @@ typedef struct {
 
 /* Walks the top-level object of a /v1 body and reads the values of
  * "embeddings" and "ref_embeddings" (when present) as rectangular matrices
- * of numbers (an infinity kept, its place in first_inf), with at most max_rows rows (max_ref_rows for the
- * reference set) and max_d columns. On success fills *fb, including a
- * malloc'd NUL-terminated copy of the body in which those values are cut
- * down to [], and returns true; the caller frees with
- * circle__json_fast_body_free. Returns false, with *fb empty, whenever the
- * body is anything but that common shape: not an object, a key with an
- * escape, a repeated key, no "embeddings", a ragged or empty row, a value
- * that is not a number, a number over 63 characters, a limit passed, malformed JSON, or out of memory. The slow
- * path (codec_json.c, decode_slow) then decides. Thread-safe. */
+ * of numbers (an infinity kept, its place in first_inf), with at most
+ * max_rows rows (max_ref_rows for the reference set) and max_d columns; a
+ * matrix that is valid JSON but not that (a ragged or empty row, a value
+ * that is not a number, a limit passed) is walked to its end and marked
+ * odd, its shape noted. Everything else is validated as it is walked. On
+ * success fills *fb, including a malloc'd NUL-terminated copy of the body
+ * in which those values are cut down to [], and returns true; the caller
+ * frees with circle__json_fast_body_free. Returns false, with *fb empty,
+ * whenever the body is anything but that common shape: not an object, a
+ * key with an escape, a repeated key, no "embeddings" array, invalid JSON,
+ * a number over 63 characters, nesting past max_depth, or out of memory.
+ * The slow path (codec_json.c, decode_slow) then decides. Thread-safe. */
 bool circle__json_fast_body_read(const char *body, size_t len, size_t max_depth,
                                  size_t max_rows, size_t max_ref_rows,
                                  size_t max_d, circle__json_fast_body *fb);

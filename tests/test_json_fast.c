@@ -668,10 +668,10 @@ START_TEST(json_fast_should_leave_unusual_bodies_to_cjson) {
       "{\"labels\": [0], \"embeddings\": [[1]], \"embeddings\": [[2]]}",
       "{\"labels\": [0], \"embedd\\u0069ngs\": [[1]]}",
       "{\"labels\": [0], \"embeddings\": null}",
-      "{\"labels\": [0], \"embeddings\": [[1, \"2\"]]}",
-      "{\"labels\": [0, 1], \"embeddings\": [[1, 2], [3]]}",
-      "{\"labels\": [0], \"embeddings\": [[]]}",
-      "{\"labels\": [0], \"embeddings\": []}",
+      "{\"labels\": [0], \"embeddings\": [[1, \"2\" 3]]}",
+      "{\"labels\": [0], \"embeddings\": [[1, 01]]}",
+      "{\"labels\": [0], \"embeddings\": [[1], [2],]}",
+      "{\"labels\": [0], \"embeddings\": [[1], 2 3]}",
       "{\"labels\": [0], \"embeddings\": [[1]]} x",
       "{\"labels\": [0], \"embeddings\": [[1]],}",
       "{\"labels\": [0] \"embeddings\": [[1]]}",
@@ -700,10 +700,57 @@ START_TEST(json_fast_should_leave_unusual_bodies_to_cjson) {
   ck_assert(circle__json_fast_body_read(b, strlen(b), 32, 2, 1, 2, &fb));
   ck_assert(fb.ref.found && fb.ref.rows == 1);
   circle__json_fast_body_free(&fb);
-  ck_assert(!circle__json_fast_body_read(b, strlen(b), 32, 1, 1, 2, &fb));
-  ck_assert(!circle__json_fast_body_read(b, strlen(b), 32, 2, 0, 2, &fb));
-  ck_assert(!circle__json_fast_body_read(b, strlen(b), 32, 2, 1, 1, &fb));
+  /* Past a limit, a matrix is odd: counted, not kept. */
+  ck_assert(circle__json_fast_body_read(b, strlen(b), 32, 1, 1, 2, &fb));
+  ck_assert(fb.emb.odd && fb.emb.rows == 2 && fb.emb.v == NULL && !fb.ref.odd);
+  circle__json_fast_body_free(&fb);
+  ck_assert(circle__json_fast_body_read(b, strlen(b), 32, 2, 0, 2, &fb));
+  ck_assert(!fb.emb.odd && fb.ref.odd && fb.ref.rows == 1);
+  circle__json_fast_body_free(&fb);
+  ck_assert(circle__json_fast_body_read(b, strlen(b), 32, 2, 1, 1, &fb));
+  ck_assert(fb.emb.odd && fb.emb.row0_len == 2 && fb.emb.bad_row == 2);
+  circle__json_fast_body_free(&fb);
   ck_assert(!circle__json_fast_body_read(b, strlen(b), 2, 2, 1, 2, &fb));
+}
+END_TEST
+
+/* Valid JSON that is not a usual matrix is walked to its end with its shape
+ * noted (the codec names the first bad row from it, reading the numbers
+ * once more at most); the rest of the body is still read the fast way. */
+START_TEST(json_fast_should_note_the_shape_of_odd_matrices) {
+  static const struct {
+    const char *emb;
+    size_t rows, row0_len, bad_row, bad_len;
+  } cases[] = {
+      {"[]", 0, 0, 0, 0},
+      {"[[]]", 1, 0, 1, 0},
+      {"[[1, \"2\"]]", 1, 2, 1, 0},
+      {"[[1, 2], [3]]", 2, 2, 1, 1},
+      {"[[1, 2], [3, 4, 5], [6]]", 3, 2, 1, 3},
+      {"[[1, 2], null, [3]]", 3, 2, 1, SIZE_MAX},
+      {"[7, [1]]", 2, 0, 0, SIZE_MAX},
+      {"[[1, null, {\"a\": [true]}], [2, 3, 4]]", 2, 3, 2, 0},
+      {"[[1, 2], [3, [4]], [5, 6]]", 3, 2, 3, 0},
+      {"[[1, 2], [], [5, 6]]", 3, 2, 1, 0},
+  };
+  circle__json_fast_body fb;
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char body[256];
+    snprintf(body, sizeof body, "{\"labels\": [0, 1], \"embeddings\": %s, \"tag\": \"t\"}",
+             cases[i].emb);
+    ck_assert_msg(circle__json_fast_body_read(body, strlen(body), 32, 100, 100, 100, &fb),
+                  "%s", body);
+    ck_assert_msg(fb.emb.odd && fb.emb.v == NULL, "%s: not odd", body);
+    ck_assert_uint_eq(fb.emb.rows, cases[i].rows);
+    if (cases[i].rows > 0) {
+      ck_assert_uint_eq(fb.emb.bad_row, cases[i].bad_row);
+      if (fb.emb.bad_row < fb.emb.rows) ck_assert_uint_eq(fb.emb.bad_len, cases[i].bad_len);
+      if (!(fb.emb.bad_row == 0 && fb.emb.bad_len == SIZE_MAX))
+        ck_assert_uint_eq(fb.emb.row0_len, cases[i].row0_len);
+    }
+    ck_assert_str_eq(fb.copy, "{\"labels\": [0, 1], \"embeddings\": [], \"tag\": \"t\"}");
+    circle__json_fast_body_free(&fb);
+  }
 }
 END_TEST
 
@@ -925,6 +972,7 @@ static Suite *json_fast_suite(void) {
   tcase_add_test(tc, json_fast_should_refuse_what_is_not_a_json_number);
   tcase_add_test(tc, json_fast_should_read_common_bodies);
   tcase_add_test(tc, json_fast_should_leave_unusual_bodies_to_cjson);
+  tcase_add_test(tc, json_fast_should_note_the_shape_of_odd_matrices);
   tcase_add_test(tc, json_fast_should_give_the_same_request_as_cjson);
   tcase_add_test(tc, json_fast_should_give_the_same_errors_as_cjson);
   tcase_add_test(tc, json_fast_should_agree_with_cjson_on_mutated_bodies);
