@@ -877,7 +877,10 @@ bool circle__json_fast_body_read(const char *body, size_t len, size_t max_depth,
       rows_limit = max_ref_rows;
     }
     fb->values++; /* the key */
-    if (m != NULL) {
+    /* A matrix key whose value is no array is a member like any other:
+     * the copy keeps it and its tree says what is wrong, as the slow
+     * path's would (it cuts arrays only). */
+    if (m != NULL && p < len && body[p] == '[') {
       if (m->found) goto fail; /* a repeated key: the cJSON path says so */
       if (!read_matrix(body, len, &p, rows_limit, max_d, max_depth, m)) goto fail;
       fb->values++; /* its [] in the copy */
@@ -888,7 +891,7 @@ bool circle__json_fast_body_read(const char *body, size_t len, size_t max_depth,
     if (more < 0) goto fail;
     if (!more) break;
   }
-  if (skip_ws(body, len, p) != len || !fb->emb.found) goto fail;
+  if (skip_ws(body, len, p) != len) goto fail;
   /* The copy: the body with each matrix cut down to []. */
   fb->copy = malloc(len + 1);
   if (fb->copy == NULL) goto fail;

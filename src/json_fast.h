@@ -68,7 +68,7 @@ typedef struct {
  * in which those values are cut down to [], and returns true; the caller
  * frees with circle__json_fast_body_free. Returns false, with *fb empty,
  * whenever the body is anything but that common shape: not an object, a
- * key with an escape, a repeated key, no "embeddings" array, invalid JSON,
+ * key with an escape, a repeated matrix key, invalid JSON,
  * a number over 63 characters, nesting past max_depth, or out of memory.
  * The slow path (codec_json.c, decode_slow) then decides. Thread-safe. */
 bool circle__json_fast_body_read(const char *body, size_t len, size_t max_depth,

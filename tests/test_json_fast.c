@@ -667,7 +667,6 @@ START_TEST(json_fast_should_leave_unusual_bodies_to_cjson) {
       "{}",
       "{\"labels\": [0], \"embeddings\": [[1]], \"embeddings\": [[2]]}",
       "{\"labels\": [0], \"embedd\\u0069ngs\": [[1]]}",
-      "{\"labels\": [0], \"embeddings\": null}",
       "{\"labels\": [0], \"embeddings\": [[1, \"2\" 3]]}",
       "{\"labels\": [0], \"embeddings\": [[1, 01]]}",
       "{\"labels\": [0], \"embeddings\": [[1], [2],]}",
@@ -677,7 +676,7 @@ START_TEST(json_fast_should_leave_unusual_bodies_to_cjson) {
       "{\"labels\": [0] \"embeddings\": [[1]]}",
       "{\"labels\": [0, \"embeddings\": [[1]]}",
       "{\"labels\": [0}, \"embeddings\": [[1]]}",
-      "{\"labels\": [0]}"};
+      "{\"labels\": [0], \"embeddings\": [[1]], \"embeddings\": [[2]]}"};
   circle__json_fast_body fb;
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     ck_assert_msg(!circle__json_fast_body_read(cases[i], strlen(cases[i]), 32, 100, 100,
@@ -858,6 +857,14 @@ START_TEST(json_fast_should_give_the_same_errors_as_cjson) {
       "{\"labels\": [0], \"embeddings\": [[1, 2]], \"config\": \"x\"}",
       "{\"labels\": [0], \"embeddings\": [[1, 2]], \"labels\": [1]}",
       "{\"labels\": [0], \"embeddings\": [[1, 2]], \"x\": \"\\u0000\"}",
+      /* A matrix key whose value is no array, or none at all. */
+      "{\"labels\": [0], \"embeddings\": null}",
+      "{\"labels\": [0], \"embeddings\": 5, \"ref_labels\": [0], \"ref_embeddings\": [[1]]}",
+      "{\"labels\": [0], \"embeddings\": [[1]], \"ref_labels\": [0], \"ref_embeddings\": \"x\"}",
+      "{\"labels\": [0], \"embeddings\": null, \"embeddings\": [[1]]}",
+      "{\"labels\": [0], \"embeddings\": {}, \"embeddings\": {}}",
+      "{\"labels\": [0]}",
+      "{\"labels\": [0], \"ref_embeddings\": [[1]], \"ref_labels\": [0]}",
       /* What the pre-scan refuses outside the matrices, and what it takes. */
       "{\"labels\": [0], \"embeddings\": [[1, 2]], \"tag\": \"a\\qb\"}",
       "{\"labels\": [0], \"embeddings\": [[1, 2]], \"tag\": \"\\ud800\"}",
