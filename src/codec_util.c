@@ -566,8 +566,8 @@ static const char *skip_value(const char *p, const char *end) {
 /* Decodes the JSON string at p (at '"') into dst when it fits and has only
  * simple escapes; returns false otherwise (such a key matches no name we
  * look for, except through \u escapes, which we decode for ASCII). */
-static bool read_key(const char *p, const char *end, char *dst,
-                     size_t dst_len) {
+bool circle__json_key_read(const char *p, const char *end, char *dst,
+                           size_t dst_len) {
   size_t o = 0;
   for (p++; p < end && *p != '"'; p++) {
     char c = *p;
@@ -635,7 +635,7 @@ bool circle__json_iter_member(circle__json_iter *it, char *key, size_t key_len,
   if (it->pending) circle__json_iter_skip(it);
   const char *end = it->body + it->len, *p = it->body + it->p;
   if (p >= end || *p != '"') return false;
-  *key_ok = read_key(p, end, key, key_len);
+  *key_ok = circle__json_key_read(p, end, key, key_len);
   p = skip_ws(skip_string(p, end), end);
   if (p < end && *p == ':') p = skip_ws(p + 1, end);
   it->p = (size_t)(p - it->body);
@@ -710,7 +710,7 @@ bool circle__json_locate(const char *body, size_t len,
       bool found = false;
       while (p < end && *p == '"') {
         char key[128];
-        bool ok = read_key(p, end, key, sizeof(key));
+        bool ok = circle__json_key_read(p, end, key, sizeof(key));
         p = skip_ws(skip_string(p, end), end);
         if (p >= end || *p != ':') return false;
         p = skip_ws(p + 1, end);

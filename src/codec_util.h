@@ -109,6 +109,11 @@ bool circle__json_iter_next(circle__json_iter *it, size_t *at);
  * *at; false at the closing brace. */
 bool circle__json_iter_member(circle__json_iter *it, char *key, size_t key_len,
                               bool *key_ok, size_t *at);
+/* Decodes the key (a validated JSON string) at p into dst, as the member
+ * walk reads keys: false when it does not fit in dst_len bytes or has an
+ * escape beyond ASCII (then it matches no name a codec looks for). */
+bool circle__json_key_read(const char *p, const char *end, char *dst,
+                           size_t dst_len);
 /* Skips the element or member value last returned; returns the offset
  * just past it. */
 size_t circle__json_iter_skip(circle__json_iter *it);

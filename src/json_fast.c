@@ -854,17 +854,21 @@ bool circle__json_fast_body_read(const char *body, size_t len, size_t max_depth,
   p = skip_ws(body, len, p + 1);
   if (p < len && body[p] == '}') return false;
   fb->values = 1; /* the object */
+  /* Every array value of a matrix key, cut from the copy as the slow path
+   * cuts them (8 at most, as there). */
+  size_t spans[16], nspans = 0, unused = 0;
   for (;;) {
-    if (p >= len || body[p] != '"') goto fail;
-    size_t k0 = ++p;
-    while (p < len && body[p] != '"') {
-      if (body[p] == '\\' || (unsigned char)body[p] < 0x20) goto fail;
-      p++;
+    size_t kl = p < len && body[p] == '"' ? circle__json_token_len(body + p, body + len) : 0;
+    if (kl == 0) goto fail;
+    const char *key = body + p + 1;
+    size_t klen = kl - 2;
+    char decoded[32]; /* a key with escapes, as the slow path reads it */
+    if (memchr(key, '\\', klen) != NULL) {
+      bool fits = circle__json_key_read(body + p, body + len, decoded, sizeof decoded);
+      key = decoded;
+      klen = fits ? strlen(decoded) : 0;
     }
-    if (p >= len) goto fail;
-    size_t klen = p - k0;
-    const char *key = body + k0;
-    p = skip_ws(body, len, p + 1);
+    p = skip_ws(body, len, p + kl);
     if (p >= len || body[p] != ':') goto fail;
     p = skip_ws(body, len, p + 1);
     circle__json_fast_matrix *m = NULL;
@@ -881,8 +885,16 @@ bool circle__json_fast_body_read(const char *body, size_t len, size_t max_depth,
      * the copy keeps it and its tree says what is wrong, as the slow
      * path's would (it cuts arrays only). */
     if (m != NULL && p < len && body[p] == '[') {
-      if (m->found) goto fail; /* a repeated key: the cJSON path says so */
-      if (!read_matrix(body, len, &p, rows_limit, max_d, max_depth, m)) goto fail;
+      if (nspans == sizeof spans / sizeof *spans / 2) goto fail;
+      size_t begin = p;
+      if (!m->found) {
+        if (!read_matrix(body, len, &p, rows_limit, max_d, max_depth, m)) goto fail;
+      } else if (!skip_value(body, len, &p, max_depth, &unused)) {
+        goto fail; /* a repeated key, cut too: the copy's tree says so */
+      }
+      spans[2 * nspans] = begin;
+      spans[2 * nspans + 1] = p;
+      nspans++;
       fb->values++; /* its [] in the copy */
     } else if (!skip_value(body, len, &p, max_depth, &fb->values)) {
       goto fail;
@@ -895,19 +907,13 @@ bool circle__json_fast_body_read(const char *body, size_t len, size_t max_depth,
   /* The copy: the body with each matrix cut down to []. */
   fb->copy = malloc(len + 1);
   if (fb->copy == NULL) goto fail;
-  circle__json_fast_matrix *ms[2] = {&fb->emb, &fb->ref};
-  if (fb->ref.found && fb->ref.begin < fb->emb.begin) {
-    ms[0] = &fb->ref;
-    ms[1] = &fb->emb;
-  }
   size_t from = 0, o = 0;
-  for (int i = 0; i < 2; i++) {
-    if (!ms[i]->found) continue;
-    memcpy(fb->copy + o, body + from, ms[i]->begin - from);
-    o += ms[i]->begin - from;
+  for (size_t i = 0; i < nspans; i++) {
+    memcpy(fb->copy + o, body + from, spans[2 * i] - from);
+    o += spans[2 * i] - from;
     memcpy(fb->copy + o, "[]", 2);
     o += 2;
-    from = ms[i]->end;
+    from = spans[2 * i + 1];
   }
   memcpy(fb->copy + o, body + from, len - from);
   o += len - from;

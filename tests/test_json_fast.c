@@ -665,9 +665,9 @@ START_TEST(json_fast_should_leave_unusual_bodies_to_cjson) {
   static const char *const cases[] = {
       "[1]",
       "{}",
-      "{\"labels\": [0], \"embeddings\": [[1]], \"embeddings\": [[2]]}",
-      "{\"labels\": [0], \"embedd\\u0069ngs\": [[1]]}",
       "{\"labels\": [0], \"embeddings\": [[1, \"2\" 3]]}",
+      "{\"labels\": [0], \"emb\\qeddings\": [[1]]}",
+      "{\"labels\": [0], \"embeddings\": [[1]], \"embeddings\": [1,]}",
       "{\"labels\": [0], \"embeddings\": [[1, 01]]}",
       "{\"labels\": [0], \"embeddings\": [[1], [2],]}",
       "{\"labels\": [0], \"embeddings\": [[1], 2 3]}",
@@ -676,7 +676,11 @@ START_TEST(json_fast_should_leave_unusual_bodies_to_cjson) {
       "{\"labels\": [0] \"embeddings\": [[1]]}",
       "{\"labels\": [0, \"embeddings\": [[1]]}",
       "{\"labels\": [0}, \"embeddings\": [[1]]}",
-      "{\"labels\": [0], \"embeddings\": [[1]], \"embeddings\": [[2]]}"};
+      /* Nine array values of matrix keys: the slow path refuses the ninth
+       * before building a tree. */
+      "{\"labels\": [0], \"embeddings\": [[1]], \"embeddings\": [[1]], \"embeddings\": [[1]], "
+      "\"embeddings\": [[1]], \"embeddings\": [[1]], \"embeddings\": [[1]], \"embeddings\": "
+      "[[1]], \"embeddings\": [[1]], \"embeddings\": [[1]]}"};
   circle__json_fast_body fb;
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     ck_assert_msg(!circle__json_fast_body_read(cases[i], strlen(cases[i]), 32, 100, 100,
@@ -857,6 +861,17 @@ START_TEST(json_fast_should_give_the_same_errors_as_cjson) {
       "{\"labels\": [0], \"embeddings\": [[1, 2]], \"config\": \"x\"}",
       "{\"labels\": [0], \"embeddings\": [[1, 2]], \"labels\": [1]}",
       "{\"labels\": [0], \"embeddings\": [[1, 2]], \"x\": \"\\u0000\"}",
+      /* Repeated and escaped matrix keys: cut as the slow path cuts them. */
+      "{\"labels\": [0], \"embeddings\": [[1]], \"embeddings\": [[2]]}",
+      "{\"labels\": [0], \"embeddings\": [[1]], \"embeddings\": [[2, \"x\"]], \"bogus\": 1}",
+      "{\"labels\": [0], \"embedd\\u0069ngs\": [[1]]}",
+      "{\"labels\": [0], \"embedd\\u0069ngs\": [[1, 2]], \"ref_labels\": [0], "
+      "\"ref\\u005fembeddings\": [[1]]}",
+      "{\"labels\": [0], \"embeddings\": [[1]], \"embedd\\u0069ngs\": [[1]]}",
+      "{\"labels\": [0], \"embeddings\\u00e9\": [[1]], \"embeddings\": [[1]]}",
+      "{\"labels\": [0], \"embeddings\": [[1]], \"embeddings\": [[1]], \"embeddings\": [[1]], "
+      "\"embeddings\": [[1]], \"embeddings\": [[1]], \"embeddings\": [[1]], \"embeddings\": "
+      "[[1]], \"embeddings\": [[1]], \"embeddings\": [[1]]}",
       /* A matrix key whose value is no array, or none at all. */
       "{\"labels\": [0], \"embeddings\": null}",
       "{\"labels\": [0], \"embeddings\": 5, \"ref_labels\": [0], \"ref_embeddings\": [[1]]}",
