@@ -528,7 +528,7 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
                   const char *default_name, const circle_limits *lim,
                   circle_request *req, circle_error *err,
                   circle__json_fast_body *fb, const cut_matrices *cut,
-                  bool *final);
+                  size_t values, bool *final);
 
 /* a + b, or SIZE_MAX when that overflows. */
 static size_t add_sat(size_t a, size_t b) {
@@ -552,7 +552,8 @@ static int decode_slow(const char *body, size_t len,
                        const circle_config *defaults, const char *default_name,
                        const circle_limits *lim, circle_request *req,
                        circle_error *err) {
-  if (circle__json_validate(body, len, lim->max_depth, NULL, err) != 0)
+  size_t values;
+  if (circle__json_validate(body, len, lim->max_depth, &values, err) != 0)
     return CIRCLE_EINVAL;
   cut_matrices cut = {body, len, false, false, 0, 0, 0, 0};
   size_t spans[16], nspans = 0;
@@ -602,13 +603,18 @@ static int decode_slow(const char *body, size_t len,
             strcmp(key, "ref_labels") ? "N" : "M", cap);
     }
   }
+  /* Nothing to cut (no matrices, or not an object at all): the body is
+   * its own copy, validated already. */
+  if (nspans == 0)
+    return decode(body, len, defaults, default_name, lim, req, err, NULL, &cut,
+                  values, NULL);
   char *copy;
   size_t copy_len;
   if (!circle__json_cut(body, len, spans, nspans, &copy, &copy_len))
     return circle_error_set(err, CIRCLE_ERR_OVERLOADED,
                             "out of memory reading the request; retry later");
   int rc = decode(copy, copy_len, defaults, default_name, lim, req, err, NULL,
-                  &cut, NULL);
+                  &cut, SIZE_MAX, NULL);
   free(copy);
   return rc;
 }
@@ -639,7 +645,7 @@ int circle_json_decode(const char *body, size_t len,
     circle_error ferr;
     bool final = false;
     int rc = decode(fb.copy, fb.copy_len, defaults, default_name, lim, req,
-                    &ferr, &fb, NULL, &final);
+                    &ferr, &fb, NULL, fb.values, &final);
     circle__json_fast_body_free(&fb);
     if (rc == 0) return 0;
     if (final) {
@@ -680,12 +686,13 @@ static int decode(const char *body, size_t len, const circle_config *defaults,
                   const char *default_name, const circle_limits *lim,
                   circle_request *req, circle_error *err,
                   circle__json_fast_body *fb, const cut_matrices *cut,
-                  bool *final) {
+                  size_t values, bool *final) {
   if (final) *final = false;
   circle_request_free(req);
-  cJSON *root = fb ? circle__json_parse_valid(body, len, fb->values,
-                                              lim->max_depth, max_values(lim), err)
-                   : circle__json_parse(body, len, lim->max_depth, max_values(lim), err);
+  cJSON *root = values != SIZE_MAX
+                    ? circle__json_parse_valid(body, len, values, lim->max_depth,
+                                               max_values(lim), err)
+                    : circle__json_parse(body, len, lim->max_depth, max_values(lim), err);
   if (root == NULL) return CIRCLE_EINVAL;
 
   decoder dc = {body, len, lim, err, {0}, KIND_NONE, false};
