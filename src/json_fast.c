@@ -905,20 +905,7 @@ bool circle__json_fast_body_read(const char *body, size_t len, size_t max_depth,
   }
   if (skip_ws(body, len, p) != len) goto fail;
   /* The copy: the body with each matrix cut down to []. */
-  fb->copy = malloc(len + 1);
-  if (fb->copy == NULL) goto fail;
-  size_t from = 0, o = 0;
-  for (size_t i = 0; i < nspans; i++) {
-    memcpy(fb->copy + o, body + from, spans[2 * i] - from);
-    o += spans[2 * i] - from;
-    memcpy(fb->copy + o, "[]", 2);
-    o += 2;
-    from = spans[2 * i + 1];
-  }
-  memcpy(fb->copy + o, body + from, len - from);
-  o += len - from;
-  fb->copy[o] = '\0';
-  fb->copy_len = o;
+  if (!circle__json_cut(body, len, spans, nspans, &fb->copy, &fb->copy_len)) goto fail;
   fb->text = body;
   fb->text_len = len;
   return true;
