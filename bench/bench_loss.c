@@ -4,8 +4,13 @@
  * For each n, d, dtype and thread count it prints the median wall time of
  * circle_loss_compute (self-referenced batch, loss + per-sample + grad +
  * optionally --stats) and the median of ONE cblas_sgemm (n x n x d, C = X X^T) run with
- * the same number of threads, and their ratio: the figure of merit. The
- * float64 rows also show the ratio against cblas_dgemm.
+ * the same number of threads, and the median of their ratios: the figure
+ * of merit. Each round runs the gemm, then the engine, so a ratio compares
+ * two runs moments apart on a machine whose speed drifts. The float64 rows
+ * also show the ratio against cblas_dgemm (timed in the same rounds).
+ *
+ * --block-rows B and --materialize-mb MB set the engine's options of those
+ * names (0 or absent: the defaults).
  *
  * With --extras it prints instead, per n and d (float32, each thread
  * count), the median of loss + gradients alone and with the retrieval
@@ -17,7 +22,8 @@
  * machine other work shares).
  *
  * Usage: bench_loss [--quick] [--stats] [--extras] [--no-baseline] [--cpu]
- *                   [--threads T] [--float32] [--n N,...] [--d D,...] [--reps R]
+ *                   [--threads T] [--float32] [--block-rows B]
+ *                   [--materialize-mb MB] [--n N,...] [--d D,...] [--reps R]
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -54,7 +60,8 @@ static void make_batch(size_t n, size_t d, float *xf, double *xd, int64_t *lab) 
  * stats; rounds interleave the three so drift on a shared machine hits
  * all alike. */
 static int bench_extras(const size_t *ns, size_t nn, const size_t *ds,
-                        size_t nd, int reps, unsigned all, unsigned only) {
+                        size_t nd, int reps, unsigned all, unsigned only,
+                        size_t block_rows, size_t mat_bytes) {
   printf("| n | d | threads | loss+grad ms | + retrieval ms | extra | "
          "+ retrieval + stats ms | extra |\n");
   printf("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -69,7 +76,8 @@ static int bench_extras(const size_t *ns, size_t nn, const size_t *ds,
       make_batch(n, d, xf, xd, lab);
       unsigned tlist[2] = {only ? only : 1, all};
       for (int ti = 0; ti < (only ? 1 : all > 1 ? 2 : 1); ti++) {
-        circle_engine_opts o = {.threads = tlist[ti]};
+        circle_engine_opts o = {.threads = tlist[ti], .block_rows = block_rows,
+                                .materialize_bytes = mat_bytes};
         circle_engine *e;
         if (circle_engine_init(&e, &o) != CIRCLE_OK) return 1;
         circle_config cfg;
@@ -115,6 +123,7 @@ int main(int argc, char **argv) {
   bool stats = false, baseline = true, extras = false;
   unsigned only_threads = 0;
   bool f32_only = false;
+  size_t block_rows = 0, mat_bytes = 0; /* 0: the engine's defaults */
   for (int a = 1; a < argc; a++) {
     if (!strcmp(argv[a], "--stats")) {
       stats = true;
@@ -128,6 +137,10 @@ int main(int argc, char **argv) {
       only_threads = (unsigned)atoi(argv[++a]);
     } else if (!strcmp(argv[a], "--no-baseline")) {
       baseline = false; /* engine only: for peak-RSS measurements */
+    } else if (!strcmp(argv[a], "--block-rows") && a + 1 < argc) {
+      block_rows = strtoul(argv[++a], NULL, 10);
+    } else if (!strcmp(argv[a], "--materialize-mb") && a + 1 < argc) {
+      mat_bytes = strtoul(argv[++a], NULL, 10) << 20;
     } else if (!strcmp(argv[a], "--quick")) {
       ns[0] = 1024, ns[1] = 4096, nn = 2;
       reps = 3;
@@ -139,7 +152,8 @@ int main(int argc, char **argv) {
       reps = atoi(argv[++a]);
     } else {
       fprintf(stderr, "usage: %s [--quick] [--stats] [--extras] [--no-baseline] [--cpu] "
-                      "[--threads T] [--float32] [--n N,..] [--d D,..] [--reps R]\n",
+                      "[--threads T] [--float32] [--block-rows B] [--materialize-mb MB] "
+                      "[--n N,..] [--d D,..] [--reps R]\n",
               argv[0]);
       return 2;
     }
@@ -148,7 +162,8 @@ int main(int argc, char **argv) {
   unsigned all = (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
   printf("# circle engine bench: OpenBLAS core %s, %u cores, median of %d\n",
          circle_blas_corename(), all, reps);
-  if (extras) return bench_extras(ns, nn, ds, nd, reps, all, only_threads);
+  if (extras) return bench_extras(ns, nn, ds, nd, reps, all, only_threads,
+                                    block_rows, mat_bytes);
   printf("| n | d | dtype | threads | loss+grad ms | sgemm ms | ratio vs sgemm"
          " | dgemm ms | ratio vs dgemm |\n");
   printf("|---:|---:|---|---:|---:|---:|---:|---:|---:|\n");
@@ -171,31 +186,15 @@ int main(int argc, char **argv) {
       if (only_threads) tlist[0] = only_threads, nt = 1;
       for (int ti = 0; ti < nt; ti++) {
         unsigned th = tlist[ti];
-        circle_engine_opts o = {.threads = th};
+        circle_engine_opts o = {.threads = th, .block_rows = block_rows,
+                                .materialize_bytes = mat_bytes};
         circle_engine *e;
         if (circle_engine_init(&e, &o) != CIRCLE_OK) return 1;
-        /* One plain gemm of the same shape, same threads. */
-        double ts[100], tg[100], td[100];
-        int greps = baseline ? reps : 0;
-        openblas_set_num_threads((int)th);
-        for (int r = -1; baseline && r < greps; r++) {
-          double t0 = now();
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)n,
-                      (int)d, 1, xf, (int)d, xf, (int)d, 0, cf, (int)n);
-          if (r >= 0) tg[r] = now() - t0;
+        double *cd = baseline && !f32_only ? malloc(n * n * sizeof *cd) : NULL;
+        if (baseline && !f32_only && cd == NULL) {
+          fprintf(stderr, "out of memory at n=%zu d=%zu\n", n, d);
+          return 1;
         }
-        double *cd = baseline ? malloc(n * n * sizeof *cd) : NULL;
-        int dreps = cd ? greps : 0;
-        for (int r = -1; baseline && r < dreps; r++) {
-          double t0 = now();
-          cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)n,
-                      (int)d, 1, xd, (int)d, xd, (int)d, 0, cd, (int)n);
-          if (r >= 0) td[r] = now() - t0;
-        }
-        free(cd);
-        openblas_set_num_threads(1);
-        double sg = greps ? median(tg, greps) : 0;
-        double dg = dreps ? median(td, dreps) : 0;
         for (int dt = 0; dt < (baseline && !f32_only ? 2 : 1); dt++) {
           circle_config cfg;
           circle_config_init(&cfg);
@@ -208,23 +207,62 @@ int main(int argc, char **argv) {
                                        CIRCLE_OUT_GRAD | (stats ? CIRCLE_OUT_STATS : 0),
                                .per_sample = ps, .grad = g};
           int lreps = (n >= 16384) ? (reps < 3 ? reps : 3) : reps;
+          /* Rounds: one plain gemm of the same shape with the same threads
+           * (float32: sgemm; float64: sgemm and dgemm), then the engine.
+           * Each round's ratio compares two runs seconds apart, so drift
+           * in what else the machine runs hits both alike; the medians of
+           * the rounds' ratios are printed. */
+          double ts[100], tg[100], td[100], rg[100], rd[100];
+          nanosleep(&(struct timespec){0, 200000000L}, NULL); /* see below */
           for (int r = -1; r < lreps; r++) {
-            double t0 = now();
+            double t0;
+            if (baseline) {
+              openblas_set_num_threads((int)th);
+              t0 = now();
+              cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n,
+                          (int)n, (int)d, 1, xf, (int)d, xf, (int)d, 0, cf,
+                          (int)n);
+              if (r >= 0) tg[r] = now() - t0;
+              if (cd && dt) {
+                t0 = now();
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n,
+                            (int)n, (int)d, 1, xd, (int)d, xd, (int)d, 0, cd,
+                            (int)n);
+                if (r >= 0) td[r] = now() - t0;
+              }
+              openblas_set_num_threads(1);
+              /* OpenBLAS' own threads spin for about 0.1 s after they
+               * start and after a call they served (measured here: 0.22
+               * s of CPU for start-up and one 2-thread sgemm), taking a
+               * core from the engine's threads and, with --cpu, adding
+               * to the process' clock; let them fall asleep first. */
+              if (th > 1) nanosleep(&(struct timespec){0, 200000000L}, NULL);
+            }
+            t0 = now();
             int rc = circle_loss_compute(e, &cfg, &inp, &out);
             if (rc != CIRCLE_OK) {
               fprintf(stderr, "compute failed: %s\n", circle_status_str(rc));
               return 1;
             }
-            if (r >= 0) ts[r] = now() - t0;
+            if (r < 0) continue;
+            ts[r] = now() - t0;
+            rg[r] = baseline ? ts[r] / tg[r] : 0;
+            rd[r] = cd && dt ? ts[r] / td[r] : 0;
           }
           double lt = median(ts, lreps);
-          printf("| %zu | %zu | %s | %u | %.1f | %.1f | %.2f | %.1f | %.2f |\n",
-                 n, d, dt ? "float64" : "float32", th, lt * 1e3, sg * 1e3,
-                 sg > 0 ? lt / sg : 0, dg * 1e3, dg > 0 ? lt / dg : 0);
+          double sg = baseline ? median(tg, lreps) : 0;
+          char dcols[64] = "- | -";
+          if (cd && dt)
+            snprintf(dcols, sizeof dcols, "%.1f | %.2f",
+                     median(td, lreps) * 1e3, median(rd, lreps));
+          printf("| %zu | %zu | %s | %u | %.1f | %.1f | %.2f | %s |\n", n, d,
+                 dt ? "float64" : "float32", th, lt * 1e3, sg * 1e3,
+                 baseline ? median(rg, lreps) : 0, dcols);
           fflush(stdout);
           free(ps);
           free(g);
         }
+        free(cd);
         circle_engine_free(e);
       }
       free(xf);
