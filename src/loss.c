@@ -370,12 +370,14 @@ static bool plan_for(const circle_engine *e, const circle_config *cfg,
            add_bytes(&t, &p->off_yb, yb, p->esz);
       /* Strips kept from pass 1 for pass 2, the last (largest) first, as
        * many as fit in what the materialize limit and an eighth more
-       * leave beside the rest of a one-thread call's scratch (so the
-       * buffer stays cached, see pool.c, and which strips are kept never
-       * depends on the thread count): pass 2 computes only the others
-       * again. Packed, each strip its own width. */
+       * leave beside the rest of this call's scratch, so the whole buffer
+       * stays cached between calls (pool.c; a buffer past that limit is
+       * mapped and faulted in again on every call): pass 2 computes only
+       * the others again. Keeping a strip changes no bit of the results,
+       * so the kept set may depend on the thread count. Packed, each
+       * strip its own width. */
       plan one;
-      if (ok && keep && plan_for(e, cfg, in, want, 1, false, &one)) {
+      if (ok && keep && plan_for(e, cfg, in, want, nth, false, &one)) {
         size_t mb = o->materialize_bytes, t1 = one.total;
         size_t cap = mb > SIZE_MAX / 9 * 8 ? SIZE_MAX : mb + mb / 8;
         size_t room = cap > t1 ? (cap - t1) / p->esz : 0, used = 0;

@@ -643,6 +643,33 @@ START_TEST(loss_should_keep_strips_for_pass_2_without_changing_a_bit) {
 }
 END_TEST
 
+/* Where the triangle does not fit beside the rest of the scratch, the kept
+ * strips fill what this call's own scratch leaves (on 1, 2 or 3 threads,
+ * whose scratch differs), so the whole buffer stays within what the engine
+ * caches between calls (the limit and an eighth more) and no call maps and
+ * faults it in again. */
+START_TEST(loss_should_keep_streamed_scratch_within_the_cached_buffer) {
+  problem p;
+  determinism_problem(&p, _i); /* variants 0, 1: self-referenced */
+  unsigned want = CIRCLE_OUT_LOSS | CIRCLE_OUT_PER_SAMPLE | CIRCLE_OUT_GRAD;
+  size_t esz = p.cfg.dtype == CIRCLE_DTYPE_FLOAT32 ? 4 : 8, n = p.in.n;
+  size_t lim = n * n * esz * 6 / 10, cap = lim + lim / 8 + 64;
+  for (unsigned th = 1; th <= 3; th++) {
+    circle_engine *none = engine_new(th, 16, 1), *e = engine_new(th, 16, lim);
+    size_t s_none = circle_loss_scratch_bytes(none, &p.cfg, &p.in, want);
+    size_t s = circle_loss_scratch_bytes(e, &p.cfg, &p.in, want);
+    ck_assert_msg(s <= cap, "%u threads: scratch %zu over the cached %zu", th,
+                  s, cap);
+    /* and strips are kept: more than a sixth of the triangle */
+    ck_assert_msg(s >= s_none + n * n * esz / 12, "%u threads: %zu vs %zu",
+                  th, s, s_none);
+    circle_engine_free(none);
+    circle_engine_free(e);
+  }
+  problem_free(&p);
+}
+END_TEST
+
 /* Rows on either side of softplus' subnormal flush (the flush_mixed_* and
  * flush_ref_* golden cases): which rows are kept must not depend on the
  * thread count, materialized or streamed, so the outputs are bitwise equal. */
@@ -1587,6 +1614,8 @@ static Suite *loss_suite(void) {
       num, loss_should_agree_streamed_or_materialized,
       0, 4);
   tcase_add_loop_test(num, loss_should_keep_strips_for_pass_2_without_changing_a_bit,
+                      0, 2);
+  tcase_add_loop_test(num, loss_should_keep_streamed_scratch_within_the_cached_buffer,
                       0, 2);
   tcase_add_test(num, loss_should_flush_the_same_rows_on_any_thread_count);
   tcase_add_test(num, loss_should_stay_finite_at_large_gamma);
