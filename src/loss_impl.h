@@ -1039,7 +1039,8 @@ static void F(blk_tri_dx)(void *ctx, size_t b, unsigned ith) {
 
 /* Streamed self-reference, pass 2 for row block b: the strip again, H on
  * it, then its gradient contributions: dX_b = H[b, 0:hi) X[0:hi) and, for
- * each block j < b, dX_j += (H[b, 0:lo)^T X_b)_j. Every dX_j sums its
+ * each block j < b, dX_j += (H[b, 0:lo)^T X_b)_j, formed CIRCLE__YB_ROWS
+ * rows at a time in this thread's buffer. Every dX_j sums its
  * contributions in strip order j, j + 1, ..., nb - 1, whatever thread runs
  * which strip: x->next[j] says whose turn it is. Strips are claimed in
  * increasing order and each waits only for smaller ones, which are done or
@@ -1051,21 +1052,24 @@ static void F(blk_tri_dx_stream)(void *ctx, size_t b, unsigned ith) {
   T *buf = b >= x->keep_from ? F(kept_strip)(x, b, &ld)
                              : F(tri_strip)(x, b, ith, &ld);
   F(strip_h)(x, b, ith, buf, ld);
-  T *y = x->yb + (size_t)ith * x->n * d;
-  if (lo > 0)
-    GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)lo, (int)d,
-         (int)(hi - lo), 1, buf, (int)ld, x->X + lo * d, (int)d, 0, y,
-         (int)d);
   /* dX_b's own strip comes first: x->next[b] is still b. */
   GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)d,
        (int)hi, 1, buf, (int)ld, x->X, (int)d, 0, x->dX + lo * d, (int)d);
   atomic_store_explicit(&x->next[b], b + 1, memory_order_release);
-  for (size_t bj = 0; bj < b; bj++) {
-    while (atomic_load_explicit(&x->next[bj], memory_order_acquire) != b)
-      sched_yield();
-    T *restrict dx = x->dX + bj * x->bs * d;
-    const T *restrict yj = y + bj * x->bs * d;
-    for (size_t q = 0; q < x->bs * d; q++) dx[q] += yj[q];
-    atomic_store_explicit(&x->next[bj], b + 1, memory_order_release);
+  T *y = x->yb + (size_t)ith * x->ybr * d;
+  const size_t per = x->ybr / x->bs; /* blocks a product */
+  for (size_t c0 = 0; c0 < b; c0 += per) {
+    size_t c1 = c0 + per < b ? c0 + per : b;
+    GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)((c1 - c0) * x->bs),
+         (int)d, (int)(hi - lo), 1, buf + c0 * x->bs, (int)ld, x->X + lo * d,
+         (int)d, 0, y, (int)d);
+    for (size_t bj = c0; bj < c1; bj++) {
+      while (atomic_load_explicit(&x->next[bj], memory_order_acquire) != b)
+        sched_yield();
+      T *restrict dx = x->dX + bj * x->bs * d;
+      const T *restrict yj = y + (bj - c0) * x->bs * d;
+      for (size_t q = 0; q < x->bs * d; q++) dx[q] += yj[q];
+      atomic_store_explicit(&x->next[bj], b + 1, memory_order_release);
+    }
   }
 }

@@ -643,6 +643,31 @@ START_TEST(loss_should_keep_strips_for_pass_2_without_changing_a_bit) {
 }
 END_TEST
 
+/* A streamed gradient pass forms each strip's column contributions about
+ * 2048 rows at a time: with 2300 rows in blocks of 64, most strips take two
+ * products. The results agree with the materialized batch's and are
+ * bitwise the same on 1, 2 and 3 threads. */
+START_TEST(loss_should_stream_a_strip_in_several_products) {
+  problem p;
+  circle_dtype dt = _i ? CIRCLE_DTYPE_FLOAT64 : CIRCLE_DTYPE_FLOAT32;
+  problem_init(&p, 0x2300ull + (uint64_t)_i, dt, 2300, 0, 9, 23, true, 1.0,
+               1.0);
+  result mat, r1, r2, r3;
+  run_with(&p, 2, 64, 0, &mat); /* 256 MiB: materialized */
+  run_with(&p, 1, 64, 1, &r1);  /* 1 byte: streamed */
+  run_with(&p, 2, 64, 1, &r2);
+  run_with(&p, 3, 64, 1, &r3);
+  expect_agree("materialized vs streamed, 2300 rows", &mat, &r2);
+  expect_identical("streamed, 2300 rows: 1 vs 2 threads", &r1, &r2);
+  expect_identical("streamed, 2300 rows: 3 vs 2 threads", &r3, &r2);
+  result_free(&mat);
+  result_free(&r1);
+  result_free(&r2);
+  result_free(&r3);
+  problem_free(&p);
+}
+END_TEST
+
 /* Where the triangle does not fit beside the rest of the scratch, the kept
  * strips fill what this call's own scratch leaves (on 1, 2 or 3 threads,
  * whose scratch differs), so the whole buffer stays within what the engine
@@ -1617,6 +1642,8 @@ static Suite *loss_suite(void) {
                       0, 2);
   tcase_add_loop_test(num, loss_should_keep_streamed_scratch_within_the_cached_buffer,
                       0, 2);
+  tcase_add_loop_test(num, loss_should_stream_a_strip_in_several_products, 0,
+                      2);
   tcase_add_test(num, loss_should_flush_the_same_rows_on_any_thread_count);
   tcase_add_test(num, loss_should_stay_finite_at_large_gamma);
   tcase_add_test(num, loss_should_stay_finite_when_rows_have_no_pairs);
