@@ -1039,7 +1039,7 @@ static void F(blk_tri_dx)(void *ctx, size_t b, unsigned ith) {
 
 /* Streamed self-reference, pass 2 for row block b: the strip again, H on
  * it, then its gradient contributions: dX_b = H[b, 0:hi) X[0:hi) and, for
- * each block j < b, dX_j += (H[b, 0:lo)^T X_b)_j, formed CIRCLE__YB_ROWS
+ * each block j < b, dX_j += (H[b, 0:lo)^T X_b)_j, formed x->ybr (yb_rows)
  * rows at a time in this thread's buffer. Every dX_j sums its
  * contributions in strip order j, j + 1, ..., nb - 1, whatever thread runs
  * which strip: x->next[j] says whose turn it is. Strips are claimed in
