@@ -166,7 +166,7 @@ static inline float exp_f(float x) {
                                per-thread tile scratch (see loss_impl.h) */   \
     atomic_size_t *next;    /* streamed lower triangle: dX_b's next strip */  \
     T *yb;                  /* ... and each thread's H[b, J]^T X_b, */        \
-    size_t ybr;             /* ybr rows of it at a time */                    \
+    size_t ybb, ybn;        /* ... ybb blocks at a time, ybn rows a thread */ \
     T *keep;                /* ... and strips keep_from.. kept from pass 1 */ \
     size_t keep_from;                                                         \
     const T *X, *R;                                                           \
@@ -242,17 +242,14 @@ typedef struct {
   size_t wide, ld, off_ids, off_sort, off_cls, off_ebuf, off_rows, off_vd,
       off_coef, off_stats, off_ret, off_cand, off_xn, off_rn, off_inv_x,
       off_inv_r, off_s, off_xc, off_rst, off_part, off_zt, off_rowbuf,
-      off_next, off_yb, ybr, off_keep, keep_from, total;
+      off_next, off_yb, ybb, ybn, off_keep, keep_from, total;
 } plan;
 
-/* Rows of H[b, J]^T X_b a streamed gradient pass forms at a time (whole
- * blocks, about 2048 rows): one product serves several blocks' turns,
- * and each thread's buffer stays a few MiB where all of n x d would take
- * room the kept strips could use. */
-static size_t yb_rows(size_t bs, size_t n) {
-  size_t per = bs < 2048 ? 2048 / bs : 1, nb = (n + bs - 1) / bs;
-  return (per < nb ? per : nb) * bs;
-}
+/* Blocks of H[b, J]^T X_b a streamed gradient pass forms at a time (about
+ * 2048 rows): one product serves several blocks' turns, and each thread's
+ * buffer stays a few MiB where all of n x d would take room the kept
+ * strips could use. A product has at most min(blocks x bs, n - 1) rows. */
+static size_t yb_blocks(size_t bs) { return bs < 2048 ? 2048 / bs : 1; }
 
 static bool add_bytes(size_t *total, size_t *off, size_t count, size_t size) {
   size_t bytes;
@@ -371,12 +368,15 @@ static bool plan_for(const circle_engine *e, const circle_config *cfg,
     ok = add_bytes(&t, &p->off_s, all, p->esz) &&
          add_bytes(&t, &p->off_xc, 0, p->esz);
     /* Streamed self-reference with gradients (pass 2 is always the lower
-     * triangle's): a turn counter a block and a buffer of ybr x d a
-     * thread for the strip's column contributions. */
+     * triangle's): a turn counter a block and a buffer of ybb blocks
+     * (at most n rows) x d a thread for the strip's column contributions. */
     if (ok && p->self && need_grad) {
       size_t nb = (p->n + p->bs - 1) / p->bs, yb;
-      p->ybr = yb_rows(p->bs, p->n);
-      if (__builtin_mul_overflow(p->ybr * p->d, p->nth, &yb)) return false;
+      p->ybb = yb_blocks(p->bs);
+      p->ybn = p->bs < p->n / p->ybb ? p->ybb * p->bs : p->n;
+      if (__builtin_mul_overflow(p->ybn, p->d, &yb) ||
+          __builtin_mul_overflow(yb, p->nth, &yb))
+        return false;
       ok = add_bytes(&t, &p->off_next, nb, sizeof(atomic_size_t)) &&
            add_bytes(&t, &p->off_yb, yb, p->esz);
       /* Strips kept from pass 1 for pass 2, the last (largest) first, as
@@ -601,7 +601,7 @@ static void reduce_retrieval(const row_retrieval *rr, size_t n,
     x.zt = (T *)(mem + p->off_zt);                                             \
     x.next = (atomic_size_t *)(mem + p->off_next);                             \
     x.yb = (T *)(mem + p->off_yb);                                             \
-    x.ybr = p->ybr;                                                            \
+    x.ybb = p->ybb, x.ybn = p->ybn;                                            \
     x.keep = (T *)(mem + p->off_keep);                                         \
     x.keep_from = p->keep_from;                                                \
     size_t mb = (p->m + p->bs - 1) / p->bs;                                    \

@@ -1039,8 +1039,8 @@ static void F(blk_tri_dx)(void *ctx, size_t b, unsigned ith) {
 
 /* Streamed self-reference, pass 2 for row block b: the strip again, H on
  * it, then its gradient contributions: dX_b = H[b, 0:hi) X[0:hi) and, for
- * each block j < b, dX_j += (H[b, 0:lo)^T X_b)_j, formed x->ybr (yb_rows)
- * rows at a time in this thread's buffer. Every dX_j sums its
+ * each block j < b, dX_j += (H[b, 0:lo)^T X_b)_j, formed x->ybb blocks
+ * (yb_blocks) at a time in this thread's buffer. Every dX_j sums its
  * contributions in strip order j, j + 1, ..., nb - 1, whatever thread runs
  * which strip: x->next[j] says whose turn it is. Strips are claimed in
  * increasing order and each waits only for smaller ones, which are done or
@@ -1056,8 +1056,8 @@ static void F(blk_tri_dx_stream)(void *ctx, size_t b, unsigned ith) {
   GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)d,
        (int)hi, 1, buf, (int)ld, x->X, (int)d, 0, x->dX + lo * d, (int)d);
   atomic_store_explicit(&x->next[b], b + 1, memory_order_release);
-  T *y = x->yb + (size_t)ith * x->ybr * d;
-  const size_t per = x->ybr / x->bs; /* blocks a product */
+  const size_t per = x->ybb; /* blocks a product: at most x->ybn rows */
+  T *y = x->yb + (size_t)ith * x->ybn * d;
   for (size_t c0 = 0; c0 < b; c0 += per) {
     size_t c1 = c0 + per < b ? c0 + per : b;
     GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)((c1 - c0) * x->bs),
