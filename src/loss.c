@@ -24,7 +24,8 @@
  *   gradients:
  *     self:  dX = H X, H = diag(c) G' + G'^T diag(c) symmetric, on the
  *            lower strips: dX_b = H[b, 0:hi) X[0:hi) + H[hi:n, b]^T X[hi:n)
- *            (materialized: H in place; streamed: each strip again)
+ *            (materialized: H in place; streamed: the strips pass 1 had
+ *            no room to keep come again)
  *     ref:   dX = diag(c) G' R,   dR = G'^T diag(c) X
  *            (streamed: S_b recomputed, full rows)
  *   normalize?  backprop through the normalization.
@@ -33,7 +34,8 @@
  * lower-triangle tile's column partials go to that tile's own slot), and
  * every reduction across rows or tiles runs in a fixed order, so
  * results are bitwise identical whatever the number of threads. The block
- * size depends on n alone, never on the thread count. Scratch memory is
+ * size depends on n alone, never on the thread count (which strips a
+ * streamed call keeps does, and changes no bit). Scratch memory is
  * taken once per call (circle_loss_scratch_bytes says how much); the hot
  * loops do not allocate.
  */
