@@ -40,6 +40,14 @@ extern void openblas_set_num_threads(int);
 static uint64_t rng = 0x1234567ull;
 static double unif(void) { return unif_from(&rng); }
 
+/* OpenBLAS' own threads spin for about 0.1 s after they start and after a
+ * call they served (measured here: 0.22 s of CPU for start-up and one
+ * 2-thread sgemm), taking a core from the engine's threads and, with
+ * --cpu, adding to the process' clock: waits until they are asleep. */
+static void openblas_idle(void) {
+  nanosleep(&(struct timespec){0, 200000000L}, NULL);
+}
+
 /* Embeddings near one of 64 class directions, labels the classes. */
 static void make_batch(size_t n, size_t d, float *xf, double *xd, int64_t *lab) {
   for (size_t i = 0; i < n; i++) {
@@ -213,7 +221,7 @@ int main(int argc, char **argv) {
            * in what else the machine runs hits both alike; the medians of
            * the rounds' ratios are printed. */
           double ts[100], tg[100], td[100], rg[100], rd[100];
-          nanosleep(&(struct timespec){0, 200000000L}, NULL); /* see below */
+          openblas_idle(); /* its threads' start-up spin */
           for (int r = -1; r < lreps; r++) {
             double t0;
             if (baseline) {
@@ -231,12 +239,7 @@ int main(int argc, char **argv) {
                 if (r >= 0) td[r] = now() - t0;
               }
               openblas_set_num_threads(1);
-              /* OpenBLAS' own threads spin for about 0.1 s after they
-               * start and after a call they served (measured here: 0.22
-               * s of CPU for start-up and one 2-thread sgemm), taking a
-               * core from the engine's threads and, with --cpu, adding
-               * to the process' clock; let them fall asleep first. */
-              if (th > 1) nanosleep(&(struct timespec){0, 200000000L}, NULL);
+              if (th > 1) openblas_idle();
             }
             t0 = now();
             int rc = circle_loss_compute(e, &cfg, &inp, &out);
