@@ -168,7 +168,9 @@ run: all
 	$(BUILD)/circled --bind 0.0.0.0 --port 8080
 
 # Every check binary; the engine's golden tests once more under OpenBLAS'
-# generic kernels to show the results do not depend on the kernel chosen.
+# generic kernels to show the results do not depend on the kernel chosen,
+# and once more with the engine's C loops in place of its AVX-512 kernels
+# (CIRCLE_KERNELS=c), so both stay checked against Keras on any machine.
 # Every suite runs even when an earlier one fails; the target fails at the
 # end, naming the suites that failed.
 test-c: all $(TEST_BINS)
@@ -177,7 +179,9 @@ test-c: all $(TEST_BINS)
 	for t in $(TEST_BINS); do echo "== $$t"; $$t || failed="$$failed $${t##*/}"; done; \
 	if [ -x $(BUILD)/tests/test_loss ]; then \
 	  echo "== $(BUILD)/tests/test_loss (OPENBLAS_CORETYPE=Prescott)"; \
-	  OPENBLAS_CORETYPE=Prescott $(BUILD)/tests/test_loss || failed="$$failed test_loss(Prescott)"; fi; \
+	  OPENBLAS_CORETYPE=Prescott $(BUILD)/tests/test_loss || failed="$$failed test_loss(Prescott)"; \
+	  echo "== $(BUILD)/tests/test_loss (CIRCLE_KERNELS=c)"; \
+	  CIRCLE_KERNELS=c $(BUILD)/tests/test_loss || failed="$$failed test_loss(CIRCLE_KERNELS=c)"; fi; \
 	if [ -n "$$failed" ]; then echo "test-c: failed:$$failed"; exit 1; fi
 
 test-py: all deps-py

@@ -38,6 +38,12 @@
  * streamed call keeps does, and changes no bit). Scratch memory is
  * taken once per call (circle_loss_scratch_bytes says how much); the hot
  * loops do not allocate.
+ *
+ * Kernels: the element-wise loops are C (loss_impl.h, vectorized by the
+ * compiler for three ISA levels); with AVX-512F a self-referenced float32
+ * batch runs tile_lse_v16 and row_h_v16 below in place of tile_lse and
+ * row_h (one exp polynomial per pair for both of its shifts; see
+ * exp_split_f). CIRCLE_KERNELS=c keeps the C loops (pool.c).
  */
 #include <cblas.h>
 #include <float.h>
@@ -66,22 +72,57 @@ typedef struct {
 } row_retrieval;
 
 /* ---- vectorizable exp ---------------------------------------------------
- * exp(x) for x <= 0 (larger x is fine up to the overflow point). Classic
- * range reduction x = k ln2 + r, |r| <= ln2/2, then a Taylor polynomial and
- * 2^k built in the exponent bits. Relative error about 1 ulp; results below
- * the smallest normal number are flushed to 0, as XLA does on CPU. Written
- * without branches or libm calls so the compiler can vectorize the loops
- * that call it. */
-static inline double exp_d(double x) {
+ * e^x = p 2^k: classic range reduction x = k ln2 + r, |r| <= ln2/2, then a
+ * Taylor polynomial p = e^r (relative error about 1 ulp); 2^k is built in
+ * the exponent bits. Written without branches or libm calls so the
+ * compiler can vectorize the loops that call it.
+ *
+ * Split in two because a pair's weights need e^(z - a) and e^(z - b) for one
+ * z and two shifts (its row's and its column's): e^z e^-a = p 2^k * 2^-ka
+ * e^-fa, so p is computed once per pair, e^-fa (fa = a - ka ln 2 in
+ * [0, ln 2)) goes into a factor of the row or column and 2^(k - ka) is
+ * built in the bits. The float32 reduction x - k (C1 + C2) is exact in its
+ * first product for |k| < 2^15 (C1 has 9 bits), also without FMA; callers
+ * of the split keep |x| <= SPLIT_MAX. */
+#define SPLIT_MAX 1024.0
+static inline float exp_split_f(float x, int32_t *k) {
+  const float shift = 0x1.8p23f;
+  float t = x * 1.44269504f + shift;
+  float kd = t - shift;
+  int32_t ki, sbits;
+  memcpy(&ki, &t, sizeof ki);
+  memcpy(&sbits, &shift, sizeof sbits);
+  *k = ki - sbits;
+  float r = x - kd * 0.693359375f;
+  r = r - kd * -2.12194440e-4f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  return p;
+}
+
+/* 2^e for e <= 127; 0 below the normal range (e < -126), as exp_f. */
+static inline float pow2i_f(int32_t e) {
+  uint32_t bits = (uint32_t)(e + 127) << 23;
+  float s;
+  memcpy(&s, &bits, sizeof s);
+  return e > -127 ? s : 0.0f;
+}
+
+static inline double exp_split_d(double x, int64_t *k) {
   const double shift = 0x1.8p52;
-  double xc = x > -708.0 ? x : -708.0;
-  double t = xc * 1.4426950408889634 + shift;
+  double t = x * 1.4426950408889634 + shift;
   double kd = t - shift;
   int64_t ki, sbits;
   memcpy(&ki, &t, sizeof ki);
   memcpy(&sbits, &shift, sizeof sbits);
-  ki -= sbits;
-  double r = xc - kd * 0x1.62e42fefa39efp-1;
+  *k = ki - sbits;
+  double r = x - kd * 0x1.62e42fefa39efp-1;
   r = r - kd * 0x1.abc9e3b39803fp-56;
   double p = 1.0 / 479001600.0;
   p = p * r + 1.0 / 39916800.0;
@@ -96,35 +137,30 @@ static inline double exp_d(double x) {
   p = p * r + 0.5;
   p = p * r + 1.0;
   p = p * r + 1.0;
-  uint64_t bits = ((uint64_t)ki + 1023u) << 52;
-  double scale;
-  memcpy(&scale, &bits, sizeof scale);
-  return x > -708.0 ? p * scale : 0.0;
+  return p;
+}
+
+static inline double pow2i_d(int64_t e) {
+  uint64_t bits = (uint64_t)(e + 1023) << 52;
+  double s;
+  memcpy(&s, &bits, sizeof s);
+  return e > -1023 ? s : 0.0;
+}
+
+/* exp(x) for x <= 0 (larger x is fine up to the overflow point); results
+ * below the smallest normal number are flushed to 0, as XLA does on CPU. */
+static inline double exp_d(double x) {
+  double xc = x > -708.0 ? x : -708.0;
+  int64_t k;
+  double p = exp_split_d(xc, &k);
+  return x > -708.0 ? p * pow2i_d(k) : 0.0;
 }
 
 static inline float exp_f(float x) {
-  const float shift = 0x1.8p23f;
   float xc = x > -87.0f ? x : -87.0f;
-  float t = xc * 1.44269504f + shift;
-  float kd = t - shift;
-  int32_t ki, sbits;
-  memcpy(&ki, &t, sizeof ki);
-  memcpy(&sbits, &shift, sizeof sbits);
-  ki -= sbits;
-  float r = xc - kd * 0x1.62e4p-1f;
-  r = r - kd * 0x1.7f7d1cp-20f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  uint32_t bits = ((uint32_t)ki + 127u) << 23;
-  float scale;
-  memcpy(&scale, &bits, sizeof scale);
-  return x > -87.0f ? p * scale : 0.0f;
+  int32_t k;
+  float p = exp_split_f(xc, &k);
+  return x > -87.0f ? p * pow2i_f(k) : 0.0f;
 }
 
 /* The element-wise loops are compiled for AVX-512, AVX2+FMA and baseline
@@ -141,7 +177,7 @@ static inline float exp_f(float x) {
 #define CIRCLE__CAT2(a, b) a##_##b
 #define CIRCLE__CAT(a, b) CIRCLE__CAT2(a, b)
 
-#define DEFINE_CTX(T, SUF)                                                    \
+#define DEFINE_CTX(T, SUF, IT)                                                    \
   struct CIRCLE__CAT(norm_job, SUF) {                                         \
     size_t rows;                                                              \
     const T *src;                                                             \
@@ -175,6 +211,10 @@ static inline float exp_f(float x) {
     const T *raw;           /* the query embeddings as given (norm_dev) */    \
     T *S, *Xc, *dX, *dR;                                                      \
     T *lse_p, *lse_n, *v, *sig, *cf, *csig; /* csig: cf * sig */              \
+    bool split;             /* row_h_split applies (every |lse| in range) */  \
+    bool v16;               /* the AVX-512 kernels run (float32) */           \
+    T *hf_p, *hf_n;         /* ... csig e^-(lse - k ln2) per side, and */     \
+    IT *hk_p, *hk_n;        /* ... k = floor(lse / ln2) (split_rows) */       \
     double *coef;                                                             \
     row_stats *stats;                                                         \
     row_retrieval *ret;                                                       \
@@ -184,14 +224,296 @@ static inline float exp_f(float x) {
     struct CIRCLE__CAT(norm_job, SUF) *norm_job;                              \
   };
 
-DEFINE_CTX(float, f)
-DEFINE_CTX(double, d)
+DEFINE_CTX(float, f, int32_t)
+DEFINE_CTX(double, d, int64_t)
+
+/* ---- float32 gradient weights in AVX-512 ------------------------------
+ * row_h_split for float32 written with AVX-512 intrinsics: GCC's
+ * if-conversion of row_h_split's selects spends about half the loop on
+ * mask moves; here each side's constants are blended once and the loop is
+ * about 60 instructions for 16 pairs. Same formulas in the same order
+ * (pair_zds, exp_split_f, pow2i_f): z, dz, the polynomial and the scales
+ * are those of the C loop; only where GCC contracts differently may a last
+ * bit differ. Picked at run time on CPUs with AVX-512F. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(CIRCLE_NO_CLONES)
+#include <immintrin.h>
+#ifndef PF_ROWS
+#define PF_ROWS 2
+#endif
+__attribute__((target("avx512f"))) static void row_h_v16(
+    const struct ctx_f *x, size_t i, float *restrict s, size_t cnt) {
+  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+  const __m512 gam = _mm512_set1_ps(x->k.gam), mg = _mm512_set1_ps(x->k.mg);
+  const __m512 opn = _mm512_set1_ps(x->k.opn), dln = _mm512_set1_ps(x->k.dln);
+  const __m512 ngam = _mm512_set1_ps(-x->k.gam);
+  const __m512 g2 = _mm512_set1_ps(2.0f * x->k.gam),
+               ng2 = _mm512_set1_ps(-2.0f * x->k.gam);
+  const __m512 pt5 = _mm512_set1_ps(0.5f);
+  const __m512 m1 = _mm512_set1_ps(-1.0f), mhalf = _mm512_set1_ps(-0.5f);
+  const __m512 log2e = _mm512_set1_ps(1.44269504f),
+               shift = _mm512_set1_ps(0x1.8p23f);
+  const __m512 c1 = _mm512_set1_ps(0.693359375f),
+               c2 = _mm512_set1_ps(-2.12194440e-4f);
+  const __m512 q7 = _mm512_set1_ps(1.0f / 5040.0f),
+               q6 = _mm512_set1_ps(1.0f / 720.0f),
+               q5 = _mm512_set1_ps(1.0f / 120.0f),
+               q4 = _mm512_set1_ps(1.0f / 24.0f),
+               q3 = _mm512_set1_ps(1.0f / 6.0f);
+  const __m512i b127 = _mm512_set1_epi32(127), lo = _mm512_set1_epi32(-127);
+  const __m512 fpi = _mm512_set1_ps(x->hf_p[i]), fni = _mm512_set1_ps(x->hf_n[i]);
+  const __m512i kpi = _mm512_set1_epi32(x->hk_p[i]),
+                kni = _mm512_set1_epi32(x->hk_n[i]);
+  const float *fp = x->hf_p, *fn = x->hf_n;
+  const int32_t *kp = x->hk_p, *kn = x->hk_n;
+  const int32_t *lx = x->lx;
+  const __m512i li = _mm512_set1_epi32(lx[i]);
+  /* with remove_diagonal (i, i) is neither positive nor negative */
+  const size_t self_j = x->rd ? i : (size_t)-1;
+  for (size_t j = 0; j < cnt; j += 16) {
+    __mmask16 t = cnt - j >= 16 ? (__mmask16)0xffff
+                                : (__mmask16)((1u << (cnt - j)) - 1);
+    __m512 sv = _mm512_maskz_loadu_ps(t, s + j);
+    __mmask16 same =
+        _mm512_mask_cmpeq_epi32_mask(t, _mm512_maskz_loadu_epi32(t, lx + j), li);
+    __mmask16 self = self_j - j < 16 ? (__mmask16)(1u << (self_j - j)) : 0;
+    __mmask16 valid = t & (__mmask16)~(same & self);
+    __m512 om = _mm512_sub_ps(one, sv);
+    __m512 c = _mm512_max_ps(om, zero);
+    __mmask16 gt = _mm512_cmp_ps_mask(om, zero, _CMP_GT_OQ);
+    __mmask16 eq = _mm512_cmp_ps_mask(om, zero, _CMP_EQ_OQ);
+    __m512 dcds = _mm512_mask_mov_ps(_mm512_maskz_mov_ps(gt, m1), eq, mhalf);
+    /* the side's constants: w = A + B c, z = (G max(w, 0)) (Q - c),
+     * dz/dc = K (U + B c) where w > 0 */
+    __m512 A = _mm512_mask_blend_ps(same, opn, mg);
+    __m512 B = _mm512_mask_blend_ps(same, m1, one);
+    __m512 G = _mm512_mask_blend_ps(same, gam, ngam);
+    __m512 Q = _mm512_mask_blend_ps(same, dln, mg);
+    __m512 K = _mm512_mask_blend_ps(same, ng2, g2);
+    __m512 U = _mm512_maskz_mov_ps((__mmask16)~same, one);
+    __m512 w = _mm512_fmadd_ps(B, c, A);
+    __mmask16 act = _mm512_cmp_ps_mask(w, zero, _CMP_GT_OQ);
+    __m512 z = _mm512_mul_ps(_mm512_mul_ps(G, _mm512_max_ps(w, zero)),
+                             _mm512_sub_ps(Q, c));
+    __m512 dz = _mm512_maskz_mul_ps(act, K, _mm512_fmadd_ps(B, c, U));
+    dz = _mm512_mul_ps(dz, dcds);
+    /* e^z = p 2^kz */
+    __m512 tt = _mm512_fmadd_ps(z, log2e, shift);
+    __m512 kd = _mm512_sub_ps(tt, shift);
+    __m512i kz = _mm512_sub_epi32(_mm512_castps_si512(tt),
+                                  _mm512_castps_si512(shift));
+    __m512 r = _mm512_fnmadd_ps(kd, c1, z);
+    r = _mm512_fnmadd_ps(kd, c2, r);
+    __m512 p = _mm512_fmadd_ps(q7, r, q6);
+    p = _mm512_fmadd_ps(p, r, q5);
+    p = _mm512_fmadd_ps(p, r, q4);
+    p = _mm512_fmadd_ps(p, r, q3);
+    p = _mm512_fmadd_ps(p, r, pt5);
+    p = _mm512_fmadd_ps(p, r, one);
+    p = _mm512_fmadd_ps(p, r, one);
+    /* the row's and the column's factors and scales */
+    __m512i ei = _mm512_sub_epi32(kz, _mm512_mask_blend_epi32(same, kni, kpi));
+    __m512i kj = _mm512_mask_blend_epi32(
+        same, _mm512_maskz_loadu_epi32(t, kn + j), _mm512_maskz_loadu_epi32(t, kp + j));
+    __m512i ej = _mm512_sub_epi32(kz, kj);
+    __mmask16 oki = _mm512_cmpgt_epi32_mask(ei, lo);
+    __mmask16 okj = _mm512_cmpgt_epi32_mask(ej, lo);
+    __m512 si = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ei, b127), 23));
+    __m512 sj = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ej, b127), 23));
+    __m512 fj = _mm512_mask_blend_ps(same, _mm512_maskz_loadu_ps(t, fn + j),
+                                     _mm512_maskz_loadu_ps(t, fp + j));
+    __m512 ti = _mm512_maskz_mul_ps(oki, _mm512_mask_blend_ps(same, fni, fpi), si);
+    __m512 tj = _mm512_maskz_mul_ps(okj, fj, sj);
+    __m512 h = _mm512_mul_ps(_mm512_mul_ps(dz, p), _mm512_add_ps(ti, tj));
+    _mm512_mask_storeu_ps(s + j, t, _mm512_maskz_mov_ps(valid, h));
+  }
+}
+
+/* z of 16 pairs at similarities sv, positive side where same (pair_z with
+ * each side's constants blended: w = A + B c, z = (G max(w, 0)) (Q - c),
+ * the same operations in the same order as either side's formula). */
+__attribute__((target("avx512f"))) static inline __m512 pair_z_v16(
+    const struct ctx_f *x, __m512 sv, __mmask16 same) {
+  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+  __m512 c = _mm512_max_ps(_mm512_sub_ps(one, sv), zero);
+  __m512 A = _mm512_mask_blend_ps(same, _mm512_set1_ps(x->k.opn),
+                                  _mm512_set1_ps(x->k.mg));
+  __m512 B = _mm512_mask_blend_ps(same, _mm512_set1_ps(-1.0f), one);
+  __m512 G = _mm512_mask_blend_ps(same, _mm512_set1_ps(x->k.gam),
+                                  _mm512_set1_ps(-x->k.gam));
+  __m512 Q = _mm512_mask_blend_ps(same, _mm512_set1_ps(x->k.dln),
+                                  _mm512_set1_ps(x->k.mg));
+  __m512 w = _mm512_fmadd_ps(B, c, A);
+  return _mm512_mul_ps(_mm512_mul_ps(G, _mm512_max_ps(w, zero)),
+                       _mm512_sub_ps(Q, c));
+}
+
+/* exp_split_f on 16 lanes: e^z = p 2^k. */
+__attribute__((target("avx512f"))) static inline __m512 exp_split_v16(
+    __m512 z, __m512i *k) {
+  const __m512 shift = _mm512_set1_ps(0x1.8p23f), one = _mm512_set1_ps(1.0f);
+  __m512 tt = _mm512_fmadd_ps(z, _mm512_set1_ps(1.44269504f), shift);
+  __m512 kd = _mm512_sub_ps(tt, shift);
+  *k = _mm512_sub_epi32(_mm512_castps_si512(tt), _mm512_castps_si512(shift));
+  __m512 r = _mm512_fnmadd_ps(kd, _mm512_set1_ps(0.693359375f), z);
+  r = _mm512_fnmadd_ps(kd, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.0f / 5040.0f), r,
+                             _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, one);
+  return _mm512_fmadd_ps(p, r, one);
+}
+
+/* f 2^e where e > lim, else 0 (e <= 127). */
+__attribute__((target("avx512f"))) static inline __m512 scale_v16(
+    __m512 f, __m512i e, int lim) {
+  __mmask16 ok = _mm512_cmpgt_epi32_mask(e, _mm512_set1_epi32(lim));
+  __m512 s = _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_add_epi32(e, _mm512_set1_epi32(127)), 23));
+  return _mm512_maskz_mul_ps(ok, f, s);
+}
+
+/* tile_lse for float32 in AVX-512 (loss_impl.h says what a tile's partials
+ * are). Sweep 2 takes one polynomial per pair: e^(z - base) =
+ * (p f) 2^(k - kb) for e^z = p 2^k and e^-base = f 2^-kb, the row's and
+ * the column's base alike. Row sums run in 16 lanes, the tail chunk
+ * masked, reduced by _mm512_reduce_add_ps; column sums in row order. Leaves
+ * the row partials in the scratch's tmp, tmn, tsp, tsn for tile_rows_merge.
+ * Returns false, having computed nothing that counts, when a maximum or
+ * gamma m^2 is past SPLIT_MAX: the caller then runs tile_lse. */
+__attribute__((target("avx512f"))) static bool tile_lse_v16(
+    const struct ctx_f *x, size_t lo, size_t hi, size_t jlo, size_t jhi,
+    const float *restrict st, size_t ld, float *restrict zt,
+    float *restrict col) {
+  const size_t w = jhi - jlo, bs = x->bs;
+  const int32_t *restrict lj = x->lx + jlo;
+  float *restrict cmp = col, *restrict csp = col + bs,
+                  *restrict cmn = col + 2 * bs, *restrict csn = col + 3 * bs;
+  float *restrict tmp = zt + bs * bs, *restrict tmn = tmp + bs,
+                  *restrict tsp = tmn + bs, *restrict tsn = tsp + bs,
+                  *restrict cfp = tsn + bs, *restrict cfn = cfp + bs;
+  int32_t *restrict ckp = (int32_t *)(cfn + bs), *restrict ckn = ckp + bs;
+  const __m512 ninf = _mm512_set1_ps(-INFINITY), zero = _mm512_setzero_ps();
+  const float lim = (float)SPLIT_MAX;
+  if (!((double)x->k.gam * x->k.mg * x->k.mg <= SPLIT_MAX)) return false;
+  for (size_t c = 0; c < w; c++) {
+    cmp[c] = cmn[c] = -INFINITY;
+    csp[c] = csn[c] = 0;
+  }
+  for (size_t i = lo; i < hi; i++) {
+    const float *restrict s = st + (i - lo) * ld;
+    float *restrict z = zt + (i - lo) * w;
+    const __m512i li = _mm512_set1_epi32(x->lx[i]);
+    const size_t self_c = x->rd ? i - jlo : (size_t)-1;
+    __m512 mp = ninf, mn = ninf;
+    if (i + PF_ROWS < hi) /* the tile's rows are a strip's stride apart */
+      for (size_t c0 = 0; c0 < w; c0 += 16)
+        _mm_prefetch((const char *)(s + PF_ROWS * ld + c0), _MM_HINT_T0);
+    for (size_t c0 = 0; c0 < w; c0 += 16) {
+      __mmask16 t = w - c0 >= 16 ? (__mmask16)0xffff
+                                 : (__mmask16)((1u << (w - c0)) - 1);
+      __m512 sv = _mm512_maskz_loadu_ps(t, s + c0);
+      __mmask16 same = _mm512_mask_cmpeq_epi32_mask(
+          t, _mm512_maskz_loadu_epi32(t, lj + c0), li);
+      __mmask16 self = self_c - c0 < 16 ? (__mmask16)(1u << (self_c - c0)) : 0;
+      __mmask16 pos = same & (__mmask16)~self, neg = t & (__mmask16)~same;
+      __m512 zv = pair_z_v16(x, sv, same);
+      _mm512_mask_storeu_ps(z + c0, t, zv);
+      mp = _mm512_mask_max_ps(mp, pos, mp, zv);
+      mn = _mm512_mask_max_ps(mn, neg, mn, zv);
+      __m512 cp = _mm512_maskz_loadu_ps(t, cmp + c0);
+      __m512 cn = _mm512_maskz_loadu_ps(t, cmn + c0);
+      _mm512_mask_storeu_ps(cmp + c0, t, _mm512_mask_max_ps(cp, pos, cp, zv));
+      _mm512_mask_storeu_ps(cmn + c0, t, _mm512_mask_max_ps(cn, neg, cn, zv));
+    }
+    tmp[i - lo] = _mm512_reduce_max_ps(mp);
+    tmn[i - lo] = _mm512_reduce_max_ps(mn);
+    if (tmp[i - lo] > lim || tmn[i - lo] > lim) return false;
+  }
+  for (size_t c = 0; c < w; c++)
+    if (cmp[c] > lim || cmn[c] > lim) return false;
+  /* the columns' bases: e^-base = f 2^-kb (an empty side's base is 0) */
+  for (size_t c0 = 0; c0 < w; c0 += 16) {
+    __mmask16 t = w - c0 >= 16 ? (__mmask16)0xffff
+                               : (__mmask16)((1u << (w - c0)) - 1);
+    for (int side = 0; side < 2; side++) {
+      __m512 m = _mm512_maskz_loadu_ps(t, (side ? cmn : cmp) + c0);
+      __m512 base = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(m, ninf, _CMP_GT_OQ),
+                                         zero, m);
+      __m512i k;
+      __m512 f = exp_split_v16(_mm512_sub_ps(zero, base), &k);
+      _mm512_mask_storeu_ps((side ? cfn : cfp) + c0, t, f);
+      _mm512_mask_storeu_epi32((side ? ckn : ckp) + c0, t,
+                               _mm512_sub_epi32(_mm512_setzero_si512(), k));
+    }
+  }
+  for (size_t i = lo; i < hi; i++) {
+    const float *restrict z = zt + (i - lo) * w;
+    const __m512i li = _mm512_set1_epi32(x->lx[i]);
+    const size_t self_c = x->rd ? i - jlo : (size_t)-1;
+    float bp = tmp[i - lo] > -INFINITY ? tmp[i - lo] : 0;
+    float bn = tmn[i - lo] > -INFINITY ? tmn[i - lo] : 0;
+    int32_t kp, kn;
+    float fp = exp_split_f(-bp, &kp), fn = exp_split_f(-bn, &kn);
+    const __m512 rfp = _mm512_set1_ps(fp), rfn = _mm512_set1_ps(fn);
+    const __m512i rkp = _mm512_set1_epi32(-kp), rkn = _mm512_set1_epi32(-kn);
+    __m512 sp = zero, sn = zero;
+    for (size_t c0 = 0; c0 < w; c0 += 16) {
+      __mmask16 t = w - c0 >= 16 ? (__mmask16)0xffff
+                                 : (__mmask16)((1u << (w - c0)) - 1);
+      __m512 zv = _mm512_maskz_loadu_ps(t, z + c0);
+      __mmask16 same = _mm512_mask_cmpeq_epi32_mask(
+          t, _mm512_maskz_loadu_epi32(t, lj + c0), li);
+      __mmask16 self = self_c - c0 < 16 ? (__mmask16)(1u << (self_c - c0)) : 0;
+      __mmask16 pos = same & (__mmask16)~self, neg = t & (__mmask16)~same;
+      __m512i kz;
+      __m512 p = exp_split_v16(zv, &kz);
+      __m512 er = scale_v16(_mm512_mul_ps(p, _mm512_mask_blend_ps(same, rfn, rfp)),
+                            _mm512_sub_epi32(kz, _mm512_mask_blend_epi32(same, rkn, rkp)),
+                            -125);
+      sp = _mm512_mask_add_ps(sp, pos, sp, er);
+      sn = _mm512_mask_add_ps(sn, neg, sn, er);
+      __m512 cf = _mm512_mask_blend_ps(same, _mm512_maskz_loadu_ps(t, cfn + c0),
+                                       _mm512_maskz_loadu_ps(t, cfp + c0));
+      __m512i ck = _mm512_mask_blend_epi32(same, _mm512_maskz_loadu_epi32(t, ckn + c0),
+                                           _mm512_maskz_loadu_epi32(t, ckp + c0));
+      __m512 ec = scale_v16(_mm512_mul_ps(p, cf), _mm512_sub_epi32(kz, ck), -125);
+      __m512 cs = _mm512_maskz_loadu_ps(t, csp + c0);
+      __m512 cn = _mm512_maskz_loadu_ps(t, csn + c0);
+      _mm512_mask_storeu_ps(csp + c0, t, _mm512_mask_add_ps(cs, pos, cs, ec));
+      _mm512_mask_storeu_ps(csn + c0, t, _mm512_mask_add_ps(cn, neg, cn, ec));
+    }
+    tsp[i - lo] = _mm512_reduce_add_ps(sp);
+    tsn[i - lo] = _mm512_reduce_add_ps(sn);
+  }
+  return true;
+}
+
+static inline bool use_v16_f(void) {
+  return __builtin_cpu_supports("avx512f");
+}
+#define row_h_v16_f row_h_v16
+#define tile_lse_v16_f tile_lse_v16
+#else
+static inline bool use_v16_f(void) { return false; }
+#define row_h_v16_f(x, i, s, cnt) (void)0
+#define tile_lse_v16_f(x, lo, hi, jlo, jhi, st, ld, zt, col) false
+#endif
+/* float64 keeps the C loops. */
+static inline bool use_v16_d(void) { return false; }
+#define row_h_v16_d(x, i, s, cnt) (void)0
+#define tile_lse_v16_d(x, lo, hi, jlo, jhi, st, ld, zt, col) false
 
 #define T float
 #define LANES 16
 #define F(name) CIRCLE__CAT(name, f)
 #define GEMM cblas_sgemm
 #define EXPT exp_f
+#define IT int32_t
+#define EXPSPLIT exp_split_f
+#define POW2I pow2i_f
 #define EXPLIB expf
 #define LOGT logf
 #define LOG1PT log1pf
@@ -203,6 +525,9 @@ DEFINE_CTX(double, d)
 #undef F
 #undef GEMM
 #undef EXPT
+#undef IT
+#undef EXPSPLIT
+#undef POW2I
 #undef EXPLIB
 #undef LOGT
 #undef LOG1PT
@@ -214,6 +539,9 @@ DEFINE_CTX(double, d)
 #define F(name) CIRCLE__CAT(name, d)
 #define GEMM cblas_dgemm
 #define EXPT exp_d
+#define IT int64_t
+#define EXPSPLIT exp_split_d
+#define POW2I pow2i_d
 #define EXPLIB exp
 #define LOGT log
 #define LOG1PT log1p
@@ -225,6 +553,9 @@ DEFINE_CTX(double, d)
 #undef F
 #undef GEMM
 #undef EXPT
+#undef IT
+#undef EXPSPLIT
+#undef POW2I
 #undef EXPLIB
 #undef LOGT
 #undef LOG1PT
@@ -241,7 +572,7 @@ typedef struct {
                   full-row pass 1 then) */
   size_t n, m, d, bs, esz, nth;
   /* byte offsets of each scratch array in one allocation */
-  size_t wide, ld, off_ids, off_sort, off_cls, off_ebuf, off_rows, off_vd,
+  size_t wide, ld, off_ids, off_sort, off_cls, off_ebuf, off_rows, off_hrow, off_vd,
       off_coef, off_stats, off_ret, off_cand, off_xn, off_rn, off_inv_x,
       off_inv_r, off_s, off_xc, off_rst, off_part, off_zt, off_rowbuf,
       off_next, off_yb, ybb, ybn, off_keep, keep_from, total;
@@ -308,6 +639,7 @@ static bool plan_for(const circle_engine *e, const circle_config *cfg,
             add_bytes(&t, &p->off_cls, cls_all, p->esz) &&
             add_bytes(&t, &p->off_ebuf, cls_all, p->esz) &&
             add_bytes(&t, &p->off_rows, n4 + 2 * p->n, p->esz) &&
+            add_bytes(&t, &p->off_hrow, n4, p->esz) &&
             add_bytes(&t, &p->off_vd, p->n * 2, sizeof(double)) &&
             add_bytes(&t, &p->off_coef, p->n, sizeof(double)) &&
             add_bytes(&t, &p->off_stats,
@@ -335,7 +667,7 @@ static bool plan_for(const circle_engine *e, const circle_config *cfg,
         __builtin_add_overflow(tiles / 2, p->nth, &tiles) ||
         __builtin_mul_overflow(tiles, p->bs, &part) ||
         __builtin_mul_overflow(part, (size_t)4, &part) ||
-        __builtin_mul_overflow(p->bs, p->bs + 7, &zt) ||
+        __builtin_mul_overflow(p->bs, p->bs + 8, &zt) ||
         __builtin_mul_overflow(zt, p->nth, &zt))
       return false;
     ok = add_bytes(&t, &p->off_rst, n4, p->esz) &&
@@ -585,6 +917,11 @@ static void reduce_retrieval(const row_retrieval *rr, size_t n,
     x.sig = x.v + p->n;                                                        \
     x.cf = x.sig + p->n;                                                       \
     x.csig = x.cf + p->n;                                                      \
+    x.v16 = CIRCLE__CAT(use_v16, SUF)() && circle__engine_simd(e);             \
+    x.hf_p = (T *)(mem + p->off_hrow);                                         \
+    x.hf_n = x.hf_p + p->n;                                                    \
+    x.hk_p = (void *)(x.hf_n + p->n);                                          \
+    x.hk_n = x.hk_p + p->n;                                                    \
     x.coef = (double *)(mem + p->off_coef);                                    \
     x.stats = (row_stats *)(mem + p->off_stats);                               \
     x.ret = (row_retrieval *)(mem + p->off_ret);                               \
@@ -651,6 +988,7 @@ static void reduce_retrieval(const row_retrieval *rr, size_t n,
       x.cf[i] = (T)x.coef[i];                                                  \
       x.csig[i] = x.cf[i] * x.sig[i];                                          \
     }                                                                          \
+    if (x.need_g && p->self) CIRCLE__CAT(split_rows, SUF)(&x);                 \
     if (want & CIRCLE_OUT_STATS)                                               \
       reduce_stats(x.stats, p->n, vd, &out->stats);                            \
     if (want & CIRCLE_OUT_RETRIEVAL)                                           \

@@ -564,6 +564,61 @@ CIRCLE__HOT static void F(row_h)(const struct F(ctx) *x, size_t i,
   }
 }
 
+/* The per-row factors of row_h_split: for each side, lse = (k + f) ln 2
+ * with k an integer and f in [0, 1), hk = k and hf = csig 2^-f, so that
+ * csig e^(z - lse) = hf p 2^(kz - k) for e^z = p 2^kz. x->split says
+ * whether it applies: every finite lse and the smallest z, -gamma m^2,
+ * within SPLIT_MAX (z <= lse on its side, so every pair's z is then in
+ * range). A side without pairs (lse -inf) gets hf = 0 and a k so large
+ * that 2^(kz - k) is 0. */
+static void F(split_rows)(struct F(ctx) *x) {
+  const double big = 4 * SPLIT_MAX / M_LN2;
+  bool ok = (double)x->k.gam * (double)x->k.mg * (double)x->k.mg <= SPLIT_MAX;
+  for (size_t i = 0; i < x->n && ok; i++)
+    ok = !(fabs((double)x->lse_p[i]) > SPLIT_MAX && isfinite(x->lse_p[i])) &&
+         !(fabs((double)x->lse_n[i]) > SPLIT_MAX && isfinite(x->lse_n[i]));
+  x->split = ok;
+  if (!ok) return;
+  for (size_t i = 0; i < x->n; i++)
+    for (int side = 0; side < 2; side++) {
+      double l = side ? x->lse_n[i] : x->lse_p[i];
+      T *hf = side ? x->hf_n : x->hf_p;
+      IT *hk = side ? x->hk_n : x->hk_p;
+      if (!isfinite(l)) {
+        hf[i] = 0;
+        hk[i] = (IT)big;
+        continue;
+      }
+      double t = l / M_LN2, k = floor(t);
+      hf[i] = (T)((double)x->csig[i] * exp2(k - t));
+      hk[i] = (IT)k;
+    }
+}
+
+/* row_h with one polynomial per pair (x->split): e^z = p 2^kz once, then
+ * H_ij = dz p (hf_i 2^(kz - k_i) + hf_j 2^(kz - k_j)), each factor of
+ * the pair's side. */
+CIRCLE__HOT static void F(row_h_split)(const struct F(ctx) *x, size_t i,
+                                       T *restrict s, const T *restrict cls,
+                                       size_t cnt) {
+  const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
+  const T fpi = x->hf_p[i], fni = x->hf_n[i];
+  const IT kpi = x->hk_p[i], kni = x->hk_n[i];
+  const T *restrict fp = x->hf_p, *restrict fn = x->hf_n;
+  const IT *restrict kp = x->hk_p, *restrict kn = x->hk_n;
+  for (size_t j = 0; j < cnt; j++) {
+    T cl = cls[j];
+    int same = CLS_SAME(cl);
+    T dz, z = F(pair_zds)(s[j], same, gam, mg, opn, dln, &dz);
+    IT kz;
+    T p = EXPSPLIT(z, &kz);
+    T ti = (same ? fpi : fni) * POW2I(kz - (same ? kpi : kni));
+    T tj = (same ? fp[j] : fn[j]) * POW2I(kz - (same ? kp[j] : kn[j]));
+    T h = dz * p * (ti + tj);
+    s[j] = cl > (T)0.5 ? h : 0;
+  }
+}
+
 /* ---- the lower triangle, tile by tile (self-reference) -----------------
  * S is symmetric, so a self-referenced batch computes only the tiles
  * (I, J), J <= I, of bs x bs. An off-diagonal tile serves both its rows
@@ -640,6 +695,27 @@ __attribute__((noinline)) CIRCLE__HOT static void F(row_sums)(
   *sum_n = q;
 }
 
+/* Merges a tile's row partials (tmp, tmn, tsp, tsn in its scratch zt,
+ * see tile_lse) into the running row states x->rst of rows [lo, hi). */
+CIRCLE__HOT static void F(tile_rows_merge)(const struct F(ctx) *x, size_t lo,
+                                           size_t hi, const T *restrict zt) {
+  const size_t bs = x->bs, n = x->n;
+  const T *restrict tmp = zt + bs * bs, *restrict tmn = tmp + bs,
+                    *restrict tsp = tmn + bs, *restrict tsn = tsp + bs;
+  T *restrict rmp = x->rst, *restrict rsp = rmp + n, *restrict rmn = rsp + n,
+             *restrict rsn = rmn + n;
+  const size_t w = hi - lo;
+  rmp += lo, rsp += lo, rmn += lo, rsn += lo;
+  for (size_t r = 0; r < w; r++) { /* lse_merge, written out to vectorize */
+    T a = rmp[r], b = tmp[r], mx = a > b ? a : b;
+    rsp[r] = rsp[r] * EXPT(a - mx) + tsp[r] * EXPT(b - mx);
+    rmp[r] = mx;
+    a = rmn[r], b = tmn[r], mx = a > b ? a : b;
+    rsn[r] = rsn[r] * EXPT(a - mx) + tsn[r] * EXPT(b - mx);
+    rmn[r] = mx;
+  }
+}
+
 /* One tile's row and column partials. st: the tile, rows [lo, hi) and
  * columns [jlo, jhi), row stride ld. The row partials are merged into the
  * running row states x->rst (4 arrays of n: max_p, sum_p, max_n, sum_n)
@@ -653,7 +729,7 @@ CIRCLE__HOT static void F(tile_lse)(const struct F(ctx) *x, size_t lo,
                                     const T *restrict st, size_t ld,
                                     T *restrict zt, T *restrict col) {
   const T gam = x->k.gam, mg = x->k.mg, opn = x->k.opn, dln = x->k.dln;
-  const size_t w = jhi - jlo, wv = w - w % LANES, bs = x->bs, n = x->n;
+  const size_t w = jhi - jlo, wv = w - w % LANES, bs = x->bs;
   const int32_t *restrict lj = x->lx + jlo;
   T *restrict cmp = col, *restrict csp = col + bs, *restrict cmn = col + 2 * bs,
              *restrict csn = col + 3 * bs;
@@ -661,8 +737,6 @@ CIRCLE__HOT static void F(tile_lse)(const struct F(ctx) *x, size_t lo,
              *restrict tsp = tmn + bs, *restrict tsn = tsp + bs,
              *restrict cbp = tsn + bs, *restrict cbn = cbp + bs,
              *restrict cr = cbn + bs;
-  T *restrict rmp = x->rst, *restrict rsp = rmp + n, *restrict rmn = rsp + n,
-             *restrict rsn = rmn + n;
   /* With remove_diagonal, column i - jlo is the pair (i, i), neither
    * positive nor negative (for i < jlo it wraps past every column). */
   const bool rd = x->rd;
@@ -713,10 +787,7 @@ CIRCLE__HOT static void F(tile_lse)(const struct F(ctx) *x, size_t lo,
       F(tile_e)(z[c], cr[c], cbp[c], cbn[c], &csp[c], &csn[c]);
     F(row_sums)(z, cr, w, bp, bn, &tsp[i - lo], &tsn[i - lo]);
   }
-  for (size_t i = lo; i < hi; i++) {
-    F(lse_merge)(&rmp[i], &rsp[i], tmp[i - lo], tsp[i - lo]);
-    F(lse_merge)(&rmn[i], &rsn[i], tmn[i - lo], tsn[i - lo]);
-  }
+  F(tile_rows_merge)(x, lo, hi, zt);
 }
 
 /* ---- blocks ------------------------------------------------------------ */
@@ -945,13 +1016,16 @@ CIRCLE__HOT static void F(blk_tri_lse)(void *ctx, size_t b, unsigned ith) {
     rmp[i] = rmn[i] = -INFINITY;
     rsp[i] = rsn[i] = 0;
   }
-  T *zt = x->zt + (size_t)ith * (bs * bs + 7 * bs);
+  T *zt = x->zt + (size_t)ith * (bs * bs + 8 * bs);
   /* The diagonal tile's column partials are not needed: a spare slot. */
   T *spare = x->part + (F(tri_slot)(x->nb, 0) + ith) * 4 * bs;
   for (size_t bj = 0; bj <= b; bj++) {
     size_t jlo = bj * bs, jhi = bj == b ? hi : jlo + bs;
     T *col = bj < b ? x->part + F(tri_slot)(b, bj) * 4 * bs : spare;
-    F(tile_lse)(x, lo, hi, jlo, jhi, buf + jlo, ld, zt, col);
+    if (x->v16 && F(tile_lse_v16)(x, lo, hi, jlo, jhi, buf + jlo, ld, zt, col))
+      F(tile_rows_merge)(x, lo, hi, zt);
+    else
+      F(tile_lse)(x, lo, hi, jlo, jhi, buf + jlo, ld, zt, col);
   }
 }
 
@@ -1010,8 +1084,15 @@ static void F(strip_h)(struct F(ctx) *x, size_t b, unsigned ith, T *st,
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n);
   T *cls = x->cls + (size_t)ith * x->wide;
   for (size_t i = lo; i < hi; i++) {
+    if (x->split && x->v16) { /* classes from the labels */
+      F(row_h_v16)(x, i, st + (i - lo) * ld, hi);
+      continue;
+    }
     F(row_classes)(x, i, cls, hi);
-    F(row_h)(x, i, st + (i - lo) * ld, cls, hi);
+    if (x->split)
+      F(row_h_split)(x, i, st + (i - lo) * ld, cls, hi);
+    else
+      F(row_h)(x, i, st + (i - lo) * ld, cls, hi);
   }
 }
 

@@ -32,6 +32,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "circle/circle.h"
@@ -75,6 +76,7 @@ typedef struct loop {
 
 struct circle_engine {
   circle_engine_opts opts;
+  bool c_loops; /* CIRCLE_KERNELS=c: no hand-written SIMD kernels */
   pthread_t *threads;
   unsigned nthreads;
   pthread_t lane;   /* the short lane's thread */
@@ -252,6 +254,8 @@ int circle_engine_init(circle_engine **out, const circle_engine_opts *opts) {
   circle_engine *e = calloc(1, sizeof *e);
   if (e == NULL) return CIRCLE_ENOMEM;
   e->opts = o;
+  const char *kern = getenv("CIRCLE_KERNELS");
+  e->c_loops = kern != NULL && strcmp(kern, "c") == 0;
   e->threads = calloc(o.threads, sizeof *e->threads);
   if (e->threads == NULL) {
     free(e);
@@ -409,3 +413,5 @@ void circle__scratch_give(circle_engine *e, void *p, size_t bytes) {
 const circle_engine_opts *circle__engine_opts(const circle_engine *e) {
   return &e->opts;
 }
+
+bool circle__engine_simd(const circle_engine *e) { return !e->c_loops; }

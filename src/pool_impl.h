@@ -50,5 +50,9 @@ double circle__row_norm2(const void *p, size_t r, size_t d, circle_dtype dt);
 
 /* The options the engine was created with, defaults resolved. */
 const circle_engine_opts *circle__engine_opts(const circle_engine *engine);
+/* False when the environment held CIRCLE_KERNELS=c at circle_engine_init:
+ * the engine then runs its compiler-vectorized C loops even where a
+ * hand-written SIMD kernel applies (tests and benchmarks compare both). */
+bool circle__engine_simd(const circle_engine *engine);
 
 #endif /* CIRCLE_POOL_IMPL_H */

@@ -547,12 +547,12 @@ END_TEST
  * computes each similarity and the order of the dR sums, so they may change
  * the last bits (only the thread count is promised bitwise). They must still
  * agree within the golden tolerances. */
-static void expect_agree(const char *what, const result *a, const result *b) {
+static void expect_agree_within(const char *what, const result *a,
+                                const result *b, double tol) {
   ck_assert_int_eq(a->rc, CIRCLE_OK);
   ck_assert_int_eq(b->rc, CIRCLE_OK);
   unsigned w = a->out.want;
   circle_dtype dt = a->esz == 4 ? CIRCLE_DTYPE_FLOAT32 : CIRCLE_DTYPE_FLOAT64;
-  double tol = dt == CIRCLE_DTYPE_FLOAT32 ? TOL_F32 : TOL_F64;
   size_t counts[4] = {a->n, a->n, a->n * a->d, a->m * a->d};
   const void *ga[4] = {a->out.loss_values, a->out.per_sample, a->out.grad,
                        a->out.ref_grad};
@@ -572,6 +572,10 @@ static void expect_agree(const char *what, const result *a, const result *b) {
     expect_close(what, names[k], ga[k], dt, want, counts[k], tol);
     free(want);
   }
+}
+
+static void expect_agree(const char *what, const result *a, const result *b) {
+  expect_agree_within(what, a, b, a->esz == 4 ? TOL_F32 : TOL_F64);
 }
 
 START_TEST(loss_should_agree_for_any_block_size) {
@@ -665,6 +669,53 @@ START_TEST(loss_should_stream_a_strip_in_several_products) {
   result_free(&r2);
   result_free(&r3);
   problem_free(&p);
+}
+END_TEST
+
+/* On CPUs with AVX-512 a self-referenced float32 batch runs hand-written
+ * kernels for the lower triangle's log-sum-exps and the gradient weights
+ * (one polynomial per pair, exponents split off in the bits); with
+ * CIRCLE_KERNELS=c the engine runs the compiler-vectorized C loops. Same
+ * formulas, other roundings and row-sum order: they must agree within 1e-5
+ * of each output's largest magnitude, ten times tighter than the golden
+ * tolerance. Cases: default gamma (both kernels), gamma 1024 (lse past the
+ * kernels' range: both fall back to the C loops, tile by tile), rows not a
+ * multiple of 16 (masked tails), materialized and streamed. Elsewhere both
+ * runs take the C loops and agree trivially. */
+static void run_c_loops(problem *p, unsigned threads, size_t block_rows,
+                        size_t materialize_bytes, result *r) {
+  ck_assert_int_eq(setenv("CIRCLE_KERNELS", "c", 1), 0);
+  run_with(p, threads, block_rows, materialize_bytes, r);
+  ck_assert_int_eq(unsetenv("CIRCLE_KERNELS"), 0);
+}
+
+START_TEST(loss_should_agree_with_the_c_loops) {
+  static const struct {
+    double gamma;
+    size_t n, bs, mat;
+    bool normalize;
+  } cases[] = {{80, 1003, 0, 0, false},  {80, 1003, 0, 1, false},
+               {80, 517, 48, 0, true},   {256, 700, 0, 1, true},
+               {1024, 421, 0, 0, false}, {1024, 421, 0, 1, false}};
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    problem p;
+    problem_init(&p, 0x5160ull + k, CIRCLE_DTYPE_FLOAT32, cases[k].n, 0, 37,
+                 29, true, cases[k].normalize ? 0.3 : 1.0,
+                 cases[k].normalize ? 3.0 : 1.0);
+    p.y[3] = 999999; /* a singleton: no positives */
+    p.cfg.gamma = cases[k].gamma;
+    p.cfg.normalize = cases[k].normalize;
+    result simd, c;
+    run_with(&p, 2, cases[k].bs, cases[k].mat, &simd);
+    run_c_loops(&p, 2, cases[k].bs, cases[k].mat, &c);
+    char what[96];
+    snprintf(what, sizeof what, "gamma %g, %zu rows, %s: SIMD vs C loops",
+             cases[k].gamma, cases[k].n, cases[k].mat ? "streamed" : "materialized");
+    expect_agree_within(what, &simd, &c, 1e-5);
+    result_free(&simd);
+    result_free(&c);
+    problem_free(&p);
+  }
 }
 END_TEST
 
@@ -1644,6 +1695,7 @@ static Suite *loss_suite(void) {
                       0, 2);
   tcase_add_loop_test(num, loss_should_stream_a_strip_in_several_products, 0,
                       2);
+  tcase_add_test(num, loss_should_agree_with_the_c_loops);
   tcase_add_test(num, loss_should_flush_the_same_rows_on_any_thread_count);
   tcase_add_test(num, loss_should_stay_finite_at_large_gamma);
   tcase_add_test(num, loss_should_stay_finite_when_rows_have_no_pairs);
