@@ -4,6 +4,7 @@
  * Before including, loss.c defines:
  *   T       the element type            F(name)  name with a type suffix
  *   GEMM    cblas_sgemm / cblas_dgemm   EXPT     exp for T (vectorizable)
+ *   SYRK    cblas_ssyrk / cblas_dsyrk
  *   LOG1PT, LOGT, EXPLIB  libm functions for T (per row, not per pair)
  *   TMIN    the smallest normal T (FLT_MIN / DBL_MIN)
  *
@@ -1003,14 +1004,11 @@ static T *F(tri_strip)(struct F(ctx) *x, size_t b, unsigned ith, size_t *ld) {
   return buf;
 }
 
-/* Self-reference, lower triangle, pass 1 for row block b: its strip, then
- * tile_lse over tiles J = 0..b. */
-CIRCLE__HOT static void F(blk_tri_lse)(void *ctx, size_t b, unsigned ith) {
-  struct F(ctx) *x = ctx;
-  b = x->nb - 1 - b; /* largest strips first */
+/* Self-reference, lower triangle, pass 1 over the strip of row block b at
+ * buf (row stride ld): tile_lse over tiles J = 0..b. */
+static void F(strip_lse)(struct F(ctx) *x, size_t b, unsigned ith, T *buf,
+                         size_t ld) {
   size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n), bs = x->bs;
-  size_t ld;
-  T *buf = F(tri_strip)(x, b, ith, &ld);
   T *rmp = x->rst, *rsp = rmp + x->n, *rmn = rsp + x->n, *rsn = rmn + x->n;
   for (size_t i = lo; i < hi; i++) {
     rmp[i] = rmn[i] = -INFINITY;
@@ -1027,6 +1025,44 @@ CIRCLE__HOT static void F(blk_tri_lse)(void *ctx, size_t b, unsigned ith) {
     else
       F(tile_lse)(x, lo, hi, jlo, jhi, buf + jlo, ld, zt, col);
   }
+}
+
+/* Streamed self-reference, pass 1 for row block b: its strip, then
+ * strip_lse. */
+CIRCLE__HOT static void F(blk_tri_lse)(void *ctx, size_t b, unsigned ith) {
+  struct F(ctx) *x = ctx;
+  b = x->nb - 1 - b; /* largest strips first */
+  size_t ld;
+  T *buf = F(tri_strip)(x, b, ith, &ld);
+  F(strip_lse)(x, b, ith, buf, ld);
+}
+
+/* Materialized self-reference, pass 1 for chunk c (x->cb blocks, rows
+ * [lo, hi)): the chunk's strips in two products, S[c, 0:lo) by a gemm and
+ * the lower triangle of S[c, c] by a syrk (half the flops of the square;
+ * the square's upper part stays unwritten, no strip reads it), each
+ * diagonal tile mirrored from its lower half; then strip_lse for each
+ * block. The chunks depend on n alone. */
+CIRCLE__HOT static void F(blk_tri_lse_chunk)(void *ctx, size_t c,
+                                             unsigned ith) {
+  struct F(ctx) *x = ctx;
+  size_t nc = (x->nb + x->cb - 1) / x->cb;
+  c = nc - 1 - c; /* largest chunks first */
+  size_t bs = x->bs, b0 = c * x->cb, b1 = b0 + x->cb < x->nb ? b0 + x->cb : x->nb;
+  size_t lo = b0 * bs, hi = F(block_end)(x, b1 - 1, x->n), ld = x->ld;
+  T *S = x->S;
+  if (lo > 0)
+    GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), (int)lo,
+         (int)x->d, 1, x->X + lo * x->d, (int)x->d, x->X, (int)x->d, 0,
+         S + lo * ld, (int)ld);
+  SYRK(CblasRowMajor, CblasLower, CblasNoTrans, (int)(hi - lo), (int)x->d, 1,
+       x->X + lo * x->d, (int)x->d, 0, S + lo * ld + lo, (int)ld);
+  for (size_t b = b0; b < b1; b++) {
+    size_t tlo = b * bs, thi = F(block_end)(x, b, x->n);
+    for (size_t i = tlo; i < thi; i++)
+      for (size_t j = i + 1; j < thi; j++) S[i * ld + j] = S[j * ld + i];
+  }
+  for (size_t b = b1; b-- > b0;) F(strip_lse)(x, b, ith, S + b * bs * ld, ld);
 }
 
 /* Self-reference, lower triangle: rows of block b merge the column
@@ -1104,18 +1140,35 @@ static void F(blk_tri_h)(void *ctx, size_t b, unsigned ith) {
   F(strip_h)(x, b, ith, x->S + b * x->bs * x->ld, x->ld);
 }
 
-/* Materialized self-reference: dX for block b from the lower triangle of
- * the symmetric H: dX_b = H[b, 0:hi) X[0:hi) + H[hi:n, b]^T X[hi:n). */
-static void F(blk_tri_dx)(void *ctx, size_t b, unsigned ith) {
+/* Materialized self-reference: dX for chunk c (x->cb blocks, rows
+ * [lo, hi)) from the lower triangle of the symmetric H: the chunk's own
+ * square above its diagonal tiles is filled from below it (memory no strip
+ * uses), then dX_c = H[c, 0:hi) X[0:hi) + H[hi:n, c]^T X[hi:n): two
+ * products with chunk-sized M, so X is packed once a chunk, not once a
+ * block. The chunks depend on n alone, as the blocks do. */
+static void F(blk_tri_dx)(void *ctx, size_t c, unsigned ith) {
   struct F(ctx) *x = ctx;
-  size_t lo = b * x->bs, hi = F(block_end)(x, b, x->n), d = x->d;
+  size_t bs = x->bs, b0 = c * x->cb, b1 = b0 + x->cb < x->nb ? b0 + x->cb : x->nb;
+  size_t lo = b0 * bs, hi = F(block_end)(x, b1 - 1, x->n), d = x->d, ld = x->ld;
+  T *restrict S = x->S;
+  enum { TB = 32 }; /* transposed in TB x TB squares */
+  for (size_t b = b0; b + 1 < b1; b++) {
+    size_t ilo = b * bs, ihi = ilo + bs;
+    for (size_t j0 = ihi; j0 < hi; j0 += TB)
+      for (size_t i0 = ilo; i0 < ihi; i0 += TB) {
+        size_t j1 = j0 + TB < hi ? j0 + TB : hi;
+        size_t i1 = i0 + TB < ihi ? i0 + TB : ihi;
+        for (size_t i = i0; i < i1; i++)
+          for (size_t j = j0; j < j1; j++) S[i * ld + j] = S[j * ld + i];
+      }
+  }
   GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), (int)d,
-       (int)hi, 1, x->S + lo * x->ld, (int)x->ld, x->X, (int)d, 0,
-       x->dX + lo * d, (int)d);
+       (int)hi, 1, S + lo * ld, (int)ld, x->X, (int)d, 0, x->dX + lo * d,
+       (int)d);
   if (hi < x->n)
     GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(hi - lo), (int)d,
-         (int)(x->n - hi), 1, x->S + hi * x->ld + lo, (int)x->ld,
-         x->X + hi * d, (int)d, 1, x->dX + lo * d, (int)d);
+         (int)(x->n - hi), 1, S + hi * ld + lo, (int)ld, x->X + hi * d,
+         (int)d, 1, x->dX + lo * d, (int)d);
 }
 
 /* Streamed self-reference, pass 2 for row block b: the strip again, H on

@@ -1,5 +1,6 @@
 /* test_blas.c -- the choice of OpenBLAS kernels (src/blas.c): the table
- * that picks a core type for a generic core, and that a core type the user
+ * that picks a core type for a generic core or for AVX2 kernels on an
+ * AVX-512 CPU, and that a core type the user
  * chose is never overridden by a re-exec. tests/py/test_blas_kernel.py
  * runs circled itself under each case.
  */
@@ -17,10 +18,25 @@ START_TEST(loss_should_pick_the_blas_coretype_from_the_table) {
   ck_assert_str_eq(circle_blas_pick_coretype("Prescott", false, true),
                    "Haswell");
   ck_assert_ptr_null(circle_blas_pick_coretype("Prescott", false, false));
-  ck_assert_ptr_null(circle_blas_pick_coretype("Zen", true, true));
+  /* AVX2 kernels on an AVX-512 CPU (Zen 4 and Zen 5 under 0.3.21). */
+  ck_assert_str_eq(circle_blas_pick_coretype("Zen", true, true), "SkylakeX");
+  ck_assert_str_eq(circle_blas_pick_coretype("Haswell", true, true),
+                   "SkylakeX");
+  ck_assert_str_eq(circle_blas_pick_coretype("haswell", true, true),
+                   "SkylakeX");
+  ck_assert_str_eq(circle_blas_pick_coretype("Sandybridge", true, true),
+                   "SkylakeX");
+  ck_assert_str_eq(circle_blas_pick_coretype("Sandybridge", false, true),
+                   "Haswell");
+  ck_assert_ptr_null(circle_blas_pick_coretype("Sandybridge", false, false));
+  ck_assert_ptr_null(circle_blas_pick_coretype("Zen", false, true));
   ck_assert_ptr_null(circle_blas_pick_coretype("Zen", false, false));
-  ck_assert_ptr_null(circle_blas_pick_coretype("SkylakeX", true, true));
   ck_assert_ptr_null(circle_blas_pick_coretype("Haswell", false, true));
+  /* AVX-512 kernels, and ones this table does not know, stay. */
+  ck_assert_ptr_null(circle_blas_pick_coretype("SkylakeX", true, true));
+  ck_assert_ptr_null(circle_blas_pick_coretype("Cooperlake", true, true));
+  ck_assert_ptr_null(circle_blas_pick_coretype("SapphireRapids", true, true));
+  ck_assert_ptr_null(circle_blas_pick_coretype("Neoverse", true, true));
   ck_assert_ptr_null(circle_blas_pick_coretype(NULL, true, true));
   ck_assert_ptr_null(circle_blas_pick_coretype("", true, true));
   static const char *const generic[] = {

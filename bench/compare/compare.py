@@ -74,7 +74,8 @@ def blas_coretype(lib_path):
                 flags = set(line.split(":", 1)[1].split())
                 break
     pick = lib.circle_blas_pick_coretype(lib.circle_blas_corename(),
-                                         "avx512f" in flags, "avx2" in flags)
+                                         {"avx512f", "avx512vl", "avx512bw",
+                                          "avx512dq"} <= flags, "avx2" in flags)
     return pick.decode() if pick else None
 
 

@@ -371,10 +371,14 @@ CIRCLE_API size_t circle_engine_queue_capacity(const circle_engine *engine);
 /* ------------------------------------------------------------------------ */
 
 /* The OpenBLAS core type to force for a detected core name, or NULL to keep
- * it: a generic core ("Prescott", "Core2", "Nehalem", "Atom", "Katmai",
- * "Banias", "Northwood", "Dunnington", "Penryn", "Barcelona", "Opteron")
- * on a CPU with AVX-512F gets "SkylakeX", with AVX2 "Haswell". Pure. */
-CIRCLE_API const char *circle_blas_pick_coretype(const char *corename, bool has_avx512f,
+ * it. has_avx512: the CPU runs AVX-512 F, VL, BW and DQ (what OpenBLAS'
+ * SkylakeX kernels need). A generic core ("Prescott", "Core2", "Nehalem",
+ * "Atom", "Katmai", "Banias", "Northwood", "Dunnington", "Penryn",
+ * "Barcelona", "Opteron") gets "SkylakeX" on an AVX-512 CPU, "Haswell" on
+ * an AVX2 one; an AVX or AVX2 core ("Sandybridge", "Haswell", "Zen") gets
+ * "SkylakeX" on an AVX-512 CPU, and "Sandybridge" gets "Haswell" on an AVX2
+ * one. Pure. */
+CIRCLE_API const char *circle_blas_pick_coretype(const char *corename, bool has_avx512,
                                       bool has_avx2);
 /* OpenBLAS' name for the kernels it loaded ("SkylakeX"), or "unknown". */
 CIRCLE_API const char *circle_blas_corename(void);

@@ -1,7 +1,7 @@
 """OpenBLAS kernel selection end to end: when OpenBLAS reports a generic core
-on a CPU with AVX2 or AVX-512, circled re-executes itself with
-OPENBLAS_CORETYPE set and logs the kernel it ends up with; a core chosen by
-the user is never overridden. CIRCLE_TEST_CORENAME stands in for the
+on a CPU with AVX2 or AVX-512, or its AVX2 kernels on an AVX-512 CPU,
+circled re-executes itself with OPENBLAS_CORETYPE set and logs the kernel it
+ends up with; a core chosen by the user is never overridden. CIRCLE_TEST_CORENAME stands in for the
 detected core (this machine's OpenBLAS may already know its CPU)."""
 import os
 import re
@@ -43,9 +43,12 @@ def start_log(extra_env, drop=("OPENBLAS_CORETYPE", "CIRCLE_BLAS_REEXEC")):
     return "".join(lines)
 
 
+AVX512 = {"avx512f", "avx512vl", "avx512bw", "avx512dq"}
+
+
 def test_blas_should_reexec_with_fast_kernels_on_a_generic_core():
     flags = cpu_flags()
-    want = "SkylakeX" if "avx512f" in flags else "Haswell" if "avx2" in flags else None
+    want = "SkylakeX" if AVX512 <= flags else "Haswell" if "avx2" in flags else None
     log = start_log({"CIRCLE_TEST_CORENAME": "Prescott"})
     if want is None:
         assert "re-executing" not in log
@@ -61,9 +64,21 @@ def test_blas_should_respect_a_core_the_user_chose():
     assert re.search(r"OpenBLAS core Prescott\b", log), log
 
 
-def test_blas_should_keep_a_known_core():
-    # A core OpenBLAS has kernels for stands in for the detected one: this
-    # machine's own OpenBLAS may take its CPU for a generic core.
-    log = start_log({"CIRCLE_TEST_CORENAME": "Haswell"})
+def test_blas_should_reexec_with_avx512_kernels_where_it_chose_avx2_ones():
+    flags = cpu_flags()
+    log = start_log({"CIRCLE_TEST_CORENAME": "Zen"})
+    if not AVX512 <= flags:
+        assert "re-executing" not in log, log
+        return
+    assert "re-executing with OPENBLAS_CORETYPE=SkylakeX" in log, log
+    assert re.search(r"OpenBLAS core SkylakeX\b", log), log
+
+
+def test_blas_should_keep_the_best_core():
+    # The best core this CPU runs stands in for the detected one: this
+    # machine's own OpenBLAS may take its CPU for an older one.
+    flags = cpu_flags()
+    best = "SkylakeX" if AVX512 <= flags else "Haswell"
+    log = start_log({"CIRCLE_TEST_CORENAME": best})
     assert "re-executing" not in log, log
     assert re.search(r"OpenBLAS core \w+", log), log
