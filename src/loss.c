@@ -241,97 +241,105 @@ DEFINE_CTX(double, d, int64_t)
 #ifndef PF_ROWS
 #define PF_ROWS 2
 #endif
+/* The side's constants of row_h_v16, broadcast once a row. */
+struct h16 {
+  __m512 one, zero, gam, mg, opn, dln, ngam, g2, ng2, pt5, m1, mhalf, log2e,
+      shift, c1, c2, q7, q6, q5, q4, q3, fpi, fni;
+  __m512i b127, lo, kpi, kni, li;
+};
+
+/* 16 pairs of row_h_v16 at column j; full: all 16 are in the row (plain
+ * loads and stores), else the lanes of t. */
+__attribute__((target("avx512f"), always_inline)) static inline void h_chunk(
+    const struct h16 *c_, const struct ctx_f *x, float *restrict s, size_t j,
+    bool full, __mmask16 t) {
+  const struct h16 k = *c_;
+#define LD_PS(p) (full ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(t, p))
+#define LD_EPI(p) (full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi32(t, p))
+  __m512 sv = LD_PS(s + j);
+  /* 4 KiB ahead (past the row's end: the next row's start, which comes
+   * next): the hardware prefetcher alone leaves the pass waiting on
+   * memory once the strips outgrow the caches (N = 4096: 12.3 -> 7.7 ms
+   * on a Zen 5) */
+  _mm_prefetch((const char *)(s + j + 1024), _MM_HINT_T0);
+  __mmask16 same = _mm512_cmpeq_epi32_mask(LD_EPI(x->lx + j), k.li);
+  __m512 om = _mm512_sub_ps(k.one, sv);
+  __m512 c = _mm512_max_ps(om, k.zero);
+  __mmask16 gt = _mm512_cmp_ps_mask(om, k.zero, _CMP_GT_OQ);
+  __mmask16 eq = _mm512_cmp_ps_mask(om, k.zero, _CMP_EQ_OQ);
+  __m512 dcds = _mm512_mask_mov_ps(_mm512_maskz_mov_ps(gt, k.m1), eq, k.mhalf);
+  /* the side's constants: w = A + B c, z = (G max(w, 0)) (Q - c),
+   * dz/dc = K (U + B c) where w > 0 */
+  __m512 A = _mm512_mask_blend_ps(same, k.opn, k.mg);
+  __m512 B = _mm512_mask_blend_ps(same, k.m1, k.one);
+  __m512 G = _mm512_mask_blend_ps(same, k.gam, k.ngam);
+  __m512 Q = _mm512_mask_blend_ps(same, k.dln, k.mg);
+  __m512 K = _mm512_mask_blend_ps(same, k.ng2, k.g2);
+  __m512 U = _mm512_maskz_mov_ps((__mmask16)~same, k.one);
+  __m512 w = _mm512_fmadd_ps(B, c, A);
+  __mmask16 act = _mm512_cmp_ps_mask(w, k.zero, _CMP_GT_OQ);
+  __m512 z = _mm512_mul_ps(_mm512_mul_ps(G, _mm512_max_ps(w, k.zero)),
+                           _mm512_sub_ps(Q, c));
+  __m512 dz = _mm512_maskz_mul_ps(act, K, _mm512_fmadd_ps(B, c, U));
+  dz = _mm512_mul_ps(dz, dcds);
+  /* e^z = p 2^kz */
+  __m512 tt = _mm512_fmadd_ps(z, k.log2e, k.shift);
+  __m512 kd = _mm512_sub_ps(tt, k.shift);
+  __m512i kz = _mm512_sub_epi32(_mm512_castps_si512(tt),
+                                _mm512_castps_si512(k.shift));
+  __m512 r = _mm512_fnmadd_ps(kd, k.c1, z);
+  r = _mm512_fnmadd_ps(kd, k.c2, r);
+  __m512 p = _mm512_fmadd_ps(k.q7, r, k.q6);
+  p = _mm512_fmadd_ps(p, r, k.q5);
+  p = _mm512_fmadd_ps(p, r, k.q4);
+  p = _mm512_fmadd_ps(p, r, k.q3);
+  p = _mm512_fmadd_ps(p, r, k.pt5);
+  p = _mm512_fmadd_ps(p, r, k.one);
+  p = _mm512_fmadd_ps(p, r, k.one);
+  /* the row's and the column's factors and scales */
+  __m512i ei = _mm512_sub_epi32(kz, _mm512_mask_blend_epi32(same, k.kni, k.kpi));
+  __m512i kj = _mm512_mask_blend_epi32(same, LD_EPI(x->hk_n + j),
+                                       LD_EPI(x->hk_p + j));
+  __m512i ej = _mm512_sub_epi32(kz, kj);
+  __mmask16 oki = _mm512_cmpgt_epi32_mask(ei, k.lo);
+  __mmask16 okj = _mm512_cmpgt_epi32_mask(ej, k.lo);
+  __m512 si = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ei, k.b127), 23));
+  __m512 sj = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ej, k.b127), 23));
+  __m512 fj = _mm512_mask_blend_ps(same, LD_PS(x->hf_n + j), LD_PS(x->hf_p + j));
+  __m512 ti = _mm512_maskz_mul_ps(oki, _mm512_mask_blend_ps(same, k.fni, k.fpi), si);
+  __m512 tj = _mm512_maskz_mul_ps(okj, fj, sj);
+  __m512 h = _mm512_mul_ps(_mm512_mul_ps(dz, p), _mm512_add_ps(ti, tj));
+  if (full)
+    _mm512_storeu_ps(s + j, h);
+  else
+    _mm512_mask_storeu_ps(s + j, t, h);
+#undef LD_PS
+#undef LD_EPI
+}
+
 __attribute__((target("avx512f"))) static void row_h_v16(
     const struct ctx_f *x, size_t i, float *restrict s, size_t cnt) {
-  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
-  const __m512 gam = _mm512_set1_ps(x->k.gam), mg = _mm512_set1_ps(x->k.mg);
-  const __m512 opn = _mm512_set1_ps(x->k.opn), dln = _mm512_set1_ps(x->k.dln);
-  const __m512 ngam = _mm512_set1_ps(-x->k.gam);
-  const __m512 g2 = _mm512_set1_ps(2.0f * x->k.gam),
-               ng2 = _mm512_set1_ps(-2.0f * x->k.gam);
-  const __m512 pt5 = _mm512_set1_ps(0.5f);
-  const __m512 m1 = _mm512_set1_ps(-1.0f), mhalf = _mm512_set1_ps(-0.5f);
-  const __m512 log2e = _mm512_set1_ps(1.44269504f),
-               shift = _mm512_set1_ps(0x1.8p23f);
-  const __m512 c1 = _mm512_set1_ps(0.693359375f),
-               c2 = _mm512_set1_ps(-2.12194440e-4f);
-  const __m512 q7 = _mm512_set1_ps(1.0f / 5040.0f),
-               q6 = _mm512_set1_ps(1.0f / 720.0f),
-               q5 = _mm512_set1_ps(1.0f / 120.0f),
-               q4 = _mm512_set1_ps(1.0f / 24.0f),
-               q3 = _mm512_set1_ps(1.0f / 6.0f);
-  const __m512i b127 = _mm512_set1_epi32(127), lo = _mm512_set1_epi32(-127);
-  const __m512 fpi = _mm512_set1_ps(x->hf_p[i]), fni = _mm512_set1_ps(x->hf_n[i]);
-  const __m512i kpi = _mm512_set1_epi32(x->hk_p[i]),
-                kni = _mm512_set1_epi32(x->hk_n[i]);
-  const float *fp = x->hf_p, *fn = x->hf_n;
-  const int32_t *kp = x->hk_p, *kn = x->hk_n;
-  const int32_t *lx = x->lx;
-  const __m512i li = _mm512_set1_epi32(lx[i]);
+  struct h16 k = {
+      .one = _mm512_set1_ps(1.0f), .zero = _mm512_setzero_ps(),
+      .gam = _mm512_set1_ps(x->k.gam), .mg = _mm512_set1_ps(x->k.mg),
+      .opn = _mm512_set1_ps(x->k.opn), .dln = _mm512_set1_ps(x->k.dln),
+      .ngam = _mm512_set1_ps(-x->k.gam), .g2 = _mm512_set1_ps(2.0f * x->k.gam),
+      .ng2 = _mm512_set1_ps(-2.0f * x->k.gam), .pt5 = _mm512_set1_ps(0.5f),
+      .m1 = _mm512_set1_ps(-1.0f), .mhalf = _mm512_set1_ps(-0.5f),
+      .log2e = _mm512_set1_ps(1.44269504f), .shift = _mm512_set1_ps(0x1.8p23f),
+      .c1 = _mm512_set1_ps(0.693359375f), .c2 = _mm512_set1_ps(-2.12194440e-4f),
+      .q7 = _mm512_set1_ps(1.0f / 5040.0f), .q6 = _mm512_set1_ps(1.0f / 720.0f),
+      .q5 = _mm512_set1_ps(1.0f / 120.0f), .q4 = _mm512_set1_ps(1.0f / 24.0f),
+      .q3 = _mm512_set1_ps(1.0f / 6.0f), .fpi = _mm512_set1_ps(x->hf_p[i]),
+      .fni = _mm512_set1_ps(x->hf_n[i]), .b127 = _mm512_set1_epi32(127),
+      .lo = _mm512_set1_epi32(-127), .kpi = _mm512_set1_epi32(x->hk_p[i]),
+      .kni = _mm512_set1_epi32(x->hk_n[i]), .li = _mm512_set1_epi32(x->lx[i])};
+  size_t j = 0;
+  for (; j + 16 <= cnt; j += 16) h_chunk(&k, x, s, j, true, 0xffff);
+  if (j < cnt)
+    h_chunk(&k, x, s, j, false, (__mmask16)((1u << (cnt - j)) - 1));
   /* with remove_diagonal (i, i) is neither positive nor negative */
-  const size_t self_j = x->rd ? i : (size_t)-1;
-  for (size_t j = 0; j < cnt; j += 16) {
-    __mmask16 t = cnt - j >= 16 ? (__mmask16)0xffff
-                                : (__mmask16)((1u << (cnt - j)) - 1);
-    __m512 sv = _mm512_maskz_loadu_ps(t, s + j);
-    /* 4 KiB ahead (past the row's end: the next row's start, which comes
-     * next): the hardware prefetcher alone leaves the pass waiting on
-     * memory once the strips outgrow the caches (N = 4096: 12.3 -> 7.7 ms
-     * on a Zen 5) */
-    _mm_prefetch((const char *)(s + j + 1024), _MM_HINT_T0);
-    __mmask16 same =
-        _mm512_mask_cmpeq_epi32_mask(t, _mm512_maskz_loadu_epi32(t, lx + j), li);
-    __mmask16 self = self_j - j < 16 ? (__mmask16)(1u << (self_j - j)) : 0;
-    __mmask16 valid = t & (__mmask16)~(same & self);
-    __m512 om = _mm512_sub_ps(one, sv);
-    __m512 c = _mm512_max_ps(om, zero);
-    __mmask16 gt = _mm512_cmp_ps_mask(om, zero, _CMP_GT_OQ);
-    __mmask16 eq = _mm512_cmp_ps_mask(om, zero, _CMP_EQ_OQ);
-    __m512 dcds = _mm512_mask_mov_ps(_mm512_maskz_mov_ps(gt, m1), eq, mhalf);
-    /* the side's constants: w = A + B c, z = (G max(w, 0)) (Q - c),
-     * dz/dc = K (U + B c) where w > 0 */
-    __m512 A = _mm512_mask_blend_ps(same, opn, mg);
-    __m512 B = _mm512_mask_blend_ps(same, m1, one);
-    __m512 G = _mm512_mask_blend_ps(same, gam, ngam);
-    __m512 Q = _mm512_mask_blend_ps(same, dln, mg);
-    __m512 K = _mm512_mask_blend_ps(same, ng2, g2);
-    __m512 U = _mm512_maskz_mov_ps((__mmask16)~same, one);
-    __m512 w = _mm512_fmadd_ps(B, c, A);
-    __mmask16 act = _mm512_cmp_ps_mask(w, zero, _CMP_GT_OQ);
-    __m512 z = _mm512_mul_ps(_mm512_mul_ps(G, _mm512_max_ps(w, zero)),
-                             _mm512_sub_ps(Q, c));
-    __m512 dz = _mm512_maskz_mul_ps(act, K, _mm512_fmadd_ps(B, c, U));
-    dz = _mm512_mul_ps(dz, dcds);
-    /* e^z = p 2^kz */
-    __m512 tt = _mm512_fmadd_ps(z, log2e, shift);
-    __m512 kd = _mm512_sub_ps(tt, shift);
-    __m512i kz = _mm512_sub_epi32(_mm512_castps_si512(tt),
-                                  _mm512_castps_si512(shift));
-    __m512 r = _mm512_fnmadd_ps(kd, c1, z);
-    r = _mm512_fnmadd_ps(kd, c2, r);
-    __m512 p = _mm512_fmadd_ps(q7, r, q6);
-    p = _mm512_fmadd_ps(p, r, q5);
-    p = _mm512_fmadd_ps(p, r, q4);
-    p = _mm512_fmadd_ps(p, r, q3);
-    p = _mm512_fmadd_ps(p, r, pt5);
-    p = _mm512_fmadd_ps(p, r, one);
-    p = _mm512_fmadd_ps(p, r, one);
-    /* the row's and the column's factors and scales */
-    __m512i ei = _mm512_sub_epi32(kz, _mm512_mask_blend_epi32(same, kni, kpi));
-    __m512i kj = _mm512_mask_blend_epi32(
-        same, _mm512_maskz_loadu_epi32(t, kn + j), _mm512_maskz_loadu_epi32(t, kp + j));
-    __m512i ej = _mm512_sub_epi32(kz, kj);
-    __mmask16 oki = _mm512_cmpgt_epi32_mask(ei, lo);
-    __mmask16 okj = _mm512_cmpgt_epi32_mask(ej, lo);
-    __m512 si = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ei, b127), 23));
-    __m512 sj = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ej, b127), 23));
-    __m512 fj = _mm512_mask_blend_ps(same, _mm512_maskz_loadu_ps(t, fn + j),
-                                     _mm512_maskz_loadu_ps(t, fp + j));
-    __m512 ti = _mm512_maskz_mul_ps(oki, _mm512_mask_blend_ps(same, fni, fpi), si);
-    __m512 tj = _mm512_maskz_mul_ps(okj, fj, sj);
-    __m512 h = _mm512_mul_ps(_mm512_mul_ps(dz, p), _mm512_add_ps(ti, tj));
-    _mm512_mask_storeu_ps(s + j, t, _mm512_maskz_mov_ps(valid, h));
-  }
+  if (x->rd && i < cnt) s[i] = 0;
 }
 
 /* z of 16 pairs at similarities sv, positive side where same (pair_z with
@@ -389,11 +397,105 @@ __attribute__((target("avx512f"))) static inline __m512 scale_v16(
  * the row partials in the scratch's tmp, tmn, tsp, tsn for tile_rows_merge.
  * Returns false, having computed nothing that counts, when a maximum or
  * gamma m^2 is past SPLIT_MAX: the caller then runs tile_lse. */
+/* The lanes of chunk c0 that are pairs, and of those the positives
+ * (same label, (i, i) removed where diag says the self pair may be here)
+ * and the negatives. */
+__attribute__((target("avx512f"), always_inline)) static inline __mmask16
+pair_sides(const int32_t *restrict lj, __m512i li, size_t self_c, size_t c0,
+           bool full, bool diag, __mmask16 t, __mmask16 *pos, __mmask16 *neg) {
+  __m512i lab = full ? _mm512_loadu_si512(lj + c0)
+                     : _mm512_maskz_loadu_epi32(t, lj + c0);
+  __mmask16 same = full ? _mm512_cmpeq_epi32_mask(lab, li)
+                        : _mm512_mask_cmpeq_epi32_mask(t, lab, li);
+  __mmask16 self = diag && self_c - c0 < 16 ? (__mmask16)(1u << (self_c - c0)) : 0;
+  *pos = same & (__mmask16)~self;
+  *neg = (full ? (__mmask16)0xffff : t) & (__mmask16)~same;
+  return same;
+}
+
+/* Sweep 1 of tile_lse_v16 on chunk c0 of a row: z stored, the row's
+ * maxima in mp, mn, the columns' in cmp, cmn. */
+__attribute__((target("avx512f"), always_inline)) static inline void lse_sweep1(
+    const struct ctx_f *x, const float *restrict s, float *restrict z,
+    const int32_t *restrict lj, __m512i li, size_t self_c, size_t c0,
+    bool full, bool diag, __mmask16 t, __m512 *mp, __m512 *mn,
+    float *restrict cmp, float *restrict cmn) {
+  __mmask16 pos, neg;
+  __mmask16 same = pair_sides(lj, li, self_c, c0, full, diag, t, &pos, &neg);
+  __m512 sv = full ? _mm512_loadu_ps(s + c0) : _mm512_maskz_loadu_ps(t, s + c0);
+  __m512 zv = pair_z_v16(x, sv, same);
+  __m512 cp = full ? _mm512_loadu_ps(cmp + c0) : _mm512_maskz_loadu_ps(t, cmp + c0);
+  __m512 cn = full ? _mm512_loadu_ps(cmn + c0) : _mm512_maskz_loadu_ps(t, cmn + c0);
+  *mp = _mm512_mask_max_ps(*mp, pos, *mp, zv);
+  *mn = _mm512_mask_max_ps(*mn, neg, *mn, zv);
+  cp = _mm512_mask_max_ps(cp, pos, cp, zv);
+  cn = _mm512_mask_max_ps(cn, neg, cn, zv);
+  if (full) {
+    _mm512_storeu_ps(z + c0, zv);
+    _mm512_storeu_ps(cmp + c0, cp);
+    _mm512_storeu_ps(cmn + c0, cn);
+  } else {
+    _mm512_mask_storeu_ps(z + c0, t, zv);
+    _mm512_mask_storeu_ps(cmp + c0, t, cp);
+    _mm512_mask_storeu_ps(cmn + c0, t, cn);
+  }
+}
+
+/* Sweep 2 of tile_lse_v16 on chunk c0 of a row: e^(z - base) summed into
+ * the row's sp, sn (row bases rf 2^-rk) and the columns' csp, csn (column
+ * bases cfp/cfn 2^-ckp/ckn). */
+__attribute__((target("avx512f"), always_inline)) static inline void lse_sweep2(
+    const float *restrict z, const int32_t *restrict lj, __m512i li,
+    size_t self_c, size_t c0, bool full, bool diag, __mmask16 t, __m512 rfp,
+    __m512 rfn, __m512i rkp, __m512i rkn, const float *restrict cfp,
+    const float *restrict cfn, const int32_t *restrict ckp,
+    const int32_t *restrict ckn, __m512 *sp, __m512 *sn, float *restrict csp,
+    float *restrict csn) {
+#define LD_PS(p) (full ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(t, p))
+#define LD_EPI(p) (full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi32(t, p))
+  __mmask16 pos, neg;
+  __mmask16 same = pair_sides(lj, li, self_c, c0, full, diag, t, &pos, &neg);
+  __m512 zv = LD_PS(z + c0);
+  __m512i kz;
+  __m512 p = exp_split_v16(zv, &kz);
+  __m512 er = scale_v16(_mm512_mul_ps(p, _mm512_mask_blend_ps(same, rfn, rfp)),
+                        _mm512_sub_epi32(kz, _mm512_mask_blend_epi32(same, rkn, rkp)),
+                        -125);
+  *sp = _mm512_mask_add_ps(*sp, pos, *sp, er);
+  *sn = _mm512_mask_add_ps(*sn, neg, *sn, er);
+  __m512 cf = _mm512_mask_blend_ps(same, LD_PS(cfn + c0), LD_PS(cfp + c0));
+  __m512i ck = _mm512_mask_blend_epi32(same, LD_EPI(ckn + c0), LD_EPI(ckp + c0));
+  __m512 ec = scale_v16(_mm512_mul_ps(p, cf), _mm512_sub_epi32(kz, ck), -125);
+  __m512 cs = LD_PS(csp + c0), cn = LD_PS(csn + c0);
+  cs = _mm512_mask_add_ps(cs, pos, cs, ec);
+  cn = _mm512_mask_add_ps(cn, neg, cn, ec);
+  if (full) {
+    _mm512_storeu_ps(csp + c0, cs);
+    _mm512_storeu_ps(csn + c0, cn);
+  } else {
+    _mm512_mask_storeu_ps(csp + c0, t, cs);
+    _mm512_mask_storeu_ps(csn + c0, t, cn);
+  }
+#undef LD_PS
+#undef LD_EPI
+}
+
+/* tile_lse for float32 in AVX-512 (loss_impl.h says what a tile's partials
+ * are). Sweep 2 takes one polynomial per pair: e^(z - base) =
+ * (p f) 2^(k - kb) for e^z = p 2^k and e^-base = f 2^-kb, the row's and
+ * the column's base alike. Row sums run in 16 lanes, reduced by
+ * _mm512_reduce_add_ps; column sums in row order. Whole chunks of 16 run
+ * unmasked, the tail chunk masked; only the diagonal tile looks for the
+ * self pair. Leaves the row partials in the scratch's tmp, tmn, tsp, tsn
+ * for tile_rows_merge. Returns false, having computed nothing that counts,
+ * when a maximum or gamma m^2 is past SPLIT_MAX: the caller then runs
+ * tile_lse. */
 __attribute__((target("avx512f"))) static bool tile_lse_v16(
     const struct ctx_f *x, size_t lo, size_t hi, size_t jlo, size_t jhi,
     const float *restrict st, size_t ld, float *restrict zt,
     float *restrict col) {
-  const size_t w = jhi - jlo, bs = x->bs;
+  const size_t w = jhi - jlo, bs = x->bs, wf = w & ~(size_t)15;
+  const __mmask16 tail = (__mmask16)((1u << (w - wf)) - 1);
   const int32_t *restrict lj = x->lx + jlo;
   float *restrict cmp = col, *restrict csp = col + bs,
                   *restrict cmn = col + 2 * bs, *restrict csn = col + 3 * bs;
@@ -403,6 +505,7 @@ __attribute__((target("avx512f"))) static bool tile_lse_v16(
   int32_t *restrict ckp = (int32_t *)(cfn + bs), *restrict ckn = ckp + bs;
   const __m512 ninf = _mm512_set1_ps(-INFINITY), zero = _mm512_setzero_ps();
   const float lim = (float)SPLIT_MAX;
+  const bool diag = x->rd && jlo == lo; /* the self pairs are in this tile */
   if (!((double)x->k.gam * x->k.mg * x->k.mg <= SPLIT_MAX)) return false;
   for (size_t c = 0; c < w; c++) {
     cmp[c] = cmn[c] = -INFINITY;
@@ -412,28 +515,22 @@ __attribute__((target("avx512f"))) static bool tile_lse_v16(
     const float *restrict s = st + (i - lo) * ld;
     float *restrict z = zt + (i - lo) * w;
     const __m512i li = _mm512_set1_epi32(x->lx[i]);
-    const size_t self_c = x->rd ? i - jlo : (size_t)-1;
+    const size_t self_c = i - jlo;
     __m512 mp = ninf, mn = ninf;
     if (i + PF_ROWS < hi) /* the tile's rows are a strip's stride apart */
       for (size_t c0 = 0; c0 < w; c0 += 16)
         _mm_prefetch((const char *)(s + PF_ROWS * ld + c0), _MM_HINT_T0);
-    for (size_t c0 = 0; c0 < w; c0 += 16) {
-      __mmask16 t = w - c0 >= 16 ? (__mmask16)0xffff
-                                 : (__mmask16)((1u << (w - c0)) - 1);
-      __m512 sv = _mm512_maskz_loadu_ps(t, s + c0);
-      __mmask16 same = _mm512_mask_cmpeq_epi32_mask(
-          t, _mm512_maskz_loadu_epi32(t, lj + c0), li);
-      __mmask16 self = self_c - c0 < 16 ? (__mmask16)(1u << (self_c - c0)) : 0;
-      __mmask16 pos = same & (__mmask16)~self, neg = t & (__mmask16)~same;
-      __m512 zv = pair_z_v16(x, sv, same);
-      _mm512_mask_storeu_ps(z + c0, t, zv);
-      mp = _mm512_mask_max_ps(mp, pos, mp, zv);
-      mn = _mm512_mask_max_ps(mn, neg, mn, zv);
-      __m512 cp = _mm512_maskz_loadu_ps(t, cmp + c0);
-      __m512 cn = _mm512_maskz_loadu_ps(t, cmn + c0);
-      _mm512_mask_storeu_ps(cmp + c0, t, _mm512_mask_max_ps(cp, pos, cp, zv));
-      _mm512_mask_storeu_ps(cmn + c0, t, _mm512_mask_max_ps(cn, neg, cn, zv));
-    }
+    if (diag)
+      for (size_t c0 = 0; c0 < wf; c0 += 16)
+        lse_sweep1(x, s, z, lj, li, self_c, c0, true, true, 0xffff, &mp, &mn,
+                   cmp, cmn);
+    else
+      for (size_t c0 = 0; c0 < wf; c0 += 16)
+        lse_sweep1(x, s, z, lj, li, self_c, c0, true, false, 0xffff, &mp, &mn,
+                   cmp, cmn);
+    if (wf < w)
+      lse_sweep1(x, s, z, lj, li, self_c, wf, false, diag, tail, &mp, &mn,
+                 cmp, cmn);
     tmp[i - lo] = _mm512_reduce_max_ps(mp);
     tmn[i - lo] = _mm512_reduce_max_ps(mn);
     if (tmp[i - lo] > lim || tmn[i - lo] > lim) return false;
@@ -458,7 +555,7 @@ __attribute__((target("avx512f"))) static bool tile_lse_v16(
   for (size_t i = lo; i < hi; i++) {
     const float *restrict z = zt + (i - lo) * w;
     const __m512i li = _mm512_set1_epi32(x->lx[i]);
-    const size_t self_c = x->rd ? i - jlo : (size_t)-1;
+    const size_t self_c = i - jlo;
     float bp = tmp[i - lo] > -INFINITY ? tmp[i - lo] : 0;
     float bn = tmn[i - lo] > -INFINITY ? tmn[i - lo] : 0;
     int32_t kp, kn;
@@ -466,31 +563,17 @@ __attribute__((target("avx512f"))) static bool tile_lse_v16(
     const __m512 rfp = _mm512_set1_ps(fp), rfn = _mm512_set1_ps(fn);
     const __m512i rkp = _mm512_set1_epi32(-kp), rkn = _mm512_set1_epi32(-kn);
     __m512 sp = zero, sn = zero;
-    for (size_t c0 = 0; c0 < w; c0 += 16) {
-      __mmask16 t = w - c0 >= 16 ? (__mmask16)0xffff
-                                 : (__mmask16)((1u << (w - c0)) - 1);
-      __m512 zv = _mm512_maskz_loadu_ps(t, z + c0);
-      __mmask16 same = _mm512_mask_cmpeq_epi32_mask(
-          t, _mm512_maskz_loadu_epi32(t, lj + c0), li);
-      __mmask16 self = self_c - c0 < 16 ? (__mmask16)(1u << (self_c - c0)) : 0;
-      __mmask16 pos = same & (__mmask16)~self, neg = t & (__mmask16)~same;
-      __m512i kz;
-      __m512 p = exp_split_v16(zv, &kz);
-      __m512 er = scale_v16(_mm512_mul_ps(p, _mm512_mask_blend_ps(same, rfn, rfp)),
-                            _mm512_sub_epi32(kz, _mm512_mask_blend_epi32(same, rkn, rkp)),
-                            -125);
-      sp = _mm512_mask_add_ps(sp, pos, sp, er);
-      sn = _mm512_mask_add_ps(sn, neg, sn, er);
-      __m512 cf = _mm512_mask_blend_ps(same, _mm512_maskz_loadu_ps(t, cfn + c0),
-                                       _mm512_maskz_loadu_ps(t, cfp + c0));
-      __m512i ck = _mm512_mask_blend_epi32(same, _mm512_maskz_loadu_epi32(t, ckn + c0),
-                                           _mm512_maskz_loadu_epi32(t, ckp + c0));
-      __m512 ec = scale_v16(_mm512_mul_ps(p, cf), _mm512_sub_epi32(kz, ck), -125);
-      __m512 cs = _mm512_maskz_loadu_ps(t, csp + c0);
-      __m512 cn = _mm512_maskz_loadu_ps(t, csn + c0);
-      _mm512_mask_storeu_ps(csp + c0, t, _mm512_mask_add_ps(cs, pos, cs, ec));
-      _mm512_mask_storeu_ps(csn + c0, t, _mm512_mask_add_ps(cn, neg, cn, ec));
-    }
+    if (diag)
+      for (size_t c0 = 0; c0 < wf; c0 += 16)
+        lse_sweep2(z, lj, li, self_c, c0, true, true, 0xffff, rfp, rfn, rkp,
+                   rkn, cfp, cfn, ckp, ckn, &sp, &sn, csp, csn);
+    else
+      for (size_t c0 = 0; c0 < wf; c0 += 16)
+        lse_sweep2(z, lj, li, self_c, c0, true, false, 0xffff, rfp, rfn, rkp,
+                   rkn, cfp, cfn, ckp, ckn, &sp, &sn, csp, csn);
+    if (wf < w)
+      lse_sweep2(z, lj, li, self_c, wf, false, diag, tail, rfp, rfn, rkp, rkn,
+                 cfp, cfn, ckp, ckn, &sp, &sn, csp, csn);
     tsp[i - lo] = _mm512_reduce_add_ps(sp);
     tsn[i - lo] = _mm512_reduce_add_ps(sn);
   }
