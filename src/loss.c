@@ -12,7 +12,9 @@
  *                                off-diagonal tile serves its rows and its
  *                                columns, log-sum-exps merged online in a
  *                                fixed order (loss_impl.h); materialized,
- *                                the strips are kept
+ *                                the strips are kept, computed a chunk of
+ *                                up to 1024 rows at a time (one gemm left
+ *                                of the chunk's square, one syrk in it)
  *     reference set:             materialized (n*m small): S = X R^T kept,
  *                                rows: lse_p, lse_n, v, sig; G' in place;
  *                                streamed: per block S_b = X_b R^T in a
@@ -23,9 +25,10 @@
  *   reduction (serial, row order): mask v > 0, Keras' divisors -> coef_i
  *   gradients:
  *     self:  dX = H X, H = diag(c) G' + G'^T diag(c) symmetric, on the
- *            lower strips: dX_b = H[b, 0:hi) X[0:hi) + H[hi:n, b]^T X[hi:n)
- *            (materialized: H in place; streamed: the strips pass 1 had
- *            no room to keep come again)
+ *            lower strips: dX_c = H[c, 0:hi) X[0:hi) + H[hi:n, c]^T X[hi:n)
+ *            (materialized: H in place, c a chunk whose square is filled
+ *            from below; streamed: c a block, and the strips pass 1 had no
+ *            room to keep come again)
  *     ref:   dX = diag(c) G' R,   dR = G'^T diag(c) X
  *            (streamed: S_b recomputed, full rows)
  *   normalize?  backprop through the normalization.
