@@ -256,7 +256,13 @@ static void start_or_fail(td_daemon *d, const char *const *args,
 
 static void stop_expect_0(td_daemon *d) {
   int rc = td_stop(d, SIGTERM, 60);
-  ck_assert_msg(rc == 0, "circled exited with %d after SIGTERM", rc);
+  if (rc != 0) { /* the end of its log says why */
+    char *log = td_log(d);
+    size_t len = log ? strlen(log) : 0;
+    ck_assert_msg(rc == 0, "circled exited with %d after SIGTERM; its log "
+                  "ends: %s", rc, log ? log + (len > 1500 ? len - 1500 : 0)
+                                      : "(none)");
+  }
 }
 
 /* A connection to d from the loopback address src ("127.0.0.2"), so that
