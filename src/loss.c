@@ -13,8 +13,9 @@
  *                                columns, log-sum-exps merged online in a
  *                                fixed order (loss_impl.h); materialized,
  *                                the strips are kept, computed a chunk of
- *                                up to 1024 rows at a time (one gemm left
- *                                of the chunk's square, one syrk in it)
+ *                                n / 8 rows (256 to 1024) at a time (one
+ *                                gemm left of the chunk's square, one syrk
+ *                                in it)
  *     reference set:             materialized (n*m small): S = X R^T kept,
  *                                rows: lse_p, lse_n, v, sig; G' in place;
  *                                streamed: per block S_b = X_b R^T in a
@@ -773,10 +774,15 @@ static bool plan_for(const circle_engine *e, const circle_config *cfg,
     if (!ok) return false;
   }
   if (p->materialize) {
-    /* The gradient's products run over chunks of about n / 4 rows, at
-     * most 1024 (blk_tri_dx): a product a block re-packed X for every
-     * block of bs rows, 10-20% of a gemm's time at d = 512. */
-    size_t nbk = (p->n + p->bs - 1) / p->bs, rows = p->n / 4;
+    /* Pass 1 and the gradient's products run over chunks of n / 8 rows,
+     * at least 256 and at most 1024 (blk_tri_lse_chunk, blk_tri_dx): a
+     * product a block re-packed X for every block of bs rows, 10-20% of a
+     * gemm's time at d = 512. Larger chunks pack less but leave fewer
+     * tasks to share among threads: n / 8 keeps at least 8 from n = 2048
+     * (4 at n = 1024). The chunks depend on n alone, never on the thread
+     * count, so they change no bit between thread counts. */
+    size_t nbk = (p->n + p->bs - 1) / p->bs, rows = p->n / 8;
+    if (rows < 256) rows = 256;
     if (rows > 1024) rows = 1024;
     p->cb = rows / p->bs ? rows / p->bs : 1;
     if (p->cb > nbk) p->cb = nbk;
